@@ -1,0 +1,3 @@
+from ablagen.cli import _entry
+
+_entry()

@@ -1,0 +1,35 @@
+"""Command-line interface: typer commands only. Logic lives in the library modules.
+
+Every :class:`~ablagen.errors.AblagenError` becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ablagen.cli.app import app
+from ablagen.errors import AblagenError
+
+# Importing a command module registers its commands on ``app``.
+from ablagen.cli import analyze as _analyze  # noqa: E402,F401
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, prog_name="ablagen", standalone_mode=True)
+    except SystemExit as exc:  # typer/click exit codes pass through unchanged
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except AblagenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _entry() -> None:  # pragma: no cover - console-script shim
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The study directory: its file names, the manifest format and its validation.
+
+A study directory holds one standalone script per variant plus ``manifest.json``::
+
+    {
+      "format": 1,
+      "ablagen_version": "0.1.0",
+      "mode": "retrain",
+      "model": {"path": "../../examples/digits_cnn.py", "sha256": "...", "name": "..."},
+      "config": {...},                       # every generate option, JSON-able
+      "variants": [                           # baseline first, then sorted by id
+        {"id": "baseline", "component": null, "kind": "baseline", "method": null,
+         "script": "baseline.py", "sha256": "..."},
+        {"id": "conv1:zero", "component": "conv1", "kind": "layer", "method": "zero",
+         "script": "conv1__zero.py", "sha256": "..."}
+      ]
+    }
+
+``model.path`` is relative to the study directory. Everything the orchestrator,
+the ranking and the report need is read through :func:`load_manifest`.
+
+Every script follows one contract: ``python SCRIPT [--epochs N] [--seed S]
+[--device cpu|cuda] [--out FILE] [--batch-size B] [--lr LR]``; it writes one JSON
+object (the *result*) to ``--out`` (and prints a summary to stdout)::
+
+    {
+      "schema": 1, "variant": "conv1:zero", "status": "ok" | "diverged" | "failed",
+      "seed": 0, "epochs": 5, "device": "cpu",
+      "history": [{"epoch": 1, "train_loss": .., "train_acc": .., "val_loss": ..,
+                   "val_acc": .., "lr": ..}, ...],
+      "final": {"train_loss": .., "train_acc": .., "val_loss": .., "val_acc": ..},
+      "epochs_to_target": null | int,
+      "params_total": int, "params_effective": int, "model_bytes": int,
+      "peak_memory_bytes": int, "samples_per_s": float, "wall_time_s": float,
+      "error": null | str
+    }
+
+and exits with :data:`EXIT_OK`, :data:`EXIT_FAILED` or :data:`EXIT_DIVERGED`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablagen.errors import StudyError
+
+MANIFEST = "manifest.json"
+RESULTS_DB = "results.sqlite"
+LOGS_DIR = "logs"
+MANIFEST_FORMAT = 1
+BASELINE_ID = "baseline"
+RESULT_SCHEMA = 1
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_DIVERGED = 3
+
+
+@dataclass(frozen=True)
+class VariantEntry:
+    id: str
+    component: str | None
+    kind: str
+    method: str | None
+    script: str
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not data["extra"]:
+            del data["extra"]
+        return data
+
+
+@dataclass(frozen=True)
+class Manifest:
+    ablagen_version: str
+    mode: str
+    model: dict[str, Any]
+    config: dict[str, Any]
+    variants: tuple[VariantEntry, ...]
+    format: int = MANIFEST_FORMAT
+
+    def variant(self, variant_id: str) -> VariantEntry:
+        for entry in self.variants:
+            if entry.id == variant_id:
+                return entry
+        known = ", ".join(v.id for v in self.variants[:8])
+        raise StudyError(
+            f"unknown variant id {variant_id!r}",
+            f"use one of the manifest's ids ({known}{', ...' if len(self.variants) > 8 else ''})",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "ablagen_version": self.ablagen_version,
+            "mode": self.mode,
+            "model": self.model,
+            "config": self.config,
+            "variants": [v.to_json() for v in self.variants],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def is_study_dir(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def load_manifest(study_dir: str | Path) -> Manifest:
+    """Read and validate ``study_dir/manifest.json``; every failure is a StudyError."""
+    study = Path(study_dir)
+    if not study.is_dir():
+        raise StudyError(
+            f"study directory {str(study)!r} does not exist",
+            "create it with `ablagen generate MODEL --out DIR`",
+        )
+    path = study / MANIFEST
+    if not path.is_file():
+        raise StudyError(
+            f"{str(study)!r} is not an ablagen study (no {MANIFEST})",
+            "point at a directory made by `ablagen generate`, or regenerate it",
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        variants = tuple(
+            VariantEntry(
+                id=str(v["id"]),
+                component=v.get("component"),
+                kind=str(v["kind"]),
+                method=v.get("method"),
+                script=str(v["script"]),
+                sha256=str(v["sha256"]),
+                extra=dict(v.get("extra", {})),
+            )
+            for v in raw["variants"]
+        )
+        manifest = Manifest(
+            format=int(raw["format"]),
+            ablagen_version=str(raw["ablagen_version"]),
+            mode=str(raw["mode"]),
+            model=dict(raw["model"]),
+            config=dict(raw["config"]),
+            variants=variants,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StudyError(
+            f"{path} is corrupt ({type(exc).__name__}: {exc})",
+            "regenerate the study with `ablagen generate ... --force`",
+        ) from exc
+    if manifest.format != MANIFEST_FORMAT:
+        raise StudyError(
+            f"{path} has manifest format {manifest.format}, this ablagen reads {MANIFEST_FORMAT}",
+            "regenerate the study with this version of ablagen",
+        )
+    for entry in variants:
+        script = study / entry.script
+        if Path(entry.script).name != entry.script or not script.is_file():
+            raise StudyError(
+                f"{path} lists script {entry.script!r} that is not in the study",
+                "regenerate the study with `ablagen generate ... --force`",
+            )
+    return manifest
