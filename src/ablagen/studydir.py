@@ -6,7 +6,14 @@ A study directory holds one standalone script per variant plus ``manifest.json``
       "format": 1,
       "ablagen_version": "0.1.0",
       "mode": "retrain",
-      "model": {"path": "../../examples/digits_cnn.py", "sha256": "...", "name": "..."},
+      "model": {"path": "../../examples/digits_cnn.py", "sha256": "...", "name": "...",
+                "parameters": [["conv1.weight", [8, 1, 3, 3]], ...]},
+      "components": [                         # the inventory, see ablagen.analysis
+        {"id": "conv1", "kind": "layer", "op": "Conv2d", "module": "conv1",
+         "param_owner": "conv1", "units": null, "methods": ["zero", "mean"], ...},
+        {"id": "fc1[0:8]", "kind": "neuron", "module": "fc1", "param_owner": "fc1",
+         "units": [0, 8], "methods": ["mask"], ...}
+      ],
       "config": {...},                       # every generate option, JSON-able
       "variants": [                           # baseline first, then sorted by id
         {"id": "baseline", "component": null, "kind": "baseline", "method": null,
@@ -82,7 +89,14 @@ class Manifest:
     model: dict[str, Any]
     config: dict[str, Any]
     variants: tuple[VariantEntry, ...]
+    components: tuple[dict[str, Any], ...] = ()
     format: int = MANIFEST_FORMAT
+
+    def component(self, component_id: str) -> dict[str, Any] | None:
+        for comp in self.components:
+            if comp["id"] == component_id:
+                return comp
+        return None
 
     def variant(self, variant_id: str) -> VariantEntry:
         for entry in self.variants:
@@ -101,6 +115,7 @@ class Manifest:
             "mode": self.mode,
             "model": self.model,
             "config": self.config,
+            "components": list(self.components),
             "variants": [v.to_json() for v in self.variants],
         }
 
@@ -147,6 +162,7 @@ def load_manifest(study_dir: str | Path) -> Manifest:
             model=dict(raw["model"]),
             config=dict(raw["config"]),
             variants=variants,
+            components=tuple(dict(c) for c in raw.get("components", [])),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StudyError(

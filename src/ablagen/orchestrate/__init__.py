@@ -1,0 +1,1 @@
+"""Run a study's scripts (local warm-worker pool or Ray) into a SQLite result store."""

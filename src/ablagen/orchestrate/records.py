@@ -1,0 +1,28 @@
+"""Outcomes are data: one frozen record per (variant, seed, run args, script hash)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: every status a run can end in; "running" only while a worker holds it
+STATUSES = ("ok", "failed", "diverged", "timeout", "crashed")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    variant_id: str
+    seed: int
+    args: dict[str, Any]  # the run arguments beyond --seed (e.g. {"epochs": 1})
+    script_sha256: str
+    status: str  # one of STATUSES (or "running" while in flight)
+    result: dict[str, Any] | None = None  # the script's JSON result, when it wrote one
+    wall_time_s: float = 0.0
+    log_path: str | None = None  # relative to the study directory
+    exit_code: int | None = None
+    error_tail: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
