@@ -1,0 +1,303 @@
+"""Build the component inventory of a model.
+
+The traced path runs ``torch.fx.symbolic_trace`` and ``ShapeProp`` and reads layers,
+activations (module and functional call sites) and residual adds off the graph; blocks
+(non-leaf submodules whose input and output shapes match) come from one hooked forward
+pass (:mod:`ablagen.analysis.observe`). Models that cannot be traced (data-dependent
+control flow) fall back to the hooked pass alone, with a warning saying what is not
+visible.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from ablagen.analysis.components import Component, Inventory, Shape
+from ablagen.analysis.observe import Call, observe_calls
+from ablagen.analysis.ops import (
+    ACTIVATION_FUNCTIONS,
+    ACTIVATION_METHODS,
+    ADD_FUNCTIONS,
+    ADD_METHODS,
+    is_activation_module,
+    own_params,
+    unit_count,
+)
+from ablagen.loading import LoadedModel
+
+#: a layer with at most this many output units gets one neuron component per unit;
+#: a wider one is split into this many contiguous groups (``--neuron-groups`` overrides)
+DEFAULT_MAX_UNITS = 32
+
+
+def analyze(loaded: LoadedModel, neuron_groups: int | None = None) -> Inventory:
+    """The inventory of a loaded model (see :func:`build_inventory`)."""
+    return build_inventory(loaded.model, loaded.example_inputs, loaded.ref.label, neuron_groups)
+
+
+def build_inventory(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    label: str = "model",
+    neuron_groups: int | None = None,
+) -> Inventory:
+    model.eval()
+    calls = observe_calls(model, inputs)
+    parameters = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    shapes = tuple(tuple(t.shape) for t in inputs)
+    try:
+        graph = fx.symbolic_trace(model)
+        ShapeProp(graph).propagate(*inputs)
+    except Exception as exc:  # any tracing failure means: use the fallback
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        warning = (
+            f"torch.fx could not trace {label} ({type(exc).__name__}: {reason[:120]}); "
+            "listed modules only: functional activations (F.relu, x.relu(), ...) and "
+            "residual adds are not visible"
+        )
+        comps = list(_from_calls(model, calls, neuron_groups))
+        return Inventory(label, False, shapes, tuple(comps), parameters, (warning,))
+    comps = _from_graph(model, graph, calls, neuron_groups)
+    return Inventory(label, True, shapes, tuple(comps), parameters)
+
+
+# --------------------------------------------------------------------------- traced
+
+
+def _meta_shape(node: fx.Node | object) -> Shape | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def _first_node_arg(node: fx.Node) -> fx.Node | None:
+    return next((a for a in node.args if isinstance(a, fx.Node)), None)
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ADD_METHODS
+    )
+
+
+def _feeds_add(node: fx.Node) -> bool:
+    return any(_is_add(user) for user in node.users)
+
+
+def _owner_module(node: fx.Node) -> str | None:
+    """The innermost module a node was traced in, if any."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _upstream_param_owner(node: fx.Node, root: nn.Module) -> str | None:
+    """The nearest module with parameters that produced ``node``'s input."""
+    current = _first_node_arg(node)
+    for _ in range(32):
+        if current is None or current.op == "placeholder":
+            return None
+        if current.op == "call_module":
+            mod = root.get_submodule(str(current.target))
+            if own_params(mod) and not is_activation_module(mod):
+                return str(current.target)
+        current = _first_node_arg(current)
+    return None
+
+
+def _module_methods(in_shape: Shape | None, out_shape: Shape | None, tensor_out: bool) -> tuple[str, ...]:
+    if not tensor_out:
+        return ("zero",)
+    if in_shape is not None and in_shape == out_shape:
+        return ("identity", "zero", "mean")
+    return ("zero", "mean")
+
+
+def _from_graph(
+    model: nn.Module, graph: fx.GraphModule, calls: list[Call], neuron_groups: int | None
+) -> list[Component]:
+    nodes = list(graph.graph.nodes)
+    site_total = Counter(str(n.target) for n in nodes if n.op == "call_module")
+    site_seen: Counter[str] = Counter()
+    placed: list[tuple[float, Component]] = []
+    for index, node in enumerate(nodes):
+        if node.op == "call_module":
+            target = str(node.target)
+            site = site_seen[target]
+            site_seen[target] += 1
+            module = model.get_submodule(target)
+            many = site_total[target] > 1
+            comp_id = f"{target}@{site}" if many else target
+            in_shape, out_shape = _meta_shape(_first_node_arg(node)), _meta_shape(node)
+            tensor_out = out_shape is not None
+            common = dict(
+                id=comp_id,
+                op=type(module).__name__,
+                module=target,
+                call_site=site if many else None,
+                node=node.name,
+                input_shape=in_shape,
+                output_shape=out_shape,
+                params=own_params(module),
+                feeds_residual=_feeds_add(node),
+            )
+            if is_activation_module(module):
+                owner = _upstream_param_owner(node, model)
+                methods = _module_methods(in_shape, out_shape, tensor_out)
+                placed.append((index, Component(kind="activation", methods=methods, param_owner=owner, **common)))
+            elif own_params(module):
+                methods = _module_methods(in_shape, out_shape, tensor_out)
+                placed.append((index, Component(kind="layer", methods=methods, param_owner=target, **common)))
+                if site == 0:
+                    for k, comp in enumerate(_neurons(target, module, out_shape, neuron_groups)):
+                        placed.append((index + 0.001 * (k + 1), comp))
+        elif _is_functional_activation(node):
+            op = ACTIVATION_FUNCTIONS.get(node.target, str(node.target))
+            in_shape, out_shape = _meta_shape(_first_node_arg(node)), _meta_shape(node)
+            comp = Component(
+                id=f"fn.{node.name}",
+                kind="activation",
+                op=op,
+                module=None,
+                call_site=None,
+                node=node.name,
+                input_shape=in_shape,
+                output_shape=out_shape,
+                params=0,
+                methods=_module_methods(in_shape, out_shape, out_shape is not None),
+                feeds_residual=_feeds_add(node),
+                param_owner=_upstream_param_owner(node, model),
+            )
+            placed.append((index, comp))
+    for comp, first_index in _blocks(model, nodes, calls):
+        placed.append((first_index - 0.5, comp))
+    placed.sort(key=lambda item: (item[0], item[1].id))
+    return [comp for _, comp in placed]
+
+
+def _is_functional_activation(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        try:
+            return node.target in ACTIVATION_FUNCTIONS
+        except TypeError:  # unhashable target
+            return False
+    return node.op == "call_method" and node.target in ACTIVATION_METHODS
+
+
+def _blocks(model: nn.Module, nodes: list[fx.Node], calls: list[Call]) -> Iterator[tuple[Component, int]]:
+    by_module: dict[str, list[Call]] = {}
+    for call in calls:
+        by_module.setdefault(call.module, []).append(call)
+    for name, module in model.named_modules():
+        if not name or not any(True for _ in module.children()):
+            continue
+        module_calls = by_module.get(name, [])
+        if len(module_calls) != 1:
+            continue  # never run, or shared between call sites: not ablatable as a whole
+        call = module_calls[0]
+        if not call.tensor_out or call.input_shape != call.output_shape:
+            continue
+        inside = [i for i, n in enumerate(nodes) if _within(_owner_module(n), name)]
+        if not inside:
+            continue
+        last = nodes[inside[-1]]
+        yield (
+            Component(
+                id=name,
+                kind="block",
+                op=type(module).__name__,
+                module=name,
+                call_site=None,
+                node=None,
+                input_shape=call.input_shape,
+                output_shape=call.output_shape,
+                params=own_params(module),
+                methods=("identity", "zero", "mean"),
+                feeds_residual=_feeds_add(last) and not all(_within(_owner_module(u), name) for u in last.users),
+                param_owner=name,
+            ),
+            inside[0],
+        )
+
+
+def _within(qualname: str | None, block: str) -> bool:
+    return qualname is not None and (qualname == block or qualname.startswith(block + "."))
+
+
+# --------------------------------------------------------------------------- neurons
+
+
+def neuron_ranges(units: int, groups: int | None) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` unit ranges: ``groups`` of them, sizes differing by <= 1."""
+    count = min(units, groups if groups is not None else DEFAULT_MAX_UNITS)
+    base, extra = divmod(units, count)
+    ranges, start = [], 0
+    for k in range(count):
+        stop = start + base + (1 if k < extra else 0)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def _neurons(name: str, module: nn.Module, out_shape: Shape | None, groups: int | None) -> Iterator[Component]:
+    info = unit_count(module)
+    if info is None:
+        return
+    units, dim = info
+    weight = getattr(module, "weight", None)
+    per_unit = own_params(module) // units if weight is not None else 0
+    for start, stop in neuron_ranges(units, groups):
+        label = f"{name}[{start}]" if stop - start == 1 else f"{name}[{start}:{stop}]"
+        yield Component(
+            id=label,
+            kind="neuron",
+            op=type(module).__name__,
+            module=name,
+            call_site=None,
+            node=None,
+            input_shape=None,
+            output_shape=out_shape,
+            params=per_unit * (stop - start),
+            methods=("mask",),
+            param_owner=name,
+            units=(start, stop),
+            unit_dim=dim,
+        )
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def _from_calls(model: nn.Module, calls: list[Call], neuron_groups: int | None) -> Iterator[Component]:
+    """Hook-based inventory for models torch.fx cannot trace."""
+    totals = Counter(c.module for c in calls)
+    last_param_layer: str | None = None
+    for call in calls:
+        module = model.get_submodule(call.module)
+        many = totals[call.module] > 1
+        leaf = not any(True for _ in module.children())
+        common = dict(
+            id=f"{call.module}@{call.site}" if many else call.module,
+            op=type(module).__name__,
+            module=call.module,
+            call_site=call.site if many else None,
+            node=None,
+            input_shape=call.input_shape,
+            output_shape=call.output_shape,
+            params=own_params(module),
+        )
+        methods = _module_methods(call.input_shape, call.output_shape, call.tensor_out)
+        if leaf and is_activation_module(module):
+            yield Component(kind="activation", methods=methods, param_owner=last_param_layer, **common)
+        elif leaf and own_params(module):
+            last_param_layer = call.module
+            yield Component(kind="layer", methods=methods, param_owner=call.module, **common)
+            if call.site == 0:
+                yield from _neurons(call.module, module, call.output_shape, neuron_groups)
+        elif not leaf and not many and call.tensor_out and call.input_shape == call.output_shape:
+            yield Component(kind="block", methods=("identity", "zero", "mean"), param_owner=call.module, **common)

@@ -1,0 +1,60 @@
+"""``ablagen analyze``: the component inventory as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ablagen.cli.app import app
+from ablagen.cli.options import InputShapeOpt, ModelArg, NeuronGroupsOpt
+
+
+@app.command()
+def analyze(
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
+    neuron_groups: NeuronGroupsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")] = False,
+) -> None:
+    """List every ablatable component: layers, blocks, activations, neuron groups."""
+    from ablagen.analysis import analyze as build
+    from ablagen.loading import load_model
+
+    loaded = load_model(model, input_shape)
+    inventory = build(loaded, neuron_groups)
+    for warning in inventory.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if as_json:
+        typer.echo(json.dumps(inventory.to_json(), indent=2, sort_keys=True))
+        return
+    _print_table(inventory)
+
+
+def _print_table(inventory) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{inventory.model}: {len(inventory.components)} components")
+    for column in ("id", "kind", "op", "input", "output", "params", "methods", "residual"):
+        table.add_column(column, justify="right" if column == "params" else "left", no_wrap=True)
+    for comp in inventory.components:
+        table.add_row(
+            comp.id,
+            comp.kind,
+            comp.op,
+            _shape(comp.input_shape),
+            _shape(comp.output_shape),
+            f"{comp.params:,}",
+            ",".join(comp.methods),
+            "yes" if comp.feeds_residual else "",
+        )
+    console = Console()
+    if not console.is_terminal:  # piped: never truncate ids
+        console = Console(width=200)
+    console.print(table)
+
+
+def _shape(shape) -> str:
+    return "" if shape is None else "x".join(str(d) for d in shape)

@@ -1,0 +1,341 @@
+"""Model file -> model instance, example input and data spec.
+
+A model file is plain Python. :func:`load_model` imports it under a unique module
+name (its own directory first on ``sys.path`` so sibling imports work), then finds
+the model, in this order:
+
+1. ``path.py:NAME`` -- a class (built with no arguments), a factory function
+   (called with no arguments) or a module-level ``nn.Module`` instance;
+2. a function ``build_model()``;
+3. the single module-level ``nn.Module`` instance;
+4. the single ``nn.Module`` subclass defined in the file that builds with no arguments
+   and is not used as a part of another such class (so ``ResNet`` wins over ``Block``).
+
+The example input comes from ``example_input()`` (a tensor or a tuple of tensors),
+from ``INPUT_SHAPE`` (one sample, no batch dimension) or from ``--input-shape``.
+An optional ``build_data()`` returning ``(x_train, y_train, x_val, y_val)`` tensors
+is recorded for the generated scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import itertools
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from ablagen.errors import InputShapeError, ModelFileError, ModelNotFoundError
+
+EXAMPLE_BATCH = 2  # batch size of a synthesized example input
+_load_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where the model comes from, as Python the generated scripts can embed."""
+
+    name: str  # the name in the model file: class, function or instance
+    how: str  # "class" | "factory" | "instance"
+
+    @property
+    def expression(self) -> str:
+        """The expression that builds a fresh model in the embedded source."""
+        if self.how == "instance":
+            return f"copy.deepcopy({self.name})"
+        return f"{self.name}()"
+
+    @property
+    def label(self) -> str:
+        return {"class": f"class {self.name}", "factory": f"{self.name}()"}.get(
+            self.how, f"instance {self.name}"
+        )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: Path
+    source: str
+    sha256: str
+    module: ModuleType
+    model: nn.Module
+    ref: ModelRef
+    example_inputs: tuple[torch.Tensor, ...]
+    input_from: str  # "example_input()" | "INPUT_SHAPE" | "--input-shape"
+    has_build_data: bool
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(t.shape) for t in self.example_inputs]
+
+
+def split_model_spec(spec: str) -> tuple[Path, str | None]:
+    """``"models/net.py:Net"`` -> ``(Path("models/net.py"), "Net")``."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isidentifier() and head:
+        return Path(head), tail
+    return Path(spec), None
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,8,8"`` -> ``(1, 8, 8)``; anything else is an InputShapeError."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise InputShapeError(
+            f"--input-shape {text!r} is not a list of positive integers",
+            "give one sample's shape without the batch dimension, e.g. --input-shape 1,8,8",
+        )
+    return shape
+
+
+def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None) -> LoadedModel:
+    """Import the model file, find the model and its example input, check a forward pass."""
+    path, name = split_model_spec(spec)
+    source = _read_source(path)
+    module = _import_file(path, source)
+    ref, model = _find_model(module, path, name)
+    model.eval()
+    if isinstance(input_shape, str):
+        input_shape = parse_shape(input_shape)
+    inputs, input_from = _example_inputs(module, path, input_shape)
+    _check_forward(model, inputs, input_from, path)
+    return LoadedModel(
+        path=path,
+        source=source,
+        sha256=hashlib.sha256(source.encode("utf-8")).hexdigest(),
+        module=module,
+        model=model,
+        ref=ref,
+        example_inputs=inputs,
+        input_from=input_from,
+        has_build_data=callable(getattr(module, "build_data", None)),
+    )
+
+
+def _read_source(path: Path) -> str:
+    if not path.exists():
+        raise ModelFileError(f"model file {str(path)!r} does not exist", "check the path")
+    if path.suffix != ".py" or not path.is_file():
+        raise ModelFileError(
+            f"model file {str(path)!r} is not a .py file",
+            "point at the Python file that defines the model",
+        )
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"cannot read {path}: {exc}", "check the file's permissions and encoding") from exc
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise ModelFileError(
+            f"syntax error in {path} line {exc.lineno}: {exc.msg}", "fix the model file"
+        ) from exc
+    return source
+
+
+def _import_file(path: Path, source: str) -> ModuleType:
+    """Import ``path`` under a fresh name; drop sibling modules it pulled in afterwards."""
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:10]
+    mod_name = f"_ablagen_model_{digest}_{next(_load_counter)}"
+    directory = str(path.resolve().parent)
+    before = set(sys.modules)
+    spec = importlib.util.spec_from_file_location(mod_name, path.resolve())
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    sys.path.insert(0, directory)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(mod_name, None)
+        line = _line_in_file(exc, path)
+        raise ModelFileError(
+            f"importing {path}{line} failed: {type(exc).__name__}: {exc}",
+            "fix the model file or install what it imports",
+        ) from exc
+    finally:
+        sys.path.remove(directory)
+        for name in set(sys.modules) - before - {mod_name}:
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if file.startswith(directory):
+                del sys.modules[name]
+    return module
+
+
+def _line_in_file(exc: BaseException, path: Path) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path.resolve()]
+    return f" (line {frames[-1].lineno})" if frames else ""
+
+
+def _defined_here(obj: Any, module: ModuleType) -> bool:
+    return getattr(obj, "__module__", None) == module.__name__
+
+
+def _find_model(module: ModuleType, path: Path, name: str | None) -> tuple[ModelRef, nn.Module]:
+    if name is not None:
+        if not hasattr(module, name):
+            raise ModelNotFoundError(
+                f"{path} has no {name!r}",
+                f"use one of: {', '.join(_candidate_names(module)) or 'none found'}",
+            )
+        return _build(getattr(module, name), name, path)
+    if callable(getattr(module, "build_model", None)):
+        return _build(module.build_model, "build_model", path)
+    instances = [n for n, v in vars(module).items() if isinstance(v, nn.Module) and not n.startswith("_")]
+    if len(instances) == 1:
+        return _build(getattr(module, instances[0]), instances[0], path)
+    classes = [
+        n
+        for n, v in vars(module).items()
+        if inspect.isclass(v) and issubclass(v, nn.Module) and _defined_here(v, module)
+    ]
+    buildable = _outermost([n for n in classes if _takes_no_args(getattr(module, n))], module)
+    if len(instances) > 1 or len(buildable) > 1:
+        many = instances if len(instances) > 1 else buildable
+        raise ModelNotFoundError(
+            f"{path} has several candidate models ({', '.join(many)})",
+            f"pick one with {path}:NAME",
+        )
+    if len(buildable) == 1:
+        return _build(getattr(module, buildable[0]), buildable[0], path)
+    if classes:
+        return _build(getattr(module, classes[0]), classes[0], path)  # reports the arguments
+    raise ModelNotFoundError(
+        f"no model found in {path}",
+        "define build_model(), a module-level nn.Module instance, or an nn.Module subclass",
+    )
+
+
+def _outermost(names: list[str], module: ModuleType) -> list[str]:
+    """Drop classes that other candidates use as parts (a ``Block`` inside a ``ResNet``)."""
+    if len(names) < 2:
+        return names
+    parts: dict[str, set[type]] = {}
+    for name in names:
+        try:
+            instance = getattr(module, name)()
+        except Exception:  # a class that fails to build is reported when it is chosen
+            parts[name] = set()
+            continue
+        parts[name] = {type(m) for m in instance.modules() if m is not instance}
+    return [
+        n for n in names if not any(getattr(module, n) in parts[other] for other in names if other != n)
+    ]
+
+
+def _candidate_names(module: ModuleType) -> list[str]:
+    out = []
+    for n, v in vars(module).items():
+        if n.startswith("_"):
+            continue
+        is_cls = inspect.isclass(v) and issubclass(v, nn.Module) and _defined_here(v, module)
+        is_fn = inspect.isfunction(v) and _defined_here(v, module)
+        if is_cls or is_fn or isinstance(v, nn.Module):
+            out.append(n)
+    return out
+
+
+def _takes_no_args(fn: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in sig.parameters.values()
+    )
+
+
+def _build(obj: Any, name: str, path: Path) -> tuple[ModelRef, nn.Module]:
+    if isinstance(obj, nn.Module):
+        return ModelRef(name, "instance"), obj
+    if not callable(obj):
+        raise ModelNotFoundError(
+            f"{path}:{name} is a {type(obj).__name__}, not a model",
+            "name a class, a factory function or an nn.Module instance",
+        )
+    how = "class" if inspect.isclass(obj) else "factory"
+    if not _takes_no_args(obj):
+        params = ", ".join(inspect.signature(obj).parameters)
+        raise ModelNotFoundError(
+            f"{path}:{name} needs arguments ({params})",
+            "give them defaults, or add a build_model() function that passes them",
+        )
+    try:
+        model = obj()
+    except Exception as exc:
+        raise ModelFileError(
+            f"building {path}:{name} failed: {type(exc).__name__}: {exc}", "fix the model's constructor"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelNotFoundError(
+            f"{path}:{name}() returned {type(model).__name__}, not an nn.Module",
+            "return the model from it",
+        )
+    return ModelRef(name, how), model
+
+
+def _example_inputs(
+    module: ModuleType, path: Path, input_shape: tuple[int, ...] | None
+) -> tuple[tuple[torch.Tensor, ...], str]:
+    if input_shape is not None:
+        return (_randn(input_shape),), "--input-shape"
+    fn = getattr(module, "example_input", None)
+    if callable(fn):
+        try:
+            value = fn()
+        except Exception as exc:
+            raise InputShapeError(
+                f"example_input() in {path} failed: {type(exc).__name__}: {exc}", "fix example_input()"
+            ) from exc
+        inputs = value if isinstance(value, tuple) else (value,)
+        if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+            raise InputShapeError(
+                f"example_input() in {path} must return a tensor or a tuple of tensors",
+                "return e.g. torch.randn(2, 1, 8, 8)",
+            )
+        return inputs, "example_input()"
+    shape = getattr(module, "INPUT_SHAPE", None)
+    if shape is not None:
+        if not (isinstance(shape, (tuple, list)) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+            raise InputShapeError(
+                f"INPUT_SHAPE in {path} is {shape!r}, not a tuple of positive integers",
+                "set e.g. INPUT_SHAPE = (1, 8, 8) (one sample, no batch dimension)",
+            )
+        return (_randn(tuple(shape)),), "INPUT_SHAPE"
+    raise InputShapeError(
+        f"{path} gives no example input",
+        "define INPUT_SHAPE = (C, H, W) or example_input(), or pass --input-shape 1,8,8",
+    )
+
+
+def _randn(shape: tuple[int, ...]) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn((EXAMPLE_BATCH, *shape), generator=gen)
+
+
+def _check_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], input_from: str, path: Path) -> None:
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as exc:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputShapeError(
+            f"the model in {path} fails on the input from {input_from} of shape {shapes} "
+            f"(batch first): {msg}",
+            "pass one sample's shape without the batch dimension, e.g. --input-shape 1,8,8",
+        ) from exc

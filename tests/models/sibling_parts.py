@@ -1,0 +1,7 @@
+from torch import nn
+
+WIDTH = 4
+
+
+def make_head():
+    return nn.Linear(WIDTH, 2)
