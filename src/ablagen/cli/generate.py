@@ -1,0 +1,97 @@
+"""``ablagen generate``: one standalone, black-formatted script per ablated variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ablagen.cli.app import app
+from ablagen.cli.options import InputShapeOpt, ModelArg, NeuronGroupsOpt
+
+TRAIN = "Training (written into every script's config block)"
+NOISE = "Gradient noise (the perturbed update equations)"
+
+
+@app.command()
+def generate(
+    model: ModelArg,
+    out: Annotated[Path | None, typer.Option("--out", help="Study directory (default: generated/<model file stem>).")] = None,
+    kinds: Annotated[
+        str | None, typer.Option(help="Component kinds to ablate: layers,blocks,activations,neurons. [default: layers,blocks,activations]")
+    ] = None,
+    components: Annotated[
+        list[str] | None, typer.Option("--components", help="Only these ids (ID or ID:METHOD), comma-separated or repeated.")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="identity,zero,mean,mask: each component gets those it accepts. [default: identity where shapes allow, else zero; mask for neurons]")
+    ] = None,
+    neuron_groups: NeuronGroupsOpt = None,
+    input_shape: InputShapeOpt = None,
+    mode: Annotated[str, typer.Option(help="retrain: train every variant | knockout: train once, ablate at evaluation.")] = "retrain",
+    dataset: Annotated[
+        str | None, typer.Option(help="digits | wine | breast_cancer | synthetic | file (the model file's build_data()).")
+    ] = None,
+    val_fraction: Annotated[float, typer.Option(help="Built-in data: share held out for validation.")] = 0.2,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/validation split (the same for every variant).")] = 0,
+    dropout: Annotated[float | None, typer.Option(help="Override the model file's DROPOUT constant.")] = None,
+    epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 5,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 64,
+    lr: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = 0.003,
+    optimizer: Annotated[str, typer.Option(rich_help_panel=TRAIN, help="sgd | momentum | adam | adamw | rmsprop")] = "adam",
+    momentum: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = 0.9,
+    weight_decay: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="L2 penalty.")] = 0.0,
+    l1: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="L1 penalty added to the loss.")] = 0.0,
+    grad_clip: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="Max global gradient norm (0: off).")] = 0.0,
+    scheduler: Annotated[
+        str, typer.Option(rich_help_panel=TRAIN, help="none | step | exponential | cosine | cyclic | warmup")
+    ] = "none",
+    step_size: Annotated[int, typer.Option(rich_help_panel=TRAIN, help="step scheduler: epochs per decay.")] = 10,
+    gamma: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="step / exponential decay factor.")] = 0.5,
+    warmup_epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 2,
+    task: Annotated[str, typer.Option(rich_help_panel=TRAIN, help="classification | regression")] = "classification",
+    target_acc: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="Accuracy for 'epochs to target'.")] = 0.9,
+    stop_at_target: Annotated[bool, typer.Option(rich_help_panel=TRAIN)] = False,
+    patience: Annotated[int, typer.Option(rich_help_panel=TRAIN, help="Early stopping patience in epochs (0: off).")] = 0,
+    noise: Annotated[str, typer.Option(rich_help_panel=NOISE, help="Noise kind, e.g. gaussian, uniform, laplace.")] = "gaussian",
+    sigma: Annotated[float, typer.Option(rich_help_panel=NOISE, help="Base noise std (0: plain optimizer).")] = 0.0,
+    noise_schedule: Annotated[str, typer.Option(rich_help_panel=NOISE)] = "constant",
+    templates: Annotated[Path | None, typer.Option(help="Your templates directory, searched before the built-ins.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace a study of another model file.")] = False,
+) -> None:
+    """Write a study directory: baseline.py, one script per variant, manifest.json."""
+    from ablagen.codegen.context import TrainConfig
+    from ablagen.codegen.study import GenerateOptions, generate_study
+    from ablagen.loading import split_model_spec
+
+    train = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+        weight_decay=weight_decay, l1=l1, grad_clip=grad_clip, scheduler=scheduler,
+        step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs, noise=noise, sigma=sigma,
+        noise_schedule=noise_schedule, task=task, target_acc=target_acc,
+        stop_at_target=stop_at_target, patience=patience,
+    )  # fmt: skip
+    ids = tuple(i.strip() for c in components or () for i in c.split(",") if i.strip())
+    opts = GenerateOptions(
+        model=model,
+        out=out or Path("generated") / split_model_spec(model)[0].stem,
+        kinds=kinds,
+        components=ids,
+        methods=methods,
+        neuron_groups=neuron_groups,
+        input_shape=input_shape,
+        mode=mode,
+        dataset=dataset,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        dropout=dropout,
+        train=train,
+        templates=templates,
+        force=force,
+    )
+    study = generate_study(opts)
+    for warning in study.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    count = len(study.manifest.variants) - 1
+    typer.echo(f"wrote {study.out}: baseline.py + {count} variant scripts + manifest.json")

@@ -1,0 +1,154 @@
+"""The one typed context every template sees (as ``ctx``), and the options behind it.
+
+Templates may use exactly these fields; the README lists them. Values are rendered
+into Python with the ``py`` filter (``repr``), so any string -- a component id with
+quotes or spaces -- becomes an escaped literal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ablagen.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "step", "exponential", "cosine", "cyclic", "warmup")
+TASKS = ("classification", "regression")
+DATASETS = ("build_data", "digits", "wine", "breast_cancer", "synthetic")
+
+#: scikit-learn loader and feature count of the bundled datasets
+SKLEARN_DATASETS = {"digits": ("load_digits", 64), "wine": ("load_wine", 13), "breast_cancer": ("load_breast_cancer", 30)}
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}", f"use one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training settings written into every script's config block."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.003
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    l1: float = 0.0
+    grad_clip: float = 0.0
+    scheduler: str = "none"
+    step_size: int = 10
+    gamma: float = 0.5
+    warmup_epochs: int = 2
+    noise: str = "gaussian"
+    sigma: float = 0.0
+    noise_schedule: str = "constant"
+    task: str = "classification"
+    target_acc: float = 0.9
+    stop_at_target: bool = False
+    patience: int = 0
+
+    def validate(self) -> TrainConfig:
+        from ablagen import perturb
+
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("task", self.task, TASKS)
+        _choice("noise kind", self.noise, tuple(sorted(perturb.NOISE_KINDS)))
+        _choice("noise schedule", self.noise_schedule, tuple(sorted(perturb.SCHEDULES)))
+        checks = [
+            ("--epochs", self.epochs >= 1, "give at least 1"),
+            ("--batch-size", self.batch_size >= 1, "give at least 1"),
+            ("--lr", self.lr > 0, "give a positive learning rate"),
+            ("--weight-decay", self.weight_decay >= 0, "give 0 or a positive value"),
+            ("--l1", self.l1 >= 0, "give 0 or a positive value"),
+            ("--grad-clip", self.grad_clip >= 0, "give 0 (off) or a positive norm"),
+            ("--sigma", self.sigma >= 0, "give 0 (no noise) or a positive std"),
+            ("--target-acc", 0 <= self.target_acc <= 1, "give an accuracy in [0, 1]"),
+            ("--patience", self.patience >= 0, "give 1 or more epochs, or 0 to turn early stopping off"),
+            ("--step-size", self.step_size >= 1, "give at least 1 epoch"),
+            ("--gamma", self.gamma > 0, "give a positive decay factor"),
+            ("--warmup-epochs", self.warmup_epochs >= 1, "give at least 1 epoch"),
+        ]
+        for flag, ok, fix in checks:
+            if not ok:
+                raise ConfigError(f"bad value for {flag}: {getattr(self, flag[2:].replace('-', '_'))!r}", fix)
+        return self
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic_samples: int = 512
+    token_range: int | None = None  # integer inputs: draw tokens from [0, token_range)
+
+    @property
+    def needs_sklearn(self) -> bool:
+        return self.dataset in SKLEARN_DATASETS
+
+    @property
+    def loader(self) -> str:
+        return SKLEARN_DATASETS[self.dataset][0]
+
+    @property
+    def summary(self) -> str:
+        if self.dataset == "build_data":
+            return "the model file's build_data()"
+        if self.dataset == "synthetic":
+            return f"{self.synthetic_samples} seeded synthetic samples, {self.val_fraction:g} held out"
+        return f"scikit-learn's {self.dataset}, {self.val_fraction:g} held out (split seed {self.split_seed})"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str  # the model file, relative to the study directory
+    label: str  # e.g. "class DigitsCNN"
+    sha256: str
+    source: str  # the embedded source (libcst)
+    expression: str  # builds a fresh model, e.g. "DigitsCNN()"
+    sample_shape: tuple[int, ...]  # one input sample, no batch dimension
+    num_outputs: int  # the model output's last dimension
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    variant_id: str  # "<component>:<method>"
+    component_id: str
+    kind: str  # layer | block | activation | neuron
+    op: str
+    method: str  # identity | zero | mean | mask
+    template: str  # ablation/<template>.py.j2: replace_identity | hook | fx_node
+    module: str | None  # qualified name of the hooked / replaced module
+    parent: str | None  # replace_identity: the parent's qualified name ("" = the model)
+    child: str | None  # replace_identity: the attribute name on the parent
+    call_site: int | None  # hook at this call site only
+    node: str | None  # fx_node: the torch.fx node name
+    units: tuple[int, int] | None  # mask: [start, stop)
+    unit_index: str | None  # mask: the indexing expression, e.g. "..., 0:8"
+    tuple_output: bool  # zero: the module returns a tuple of tensors
+    ablated_params: int  # parameters that no longer affect the output
+    summary: str  # one line: what the ablation does
+    docstring: str  # the ablate() docstring
+
+
+@dataclass(frozen=True)
+class ScriptContext:
+    ablagen_version: str
+    script_name: str
+    title: str
+    description: tuple[str, ...]
+    regenerate_command: str
+    model: ModelInfo
+    data: DataSpec
+    train: TrainConfig
+    ablation: AblationSpec | None  # None: the baseline
+    perturb_source: str  # the embedded perturbation-aware optimizer
+    noise_scales: dict[str, Any] | None = None  # importance-guided runs only
+    extra: dict[str, Any] = field(default_factory=dict)  # free for user templates
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,177 @@
+"""Which variants to generate, and the ablation each one applies.
+
+:func:`plan_variants` picks (component, method) pairs from the inventory;
+:func:`ablation_spec` turns one pair into the template context's
+:class:`~ablagen.codegen.context.AblationSpec`; :func:`script_names` gives each
+variant a readable, unique file name of ``[a-z0-9_]`` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ablagen.analysis import KINDS, METHODS, Component, Inventory
+from ablagen.codegen.context import AblationSpec
+from ablagen.errors import ComponentError
+
+#: the method a component gets when --methods is not given: remove it where the
+#: shapes allow, else zero it; neurons are masked
+DEFAULT_METHOD_ORDER = ("identity", "zero", "mask")
+KIND_ALIASES = {"layers": "layer", "blocks": "block", "activations": "activation", "neurons": "neuron"}
+DEFAULT_KINDS = ("layer", "block", "activation")
+
+
+def parse_kinds(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return DEFAULT_KINDS
+    kinds = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        kind = KIND_ALIASES.get(word, word)
+        if kind not in KINDS:
+            raise ComponentError(f"unknown kind {word!r}", f"use some of: {', '.join(KIND_ALIASES)}")
+        kinds.append(kind)
+    return tuple(dict.fromkeys(kinds))
+
+
+def parse_methods(text: str | None) -> tuple[str, ...] | None:
+    if not text:
+        return None
+    methods = tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
+    for method in methods:
+        if method not in METHODS:
+            raise ComponentError(f"unknown method {method!r}", f"use some of: {', '.join(METHODS)}")
+    return methods
+
+
+def split_component_spec(spec: str) -> tuple[str, str | None]:
+    """``"fc1[0:8]:mask"`` -> ``("fc1[0:8]", "mask")``; ids may hold ':' themselves."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in METHODS:
+        return head, tail
+    return spec, None
+
+
+def plan_variants(
+    inventory: Inventory,
+    kinds: tuple[str, ...] = DEFAULT_KINDS,
+    components: Iterable[str] = (),
+    methods: tuple[str, ...] | None = None,
+) -> list[tuple[Component, str]]:
+    """(component, method) pairs, in inventory order.
+
+    Named ``components`` (``ID`` or ``ID:METHOD``) are taken whatever their kind and
+    must exist and accept their method; otherwise every component of ``kinds`` gets
+    each of ``methods`` it accepts, or its default method.
+    """
+    named = [split_component_spec(s) for s in components]
+    if named:
+        chosen: list[tuple[Component, str]] = []
+        for comp_id, method in named:
+            comp = inventory.get(comp_id)
+            if comp is None:
+                raise ComponentError(
+                    f"unknown component {comp_id!r}",
+                    "list the ids with `ablagen analyze MODEL` (use ID or ID:METHOD)",
+                )
+            for m in (method,) if method else methods or (default_method(comp),):
+                check_method(comp, m)
+                chosen.append((comp, m))
+        order = {c.id: i for i, c in enumerate(inventory.components)}
+        return sorted(dict.fromkeys(chosen), key=lambda cm: (order[cm[0].id], METHODS.index(cm[1])))
+    pairs = []
+    for comp in inventory.of_kinds(kinds):
+        for m in [m for m in methods if m in comp.methods] if methods else [default_method(comp)]:
+            pairs.append((comp, m))
+    return pairs
+
+
+def default_method(comp: Component) -> str:
+    return next(m for m in DEFAULT_METHOD_ORDER + METHODS if m in comp.methods)
+
+
+def check_method(comp: Component, method: str) -> None:
+    if method in comp.methods:
+        return
+    why = ""
+    if method == "identity" and comp.input_shape != comp.output_shape:
+        why = f" ({comp.op} changes the shape {_shape(comp.input_shape)} -> {_shape(comp.output_shape)})"
+    raise ComponentError(
+        f"method {method!r} is not valid for {comp.id}{why}",
+        f"use one of: {', '.join(comp.methods)}",
+    )
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "?" if shape is None else "x".join(map(str, shape))
+
+
+SUMMARIES = {
+    "identity": "it is skipped, its input passes straight through",
+    "zero": "its output is replaced by zeros",
+    "mean": "its output is replaced by its mean over the batch",
+}
+
+
+def ablation_spec(comp: Component, method: str) -> AblationSpec:
+    check_method(comp, method)
+    units = comp.units
+    summary = (
+        f"output units {units[0]}..{units[1] - 1} are set to zero" if method == "mask" and units else SUMMARIES[method]
+    )
+    if comp.module is None:
+        template = "fx_node"
+    elif method == "identity" and comp.call_site is None:
+        template = "replace_identity"
+    else:
+        template = "hook"
+    parent, _, child = (comp.module or "").rpartition(".")
+    shared = comp.call_site is not None
+    ablated = 0 if shared and method != "mask" else comp.params
+    where = f" at call site {comp.call_site}" if shared else ""
+    return AblationSpec(
+        variant_id=f"{comp.id}:{method}",
+        component_id=comp.id,
+        kind=comp.kind,
+        op=comp.op,
+        method=method,
+        template=template,
+        module=comp.module,
+        parent=parent if template == "replace_identity" else None,
+        child=child if template == "replace_identity" else None,
+        call_site=comp.call_site,
+        node=comp.node if template == "fx_node" else None,
+        units=units,
+        unit_index=_unit_index(comp) if method == "mask" else None,
+        tuple_output=comp.output_shape is None,
+        ablated_params=ablated,
+        summary=summary,
+        docstring=f"Ablate {comp.id} ({comp.op}){where}: {summary}.",
+    )
+
+
+def _unit_index(comp: Component) -> str:
+    assert comp.units is not None
+    start, stop = comp.units
+    span = f"{start}:{stop}" if stop - start > 1 else str(start)
+    return f"..., {span}" if comp.unit_dim == -1 else f":, {span}"
+
+
+def script_names(variant_ids: list[str], reserved: Iterable[str] = ("baseline",)) -> dict[str, str]:
+    """Readable unique file names: ``layer1.0.conv1:zero`` -> ``layer1_0_conv1__zero.py``."""
+    taken = set(reserved)
+    names: dict[str, str] = {}
+    for vid in sorted(variant_ids):
+        comp, _, method = vid.rpartition(":")
+        stem = _slug(comp) + "__" + _slug(method)
+        name, k = stem, 2
+        while name in taken:
+            name, k = f"{stem}_{k}", k + 1
+        taken.add(name)
+        names[vid] = f"{name}.py"
+    return names
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return slug or "x"

@@ -1,0 +1,112 @@
+"""Embed a model file's source in a standalone script.
+
+From the model file, keep what the wanted names (the model class or factory,
+``build_data``) need: their definitions, the constants and helpers they use, and the
+imports that bind names they use. Drop the module docstring, ``if __name__ ==
+"__main__":`` blocks and everything unrelated. ``from sibling import a, b`` of a
+module next to the model file is resolved by embedding ``a`` and ``b`` (and what
+they need) from that file first, recursively.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import libcst as cst
+
+from ablagen.errors import ModelFileError
+from ablagen.source.gather import TopLevel, needed_statements, top_level_statements
+from ablagen.source.transforms import DropImports, DropMainGuard, KeepStatements, SetConstants
+
+
+@dataclass(frozen=True)
+class EmbeddedSource:
+    code: str  # the embedded code, sibling modules first, model file last
+    names: frozenset[str]  # top-level names it defines
+    files: tuple[Path, ...]  # every file it came from
+
+
+def embed_model_source(
+    path: Path,
+    wanted: set[str],
+    constants: dict[str, str] | None = None,
+    known_imports: frozenset[str] = frozenset(),
+) -> EmbeddedSource:
+    """Extract what ``wanted`` needs from ``path`` (see the module docstring).
+
+    ``constants`` gives top-level constants new values (Python source); import
+    statements in ``known_imports`` (the script's own) are not repeated.
+    """
+    chunks: list[str] = []
+    names: set[str] = set()
+    files: list[Path] = []
+    _embed(path.resolve(), wanted, constants or {}, chunks, names, files, stack=())
+    if known_imports:
+        chunks = [cst.parse_module(c).visit(DropImports(set(known_imports))).code for c in chunks]
+    return EmbeddedSource("\n\n".join(c.strip("\n") for c in chunks if c.strip()) + "\n", frozenset(names), tuple(files))
+
+
+def _parse(path: Path) -> cst.Module:
+    try:
+        return cst.parse_module(path.read_text(encoding="utf-8"))
+    except (OSError, cst.ParserSyntaxError) as exc:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(f"cannot parse {path}: {first_line}", "fix the file's syntax") from exc
+
+
+def _embed(
+    path: Path,
+    wanted: set[str],
+    constants: dict[str, str],
+    chunks: list[str],
+    names: set[str],
+    files: list[Path],
+    stack: tuple[Path, ...],
+) -> None:
+    if path in stack:
+        raise ModelFileError(f"circular import between {path.name} and {stack[-1].name}", "break the cycle")
+    module = _parse(path).visit(DropMainGuard())
+    statements = top_level_statements(module)
+    keep = needed_statements(statements, wanted)
+    sibling_imports = [st for st in keep if st.is_import and _sibling(path, st) is not None]
+    for st in sibling_imports:
+        sibling = _sibling(path, st)
+        assert sibling is not None
+        if st.import_from is None:
+            raise ModelFileError(
+                f"{path.name} imports the sibling module {sibling.stem!r} as a whole",
+                f"use `from {sibling.stem} import NAME` so ablagen can embed what the model needs",
+            )
+        if "*" in st.defines:
+            raise ModelFileError(
+                f"{path.name} uses `from {sibling.stem} import *`", "import the names the model needs explicitly"
+            )
+        _embed(sibling, set(st.defines) & _used_names(keep), {}, chunks, names, files, stack + (path,))
+    indices = {st.index for st in keep if st not in sibling_imports}
+    kept = module.visit(KeepStatements(indices))
+    if constants:
+        kept = kept.visit(SetConstants(constants))
+    chunks.append(kept.code)
+    names.update(n for st in keep if st not in sibling_imports for n in st.defines)
+    files.append(path)
+
+
+def _used_names(statements: list[TopLevel]) -> set[str]:
+    return {n for st in statements for n in st.uses} | {n for st in statements if not st.is_import for n in st.defines}
+
+
+def _sibling(path: Path, st: TopLevel) -> Path | None:
+    """The sibling file a top-level import refers to, if it is one."""
+    modules = [st.import_from] if st.import_from is not None else list(st.imported_modules)
+    for mod in modules:
+        if mod.startswith("."):
+            raise ModelFileError(
+                f"{path.name} uses the relative import `from {mod} import ...`",
+                "use an absolute import of a module next to the model file",
+            )
+        first = mod.split(".")[0]
+        for candidate in (path.parent / f"{first}.py", path.parent / first / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None

@@ -1,0 +1,73 @@
+"""Rewriting transforms, one job each; facts come from :mod:`ablagen.source.gather`."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from ablagen.source.gather import is_main_guard
+
+
+class DropMainGuard(cst.CSTTransformer):
+    """Remove top-level ``if __name__ == "__main__":`` blocks."""
+
+    def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
+        return updated.with_changes(body=[s for s in updated.body if not is_main_guard(s)])
+
+
+class KeepStatements(cst.CSTTransformer):
+    """Keep only the top-level statements at the given indices (module docstring dropped)."""
+
+    def __init__(self, indices: set[int]) -> None:
+        super().__init__()
+        self.indices = indices
+
+    def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
+        body = [s for i, s in enumerate(updated.body) if i in self.indices]
+        if body:  # the first kept statement must not inherit the file's leading blank lines
+            body[0] = body[0].with_changes(leading_lines=())
+        return updated.with_changes(body=body, header=())
+
+
+class SetConstants(cst.CSTTransformer):
+    """Give top-level ``NAME = value`` assignments new values (Python source for each)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__()
+        self.values = values
+        self.depth = 0
+        self.done: set[str] = set()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False  # only the top level
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return False
+
+    def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
+        if len(updated.targets) == 1 and isinstance(updated.targets[0].target, cst.Name):
+            name = updated.targets[0].target.value
+            if name in self.values:
+                self.done.add(name)
+                return updated.with_changes(value=cst.parse_expression(self.values[name]))
+        return updated
+
+
+class DropImports(cst.CSTTransformer):
+    """Remove top-level import statements whose code is one of ``codes`` (already imported)."""
+
+    def __init__(self, codes: set[str]) -> None:
+        super().__init__()
+        self.codes = codes
+
+    def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
+        body = [s for s in updated.body if not self._drop(updated, s)]
+        if body and len(body) != len(updated.body):
+            body[0] = body[0].with_changes(leading_lines=())
+        return updated.with_changes(body=body)
+
+    def _drop(self, module: cst.Module, stmt: cst.CSTNode) -> bool:
+        if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+            return False
+        if not isinstance(stmt.body[0], (cst.Import, cst.ImportFrom)):
+            return False
+        return module.code_for_node(stmt.body[0]).strip() in self.codes
