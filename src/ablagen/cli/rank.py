@@ -1,0 +1,126 @@
+"""``ablagen rank``: importance with uncertainty, noise scales, plots and report."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ablagen.cli.app import app
+from ablagen.noise_scales import (
+    DEFAULT_MAX_SCALE,
+    DEFAULT_MIN_SCALE,
+    DEFAULT_TEMPERATURE,
+)
+
+
+@app.command()
+def rank(
+    study: Annotated[
+        str,
+        typer.Argument(
+            help="Study directory made by `ablagen generate` and run.",
+            show_default=False,
+        ),
+    ],
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="Result metric: a key of result['final'] or a top-level number."
+        ),
+    ] = "val_acc",
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print importance.json to stdout instead of a table."
+        ),
+    ] = False,
+    as_csv: Annotated[
+        bool,
+        typer.Option(
+            "--csv", help="Print importance.csv to stdout instead of a table."
+        ),
+    ] = False,
+    no_plots: Annotated[
+        bool, typer.Option("--no-plots", help="Skip importance.png and curves.png.")
+    ] = False,
+    top_k: Annotated[
+        int,
+        typer.Option(
+            "--top-k", min=0, help="Variants shown next to the baseline in curves.png."
+        ),
+    ] = 5,
+    min_scale: Annotated[
+        float, typer.Option(help="Noise scale of the most important component.")
+    ] = DEFAULT_MIN_SCALE,
+    max_scale: Annotated[
+        float,
+        typer.Option(help="Noise scale of components whose ablation changed nothing."),
+    ] = DEFAULT_MAX_SCALE,
+    temperature: Annotated[
+        float, typer.Option(help="Curvature of the importance-to-scale mapping (> 0).")
+    ] = DEFAULT_TEMPERATURE,
+) -> None:
+    """Rank components by paired importance over seeds; write importance.json/.csv,
+    noise_scales.json, plots and report.md into the study directory."""
+    from ablagen.report import rank_study
+
+    out = rank_study(
+        study,
+        metric,
+        plots=not no_plots,
+        top_k=top_k,
+        min_scale=min_scale,
+        max_scale=max_scale,
+        temperature=temperature,
+    )
+    if as_json:
+        typer.echo(out.ranking.dumps(), nl=False)
+    elif as_csv:
+        typer.echo(out.ranking.to_csv(), nl=False)
+    else:
+        _print_table(out.ranking)
+        typer.echo("wrote " + ", ".join(p.name for p in out.files), err=True)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
+def _print_table(ranking) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(
+        title=f"importance on {ranking.metric} ({ranking.confidence:.0%} CI, paired by seed)"
+    )
+    for column in ("rank", "variant", "kind", "method", "importance", "CI", "n", "≈0"):
+        table.add_column(
+            column,
+            justify="right" if column in ("rank", "importance", "n") else "left",
+            no_wrap=True,
+        )
+    for r in ranking.rows:
+        half = "" if r.ci_high is None else f" ± {r.ci_high - r.mean:.4f}"
+        ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        table.add_row(
+            str(r.rank),
+            escape(r.variant),
+            r.kind,
+            r.method,
+            f"{r.mean:+.4f}{half}",
+            ci,
+            str(r.n),
+            "≈0" if r.ci_includes_zero else "",
+        )
+    console = Console()
+    if not console.is_terminal:  # piped: never truncate ids
+        console = Console(width=200)
+    console.print(table)
+    for f in ranking.failed:
+        statuses = ", ".join(f"seed {s}: {st}" for s, st in f.statuses)
+        console.print(
+            f"[yellow]not ranked[/yellow] {escape(f.variant)} ({statuses})",
+            highlight=False,
+        )

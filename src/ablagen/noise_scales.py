@@ -1,0 +1,225 @@
+"""Importance → per-parameter gradient-noise scales (the hybrid's σ multipliers).
+
+Mapping. Per component ``c`` take ``I_c``, the largest mean importance over its
+ranked variants (``conv1:zero`` and ``conv1:mean`` → the worse ablation counts).
+With ``M = max_c max(I_c, 0)`` over all ranked components::
+
+    z_c = max(I_c, 0) / M                    in [0, 1]   (z = 0 for all when M == 0)
+    g_c = (1 - exp(-z_c / T)) / (1 - exp(-1 / T))        in [0, 1], increasing in z
+    s_c = max_scale - (max_scale - min_scale) * g_c
+
+so the most important component gets ``min_scale``, a component whose ablation
+changed nothing (or helped) gets ``max_scale``, and ``s`` is strictly decreasing
+in importance between. The temperature ``T > 0`` bends the curve: small T gives
+even mildly important components little noise; T → ∞ is linear in ``z``.
+
+Assignment to parameters (names and shapes from ``manifest.model["parameters"]``):
+
+* A component's importance belongs to its ``param_owner`` module; a parameter
+  ``a.b.weight`` is owned by ``a.b`` and by ``a`` (qualname prefix). The most
+  specific ranked owner wins: a layer beats the block containing it.
+* An activation's importance goes to its ``param_owner`` (the layer producing
+  its input); if that layer is ranked too, the larger importance (smaller scale)
+  wins. Activations with no owner affect no parameter.
+* Neuron groups (``fc1[0:8]``) give the owner layer's direct parameters
+  (``fc1.weight``, ``fc1.bias``) a per-unit list of length ``shape[0]``; units no
+  ranked group covers keep the scale the parameter gets otherwise.
+* Parameters of modules with no ranked component get ``default`` (1.0).
+  Components whose variants all failed are unranked: default, not max.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablagen.errors import ConfigError, StudyError
+from ablagen.fsutil import atomic_write_text
+from ablagen.ranking import Ranking
+from ablagen.studydir import Manifest
+
+NOISE_SCALES_JSON = "noise_scales.json"
+DEFAULT_MIN_SCALE = 0.1
+DEFAULT_MAX_SCALE = 2.0
+DEFAULT_TEMPERATURE = 1.0
+_DIGITS = 6  # scales are rounded so the JSON is short and stable
+
+Scale = float | tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class NoiseScales:
+    metric: str
+    default: float
+    min_scale: float
+    max_scale: float
+    temperature: float
+    components: dict[str, dict[str, float]]  # id -> {"importance": I_c, "scale": s_c}
+    # every trainable parameter: one scale, or one per output unit (dim 0)
+    parameters: dict[str, Scale] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "default": self.default,
+            "min": self.min_scale,
+            "max": self.max_scale,
+            "temperature": self.temperature,
+            "components": self.components,
+            "parameters": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in self.parameters.items()
+            },
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def scale_for(
+    importance: float,
+    top: float,
+    min_scale: float,
+    max_scale: float,
+    temperature: float,
+) -> float:
+    """The module docstring's mapping for one importance, given ``top = M``."""
+    z = max(importance, 0.0) / top if top > 0.0 else 0.0
+    g = (1.0 - math.exp(-min(z, 1.0) / temperature)) / (
+        1.0 - math.exp(-1.0 / temperature)
+    )
+    return round(max_scale - (max_scale - min_scale) * g, _DIGITS)
+
+
+def _check_options(
+    min_scale: float, max_scale: float, temperature: float, default: float
+) -> None:
+    if not (
+        math.isfinite(min_scale)
+        and math.isfinite(max_scale)
+        and 0.0 <= min_scale <= max_scale
+    ):
+        raise ConfigError(
+            f"bad noise-scale range [{min_scale}, {max_scale}]",
+            "pass 0 <= --min-scale <= --max-scale, e.g. --min-scale 0.1 --max-scale 2.0",
+        )
+    if not (math.isfinite(temperature) and temperature > 0.0):
+        raise ConfigError(
+            f"bad temperature {temperature}", "pass --temperature > 0, e.g. 1.0"
+        )
+    if not (math.isfinite(default) and default >= 0.0):
+        raise ConfigError(
+            f"bad default scale {default}", "pass a default scale >= 0, e.g. 1.0"
+        )
+
+
+def _component_importance(ranking: Ranking) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for row in ranking.rows:
+        best[row.component] = max(row.mean, best.get(row.component, -math.inf))
+    return best
+
+
+def _owner_of(name: str, owners: dict[str, float]) -> str | None:
+    """The longest ranked module qualname that is a prefix of parameter ``name``."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:cut])
+        if owner in owners:
+            return owner
+    return None
+
+
+Owners = dict[str, float]  # module qualname -> importance (layers, blocks, activations)
+UnitGroups = dict[
+    str, list[tuple[int, int, float]]
+]  # layer -> [(start, stop, importance)]
+
+
+def _attribute(
+    manifest: Manifest, ranking: Ranking, importance: dict[str, float]
+) -> tuple[Owners, UnitGroups]:
+    """Give each ranked component's importance to its ``param_owner`` (max wins)."""
+    kinds = {row.component: row.kind for row in ranking.rows}
+    owners: Owners = {}
+    units: UnitGroups = {}
+    for comp_id, value in importance.items():
+        comp = manifest.component(comp_id)
+        if comp is None:
+            # not in the inventory: a layer's or block's id is its module qualname
+            owned = kinds[comp_id] in ("layer", "block")
+            comp = {"kind": kinds[comp_id], "param_owner": comp_id if owned else None}
+        owner = comp.get("param_owner")
+        if not owner:
+            continue
+        if comp.get("kind") == "neuron" and comp.get("units"):
+            start, stop = (int(u) for u in comp["units"])
+            units.setdefault(owner, []).append((start, stop, value))
+        else:
+            owners[owner] = max(value, owners.get(owner, -math.inf))
+    return owners, units
+
+
+def _parameters(manifest: Manifest) -> list[tuple[str, tuple[int, ...]]]:
+    raw = manifest.model.get("parameters")
+    if not isinstance(raw, list):
+        raise StudyError(
+            "the manifest lists no model parameters (model.parameters)",
+            "regenerate the study with `ablagen generate ... --force`",
+        )
+    return [(str(name), tuple(int(d) for d in shape)) for name, shape in raw]
+
+
+def noise_scales(
+    manifest: Manifest,
+    ranking: Ranking,
+    min_scale: float = DEFAULT_MIN_SCALE,
+    max_scale: float = DEFAULT_MAX_SCALE,
+    temperature: float = DEFAULT_TEMPERATURE,
+    default: float = 1.0,
+) -> NoiseScales:
+    """Per-parameter σ multipliers from a ranking (see the module docstring)."""
+    _check_options(min_scale, max_scale, temperature, default)
+    importance = _component_importance(ranking)
+    top = max((max(v, 0.0) for v in importance.values()), default=0.0)
+
+    def to_scale(value: float) -> float:
+        return scale_for(value, top, min_scale, max_scale, temperature)
+
+    owners, units = _attribute(manifest, ranking, importance)
+    parameters: dict[str, Scale] = {}
+    for name, shape in _parameters(manifest):
+        owner = _owner_of(name, owners)
+        base = default if owner is None else to_scale(owners[owner])
+        layer = name.rpartition(".")[0]
+        groups = units.get(layer)
+        if groups and shape:
+            per_unit = [base] * shape[0]
+            for start, stop, value in groups:
+                for unit in range(max(start, 0), min(stop, shape[0])):
+                    per_unit[unit] = to_scale(value)
+            parameters[name] = tuple(per_unit)
+        else:
+            parameters[name] = base
+    return NoiseScales(
+        metric=ranking.metric,
+        default=default,
+        min_scale=min_scale,
+        max_scale=max_scale,
+        temperature=temperature,
+        components={
+            c: {"importance": v, "scale": to_scale(v)}
+            for c, v in sorted(importance.items())
+        },
+        parameters=parameters,
+    )
+
+
+def write_noise_scales(study_dir: str | Path, scales: NoiseScales) -> Path:
+    """Write ``noise_scales.json`` atomically (sorted keys, stable bytes); return its path."""
+    path = Path(study_dir) / NOISE_SCALES_JSON
+    atomic_write_text(path, scales.dumps())
+    return path

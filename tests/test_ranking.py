@@ -1,0 +1,198 @@
+"""Paired importance with t intervals, checked against hand-computed references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ablagen.errors import StudyError
+from ablagen.orchestrate.records import RunRecord
+from ablagen.ranking import rank, select_records, t_quantile
+from ablagen.studydir import Manifest, VariantEntry
+
+SEEDS = (0, 1, 2, 3, 4)
+BASE_ACC = (0.90, 0.92, 0.88, 0.91, 0.89)
+# per-seed drop of val_acc when the component is ablated (the ground truth)
+ESSENTIAL = (0.50, 0.52, 0.48, 0.49, 0.51)
+MIDDLE = (0.10, 0.12, 0.08, 0.11, 0.09)
+DEAD = (0.001, -0.002, 0.0, 0.001, -0.001)
+
+
+def _variant(vid: str) -> VariantEntry:
+    if vid == "baseline":
+        return VariantEntry(
+            "baseline", None, "baseline", None, "baseline.py", "sha-baseline"
+        )
+    comp, method = vid.rsplit(":", 1)
+    kind = "neuron" if "[" in comp else "layer"
+    return VariantEntry(
+        vid, comp, kind, method, vid.replace(":", "__") + ".py", f"sha-{vid}"
+    )
+
+
+VARIANT_IDS = (
+    "baseline",
+    "branch:zero",
+    "conv1:zero",
+    "fc1:mean",
+    "act:zero",
+    "fc2:zero",
+)
+MANIFEST = Manifest(
+    "0.1.0",
+    "retrain",
+    {"path": "m.py", "parameters": []},
+    {},
+    tuple(_variant(v) for v in VARIANT_IDS),
+)
+
+
+def record(
+    vid: str, seed: int, status: str = "ok", acc: float | None = None, **extra
+) -> RunRecord:
+    final = (
+        {} if acc is None else {"val_acc": acc, "val_loss": 1.0 - acc, "train_acc": acc}
+    )
+    result = {"final": final, "epochs_to_target": extra.pop("ett", None), "seed": seed}
+    return RunRecord(
+        vid,
+        seed,
+        extra.pop("args", {"epochs": 2}),
+        extra.pop("sha", f"sha-{vid}"),
+        status,
+        result if status == "ok" else None,
+    )
+
+
+def study_records() -> list[RunRecord]:
+    recs = []
+    for i, seed in enumerate(SEEDS):
+        base = BASE_ACC[i]
+        recs.append(record("baseline", seed, acc=base, ett=3 + i % 2))
+        recs.append(record("conv1:zero", seed, acc=base - ESSENTIAL[i], ett=None))
+        recs.append(record("fc1:mean", seed, acc=base - MIDDLE[i], ett=4))
+        recs.append(record("branch:zero", seed, acc=base - DEAD[i], ett=3))
+        recs.append(
+            record("act:zero", seed, "diverged" if seed == 2 else "ok", acc=base - 0.2)
+        )
+        if seed != 4:
+            recs.append(record("fc2:zero", seed, acc=base - 0.3))
+    return recs
+
+
+@pytest.mark.parametrize(
+    ("df", "expected"),
+    [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042), (120, 1.980)],
+)
+def test_t_quantile_matches_table(df: int, expected: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-3)
+
+
+def test_t_quantile_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 5, 7, 9, 16, 29, 64, 301):
+        for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.9995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
+
+
+def test_ranks_essential_first_and_dead_includes_zero() -> None:
+    ranking = rank(MANIFEST, study_records())
+    assert [r.variant for r in ranking.rows] == [
+        "conv1:zero",
+        "fc1:mean",
+        "branch:zero",
+    ]
+    assert [r.rank for r in ranking.rows] == [1, 2, 3]
+    essential, middle, dead = ranking.rows
+    assert not essential.ci_includes_zero and not middle.ci_includes_zero
+    assert dead.ci_includes_zero
+    assert dead.ci_low < 0.0 < dead.ci_high
+
+
+def test_paired_differences_match_hand_computation() -> None:
+    row = rank(MANIFEST, study_records()).row("conv1:zero")
+    assert row is not None and row.n == 5 and row.seeds == SEEDS
+    assert row.diffs == pytest.approx(ESSENTIAL, abs=1e-12)
+    # mean 0.50; deviations 0, .02, -.02, -.01, .01 -> var = .001 / 4
+    assert row.mean == pytest.approx(0.50, abs=1e-12)
+    assert row.std == pytest.approx(math.sqrt(0.00025), abs=1e-12)
+    half = 2.7764451052 * math.sqrt(0.00025) / math.sqrt(5)
+    assert row.ci_low == pytest.approx(0.50 - half, abs=1e-9)
+    assert row.ci_high == pytest.approx(0.50 + half, abs=1e-9)
+    assert row.baseline_mean == pytest.approx(sum(BASE_ACC) / 5)
+    assert row.variant_mean == pytest.approx(sum(BASE_ACC) / 5 - 0.50)
+
+
+def test_loss_metric_sign_keeps_positive_means_hurts() -> None:
+    ranking = rank(MANIFEST, study_records(), metric="val_loss")
+    assert not ranking.higher_is_better
+    row = ranking.row("conv1:zero")
+    assert row is not None and row.mean == pytest.approx(0.50, abs=1e-12)
+    assert [r.variant for r in ranking.rows][0] == "conv1:zero"
+
+
+def test_failed_and_missing_variants_are_listed_apart() -> None:
+    ranking = rank(MANIFEST, study_records())
+    failed = {f.variant: dict(f.statuses) for f in ranking.failed}
+    assert failed == {
+        "act:zero": {0: "ok", 1: "ok", 2: "diverged", 3: "ok", 4: "ok"},
+        "fc2:zero": {0: "ok", 1: "ok", 2: "ok", 3: "ok", 4: "missing"},
+    }
+    assert ranking.row("act:zero") is None and ranking.row("fc2:zero") is None
+
+
+def test_top_level_metric_with_null_value_fails_not_ranks() -> None:
+    ranking = rank(MANIFEST, study_records(), metric="epochs_to_target")
+    assert not ranking.higher_is_better
+    failed = {f.variant: dict(f.statuses) for f in ranking.failed}
+    assert set(failed["conv1:zero"].values()) == {"no-metric"}
+    row = ranking.row("fc1:mean")
+    assert row is not None and row.diffs == (1.0, 0.0, 1.0, 0.0, 1.0)  # 4 - (3 + i % 2)
+
+
+def test_single_seed_has_no_interval() -> None:
+    recs = [r for r in study_records() if r.seed == 0]
+    row = rank(MANIFEST, recs).row("conv1:zero")
+    assert row is not None and row.n == 1
+    assert row.std is None and row.ci_low is None and row.ci_high is None
+    assert row.ci_includes_zero
+
+
+def test_missing_metric_names_it_and_lists_available() -> None:
+    with pytest.raises(StudyError) as err:
+        rank(MANIFEST, study_records(), metric="val_f1")
+    message = str(err.value)
+    assert "'val_f1'" in message and "val_acc" in message and "val_loss" in message
+
+
+def test_no_results_says_run_it_first() -> None:
+    with pytest.raises(StudyError) as err:
+        rank(MANIFEST, [], study="generated/demo")
+    assert (
+        str(err.value)
+        == "no results in generated/demo; run it first with `ablagen run generated/demo`"
+    )
+
+
+def test_stale_records_are_ignored() -> None:
+    stale = [record("baseline", s, acc=0.1, sha="old") for s in SEEDS]
+    assert rank(MANIFEST, stale + study_records()).baseline_mean == pytest.approx(0.90)
+    with pytest.raises(StudyError, match="stale"):
+        rank(MANIFEST, stale)
+
+
+def test_selection_prefers_args_group_with_most_baseline_seeds_and_last_wins() -> None:
+    short = [record("baseline", 0, acc=0.5, args={"epochs": 1})]
+    retried = [record("conv1:zero", 0, "failed"), record("conv1:zero", 0, acc=0.4)]
+    sel = select_records(MANIFEST, short + study_records() + retried)
+    assert sel.args == {"epochs": 2}
+    assert sel.runs["conv1:zero"][0].result["final"]["val_acc"] == pytest.approx(0.4)
+
+
+def test_baseline_without_ok_run_is_an_error() -> None:
+    recs = [r for r in study_records() if r.variant_id != "baseline"]
+    recs.append(record("baseline", 0, "crashed"))
+    with pytest.raises(StudyError, match="baseline"):
+        rank(MANIFEST, recs)
