@@ -36,7 +36,13 @@ class _Section:
 def render_script(env: jinja2.Environment, ctx: ScriptContext) -> str:
     raw = render_raw(env, ctx)
     sections = [s for s in raw.split(f"\n{SECTION_MARK}\n") if s.strip()]
-    formatted = [_format_section(s, ctx.script_name) for s in sections]
+    try:
+        formatted = [_format_section(s) for s in sections]
+    except black.InvalidInput as exc:
+        raise TemplateError(
+            f"the rendered {ctx.script_name} is not valid Python ({str(exc).splitlines()[0]})",
+            "fix the template that produced it",
+        ) from exc
     out = formatted[0].text
     for prev, sec in zip(formatted, formatted[1:]):
         blank = "\n" if prev.ends_tight and not sec.starts_with_def else "\n\n"
@@ -78,14 +84,9 @@ def _template_frame(exc: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _format_section(text: str, script_name: str) -> _Section:
-    try:
-        formatted = black.format_str(text, mode=BLACK_MODE)
-    except black.InvalidInput as exc:
-        raise TemplateError(
-            f"the rendered {script_name} is not valid Python ({str(exc).splitlines()[0]})",
-            "fix the template that produced it (ablagen render --raw shows the text)",
-        ) from exc
+def _format_section(text: str) -> _Section:
+    """Black-format one section; shared sections hit the cache after the first script."""
+    formatted = black.format_str(text, mode=BLACK_MODE)
     body = ast.parse(formatted).body
     first, last = (body[0], body[-1]) if body else (None, None)
     is_docstring = isinstance(last, ast.Expr) and isinstance(getattr(last, "value", None), ast.Constant) and len(body) == 1

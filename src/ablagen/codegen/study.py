@@ -6,7 +6,7 @@ import os
 import shlex
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class GeneratedStudy:
 def generate_study(opts: GenerateOptions) -> GeneratedStudy:
     """Render every script into memory, then write the study directory in one swap."""
     opts.train.validate()
+    opts = replace(opts, out=opts.out.resolve())
     if opts.mode not in MODES:
         raise ConfigError(f"unknown mode {opts.mode!r}", f"use one of: {', '.join(MODES)}")
     kinds, methods = parse_kinds(opts.kinds), parse_methods(opts.methods)
