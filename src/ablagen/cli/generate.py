@@ -53,7 +53,9 @@ def generate(
     task: Annotated[str, typer.Option(rich_help_panel=TRAIN, help="classification | regression")] = "classification",
     target_acc: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="Accuracy for 'epochs to target'.")] = 0.9,
     stop_at_target: Annotated[bool, typer.Option(rich_help_panel=TRAIN)] = False,
-    patience: Annotated[int, typer.Option(rich_help_panel=TRAIN, help="Early stopping patience in epochs (0: off).")] = 0,
+    patience: Annotated[
+        int | None, typer.Option(rich_help_panel=TRAIN, help="Early stopping: epochs without val-loss gain. [default: off]")
+    ] = None,
     noise: Annotated[str, typer.Option(rich_help_panel=NOISE, help="Noise kind, e.g. gaussian, uniform, laplace.")] = "gaussian",
     sigma: Annotated[float, typer.Option(rich_help_panel=NOISE, help="Base noise std (0: plain optimizer).")] = 0.0,
     noise_schedule: Annotated[str, typer.Option(rich_help_panel=NOISE)] = "constant",

@@ -48,7 +48,7 @@ class TrainConfig:
     task: str = "classification"
     target_acc: float = 0.9
     stop_at_target: bool = False
-    patience: int = 0
+    patience: int | None = None  # None: no early stopping
 
     def validate(self) -> TrainConfig:
         from ablagen import perturb
@@ -67,7 +67,7 @@ class TrainConfig:
             ("--grad-clip", self.grad_clip >= 0, "give 0 (off) or a positive norm"),
             ("--sigma", self.sigma >= 0, "give 0 (no noise) or a positive std"),
             ("--target-acc", 0 <= self.target_acc <= 1, "give an accuracy in [0, 1]"),
-            ("--patience", self.patience >= 0, "give 1 or more epochs, or 0 to turn early stopping off"),
+            ("--patience", self.patience is None or self.patience >= 1, "give 1 or more epochs (leave it out: no early stopping)"),
             ("--step-size", self.step_size >= 1, "give at least 1 epoch"),
             ("--gamma", self.gamma > 0, "give a positive decay factor"),
             ("--warmup-epochs", self.warmup_epochs >= 1, "give at least 1 epoch"),

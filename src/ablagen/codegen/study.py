@@ -125,7 +125,7 @@ def generate_study(opts: GenerateOptions) -> GeneratedStudy:
             "traced": inventory.traced,
         },
         config=_config_json(opts, data, command),
-        variants=tuple(entries),
+        variants=(entries[0], *sorted(entries[1:], key=lambda e: e.id)),
         components=tuple(c.to_json() for c in inventory.components),
     )
     files[MANIFEST] = manifest.dumps().encode("utf-8")

@@ -1,0 +1,1171 @@
+"""Baseline training run of class Net: nothing ablated.
+
+Every ablation variant of this study is compared with this run, seed by seed.
+
+Model:  ../models/cnn_mixed.py (class Net, sha256 65fe95eea09206a1)
+Run:    python baseline.py --epochs 1 --seed 0 --out result.json
+Made by ablagen 0.1.0; to regenerate, run in this directory:
+    ablagen generate ../models/cnn_mixed.py --out . --dataset synthetic --components act:identity --epochs 1
+
+Standalone: needs Python, torch, never ablagen. Writes a JSON
+result (per-epoch and final metrics, parameter counts, wall time) to --out and
+exits 0 (ok), 1 (failed) or 3 (diverged).
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# -----------------------------------------------------------------------------
+# config: plain values; the command-line flags in parse_args() override some
+EPOCHS = 1  # passes over the training data (--epochs)
+BATCH_SIZE = 64  # (--batch-size)
+LR = 0.003  # learning rate (--lr)
+OPTIMIZER = "adam"  # sgd | momentum | adam | adamw | rmsprop
+MOMENTUM = 0.9  # for momentum and rmsprop
+WEIGHT_DECAY = 0.0  # L2 penalty (decoupled for adamw)
+L1 = 0.0  # L1 penalty on all weights, added to the loss
+GRAD_CLIP = 0.0  # max global gradient norm (0: off)
+SCHEDULER = "none"  # none | step | exponential | cosine | cyclic | warmup
+STEP_SIZE = 10  # step: decay every STEP_SIZE epochs
+GAMMA = 0.5  # step / exponential: decay factor
+WARMUP_EPOCHS = 2  # warmup: epochs to reach LR linearly
+NOISE = "gaussian"  # gradient noise kind of the perturbed update
+SIGMA = 0.0  # base noise std (0: exactly the plain optimizer)
+NOISE_SCHEDULE = "constant"  # how sigma changes over steps
+TASK = "classification"  # classification (cross-entropy) | regression (MSE)
+DATASET = "synthetic"  # digits | wine | breast_cancer | synthetic | build_data
+VAL_FRACTION = 0.2  # built-in data: share held out for validation
+SPLIT_SEED = 0  # fixes the train/validation split for every variant
+TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
+STOP_AT_TARGET = False  # stop training once the target is reached
+PATIENCE = None  # early stopping: epochs without val-loss gain (None: off)
+SEED = 0  # (--seed) model init, data order, dropout and noise
+DEVICE = "cpu"  # (--device) cpu | cuda
+
+
+# -----------------------------------------------------------------------------
+# model: embedded from ../models/cnn_mixed.py; edit that file and regenerate
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.SiLU()
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = self.act(self.conv(x))
+        x = F.max_pool2d(x, 2)
+        x = torch.sigmoid(x).flatten(1)
+        return self.fc(x).relu()
+
+
+SAMPLE_SHAPE = (1, 8, 8)  # one input sample, no batch dimension
+NUM_OUTPUTS = 5  # size of the model's last output dimension
+
+
+def new_model():
+    """A freshly initialised model (the same weights for every variant at one seed)."""
+    return Net()
+
+
+# -----------------------------------------------------------------------------
+# ablation: none, this is the baseline every variant is compared with
+VARIANT = "baseline"
+ABLATED_PARAMS = 0  # parameters that no longer affect the output
+
+
+def ablate(model):
+    """The baseline ablates nothing."""
+    return model
+
+
+# -----------------------------------------------------------------------------
+# data: 512 seeded synthetic samples, 0.2 held out
+SYNTHETIC_SAMPLES = 512  # train + validation samples
+
+
+def load_data():
+    """Seeded synthetic data shaped like the model's input; targets come from a fixed
+    random projection of the inputs, so there is something to learn."""
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    x = torch.randn((SYNTHETIC_SAMPLES, *SAMPLE_SHAPE), generator=generator)
+    projection = torch.randn(x[0].numel(), NUM_OUTPUTS, generator=generator)
+    scores = x.reshape(len(x), -1).float() @ projection
+    y = scores.argmax(dim=1) if TASK == "classification" else scores
+    return split(x, y)
+
+
+def split(x, y):
+    """A train/validation split fixed by SPLIT_SEED: every variant sees the same data."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = max(1, round(VAL_FRACTION * len(x)))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+# -----------------------------------------------------------------------------
+# optimizer: torch.optim wrapped in the perturbation-aware optimizer below
+# --- perturbation-aware optimizer (embedded from ablagen.perturb v0.1.0; edit there, not here) ---
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Sequence, TypeVar
+
+import torch
+
+C = TypeVar("C", bound=type)
+
+
+def _registrar(registry: dict[str, Any]) -> Callable[[str], Callable[[C], C]]:
+    """``register = _registrar(REGISTRY)``; ``@register("name")`` adds a class."""
+
+    def register(name: str) -> Callable[[C], C]:
+        def add(cls: C) -> C:
+            cls.name = name
+            registry[name] = cls
+            return cls
+
+        return add
+
+    return register
+
+
+def _make(registry: dict[str, Any], what: str, name: str, kwargs: dict) -> Any:
+    if name not in registry:
+        valid = ", ".join(sorted(registry))
+        raise ValueError(f"unknown {what} {name!r}; valid names: {valid}")
+    return registry[name](**kwargs)
+
+
+# -- noise kinds: what δ_t looks like ------------------------------------------
+
+
+@dataclass
+class NoiseBatch:
+    """One bucket's tensors at one step: parameters sharing group, device, dtype.
+
+    ``views[i]``, ``grads[i]`` and ``params[i]`` belong to one parameter, and
+    ``views`` are slices of ``flat``, one buffer reused every step.
+    """
+
+    flat: torch.Tensor
+    views: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    params: list[torch.Tensor]
+    generator: torch.Generator
+
+
+class NoiseKind:
+    """How δ_t is drawn; add one with a subclass and ``@register_noise("name")``.
+
+    ``__call__(batch)`` writes δ at *unit strength* into ``batch.views``, in
+    place; the optimizer multiplies it by σ_t and the scales, then adds it to
+    the gradients, so a kind never sees σ. Draw random numbers only from
+    ``batch.generator`` (reproducible) and with one call over ``batch.flat``
+    rather than one per tensor (fast).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        raise NotImplementedError
+
+
+NOISE_KINDS: dict[str, type[NoiseKind]] = {}
+register_noise = _registrar(NOISE_KINDS)
+
+
+def make_noise(name: str, **kwargs: Any) -> NoiseKind:
+    """A registered noise kind by name, e.g. ``make_noise("dropnoise", p=0.1)``."""
+    return _make(NOISE_KINDS, "noise kind", name, kwargs)
+
+
+@register_noise("gaussian")
+@dataclass
+class GaussianNoise(NoiseKind):
+    """δ ~ N(0, σ²) elementwise."""
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        batch.flat.normal_(generator=batch.generator)
+
+
+@register_noise("uniform")
+@dataclass
+class UniformNoise(NoiseKind):
+    """δ ~ U(−σ√3, σ√3): the same standard deviation σ as the gaussian kind."""
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        bound = math.sqrt(3.0)
+        batch.flat.uniform_(-bound, bound, generator=batch.generator)
+
+
+@register_noise("laplace")
+@dataclass
+class LaplaceNoise(NoiseKind):
+    """δ ~ Laplace(0, σ/√2): standard deviation σ, heavier tails than gaussian."""
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        flat, generator = batch.flat, batch.generator
+        other = torch.empty_like(flat).exponential_(generator=generator)
+        flat.exponential_(generator=generator).sub_(other)  # Exp(1) - Exp(1): Laplace
+        flat.mul_(1.0 / math.sqrt(2.0))
+
+
+@register_noise("dropnoise")
+@dataclass
+class DropNoise(NoiseKind):
+    """Dropout on the gradient: δ = g · (m / (1 − p) − 1), m ~ Bernoulli(1 − p).
+
+    At σ = 1, g + δ = g · m / (1 − p), the textbook form; σ scales δ.
+    """
+
+    p: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"dropnoise p must be in [0, 1), got {self.p}")
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        keep = 1.0 - self.p
+        batch.flat.bernoulli_(keep, generator=batch.generator)
+        batch.flat.mul_(1.0 / keep).sub_(1.0)
+        torch._foreach_mul_(batch.views, batch.grads)
+
+
+@register_noise("gradient_scaled")
+@dataclass
+class GradientScaledNoise(NoiseKind):
+    """δ = α · g · ε, ε ~ N(0, 1) elementwise, α = σ."""
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        batch.flat.normal_(generator=batch.generator)
+        torch._foreach_mul_(batch.views, batch.grads)
+
+
+@register_noise("orthogonal")
+@dataclass
+class OrthogonalNoise(NoiseKind):
+    """δ = σ (ε − ⟨ε, g⟩ g / ‖g‖²) per tensor: gaussian noise minus its part along g."""
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        batch.flat.normal_(generator=batch.generator)
+        for eps, grad in zip(batch.views, batch.grads):
+            g = grad.reshape(-1)
+            squared = torch.dot(g, g).clamp_min(torch.finfo(g.dtype).tiny)
+            eps.sub_(grad * (torch.dot(eps.reshape(-1), g) / squared))
+
+
+@register_noise("regularization")
+@dataclass
+class RegularizationNoise(NoiseKind):
+    """δ = λ ∂R/∂θ with λ = σ: R = ½‖θ‖² (``"l2"``, δ = λθ) or ‖θ‖₁ (``"l1"``)."""
+
+    penalty: str = "l2"
+
+    def __post_init__(self) -> None:
+        if self.penalty not in ("l1", "l2"):
+            raise ValueError(
+                f"regularization penalty must be l1 or l2, got {self.penalty!r}"
+            )
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        if self.penalty == "l2":
+            torch._foreach_copy_(batch.views, batch.params)
+        else:
+            for view, param in zip(batch.views, batch.params):
+                torch.sign(param, out=view)
+
+
+# -- schedules: σ_t = sigma · schedule(t) --------------------------------------
+
+
+class Schedule:
+    """A factor for σ at step t; add one with a subclass and ``@register_schedule``.
+
+    ``__call__(step)`` returns the factor, ``step`` counting the optimizer steps
+    taken so far (0 for the first). A schedule with ``needs_grad_norm`` gets the
+    global gradient norm through ``observe`` before each step; state besides
+    the step goes through ``state_dict`` / ``load_state_dict``.
+    """
+
+    name: ClassVar[str] = ""
+    needs_grad_norm: ClassVar[bool] = False
+
+    def __call__(self, step: int) -> float:
+        raise NotImplementedError
+
+    def observe(self, grad_norm: float) -> None:
+        """Called once per step with the gradient norm when ``needs_grad_norm``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+SCHEDULES: dict[str, type[Schedule]] = {}
+register_schedule = _registrar(SCHEDULES)
+
+
+def make_schedule(name: str, **kwargs: Any) -> Schedule:
+    """A registered schedule by name: ``make_schedule("cosine", total_steps=500)``."""
+    return _make(SCHEDULES, "schedule", name, kwargs)
+
+
+def _check_steps(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+@register_schedule("constant")
+@dataclass
+class ConstantSchedule(Schedule):
+    """factor 1."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+@register_schedule("exponential")
+@dataclass
+class ExponentialSchedule(Schedule):
+    """factor γ^t."""
+
+    gamma: float = 0.999
+
+    def __call__(self, step: int) -> float:
+        return self.gamma**step
+
+
+@register_schedule("step")
+@dataclass
+class StepSchedule(Schedule):
+    """factor γ^⌊t / step_size⌋."""
+
+    step_size: int = 1000
+    gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_steps("step schedule step_size", self.step_size)
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** (step // self.step_size)
+
+
+@register_schedule("cosine")
+@dataclass
+class CosineSchedule(Schedule):
+    """factor m + (1 − m) · ½ (1 + cos(π · min(t, T) / T)); T, m: the fields."""
+
+    total_steps: int = 10_000
+    min_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_steps("cosine schedule total_steps", self.total_steps)
+
+    def __call__(self, step: int) -> float:
+        cosine = math.cos(math.pi * min(step, self.total_steps) / self.total_steps)
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + cosine)
+
+
+@register_schedule("warmup")
+@dataclass
+class WarmupSchedule(Schedule):
+    """factor min(1, (t + 1) / warmup_steps) · then(t): linear warm-up, composable."""
+
+    warmup_steps: int = 100
+    then: Schedule = field(default_factory=ConstantSchedule)
+
+    def __post_init__(self) -> None:
+        _check_steps("warmup schedule warmup_steps", self.warmup_steps)
+
+    @property
+    def needs_grad_norm(self) -> bool:  # type: ignore[override]
+        return self.then.needs_grad_norm
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.warmup_steps) * self.then(step)
+
+    def observe(self, grad_norm: float) -> None:
+        self.then.observe(grad_norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.then.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.then.load_state_dict(state)
+
+
+@register_schedule("annealed")
+@dataclass
+class AnnealedSchedule(Schedule):
+    """factor (1 + t)^(−γ/2): with sigma = √η, σ_t² = η / (1 + t)^γ.
+
+    Neelakantan et al. (2015) use γ = 0.55 and η ∈ {0.01, 0.3, 1.0}, that is
+    ``sigma=math.sqrt(eta)`` with this schedule.
+    """
+
+    gamma: float = 0.55
+
+    def __call__(self, step: int) -> float:
+        return (1 + step) ** (-self.gamma / 2)
+
+
+@register_schedule("adaptive")
+@dataclass
+class AdaptiveSchedule(Schedule):
+    """factor max(min_factor, m_t / peak): the noise shrinks as the gradients do.
+
+    m_t is an exponential moving average (``beta``) of the global gradient norm
+    and ``peak`` the largest m_t so far, so the factor never exceeds 1.
+    """
+
+    needs_grad_norm: ClassVar[bool] = True
+    beta: float = 0.9
+    min_factor: float = 0.0
+    average: float | None = field(default=None, init=False)
+    peak: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(
+                f"adaptive schedule beta must be in [0, 1), got {self.beta}"
+            )
+
+    def observe(self, grad_norm: float) -> None:
+        if not math.isfinite(grad_norm):
+            return
+        if self.average is None:
+            self.average = grad_norm
+        else:
+            self.average = self.beta * self.average + (1 - self.beta) * grad_norm
+        self.peak = max(self.peak, self.average)
+
+    def __call__(self, step: int) -> float:
+        if self.average is None or self.peak == 0.0:
+            return 1.0
+        return max(self.min_factor, self.average / self.peak)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": self.average, "peak": self.peak}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average, self.peak = state["average"], state["peak"]
+
+
+# -- the optimizer -----------------------------------------------------------------
+
+
+@dataclass
+class _Bucket:
+    """The parameters of one group on one device with one dtype, and their buffer."""
+
+    group_index: int
+    params: list[torch.Tensor]
+    generator: torch.Generator
+    scales: dict[int, torch.Tensor]  # position in params -> σ multiplier
+    flat: torch.Tensor | None = None  # allocated on the first noisy step
+    views: list[torch.Tensor] = field(default_factory=list)
+
+    def live(self) -> tuple[list[int] | None, list[torch.Tensor]]:
+        """Positions (None: all) and gradients of the parameters that have one."""
+        grads = [p.grad for p in self.params]
+        if all(g is not None for g in grads):
+            return None, grads
+        positions = [i for i, g in enumerate(grads) if g is not None]
+        return positions, [grads[i] for i in positions]
+
+    def batch(
+        self, positions: list[int] | None, grads: list[torch.Tensor]
+    ) -> NoiseBatch:
+        if self.flat is None:
+            sizes = [p.numel() for p in self.params]
+            self.flat = self.params[0].new_empty(sum(sizes))
+            self.views = [
+                v.view_as(p) for v, p in zip(self.flat.split(sizes), self.params)
+            ]
+        views, params = self.views, self.params
+        if positions is not None:
+            views = [views[i] for i in positions]
+            params = [params[i] for i in positions]
+        return NoiseBatch(self.flat, views, grads, params, self.generator)
+
+
+@dataclass
+class _Divergence:
+    """Flags a loss or gradient norm that is non-finite or exploded: above both
+    its first value and ``factor`` times its best (loss) or running mean (norm)."""
+
+    loss_factor: float
+    grad_factor: float
+    first_loss: float | None = None
+    best_loss: float = math.inf
+    first_norm: float | None = None
+    mean_norm: float = 0.0
+    reason: str | None = None
+
+    def observe_loss(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            self._flag(f"loss is {loss}")
+            return
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        if loss > max(self.loss_factor * self.best_loss, self.first_loss):
+            self._flag(f"loss {loss:.4g} > {self.loss_factor}x its best")
+        self.best_loss = min(self.best_loss, loss)
+
+    def observe_grad_norm(self, norm: float) -> None:
+        self.first_norm = norm if self.first_norm is None else self.first_norm
+        if norm > max(self.grad_factor * self.mean_norm, self.first_norm) > 0:
+            self._flag(f"gradient norm {norm:.4g} > {self.grad_factor}x its mean")
+        self.mean_norm = 0.9 * (self.mean_norm or norm) + 0.1 * norm
+
+    def _flag(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+
+def _device_seed(seed: int, device: torch.device, rank: int) -> int:
+    """``seed`` on rank 0's first device, offset by large odd numbers elsewhere."""
+    offset = 0x9E3779B97F4A7C15 * rank + 0xBF58476D1CE4E5B9 * (device.index or 0)
+    return (seed + offset) % 2**63
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _check_number(name: str, value: float | None, allow_zero: bool = False) -> None:
+    positive = value is not None and (value > 0 or (allow_zero and value == 0))
+    if value is not None and not (positive and math.isfinite(value)):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
+
+
+class PerturbedOptimizer(torch.optim.Optimizer):
+    """Adds δ_t to each gradient, then lets ``base`` (any torch.optim optimizer) step.
+
+    Use it as the optimizer it wraps: ``step(closure=None)``, ``zero_grad()``,
+    ``param_groups``, ``state_dict()``, LR schedulers (step hooks: on ``base``).
+    A step, in order (Neelakantan et al.'s rule: noise on the final unscaled
+    gradient, after clipping, before the learning rate):
+
+    1. a non-finite gradient skips the step (counted in ``skipped_steps``);
+    2. clip the gradient norm to ``clip_norm``, over all parameters or per group
+       (``clip_per_group``), exactly as ``torch.nn.utils.clip_grad_norm_``;
+    3. δ = σ_t · (group ``noise_scale``) · (``set_unit_scale``) · unit draw, with
+       σ_t = sigma · schedule(t) and ‖δ‖ ≤ max_noise_ratio · ‖g‖ per tensor;
+    4. g ← g + δ, then ``base.step()``.
+
+    Call ``step`` once after accumulating micro-batch gradients. With
+    ``torch.amp.GradScaler`` call ``scaler.step(opt)`` (after ``scaler.unscale_(opt)``
+    if you like): the scaler unscales before it calls ``step``, so noise lands
+    on unscaled gradients. ``sigma`` is the standard deviation of δ for the
+    gaussian, uniform, laplace and orthogonal kinds and a multiplier for the
+    others (σ = 1: their textbook form). ``sigma=0`` or ``noise=None`` is
+    bit-identical to ``base`` alone.
+
+    Noise comes from a seeded ``torch.Generator`` per device, and ``state_dict``
+    keeps their states and the step: same seed, same run; a resumed run
+    continues exactly. Under torch.distributed the seed is offset by the rank,
+    so ranks draw independent noise and DDP replicas drift apart
+    (``independent_ranks=False``: identical noise on every rank).
+
+    Cost per bucket (group x device x dtype): one generator call into a buffer
+    allocated once, one fused add; when the guard, clipping, max_noise_ratio
+    or an adaptive schedule is on, a pass for the norms and one host sync.
+    ``observe_loss(loss)`` and ``diverged`` are a divergence signal for the loop.
+    """
+
+    def __init__(
+        self,
+        base: torch.optim.Optimizer,
+        noise: str | NoiseKind | None = "gaussian",
+        sigma: float = 0.01,
+        schedule: str | Schedule | None = None,
+        seed: int = 0,
+        *,
+        clip_norm: float | None = None,
+        clip_per_group: bool = False,
+        max_noise_ratio: float | None = None,
+        skip_nonfinite: bool = True,
+        loss_explosion_factor: float = 10.0,
+        grad_explosion_factor: float = 100.0,
+        param_names: Iterable[tuple[str, torch.Tensor]] | None = None,
+        independent_ranks: bool = True,
+    ) -> None:
+        if not isinstance(base, torch.optim.Optimizer):
+            raise TypeError(f"base must be a torch.optim.Optimizer, got {type(base)}")
+        _check_number("sigma", sigma, allow_zero=True)
+        _check_number("clip_norm", clip_norm)
+        _check_number("max_noise_ratio", max_noise_ratio)
+        self.base = base
+        self.noise = make_noise(noise) if isinstance(noise, str) else noise
+        self.sigma = float(sigma)
+        if isinstance(schedule, str):
+            schedule = make_schedule(schedule)
+        self.schedule = schedule if schedule is not None else ConstantSchedule()
+        self.seed = seed
+        self.clip_norm = clip_norm
+        self.clip_per_group = clip_per_group
+        self.max_noise_ratio = max_noise_ratio
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        self._step = 0
+        self._divergence = _Divergence(loss_explosion_factor, grad_explosion_factor)
+        self._names = {id(p): name for name, p in param_names or ()}
+        self._rank = _rank() if independent_ranks else 0
+        self._generators: dict[str, torch.Generator] = {}
+        # (group index, index in group) -> unit scale, shaped to broadcast over dim 0
+        self._scales: dict[tuple[int, int], torch.Tensor] = {}
+        self._buckets: list[_Bucket] | None = None
+
+    # -- what torch.optim.Optimizer offers, delegated to ``base`` -------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.base.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.base.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.base.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.base.add_param_group(param_group)
+        self._buckets = None
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore
+        """Evaluate ``closure`` if given, perturb the gradients, then step ``base``."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.perturb_grads():
+            self.base.step()
+            self._step += 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        self._get_buckets()  # makes every device's generator
+        perturb = {
+            "step": self._step,
+            "skipped_steps": self.skipped_steps,
+            "generators": {key: g.get_state() for key, g in self._generators.items()},
+            "schedule": self.schedule.state_dict(),
+            "divergence": vars(self._divergence).copy(),
+            "scales": dict(self._scales),
+        }
+        return {"base": self.base.state_dict(), "perturb": perturb}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base.load_state_dict(state_dict["base"])
+        perturb = state_dict["perturb"]
+        self._step = perturb["step"]
+        self.skipped_steps = perturb["skipped_steps"]
+        self._scales = dict(perturb["scales"])
+        self._buckets = None
+        self._get_buckets()  # makes the generators whose states come next
+        for key, generator_state in perturb["generators"].items():
+            if key not in self._generators:
+                raise ValueError(
+                    f"the state has a noise generator for {key}, but no parameter is "
+                    f"there (devices: {', '.join(self._generators)}); resume on {key}"
+                )
+            self._generators[key].set_state(generator_state.cpu())
+        self.schedule.load_state_dict(perturb["schedule"])
+        vars(self._divergence).update(perturb["divergence"])
+
+    # -- perturbation ---------------------------------------------------------
+
+    @property
+    def diverged(self) -> bool:
+        """True once the loss or the gradient norm went non-finite or exploded."""
+        return self._divergence.reason is not None
+
+    @property
+    def divergence_reason(self) -> str | None:
+        return self._divergence.reason
+
+    def observe_loss(self, loss: float | torch.Tensor) -> bool:
+        """Feed a loss to the divergence signal; returns ``diverged``.
+
+        A loss diverged when non-finite, or above both ``loss_explosion_factor``
+        times the best loss and the first loss seen. The gradient norm (seen in
+        ``step``) likewise against ``grad_explosion_factor`` times its mean.
+        """
+        value = loss.detach() if isinstance(loss, torch.Tensor) else loss
+        self._divergence.observe_loss(float(value))
+        return self.diverged
+
+    def current_sigma(self) -> float:
+        """σ_t for the next step, before group and unit scales."""
+        return self.sigma * self.schedule(self._step)
+
+    def set_unit_scale(
+        self,
+        param: torch.Tensor | str,
+        scale: float | Sequence[float] | torch.Tensor | None,
+    ) -> None:
+        """Multiply σ for one parameter: by one number, or by one per output unit.
+
+        Per-unit scales have shape (param.shape[0],) and broadcast over dim 0: a
+        Linear weight (out, in), its bias (out,) and a conv weight
+        (out, in, kh, kw) all take shape (out,). ``param`` is the tensor, or its
+        name when ``param_names`` was given; ``scale=None`` removes the scale.
+        """
+        key = self._locate(param)
+        self._buckets = None
+        if scale is None:
+            self._scales.pop(key, None)
+            return
+        tensor = self.param_groups[key[0]]["params"][key[1]]
+        values = torch.as_tensor(scale).detach().to(tensor.device, tensor.dtype)
+        units = tuple(tensor.shape[:1])
+        if values.dim() > 0 and tuple(values.shape) != units:
+            raise ValueError(
+                f"unit scale for {self._describe(key)} has shape "
+                f"{tuple(values.shape)}; expected one number or shape {units}, "
+                "one value per output unit"
+            )
+        if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+            raise ValueError(
+                f"unit scale for {self._describe(key)} must be finite, >= 0"
+            )
+        if values.dim() > 0:
+            values = values.reshape(units + (1,) * (tensor.dim() - 1))
+        self._scales[key] = values
+
+    @torch.no_grad()
+    def perturb_grads(self) -> bool:
+        """Steps 1-3 on the ``.grad`` tensors, in place; False: skip this step."""
+        live = [(bucket, *bucket.live()) for bucket in self._get_buckets()]
+        live = [entry for entry in live if entry[2]]
+        if not live:
+            return True
+        grad_norms: list[torch.Tensor | None] = [None] * len(live)
+        if self._needs_grad_norms():
+            norms = self._guard_and_clip(live)
+            if norms is None:
+                return False
+            grad_norms = list(norms)
+        sigma = self.current_sigma()
+        if self.noise is None or sigma == 0.0:
+            return True
+        for (bucket, positions, grads), norms in zip(live, grad_norms):
+            alpha = sigma * self._group_scale(bucket.group_index)
+            if alpha != 0.0:
+                self._add_noise(bucket, bucket.batch(positions, grads), alpha, norms)
+        return True
+
+    def _add_noise(
+        self,
+        bucket: _Bucket,
+        batch: NoiseBatch,
+        alpha: float,
+        norms: torch.Tensor | None,
+    ) -> None:
+        self.noise(batch)
+        for position, scale in bucket.scales.items():
+            bucket.views[position].mul_(scale)
+        if self.max_noise_ratio is not None and norms is not None:
+            noise_norms = torch.stack(torch._foreach_norm(batch.views)) * alpha
+            bound = self.max_noise_ratio * norms / noise_norms.clamp_min(1e-30)
+            torch._foreach_mul_(batch.views, list(bound.clamp(max=1.0).unbind()))
+        torch._foreach_add_(batch.grads, batch.views, alpha=alpha)
+
+    def _guard_and_clip(
+        self, live: list[tuple[_Bucket, Any, Any]]
+    ) -> list[torch.Tensor] | None:
+        """Per-tensor gradient norms of each bucket after clipping; None: skip."""
+        grads = [bucket_grads for _, _, bucket_grads in live]
+        norms = [
+            torch.stack(torch._foreach_norm(bucket_grads)) for bucket_grads in grads
+        ]
+        device = norms[0].device
+        total = torch.linalg.vector_norm(_cat([n.to(device) for n in norms]))
+        total_value = float(total)  # the one host sync per step
+        if not math.isfinite(total_value):
+            if self.skip_nonfinite:
+                self.skipped_steps += 1
+                return None
+        else:
+            self._divergence.observe_grad_norm(total_value)
+        if self.schedule.needs_grad_norm:
+            self.schedule.observe(total_value)
+        if self.clip_norm is None:
+            return norms
+        clip_sets: dict[int, list[int]] = {}  # all buckets together, or per group
+        for position, (bucket, _, _) in enumerate(live):
+            key = bucket.group_index if self.clip_per_group else 0
+            clip_sets.setdefault(key, []).append(position)
+        for members in clip_sets.values():
+            if self.clip_per_group:
+                total = torch.linalg.vector_norm(
+                    _cat([norms[i].to(device) for i in members])
+                )
+            coef = torch.clamp(self.clip_norm / (total + 1e-6), max=1.0)
+            for i in members:  # as torch.nn.utils.clip_grad_norm_, bit for bit
+                local = coef.to(norms[i].device)
+                torch._foreach_mul_(grads[i], local)
+                norms[i] = norms[i] * local
+        return norms
+
+    def _needs_grad_norms(self) -> bool:
+        return bool(
+            self.skip_nonfinite
+            or self.clip_norm is not None
+            or self.max_noise_ratio is not None
+            or self.schedule.needs_grad_norm
+        )
+
+    def _group_scale(self, group_index: int) -> float:
+        scale = float(self.param_groups[group_index].get("noise_scale", 1.0))
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(
+                f"param_groups[{group_index}]['noise_scale'] must be >= 0, got {scale}"
+            )
+        return scale
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def _get_buckets(self) -> list[_Bucket]:
+        """Per group, one bucket per (device, dtype) of its parameters, made once."""
+        if self._buckets is not None:
+            return self._buckets
+        self._buckets = []
+        for group_index, group in enumerate(self.param_groups):
+            positions: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+            for index, param in enumerate(group["params"]):
+                positions.setdefault((param.device, param.dtype), []).append(index)
+            for (device, _), indices in positions.items():
+                keys = [(group_index, index) for index in indices]
+                scales = {
+                    i: self._scales[k] for i, k in enumerate(keys) if k in self._scales
+                }
+                params = [group["params"][index] for index in indices]
+                generator = self._generator(device)
+                self._buckets.append(_Bucket(group_index, params, generator, scales))
+        return self._buckets
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(_device_seed(self.seed, device, self._rank))
+            self._generators[key] = generator
+        return self._generators[key]
+
+    def _locate(self, param: torch.Tensor | str) -> tuple[int, int]:
+        """(group index, index in group) of a parameter, given as a tensor or a name."""
+        target = id(param)
+        if isinstance(param, str):
+            ids = [pid for pid, name in self._names.items() if name == param]
+            if not ids:
+                raise ValueError(
+                    f"no parameter named {param!r}; "
+                    "pass param_names=model.named_parameters() to the optimizer"
+                )
+            target = ids[0]
+        for group_index, group in enumerate(self.param_groups):
+            for index, candidate in enumerate(group["params"]):
+                if id(candidate) == target:
+                    return group_index, index
+        raise ValueError(f"parameter {param!r} is not one this optimizer updates")
+
+    def _describe(self, key: tuple[int, int]) -> str:
+        tensor = self.param_groups[key[0]]["params"][key[1]]
+        name = self._names.get(
+            id(tensor), f"param_groups[{key[0]}]['params'][{key[1]}]"
+        )
+        return f"parameter {name} of shape {tuple(tensor.shape)}"
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def make_optimizer(model, lr):
+    """The base optimizer, wrapped so each step adds gradient noise (SIGMA = 0: none)."""
+    params = model.parameters()
+    base = {
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=WEIGHT_DECAY),
+        "momentum": lambda: torch.optim.SGD(
+            params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        ),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=WEIGHT_DECAY),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY),
+        "rmsprop": lambda: torch.optim.RMSprop(
+            params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        ),
+    }[OPTIMIZER]()
+    optimizer = PerturbedOptimizer(
+        base,
+        noise=NOISE,
+        sigma=SIGMA,
+        schedule=NOISE_SCHEDULE,
+        seed=SEED,
+        clip_norm=GRAD_CLIP or None,  # clipping comes first, noise after it
+    )
+    return optimizer
+
+
+def make_scheduler(optimizer, steps_per_epoch):
+    """The learning-rate schedule (stepped once per epoch, cyclic once per batch)."""
+    schedulers = torch.optim.lr_scheduler
+    return {
+        "none": lambda: None,
+        "step": lambda: schedulers.StepLR(optimizer, step_size=STEP_SIZE, gamma=GAMMA),
+        "exponential": lambda: schedulers.ExponentialLR(optimizer, gamma=GAMMA),
+        "cosine": lambda: schedulers.CosineAnnealingLR(optimizer, T_max=EPOCHS),
+        "cyclic": lambda: schedulers.CyclicLR(
+            optimizer,
+            base_lr=LR / 10,
+            max_lr=LR,
+            step_size_up=2 * steps_per_epoch,
+            mode="triangular",
+            cycle_momentum=False,
+        ),
+        "warmup": lambda: schedulers.LinearLR(
+            optimizer, start_factor=1 / (WARMUP_EPOCHS + 1), total_iters=WARMUP_EPOCHS
+        ),
+    }[SCHEDULER]()
+
+
+# -----------------------------------------------------------------------------
+# training loop
+
+
+def loss_fn(output, target):
+    if TASK == "regression":
+        return F.mse_loss(output.reshape(target.shape), target.float())
+    return F.cross_entropy(output, target)
+
+
+def penalty(model):
+    """The L1 term added to the loss (L2 is the optimizer's WEIGHT_DECAY)."""
+    if not L1:
+        return 0.0
+    return L1 * sum(p.abs().sum() for p in model.parameters())
+
+
+def correct(output, target):
+    return (
+        (output.argmax(dim=1) == target).sum().item() if TASK == "classification" else 0
+    )
+
+
+def train_one_epoch(model, optimizer, scheduler, x, y, batch_size, generator):
+    """One pass over the training data in a seeded order: (mean loss, accuracy)."""
+    model.train()
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    total_loss, total_correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        batch = order[start : start + batch_size]
+        output = model(x[batch])
+        loss = loss_fn(output, y[batch])
+        optimizer.zero_grad(set_to_none=True)
+        objective = loss + penalty(model)
+        if (
+            objective.requires_grad
+        ):  # False when the ablation cut every weight off the loss
+            objective.backward()
+        optimizer.step()
+        if SCHEDULER == "cyclic":
+            scheduler.step()
+        optimizer.observe_loss(loss.item())
+        total_loss += loss.item() * len(batch)
+        total_correct += correct(output, y[batch])
+    return total_loss / len(x), total_correct / len(x)
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size):
+    """(mean loss, accuracy) on held-out data, in eval mode."""
+    model.eval()
+    total_loss, total_correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        output = model(x[start : start + batch_size])
+        total_loss += loss_fn(output, y[start : start + batch_size]).item() * len(
+            output
+        )
+        total_correct += correct(output, y[start : start + batch_size])
+    return total_loss / len(x), total_correct / len(x)
+
+
+def train(args):
+    """Train the (ablated) model; returns the metrics of the result JSON."""
+    device = torch.device(args.device)
+    x_train, y_train, x_val, y_val = (t.to(device) for t in load_data())
+    model = new_model()
+    params_total = sum(p.numel() for p in model.parameters())
+    model = ablate(model).to(device)
+    optimizer = make_optimizer(model, args.lr)
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    scheduler = make_scheduler(optimizer, steps_per_epoch)
+    generator = torch.Generator().manual_seed(args.seed)
+    history, status, epochs_to_target = [], "ok", None
+    best_val_loss, stale_epochs, train_time = math.inf, 0, 0.0
+    for epoch in range(1, args.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        train_loss, train_acc = train_one_epoch(
+            model, optimizer, scheduler, x_train, y_train, args.batch_size, generator
+        )
+        train_time += time.perf_counter() - start
+        val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
+        if scheduler is not None and SCHEDULER != "cyclic":
+            scheduler.step()
+        history.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": train_acc if TASK == "classification" else None,
+                "val_loss": val_loss,
+                "val_acc": val_acc if TASK == "classification" else None,
+            }
+        )
+        print(
+            f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f} "
+            f"val loss {val_loss:.4f} val acc {val_acc:.4f}",
+            flush=True,
+        )
+        if (
+            not (math.isfinite(train_loss) and math.isfinite(val_loss))
+            or optimizer.diverged
+        ):
+            status = "diverged"
+            break
+        if (
+            TASK == "classification"
+            and epochs_to_target is None
+            and val_acc >= TARGET_ACC
+        ):
+            epochs_to_target = epoch
+            if STOP_AT_TARGET:
+                break
+        if val_loss < best_val_loss:
+            best_val_loss, stale_epochs = val_loss, 0
+        else:
+            stale_epochs += 1
+            if PATIENCE and stale_epochs >= PATIENCE:
+                print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
+                break
+    if args.checkpoint:
+        save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
+    samples = len(x_train) * len(history)
+    return {
+        "status": status,
+        "history": history,
+        "final": {k: v for k, v in history[-1].items() if k not in ("epoch", "lr")},
+        "epochs_run": len(history),
+        "epochs_to_target": epochs_to_target,
+        "params_total": params_total,
+        "params_effective": params_total - ABLATED_PARAMS,
+        "model_bytes": sum(
+            t.numel() * t.element_size() for t in model.state_dict().values()
+        ),
+        "samples_per_s": samples / train_time if train_time else None,
+        "skipped_steps": optimizer.skipped_steps,
+        "peak_memory_bytes": peak_memory_bytes(device),
+    }
+
+
+# -----------------------------------------------------------------------------
+# command line, determinism, result JSON
+EXIT_CODES = {"ok": 0, "failed": 1, "diverged": 3}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--device", default=DEVICE, choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=None, help="write the JSON result here")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument(
+        "--checkpoint", default=None, help="save the trained weights here"
+    )
+    return parser.parse_args(argv)
+
+
+def seed_everything(seed, device):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def peak_memory_bytes(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def save_atomic(path, write):
+    """Write via a temporary file and a rename: never a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def jsonable(value):
+    """NaN and infinities (a diverged run) become null: the result stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seed_everything(args.seed, args.device)
+    started = time.perf_counter()
+    result = {
+        "schema": 1,
+        "variant": VARIANT,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "device": args.device,
+        "error": None,
+    }
+    try:
+        result.update(train(args))
+    except Exception as exc:  # the run failed: say so in the result, exit 1
+        traceback.print_exc()
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    result["wall_time_s"] = time.perf_counter() - started
+    if args.out:
+        text = json.dumps(jsonable(result), indent=2, sort_keys=True)
+        save_atomic(args.out, lambda path: Path(path).write_text(text))
+    print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
+    return EXIT_CODES[result["status"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
