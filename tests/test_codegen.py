@@ -225,3 +225,22 @@ def test_out_under_a_file_is_unwritable(tmp_path, capsys):
     blocker.write_text("x")
     code, _, err = run_cli(["generate", EXAMPLES / "digits_cnn.py", "--out", blocker / "s"], capsys)
     assert code == 2 and "writable" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_custom_template_example_trains_a_sequence_model(tmp_path):
+    """examples/sequence_tagger overrides loss.py.j2 only; its scripts train per-token tags."""
+    import subprocess
+    import sys
+
+    example = ROOT / "examples" / "sequence_tagger"
+    study = generate(example / "model.py", tmp_path / "seq", templates=example / "templates", components=("gru",))
+    text = (study / "baseline.py").read_text()
+    assert "output.flatten(0, 1)" in text
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "gru__zero.py", "--epochs", "1", "--out", str(out)], cwd=study, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok" and 0.0 <= result["final"]["val_acc"] <= 1.0

@@ -952,10 +952,11 @@ def make_scheduler(optimizer, steps_per_epoch):
 
 
 # -----------------------------------------------------------------------------
-# training loop
+# loss and accuracy: override this include to train another kind of model
 
 
 def loss_fn(output, target):
+    """The mean loss of a batch."""
     if TASK == "regression":
         return F.mse_loss(output.reshape(target.shape), target.float())
     return F.cross_entropy(output, target)
@@ -969,16 +970,21 @@ def penalty(model):
 
 
 def correct(output, target):
-    return (
-        (output.argmax(dim=1) == target).sum().item() if TASK == "classification" else 0
-    )
+    """(right, counted): predictions that match their labels, out of how many."""
+    if TASK != "classification":
+        return 0, len(target)
+    return (output.argmax(dim=1) == target).sum().item(), len(target)
+
+
+# -----------------------------------------------------------------------------
+# training loop
 
 
 def train_one_epoch(model, optimizer, scheduler, x, y, batch_size, generator):
     """One pass over the training data in a seeded order: (mean loss, accuracy)."""
     model.train()
     order = torch.randperm(len(x), generator=generator).to(x.device)
-    total_loss, total_correct = 0.0, 0
+    total_loss, right, counted = 0.0, 0, 0
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]
         output = model(x[batch])
@@ -994,22 +1000,25 @@ def train_one_epoch(model, optimizer, scheduler, x, y, batch_size, generator):
             scheduler.step()
         optimizer.observe_loss(loss.item())
         total_loss += loss.item() * len(batch)
-        total_correct += correct(output, y[batch])
-    return total_loss / len(x), total_correct / len(x)
+        batch_right, batch_counted = correct(output, y[batch])
+        right, counted = right + batch_right, counted + batch_counted
+    return total_loss / len(x), right / counted
 
 
 @torch.no_grad()
 def evaluate(model, x, y, batch_size):
     """(mean loss, accuracy) on held-out data, in eval mode."""
     model.eval()
-    total_loss, total_correct = 0.0, 0
+    total_loss, right, counted = 0.0, 0, 0
     for start in range(0, len(x), batch_size):
-        output = model(x[start : start + batch_size])
-        total_loss += loss_fn(output, y[start : start + batch_size]).item() * len(
-            output
+        output, target = (
+            model(x[start : start + batch_size]),
+            y[start : start + batch_size],
         )
-        total_correct += correct(output, y[start : start + batch_size])
-    return total_loss / len(x), total_correct / len(x)
+        total_loss += loss_fn(output, target).item() * len(output)
+        batch_right, batch_counted = correct(output, target)
+        right, counted = right + batch_right, counted + batch_counted
+    return total_loss / len(x), right / counted
 
 
 def train(args):
