@@ -110,9 +110,9 @@ ABLATED_PARAMS = 0  # parameters that no longer affect the output
 
 
 def ablate(model):
-    """Skip the component: replace the module by nn.Identity(), its input passes through."""
+    """Ablate act1 (ReLU): it is skipped, its input passes straight through."""
     parent = model
-    setattr(parent, "act1", nn.Identity())
+    setattr(parent, "act1", nn.Identity())  # act1: skipped
     return model
 
 

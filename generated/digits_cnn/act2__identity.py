@@ -110,9 +110,9 @@ ABLATED_PARAMS = 0  # parameters that no longer affect the output
 
 
 def ablate(model):
-    """Skip the component: replace the module by nn.Identity(), its input passes through."""
+    """Ablate act2 (ReLU): it is skipped, its input passes straight through."""
     parent = model
-    setattr(parent, "act2", nn.Identity())
+    setattr(parent, "act2", nn.Identity())  # act2: skipped
     return model
 
 

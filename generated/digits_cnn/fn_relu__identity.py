@@ -109,19 +109,21 @@ COMPONENT = "fn.relu"
 ABLATED_PARAMS = 0  # parameters that no longer affect the output
 
 
-def ablate(model):
-    """Ablate fn.relu (relu): it is skipped, its input passes straight through.
+def find_node(graph, name):
+    """The torch.fx node of a functional call, by the name ablagen's analysis gave it."""
+    for node in graph.nodes:
+        if node.name == name:
+            return node
+    raise RuntimeError(f"torch.fx graph has no node {name!r}; regenerate this script")
 
-    A functional call has no module to hook, so the model is traced with torch.fx
-    and that one node of the graph is edited.
-    """
+
+def ablate(model):
+    """Ablate fn.relu (relu): it is skipped, its input passes straight through."""
+    # a functional call has no module to hook: trace the model, edit the call's node
     traced = torch.fx.symbolic_trace(model)
-    graph = traced.graph
-    node = next((n for n in graph.nodes if n.name == "relu"), None)
-    if node is None:
-        raise RuntimeError("torch.fx graph has no node relu; regenerate this script")
+    node = find_node(traced.graph, "relu")  # fn.relu
     node.replace_all_uses_with(node.args[0])  # the call's input goes straight on
-    graph.erase_node(node)
+    traced.graph.erase_node(node)
     traced.recompile()
     return traced
 

@@ -128,7 +128,7 @@ class AblationSpec:
     call_site: int | None  # hook at this call site only
     node: str | None  # fx_node: the torch.fx node name
     units: tuple[int, int] | None  # mask: [start, stop)
-    unit_index: str | None  # mask: the indexing expression, e.g. "..., 0:8"
+    unit_dim: int | None  # mask: the output dimension holding the units (-1: last)
     tuple_output: bool  # zero: the module returns a tuple of tensors
     ablated_params: int  # parameters that no longer affect the output
     summary: str  # one line: what the ablation does
@@ -139,16 +139,41 @@ class AblationSpec:
 class ScriptContext:
     ablagen_version: str
     script_name: str
+    variant_id: str  # "baseline", "<component>:<method>", or an arm such as "arm:hybrid"
     title: str
     description: tuple[str, ...]
     regenerate_command: str
     model: ModelInfo
     data: DataSpec
     train: TrainConfig
-    ablation: AblationSpec | None  # None: the baseline
+    ablations: tuple[AblationSpec, ...]  # empty: the baseline (or an arm without ablation)
     perturb_source: str  # the embedded perturbation-aware optimizer
     noise_scales: dict[str, Any] | None = None  # importance-guided runs only
     extra: dict[str, Any] = field(default_factory=dict)  # free for user templates
+
+    @property
+    def ablation(self) -> AblationSpec | None:
+        """The one ablation of a variant script (None for the baseline and the arms)."""
+        return self.ablations[0] if len(self.ablations) == 1 else None
+
+    @property
+    def ablation_helpers(self) -> list[str]:
+        """The helper templates (ablation/<name>.py.j2) the ablations need, in a fixed order."""
+        need = {
+            "batch_mean": any(a.method == "mean" for a in self.ablations),
+            "at_call_site": any(a.call_site is not None and a.template == "hook" for a in self.ablations),
+            "zero_output": any(a.method == "zero" and a.template == "hook" for a in self.ablations),
+            "skip_module": any(a.method == "identity" and a.template == "hook" for a in self.ablations),
+            "silence_units": any(a.method == "mask" for a in self.ablations),
+            "find_node": any(a.template == "fx_node" for a in self.ablations),
+        }
+        return [name for name, needed in need.items() if needed]
+
+    @property
+    def ablation_docstring(self) -> str:
+        if len(self.ablations) == 1:
+            return self.ablations[0].docstring
+        return f"Ablate {len(self.ablations)} components: " + ", ".join(a.variant_id for a in self.ablations) + "."
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

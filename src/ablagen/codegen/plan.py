@@ -116,9 +116,11 @@ SUMMARIES = {
 def ablation_spec(comp: Component, method: str) -> AblationSpec:
     check_method(comp, method)
     units = comp.units
-    summary = (
-        f"output units {units[0]}..{units[1] - 1} are set to zero" if method == "mask" and units else SUMMARIES[method]
-    )
+    if method == "mask" and units:
+        span = f"unit {units[0]} is" if units[1] - units[0] == 1 else f"units {units[0]}..{units[1] - 1} are"
+        summary = f"output {span} set to zero"
+    else:
+        summary = SUMMARIES[method]
     if comp.module is None:
         template = "fx_node"
     elif method == "identity" and comp.call_site is None:
@@ -142,19 +144,12 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
         call_site=comp.call_site,
         node=comp.node if template == "fx_node" else None,
         units=units,
-        unit_index=_unit_index(comp) if method == "mask" else None,
+        unit_dim=comp.unit_dim if method == "mask" else None,
         tuple_output=comp.output_shape is None,
         ablated_params=ablated,
         summary=summary,
         docstring=f"Ablate {comp.id} ({comp.op}){where}: {summary}.",
     )
-
-
-def _unit_index(comp: Component) -> str:
-    assert comp.units is not None
-    start, stop = comp.units
-    span = f"{start}:{stop}" if stop - start > 1 else str(start)
-    return f"..., {span}" if comp.unit_dim == -1 else f":, {span}"
 
 
 def script_names(variant_ids: list[str], reserved: Iterable[str] = ("baseline",)) -> dict[str, str]:

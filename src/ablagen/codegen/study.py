@@ -24,6 +24,7 @@ from ablagen.codegen.context import (
     TrainConfig,
 )
 from ablagen.codegen.env import make_environment
+from ablagen.codegen.knockout import render_knockout
 from ablagen.codegen.perturb_block import perturb_block_source
 from ablagen.codegen.plan import ablation_spec, parse_kinds, parse_methods, plan_variants, script_names
 from ablagen.codegen.render import render_script
@@ -43,7 +44,7 @@ SCRIPT_NAMES = frozenset(
     "SYNTHETIC_SAMPLES TOKEN_RANGE NOISE_SCALES EXIT_CODES new_model ablate load_data split "
     "make_optimizer make_scheduler noise_scaled_groups set_unit_scales loss_fn penalty correct "
     "train_one_epoch evaluate train parse_args seed_everything peak_memory_bytes save_atomic "
-    "jsonable main BatchMean AtCallSite zero_output skip_module silence_units".split()
+    "jsonable main BatchMean AtCallSite zero_output skip_module silence_units find_node COMPONENTS".split()
 )
 
 
@@ -107,12 +108,22 @@ def generate_study(opts: GenerateOptions) -> GeneratedStudy:
     names = script_names([s.variant_id for s in specs])
     files: dict[str, bytes] = {}
     entries: list[VariantEntry] = []
-    for spec in [None, *specs]:
+    for spec in [None, *specs] if opts.mode == "retrain" else [None]:
         name = "baseline.py" if spec is None else names[spec.variant_id]
-        ctx = ScriptContext(script_name=name, title=_title(spec, loaded), description=_description(spec), ablation=spec, **base)
+        ctx = ScriptContext(
+            script_name=name,
+            variant_id=BASELINE_ID if spec is None else spec.variant_id,
+            title=_title(spec, loaded),
+            description=_description(spec),
+            ablations=() if spec is None else (spec,),
+            **base,
+        )
         data_bytes = render_script(env, ctx).encode("utf-8")
         files[name] = data_bytes
         entries.append(_entry(spec, name, sha256_bytes(data_bytes)))
+    if opts.mode == "knockout":  # one knockout.py scores every variant on the trained baseline
+        knockout_files, entries = render_knockout(env, base, specs, loaded, inventory, opts.templates is not None)
+        files.update(knockout_files)
     manifest = Manifest(
         ablagen_version=__version__,
         mode=opts.mode,

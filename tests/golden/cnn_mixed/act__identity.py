@@ -88,9 +88,9 @@ ABLATED_PARAMS = 0  # parameters that no longer affect the output
 
 
 def ablate(model):
-    """Skip the component: replace the module by nn.Identity(), its input passes through."""
+    """Ablate act (SiLU): it is skipped, its input passes straight through."""
     parent = model
-    setattr(parent, "act", nn.Identity())
+    setattr(parent, "act", nn.Identity())  # act: skipped
     return model
 
 

@@ -93,9 +93,9 @@ ABLATED_PARAMS = 42  # parameters that no longer affect the output
 
 
 def ablate(model):
-    """Skip the component: replace the module by nn.Identity(), its input passes through."""
+    """Ablate block (Block): it is skipped, its input passes straight through."""
     parent = model
-    setattr(parent, "block", nn.Identity())
+    setattr(parent, "block", nn.Identity())  # block: skipped
     return model
 
 

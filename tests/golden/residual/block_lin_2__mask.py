@@ -1,6 +1,6 @@
 """Ablation block.lin[2]:mask of class ResNet.
 
-block.lin[2] (Linear, a neuron) -- mask: output units 2..2 are set to zero.
+block.lin[2] (Linear, a neuron) -- mask: output unit 2 is set to zero.
 
 Model:  ../models/residual.py (class ResNet, sha256 1a02e1564647e609)
 Run:    python block_lin_2__mask.py --epochs 1 --seed 0 --out result.json
@@ -86,22 +86,26 @@ def new_model():
 
 
 # -----------------------------------------------------------------------------
-# ablation: block.lin[2] (Linear, neuron) -- mask: output units 2..2 are set to zero
+# ablation: block.lin[2] (Linear, neuron) -- mask: output unit 2 is set to zero
 VARIANT = "block.lin[2]:mask"
 COMPONENT = "block.lin[2]"
 ABLATED_PARAMS = 7  # parameters that no longer affect the output
 
 
-def silence_units(module, inputs, output):
-    """A forward hook: output units 2..2 of block.lin are set to zero."""
-    output = output.clone()
-    output[..., 2] = 0
-    return output
+def silence_units(dim, start, stop):
+    """A forward hook that sets output units start..stop-1 (along dim) to zero."""
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output.narrow(dim, start, stop - start).zero_()
+        return output
+
+    return hook
 
 
 def ablate(model):
-    """Ablate block.lin[2] (Linear): output units 2..2 are set to zero."""
-    hook = silence_units
+    """Ablate block.lin[2] (Linear): output unit 2 is set to zero."""
+    hook = silence_units(-1, 2, 3)
     model.get_submodule("block.lin").register_forward_hook(hook)
     return model
 

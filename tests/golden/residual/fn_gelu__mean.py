@@ -116,21 +116,31 @@ class BatchMean(nn.Module):
             return mean.expand_as(output)
         return self.running.expand_as(output)
 
+    def attach(self, model, name):
+        """Join the model as a submodule (to follow .to() and .eval()); returns the hook."""
+        model.add_module(name, self)
+        return self.hook
+
+    def hook(self, module, inputs, output):
+        return self(output)
+
+
+def find_node(graph, name):
+    """The torch.fx node of a functional call, by the name ablagen's analysis gave it."""
+    for node in graph.nodes:
+        if node.name == name:
+            return node
+    raise RuntimeError(f"torch.fx graph has no node {name!r}; regenerate this script")
+
 
 def ablate(model):
-    """Ablate fn.gelu (gelu): its output is replaced by its mean over the batch.
-
-    A functional call has no module to hook, so the model is traced with torch.fx
-    and that one node of the graph is edited.
-    """
+    """Ablate fn.gelu (gelu): its output is replaced by its mean over the batch."""
+    # a functional call has no module to hook: trace the model, edit the call's node
     traced = torch.fx.symbolic_trace(model)
-    graph = traced.graph
-    node = next((n for n in graph.nodes if n.name == "gelu"), None)
-    if node is None:
-        raise RuntimeError("torch.fx graph has no node gelu; regenerate this script")
-    traced.ablation_mean = BatchMean()
-    with graph.inserting_after(node):
-        mean = graph.call_module("ablation_mean", (node,))
+    node = find_node(traced.graph, "gelu")  # fn.gelu
+    traced.add_module("ablation_mean_gelu", BatchMean())
+    with traced.graph.inserting_after(node):
+        mean = traced.graph.call_module("ablation_mean_gelu", (node,))
     node.replace_all_uses_with(mean, delete_user_cb=lambda user: user is not mean)
     traced.recompile()
     return traced

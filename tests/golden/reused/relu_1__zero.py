@@ -84,11 +84,6 @@ COMPONENT = "relu@1"
 ABLATED_PARAMS = 0  # parameters that no longer affect the output
 
 
-def zero_output(module, inputs, output):
-    """A forward hook: the module still runs, zeros go on in place of its output."""
-    return torch.zeros_like(output)
-
-
 class AtCallSite:
     """Applies a forward hook at one call site of a module that is called several times."""
 
@@ -103,10 +98,14 @@ class AtCallSite:
         return self.hook(module, inputs, output) if site == self.site else output
 
 
+def zero_output(module, inputs, output):
+    """A forward hook: the module still runs, zeros go on in place of its output."""
+    return torch.zeros_like(output)
+
+
 def ablate(model):
     """Ablate relu@1 (ReLU) at call site 1: its output is replaced by zeros."""
-    hook = zero_output
-    hook = AtCallSite(1, hook)  # call site 1 only
+    hook = AtCallSite(1, zero_output)  # call site 1 only
     model.register_forward_pre_hook(hook.reset)
     model.get_submodule("relu").register_forward_hook(hook)
     return model

@@ -1,0 +1,145 @@
+"""Knockout mode: ``baseline.py`` as in retrain mode, plus one ``knockout.py`` for all.
+
+``knockout.py`` trains the baseline once (or loads it from ``--checkpoint``) and scores
+every planned ablation on the trained model with the embedded knockout engine
+(:mod:`ablagen.knockout_engine`). Every manifest entry -- the baseline and each
+``<component>:<method>`` -- names ``knockout.py`` as its script and carries
+``extra={"knockout": True}``: the orchestrator runs the script once per seed and
+stores one record per entry from the result's ``"variants"`` map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ablagen.analysis import Component, Inventory
+from ablagen.codegen.context import AblationSpec, ScriptContext
+from ablagen.codegen.env import TOP_TEMPLATE
+from ablagen.codegen.knockout_block import defined_names, knockout_block_source
+from ablagen.codegen.render import render_script
+from ablagen.errors import ConfigError
+from ablagen.fsutil import sha256_bytes
+from ablagen.knockout_engine import Knockout
+from ablagen.loading import LoadedModel
+from ablagen.studydir import BASELINE_ID, VariantEntry
+
+KNOCKOUT_SCRIPT = "knockout.py"
+KNOCKOUT_TEMPLATE = "knockout.py.j2"
+DEFAULT_MAX_BATCH_MB = 256
+
+#: names the knockout sections define besides the engine's own
+KNOCKOUT_NAMES = frozenset(
+    "MAX_BATCH_MB TRACED KNOCKOUTS CheckpointMismatch load_checkpoint trained_baseline "
+    "variant_result knockout pickle tempfile".split()
+)
+
+
+def knockout_kwargs(comp: Component, spec: AblationSpec) -> dict[str, Any]:
+    """The engine's :class:`Knockout` fields for one planned ablation, defaults left out."""
+    if comp.kind == "block":
+        where: dict[str, Any] = {"module": comp.module, "block": True}
+    else:  # a node where traced; the module (and call site) for hooks; neurons: every call
+        where = {"module": comp.module, "node": comp.node, "call_site": comp.call_site}
+        where.update(units=comp.units, unit_dim=comp.unit_dim)
+    where["ablated_params"] = spec.ablated_params
+    defaults = {f.name: f.default for f in dataclasses.fields(Knockout)}
+    return {
+        name: value
+        for name, value in where.items()
+        if not (value == defaults[name] and type(value) is type(defaults[name]))
+    }
+
+
+def knockouts_for(inventory: Inventory, specs: list[AblationSpec]) -> list[Knockout]:
+    """The engine records ``knockout.py`` holds for these ablations (tests, benchmarks)."""
+    return [Knockout(s.variant_id, s.method, **knockout_kwargs(_component(inventory, s), s)) for s in specs]
+
+
+def render_knockout(
+    env: jinja2.Environment,
+    base: dict[str, Any],
+    specs: list[AblationSpec],
+    loaded: LoadedModel,
+    inventory: Inventory,
+    custom_templates: bool,
+) -> tuple[dict[str, bytes], list[VariantEntry]]:
+    """``knockout.py`` and the manifest entries (baseline first) that all point to it.
+
+    ``base`` holds the :class:`ScriptContext` fields every script of the study shares.
+    """
+    if len(loaded.example_inputs) != 1 and not custom_templates:
+        raise ConfigError(
+            f"knockout mode feeds the model one tensor, but {loaded.path}'s model takes "
+            f"{len(loaded.example_inputs)} inputs",
+            "provide --templates DIR with your own knockout.py.j2, or use --mode retrain",
+        )
+    _check_names(base["model"].source, loaded.path)
+    rows = [
+        {"variant_id": s.variant_id, "method": s.method, "fields": list(knockout_kwargs(_component(inventory, s), s).items())}
+        for s in specs
+    ]
+    ctx = ScriptContext(
+        script_name=KNOCKOUT_SCRIPT,
+        variant_id=BASELINE_ID,  # the script's own training run is the baseline
+        title=f"Knockout study of {loaded.ref.label}: trained once, {len(specs)} ablations scored.",
+        description=_description(inventory.traced),
+        ablations=(),
+        extra={
+            "knockouts": rows,
+            "traced": inventory.traced,
+            "engine_source": knockout_block_source(),
+            "max_batch_mb": DEFAULT_MAX_BATCH_MB,
+        },
+        **base,
+    )
+    data = render_script(_knockout_environment(env), ctx).encode("utf-8")
+    digest, extra = sha256_bytes(data), {"knockout": True}
+    entries = [VariantEntry(BASELINE_ID, None, "baseline", None, KNOCKOUT_SCRIPT, digest, extra)]
+    for s in specs:
+        entries.append(VariantEntry(s.variant_id, s.component_id, s.kind, s.method, KNOCKOUT_SCRIPT, digest, extra))
+    return {KNOCKOUT_SCRIPT: data}, entries
+
+
+def _component(inventory: Inventory, spec: AblationSpec) -> Component:
+    comp = inventory.get(spec.component_id)
+    if comp is None:  # specs come from this inventory's plan
+        raise ValueError(f"component {spec.component_id!r} is not in the inventory")
+    return comp
+
+
+def _description(traced: bool) -> tuple[str, ...]:
+    how = (
+        "Fast path: activations are cached and only what follows an ablation is recomputed, "
+        "the ablations of one layer stacked in one pass (--max-batch-mb bounds the memory)."
+        if traced
+        else "torch.fx could not trace this model: each ablation runs on a fresh copy with a hook."
+    )
+    return (
+        "Trains the baseline exactly like baseline.py (same code, seed and weights), or loads "
+        "it from --checkpoint FILE when FILE exists (and saves it there after training).",
+        "Then scores every ablation in KNOCKOUTS on the trained model, without retraining; "
+        "mean ablations use the mean activation on the training data.",
+        how,
+        'The JSON result: the baseline run\'s fields plus "variants": {id: {status, final, '
+        "params_effective}}, one per manifest entry.",
+    )
+
+
+def _knockout_environment(env: jinja2.Environment) -> jinja2.Environment:
+    """``env`` with its top template name standing for ``knockout.py.j2``, so that
+    :func:`render_script` (which renders the top template) renders the knockout script."""
+    top = jinja2.DictLoader({TOP_TEMPLATE: '{% include "' + KNOCKOUT_TEMPLATE + '" %}'})
+    return env.overlay(loader=jinja2.ChoiceLoader([top, env.loader]))
+
+
+def _check_names(model_source: str, path: Path) -> None:
+    clash = sorted(defined_names(model_source) & (defined_names(knockout_block_source()) | KNOCKOUT_NAMES))
+    if clash:
+        raise ConfigError(
+            f"{path} defines {', '.join(clash)}, which knockout.py defines too",
+            "rename them in the model file",
+        )
