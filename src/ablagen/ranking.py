@@ -39,7 +39,7 @@ from typing import Any
 from ablagen.errors import StudyError
 from ablagen.fsutil import atomic_write_text
 from ablagen.orchestrate.records import RunRecord
-from ablagen.studydir import BASELINE_ID, Manifest, VariantEntry
+from ablagen.studydir import ABLATION_KINDS, BASELINE_ID, Manifest, VariantEntry
 
 IMPORTANCE_JSON = "importance.json"
 IMPORTANCE_CSV = "importance.csv"
@@ -353,10 +353,15 @@ def rank(
     sel = select_records(manifest, records, study)
     _check_metric(metric, sel)
     base_runs = sel.runs.get(BASELINE_ID, {})
+    # the seeds the ablations were run at: extra baseline seeds (the arms of
+    # `ablagen hybrid` run more) do not make a variant "missing"
+    ablation_ids = {e.id for e in manifest.variants if e.kind in ABLATION_KINDS}
+    ranked_seeds = {s for vid, runs in sel.runs.items() if vid in ablation_ids for s in runs}
     base = {
         s: v
         for s, r in sorted(base_runs.items())
         if r.ok and (v := metric_value(r, metric)) is not None
+        and (s in ranked_seeds or not ranked_seeds)
     }
     if not base:
         raise StudyError(
@@ -367,7 +372,7 @@ def rank(
     rows: list[ImportanceRow] = []
     failed: list[FailedVariant] = []
     for entry in manifest.variants:
-        if entry.id != BASELINE_ID:
+        if entry.kind in ABLATION_KINDS:
             outcome = _score_variant(
                 entry, sel.runs.get(entry.id, {}), base, sign, metric, confidence
             )

@@ -12,6 +12,10 @@ from ablagen.errors import AblagenError
 
 # Importing a command module registers its commands on ``app``.
 from ablagen.cli import analyze as _analyze  # noqa: E402,F401
+from ablagen.cli import generate as _generate  # noqa: E402,F401
+from ablagen.cli import run as _run  # noqa: E402,F401
+from ablagen.cli import rank as _rank  # noqa: E402,F401
+from ablagen.cli import study as _study  # noqa: E402,F401
 
 __all__ = ["app", "main"]
 

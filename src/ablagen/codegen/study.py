@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import torch
 
 from ablagen import __version__
@@ -81,44 +82,74 @@ class GeneratedStudy:
     warnings: tuple[str, ...]
 
 
-def generate_study(opts: GenerateOptions) -> GeneratedStudy:
-    """Render every script into memory, then write the study directory in one swap."""
+@dataclass(frozen=True)
+class Prepared:
+    """A loaded, analysed model and everything its scripts share, ready to render."""
+
+    opts: GenerateOptions
+    env: jinja2.Environment
+    loaded: LoadedModel
+    inventory: Inventory
+    data: DataSpec
+    model: ModelInfo
+    command: str
+
+    @property
+    def base(self) -> dict[str, Any]:
+        """The ScriptContext fields every script of the study shares."""
+        return dict(
+            ablagen_version=__version__,
+            regenerate_command=self.command,
+            model=self.model,
+            data=self.data,
+            train=self.opts.train,
+            perturb_source=perturb_block_source(),
+        )
+
+    def render(self, script_name: str, variant_id: str, title: str, description: tuple[str, ...], **fields: Any) -> bytes:
+        """One formatted script; ``fields`` override the shared context (train, ablations, ...)."""
+        ctx_fields = {**self.base, "ablations": (), **fields}
+        ctx = ScriptContext(
+            script_name=script_name, variant_id=variant_id, title=title, description=description, **ctx_fields
+        )
+        return render_script(self.env, ctx).encode("utf-8")
+
+
+def prepare(opts: GenerateOptions) -> Prepared:
+    """Validate the options, load and analyse the model, extract its source."""
     opts.train.validate()
     opts = replace(opts, out=opts.out.resolve())
     if opts.mode not in MODES:
         raise ConfigError(f"unknown mode {opts.mode!r}", f"use one of: {', '.join(MODES)}")
-    kinds, methods = parse_kinds(opts.kinds), parse_methods(opts.methods)
     env = make_environment(opts.templates)
-    _check_out(opts.out, opts.model, opts.force)
     loaded = load_model(opts.model, opts.input_shape)
     inventory = analyze(loaded, opts.neuron_groups)
-    pairs = plan_variants(inventory, kinds, opts.components, methods)
     data = _data_spec(opts, loaded)
     model = _model_info(opts, loaded, data)
-    command = regenerate_command(opts, model.path)
-    base = dict(
-        ablagen_version=__version__,
-        regenerate_command=command,
-        model=model,
-        data=data,
-        train=opts.train,
-        perturb_source=perturb_block_source(),
-    )
+    return Prepared(opts, env, loaded, inventory, data, model, regenerate_command(opts, model.path))
+
+
+def generate_study(opts: GenerateOptions) -> GeneratedStudy:
+    """Render every script into memory, then write the study directory in one swap."""
+    kinds, methods = parse_kinds(opts.kinds), parse_methods(opts.methods)
+    _check_out(opts.out.resolve(), opts.model, opts.force)
+    prepared = prepare(opts)
+    opts, env, loaded, inventory = prepared.opts, prepared.env, prepared.loaded, prepared.inventory
+    data, model, command, base = prepared.data, prepared.model, prepared.command, prepared.base
+    pairs = plan_variants(inventory, kinds, opts.components, methods)
     specs = [ablation_spec(comp, method) for comp, method in pairs]
     names = script_names([s.variant_id for s in specs])
     files: dict[str, bytes] = {}
     entries: list[VariantEntry] = []
     for spec in [None, *specs] if opts.mode == "retrain" else [None]:
         name = "baseline.py" if spec is None else names[spec.variant_id]
-        ctx = ScriptContext(
-            script_name=name,
-            variant_id=BASELINE_ID if spec is None else spec.variant_id,
-            title=_title(spec, loaded),
-            description=_description(spec),
+        data_bytes = prepared.render(
+            name,
+            BASELINE_ID if spec is None else spec.variant_id,
+            _title(spec, loaded),
+            _description(spec),
             ablations=() if spec is None else (spec,),
-            **base,
         )
-        data_bytes = render_script(env, ctx).encode("utf-8")
         files[name] = data_bytes
         entries.append(_entry(spec, name, sha256_bytes(data_bytes)))
     if opts.mode == "knockout":  # one knockout.py scores every variant on the trained baseline
@@ -293,6 +324,9 @@ def _config_json(opts: GenerateOptions, data: DataSpec, command: str) -> dict[st
         "dropout": opts.dropout,
         "train": asdict(opts.train),
         "custom_templates": opts.templates is not None,
+        "templates_path": (
+            Path(os.path.relpath(opts.templates.resolve(), opts.out.resolve())).as_posix() if opts.templates else None
+        ),
     }
 
 

@@ -22,6 +22,9 @@ class RunRecord:
     exit_code: int | None = None
     error_tail: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    script: str | None = None  # the script's file name in the study directory
+    attempts: int = 0  # how many times this run was started
+    finished_at: float | None = None  # unix time the outcome was stored
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,142 @@
+"""``ablagen run`` and ``ablagen status``: the orchestrator's commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from ablagen.cli.app import app
+
+StudyArg = Annotated[
+    str,
+    typer.Argument(
+        help="Study directory made by `ablagen generate`.", show_default=False
+    ),
+]
+SeedsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--seeds",
+        help="Comma list (or range) of seeds, e.g. 0,1,2 or 0-4 [default: the manifest's, else 0].",
+    ),
+]
+
+
+@app.command()
+def run(
+    study_dir: StudyArg,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", help="Runs at once [default: one per CPU core]."),
+    ] = None,
+    seeds: SeedsOpt = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Epochs per run [default: the script's]."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds before a run is killed.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="Where runs execute: local or ray.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", help="Join this Ray cluster (HOST:PORT or auto)."
+        ),
+    ] = None,
+    cpus_per_run: Annotated[
+        float, typer.Option("--cpus-per-run", help="Ray: CPUs per run.")
+    ] = 1.0,
+    gpus_per_run: Annotated[
+        float, typer.Option("--gpus-per-run", help="Ray: GPUs per run.")
+    ] = 0.0,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Comma list of variant ids to run.")
+    ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed", help="Rerun failed, diverged, timed-out and crashed runs."
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress; print the summary line only."),
+    ] = False,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu or cuda, passed to every script.")
+    ] = "cpu",
+) -> None:
+    """Run the study's scripts (resuming: runs already ok are skipped). Exit 1 if any run is not ok."""
+    from rich.console import Console
+
+    from ablagen.orchestrate import RunOptions, parse_ids, parse_seeds, run_study
+    from ablagen.orchestrate.render import PlainProgress, RichProgress, print_summary
+
+    options = RunOptions(
+        jobs=jobs,
+        seeds=parse_seeds(seeds) if seeds is not None else None,
+        epochs=epochs,
+        timeout_s=timeout,
+        backend=backend,
+        ray_address=ray_address,
+        cpus_per_run=cpus_per_run,
+        gpus_per_run=gpus_per_run,
+        only=parse_ids(only) if only is not None else None,
+        retry_failed=retry_failed,
+        device=device,
+    )
+    console = Console(highlight=False)
+    reporter = (
+        None
+        if quiet
+        else (
+            RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
+        )
+    )
+    try:
+        summary = run_study(study_dir, options, progress=reporter)
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted: finished runs are stored; resume with `ablagen run {study_dir}`",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        if reporter is not None:
+            reporter.close()
+    print_summary(summary, console, quiet=quiet)
+    if not summary.all_ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    study_dir: StudyArg,
+    seeds: SeedsOpt = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print stable JSON (sorted keys) instead of a table."
+        ),
+    ] = False,
+) -> None:
+    """Show each variant's and seed's run status, counts, and what is left to run."""
+    from rich.console import Console
+
+    from ablagen.orchestrate import parse_seeds, study_status
+    from ablagen.orchestrate.render import print_status
+
+    state = study_status(study_dir, parse_seeds(seeds) if seeds is not None else None)
+    if as_json:
+        typer.echo(json.dumps(state.to_json(), indent=2, sort_keys=True))
+        return
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(width=200, highlight=False)
+    print_status(state, console)

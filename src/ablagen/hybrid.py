@@ -1,0 +1,232 @@
+"""Importance-guided training: the arms of the seeds' experiment, as standalone scripts.
+
+``ablagen hybrid STUDY`` reads the study's ranking (``importance.json``) and noise
+scales (``noise_scales.json``, both from ``ablagen rank``) and adds three scripts
+to the study, each listed in the manifest as an entry of kind ``arm``:
+
+- ``ablated.py``   (``arm:ablated``):   the baseline with its K least important
+  components removed together, the way the ranking says they were ablated;
+- ``perturbed.py`` (``arm:perturbed``): the baseline trained with gradient noise of
+  the same base sigma on every parameter (the control arm);
+- ``hybrid.py``    (``arm:hybrid``):    the baseline trained with gradient noise whose
+  sigma is scaled per parameter (and per output unit) by the noise scales:
+  important parts get little noise, unimportant ones more.
+
+The fourth arm is ``baseline.py`` itself. :func:`compare_arms` summarises the four
+over seeds from the result store.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ablagen.codegen.context import TrainConfig
+from ablagen.codegen.plan import ablation_spec
+from ablagen.codegen.study import GenerateOptions, Prepared, prepare
+from ablagen.errors import ConfigError, StudyError
+from ablagen.fsutil import atomic_write_bytes, atomic_write_text, sha256_bytes
+from ablagen.studydir import (
+    ARM_KIND,
+    BASELINE_ID,
+    MANIFEST,
+    Manifest,
+    VariantEntry,
+    load_manifest,
+)
+
+ARMS = {"arm:ablated": "ablated.py", "arm:perturbed": "perturbed.py", "arm:hybrid": "hybrid.py"}
+ARM_ORDER = (BASELINE_ID, "arm:ablated", "arm:perturbed", "arm:hybrid")
+ARMS_JSON = "arms.json"
+
+
+@dataclass(frozen=True)
+class ArmOptions:
+    sigma: float = 0.05  # base noise std of the perturbed and hybrid arms
+    noise: str = "gaussian"
+    ablate_bottom: int = 2  # components the ablated arm removes (0: no ablated arm)
+
+
+def options_from_manifest(study: Path, manifest: Manifest) -> GenerateOptions:
+    """The generate options that made the study, read back from its manifest."""
+    config = manifest.config
+    model = str((study / manifest.model["path"]).resolve())
+    if manifest.model.get("name") and ":" not in Path(manifest.model["path"]).name:
+        model = f"{model}:{manifest.model['name']}"
+    templates = config.get("templates_path")
+    return GenerateOptions(
+        model=model,
+        out=study,
+        kinds=",".join(config.get("kinds", [])) or None,
+        components=tuple(config.get("components", [])),
+        methods=",".join(config.get("methods", [])) or None,
+        neuron_groups=config.get("neuron_groups"),
+        input_shape=config.get("input_shape"),
+        mode=config.get("mode", "retrain"),
+        dataset=config["data"]["dataset"],
+        val_fraction=config["data"]["val_fraction"],
+        split_seed=config["data"]["split_seed"],
+        dropout=config.get("dropout"),
+        train=TrainConfig(**config["train"]),
+        templates=(study / templates).resolve() if templates else None,
+    )
+
+
+def _read_json(study: Path, name: str) -> dict[str, Any]:
+    path = study / name
+    if not path.is_file():
+        raise StudyError(f"{study} has no ranking ({name} is missing)", f"run `ablagen rank {study}` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise StudyError(f"{path} is corrupt ({exc})", f"run `ablagen rank {study}` again") from exc
+
+
+def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifest:
+    """Render the arm scripts into the study and list them in its manifest."""
+    if arm.sigma < 0 or arm.ablate_bottom < 0:
+        raise ConfigError("--sigma and --ablate-bottom must not be negative", "give 0 or more")
+    study = Path(study_dir).resolve()
+    manifest = load_manifest(study)
+    importance = _read_json(study, "importance.json")
+    scales = _read_json(study, "noise_scales.json")
+    prepared = prepare(options_from_manifest(study, manifest))
+    if prepared.loaded.sha256 != manifest.model["sha256"]:
+        raise StudyError(
+            f"{manifest.model['path']} changed since {study.name} was generated (stale study)",
+            f"regenerate it: {manifest.config.get('command', 'ablagen generate')} (from the study directory)",
+        )
+    noisy = replace(prepared.opts.train, sigma=arm.sigma, noise=arm.noise).validate()
+    files: dict[str, bytes] = {}
+    specs = tuple(ablation_spec(c, m) for c, m in _least_important(prepared, importance, arm.ablate_bottom))
+    if specs:
+        names = ", ".join(s.variant_id for s in specs)
+        files["arm:ablated"] = prepared.render(
+            ARMS["arm:ablated"], "arm:ablated", f"Ablated arm of {prepared.loaded.ref.label}: its {len(specs)} least important components removed.",
+            (f"Removed together, as ranked by importance.json: {names}.",), ablations=specs,
+        )  # fmt: skip
+    files["arm:perturbed"] = prepared.render(
+        ARMS["arm:perturbed"], "arm:perturbed", f"Perturbed arm of {prepared.loaded.ref.label}: uniform gradient noise.",
+        (f"Every parameter gets {arm.noise} gradient noise of sigma {arm.sigma:g} (the control arm).",), train=noisy,
+    )  # fmt: skip
+    files["arm:hybrid"] = prepared.render(
+        ARMS["arm:hybrid"], "arm:hybrid", f"Hybrid arm of {prepared.loaded.ref.label}: importance-guided gradient noise.",
+        (f"Base sigma {arm.sigma:g} ({arm.noise}), scaled per parameter and output unit by noise_scales.json:",
+         "important components get little noise, unimportant ones more."),
+        train=noisy, noise_scales=scales["parameters"],
+    )  # fmt: skip
+    entries = [v for v in manifest.variants if v.kind != ARM_KIND]
+    for arm_id, data in files.items():
+        atomic_write_bytes(study / ARMS[arm_id], data)
+        extra = {"removed": [s.variant_id for s in specs]} if arm_id == "arm:ablated" else {"sigma": arm.sigma, "noise": arm.noise}
+        entries.append(VariantEntry(arm_id, None, ARM_KIND, None, ARMS[arm_id], sha256_bytes(data), extra))
+    updated = replace(manifest, variants=(entries[0], *sorted(entries[1:], key=lambda e: e.id)))
+    atomic_write_text(study / MANIFEST, updated.dumps())
+    return updated
+
+
+def _least_important(prepared: Prepared, importance: dict[str, Any], k: int) -> list[tuple[Any, str]]:
+    """The k lowest-ranked (component, method) pairs that do not nest in one another."""
+    chosen: list[tuple[Any, str]] = []
+    modules: list[str] = []
+    for row in reversed(importance.get("rows", [])):
+        if len(chosen) == k:
+            break
+        comp = prepared.inventory.get(row["component"])
+        if comp is None or row["method"] not in comp.methods:
+            continue
+        module = comp.module or comp.param_owner or comp.id
+        if any(_nested(module, other) for other in modules):
+            continue
+        chosen.append((comp, row["method"]))
+        modules.append(module)
+    return chosen
+
+
+def _nested(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    arm: str
+    seeds: tuple[int, ...]
+    val_acc: tuple[float, float]  # mean, std over seeds
+    val_loss: tuple[float, float]
+    epochs_to_target: float | None  # mean over the runs that reached the target
+    reached: int  # runs that reached the target accuracy
+    params_effective: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "arm": self.arm,
+            "seeds": list(self.seeds),
+            "val_acc_mean": self.val_acc[0],
+            "val_acc_std": self.val_acc[1],
+            "val_loss_mean": self.val_loss[0],
+            "val_loss_std": self.val_loss[1],
+            "epochs_to_target_mean": self.epochs_to_target,
+            "reached_target": self.reached,
+            "params_effective": self.params_effective,
+        }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def compare_arms(study_dir: str | Path, seeds: tuple[int, ...]) -> list[ArmResult]:
+    """Final metrics of the four arms over ``seeds`` (ok runs of the current scripts)."""
+    from ablagen.orchestrate import ResultStore
+
+    with ResultStore(study_dir, readonly=True) as store:
+        latest = store.latest_ok()
+    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for rec in latest:
+        if rec.variant_id in ARM_ORDER and rec.seed in seeds and rec.result:
+            by_arm.setdefault(rec.variant_id, {})[rec.seed] = rec.result
+    out = []
+    for arm in ARM_ORDER:
+        results = [by_arm[arm][s] for s in sorted(by_arm.get(arm, {}))]
+        if not results:
+            continue
+        reached = [r["epochs_to_target"] for r in results if r.get("epochs_to_target") is not None]
+        out.append(
+            ArmResult(
+                arm=arm,
+                seeds=tuple(sorted(by_arm[arm])),
+                val_acc=_mean_std([r["final"]["val_acc"] for r in results]),
+                val_loss=_mean_std([r["final"]["val_loss"] for r in results]),
+                epochs_to_target=statistics.fmean(reached) if reached else None,
+                reached=len(reached),
+                params_effective=int(results[0]["params_effective"]),
+            )
+        )
+    return out
+
+
+def arms_markdown(results: list[ArmResult], target_acc: float) -> str:
+    lines = [
+        f"| arm | seeds | val acc (mean ± std) | val loss (mean ± std) | epochs to {target_acc:g} acc | effective params |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ett = "never" if r.epochs_to_target is None else f"{r.epochs_to_target:.2f} ({r.reached}/{len(r.seeds)} runs)"
+        lines.append(
+            f"| {r.arm} | {len(r.seeds)} | {r.val_acc[0]:.4f} ± {r.val_acc[1]:.4f} | "
+            f"{r.val_loss[0]:.4f} ± {r.val_loss[1]:.4f} | {ett} | {r.params_effective:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_arms_json(study_dir: str | Path, results: list[ArmResult]) -> Path:
+    path = Path(study_dir) / ARMS_JSON
+    payload = {"arms": [r.to_json() for r in results]}
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path

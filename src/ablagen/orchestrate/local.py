@@ -1,0 +1,371 @@
+"""The local backend: warm worker processes (see :mod:`.worker`), one fork per run.
+
+One zygote process imports torch (and torch._dynamo, numpy, sklearn and the
+scripts' other top-level imports) once and forks ``jobs`` workers; every run is a
+fresh fork of a worker, so a run costs a fork, not a Python start plus imports.
+Workers also learn what a run imported lazily and import it for their next runs.
+Cores are split between workers: with ``jobs`` > 1 each gets ``max(1, cores //
+jobs)`` threads (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``torch.set_num_threads``)
+so the runs do not oversubscribe the machine; with one job torch keeps its default.
+Results equal ``python script.py`` run with the same thread count (with fewer
+threads, float reductions may differ in the last bits). One thread per worker in
+the orchestrator feeds it runs and collects outcomes.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from ablagen.errors import BackendError
+from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
+from ablagen.orchestrate.outcome import RawOutcome, read_tail
+
+WORKER = Path(__file__).with_name("worker.py")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: always imported by the workers when installed. torch._dynamo (with sympy): every
+#: torch optimizer imports it on first use (torch._compile's lazy import), ~1 s a run
+BASE_PRELOAD = ("torch", "torch._dynamo", "numpy", "sklearn")
+
+
+def preload_modules(
+    scripts: list[Path], base: tuple[str, ...] = BASE_PRELOAD
+) -> list[str]:
+    """``base`` plus the installed modules the scripts import at top level.
+
+    A module that lives in the study directory (or is not installed) is left to the
+    script, and so is anything not imported at module level.
+    """
+    names: dict[str, None] = dict.fromkeys(base)
+    roots = {p.resolve().parent for p in scripts}
+    for script in scripts:
+        try:
+            tree = ast.parse(script.read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names.update(dict.fromkeys(alias.name for alias in node.names))
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names[node.module] = None
+    keep = []
+    for name in names:
+        top = name.partition(".")[0]
+        if top == "__future__":
+            continue
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            continue
+        origin = spec.origin if spec is not None else None
+        if spec is None or (origin and Path(origin).resolve().parent in roots):
+            continue
+        keep.append(name)
+    return keep
+
+
+class _Zygotes:
+    """Starts zygote processes (see :mod:`.worker`): each imports once, forks workers."""
+
+    def __init__(
+        self, env: dict[str, str], preload: list[str], tmp: Path, cwd: Path
+    ) -> None:
+        self.env, self.preload, self.cwd = env, preload, cwd
+        # the workers' own stderr, for post-mortems
+        self.stderr_path = tmp / "workers.log"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, n: int) -> list[socket.socket]:
+        """Start a zygote with ``n`` workers; returns one connected socket per worker."""
+        pairs = [socket.socketpair() for _ in range(n)]
+        theirs = [b.fileno() for _, b in pairs]
+        try:
+            with open(self.stderr_path, "ab") as stderr:
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(WORKER),
+                            ",".join(map(str, theirs)),
+                            *self.preload,
+                        ],
+                        pass_fds=theirs,
+                        stdin=subprocess.DEVNULL,
+                        stdout=stderr,
+                        stderr=stderr,
+                        env=self.env,
+                        cwd=self.cwd,
+                    )
+                )
+        except OSError as exc:
+            raise BackendError(
+                f"cannot start the local worker processes ({exc})",
+                "check the Python interpreter and free memory",
+            ) from exc
+        finally:
+            for _, b in pairs:
+                b.close()
+        return [a for a, _ in pairs]
+
+    def last_words(self) -> str:
+        lines = read_tail(self.stderr_path).strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def stop(self) -> None:
+        for proc in self.procs:  # they end once their workers' sockets are closed
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+class _Worker:
+    """The orchestrator's end of one warm worker; replaced by a fresh one if it dies."""
+
+    def __init__(self, zygotes: _Zygotes, sock: socket.socket | None = None) -> None:
+        self.zygotes = zygotes
+        self.sock = sock
+        self.pid: int | None = None
+        self._rfile: IO[bytes] | None = None
+
+    def _reply(self) -> dict[str, Any] | None:
+        if self._rfile is None:
+            assert self.sock is not None
+            self._rfile = self.sock.makefile("rb")
+        line = self._rfile.readline()
+        return json.loads(line) if line else None
+
+    def warm(self) -> None:
+        """Wait until the worker has imported its modules (starting one if needed)."""
+        if self.sock is None:
+            self.sock = self.zygotes.spawn(1)[0]
+        if self.pid is None:
+            ready = self._reply()
+            if ready is None:
+                raise OSError("the worker process ended before it was ready")
+            self.pid = int(ready["pid"])
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one run, wait for its reply; a dead worker becomes an error reply."""
+        try:
+            self.warm()
+            assert self.sock is not None
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
+            reply = self._reply()
+            error = None if reply is not None else "its socket closed"
+        except (OSError, ValueError) as exc:
+            reply, error = None, f"{type(exc).__name__}: {exc}"
+        if reply is None:
+            self.close()
+            reply = {
+                "exit_code": None,
+                "wall_time_s": 0.0,
+                "timed_out": False,
+                "error": f"the worker process died ({error}) {self.zygotes.last_words()}".strip(),
+            }
+        return reply
+
+    def interrupt(self) -> None:
+        """From another thread: end the worker (and its run); its thread sees EOF."""
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Closing the socket makes the worker kill its running child and exit."""
+        sock, self.sock, self.pid = self.sock, None, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        if self._rfile is not None:
+            self._rfile.close()
+            self._rfile = None
+
+
+class _SubprocessWorker:
+    """Where ``os.fork`` is missing (Windows): each run is ``python script.py``."""
+
+    def warm(self) -> None:
+        """Nothing to warm up."""
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        start = time.monotonic()
+        with open(request["log"], "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, request["script"], *request["argv"]],
+                cwd=request["cwd"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                code, timed_out = proc.wait(timeout=request["timeout"]), False
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code, timed_out = proc.wait(), True
+        return {
+            "exit_code": code,
+            "wall_time_s": time.monotonic() - start,
+            "timed_out": timed_out,
+        }
+
+    def interrupt(self) -> None:
+        """A run in progress finishes or times out on its own."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class LocalBackend:
+    """Runs scripts in forked children of ``jobs`` warm worker processes."""
+
+    name = "local"
+
+    def __init__(
+        self, study_dir: Path, options: RunOptions, tmp: Path, scripts: list[Path]
+    ) -> None:
+        self.study_dir = study_dir
+        self.preload = preload_modules(
+            scripts, BASE_PRELOAD if options.preload is None else options.preload
+        )
+        self.tmp = tmp
+        self.timeout_s = options.timeout_s
+        cores = usable_cpus()
+        self.jobs = options.jobs or cores
+        # one job: torch's own default, exactly as `python script.py` would run
+        self.threads = max(1, cores // self.jobs) if self.jobs > 1 else None
+        env = dict(os.environ)
+        if self.threads is not None:
+            env.update(dict.fromkeys(THREAD_ENV, str(self.threads)))
+        self._zygotes = _Zygotes(env, self.preload, tmp, study_dir)
+        self._workers: list[_Worker | _SubprocessWorker] = []
+        self._todo: queue.Queue[RunSpec | None] = queue.Queue()
+        self._done: queue.Queue[RawOutcome | BaseException] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._closing = threading.Event()
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self.jobs
+
+    def describe(self) -> str:
+        if self.threads is None:
+            return "local, 1 warm worker"
+        return f"local, {self.jobs} warm workers x {self.threads} thread{'s' * (self.threads > 1)}"
+
+    def __enter__(self) -> LocalBackend:
+        if hasattr(os, "fork"):
+            self._workers = [
+                _Worker(self._zygotes, sock) for sock in self._zygotes.spawn(self.jobs)
+            ]
+        else:
+            self._workers = [_SubprocessWorker() for _ in range(self.jobs)]
+        for index, worker in enumerate(self._workers):
+            thread = threading.Thread(
+                target=self._serve,
+                args=(worker,),
+                daemon=True,
+                name=f"ablagen-worker-{index}",
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _out_path(self) -> Path:
+        with self._lock:
+            self._counter += 1
+            return self.tmp / f"result-{self._counter}.json"
+
+    def _serve(self, worker: _Worker | _SubprocessWorker) -> None:
+        try:
+            try:
+                worker.warm()  # imports run while the first runs are being claimed
+            except OSError as exc:
+                if self._closing.is_set():
+                    return
+                raise BackendError(
+                    f"a local worker process failed to start ({exc}: {self._zygotes.last_words()})",
+                    "check that torch imports in this environment (`python -c 'import torch'`)",
+                ) from exc
+            while not self._closing.is_set():
+                spec = self._todo.get()
+                if spec is None:
+                    break
+                self._done.put(self._run(worker, spec))
+        except BaseException as exc:  # noqa: BLE001
+            self._done.put(exc)  # handed to the main thread, raised there
+        finally:
+            worker.close()
+
+    def _run(self, worker: _Worker | _SubprocessWorker, spec: RunSpec) -> RawOutcome:
+        out = self._out_path()
+        request = {
+            "script": str((self.study_dir / spec.script).resolve()),
+            "argv": spec.argv(str(out)),
+            "cwd": str(self.study_dir.resolve()),
+            "log": str((self.study_dir / spec.log_path).resolve()),
+            "timeout": self.timeout_s,
+            "threads": self.threads,
+            "learn": str(out.with_suffix(".modules.json")),
+        }
+        reply = worker.run(request)
+        try:
+            result_text: str | None = out.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            result_text = None
+        out.unlink(missing_ok=True)
+        return RawOutcome(
+            spec=spec,
+            exit_code=reply.get("exit_code"),
+            wall_time_s=float(reply.get("wall_time_s") or 0.0),
+            result_text=result_text,
+            timed_out=bool(reply.get("timed_out")),
+            error=reply.get("error"),
+            backend=self.name,
+        )
+
+    def submit(self, spec: RunSpec) -> None:
+        self._todo.put(spec)
+
+    def next_done(self) -> RawOutcome:
+        """Block until a run finishes (a worker thread's own failure is raised here)."""
+        while True:
+            try:
+                item = self._done.get(timeout=0.5)  # wake up for Ctrl-C now and then
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    def close(self) -> None:
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        for _ in self._threads:
+            self._todo.put(None)
+        for worker in self._workers:
+            worker.interrupt()  # a worker kills its running child when its socket closes
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._zygotes.stop()

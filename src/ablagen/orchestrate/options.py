@@ -1,0 +1,212 @@
+"""What to run and how: the run options, one planned run, and the summary of a study run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablagen.errors import ConfigError
+from ablagen.orchestrate.records import RunRecord
+
+DEVICES = ("cpu", "cuda")
+FAILED_STATUSES = ("failed", "diverged", "timeout", "crashed")
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (affinity-aware where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of :func:`ablagen.orchestrate.run_study`; every field has a CLI flag.
+
+    ``jobs``: runs at once (local: worker processes; ray: tasks in flight); ``None``
+    means one per usable CPU core (local) or as many as the cluster's CPUs allow (ray).
+    ``seeds``: ``None`` means the manifest's ``config["seeds"]`` if it has them, else (0,).
+    ``epochs``: ``None`` lets each script use its generated default.
+    ``timeout_s``: per run; ``None`` means no limit.
+    ``preload`` (local backend, library only): modules the warm workers import up
+    front instead of the default torch, torch._dynamo, numpy, sklearn; the scripts'
+    own top-level imports are always added.
+    """
+
+    jobs: int | None = None
+    seeds: tuple[int, ...] | None = None
+    epochs: int | None = None
+    timeout_s: float | None = None
+    backend: str = "local"
+    ray_address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    only: tuple[str, ...] | None = None
+    retry_failed: bool = False
+    device: str = "cpu"
+    preload: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(
+                f"--jobs {self.jobs} is not a positive number", "pass --jobs 1 or more"
+            )
+        if self.seeds is not None:
+            check_seeds(self.seeds)
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(
+                f"--epochs {self.epochs} is not a positive number",
+                "pass --epochs 1 or more",
+            )
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ConfigError(
+                f"--timeout {self.timeout_s} is not positive",
+                "pass a number of seconds > 0",
+            )
+        if self.cpus_per_run <= 0 or self.gpus_per_run < 0:
+            raise ConfigError(
+                f"--cpus-per-run {self.cpus_per_run} / --gpus-per-run {self.gpus_per_run} out of range",
+                "pass --cpus-per-run > 0 and --gpus-per-run >= 0",
+            )
+        if self.ray_address and self.backend != "ray":
+            raise ConfigError(
+                f"--ray-address {self.ray_address} needs the ray backend",
+                "add --backend ray",
+            )
+        if self.device not in DEVICES:
+            raise ConfigError(
+                f"unknown device {self.device!r}",
+                f"pass --device {' or '.join(DEVICES)}",
+            )
+
+    def script_args(self) -> dict[str, Any]:
+        """The run arguments beyond ``--seed`` and ``--out``, as stored in each record."""
+        args: dict[str, Any] = {"device": self.device}
+        if self.epochs is not None:
+            args["epochs"] = self.epochs
+        return args
+
+
+def check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
+    if not seeds:
+        raise ConfigError(
+            "no seeds given", "pass seeds as a comma list, e.g. --seeds 0,1,2"
+        )
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(
+                f"seed {seed!r} is not a non-negative integer",
+                "pass e.g. --seeds 0,1,2",
+            )
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"seeds {list(seeds)} repeat a seed",
+            "list each seed once, e.g. --seeds 0,1,2",
+        )
+    return tuple(seeds)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` or ``"0-4"`` (inclusive) or a mix -> a tuple of distinct seeds."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep and lo:
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ConfigError(
+                f"bad --seeds {text!r}: {part!r} is not a non-negative integer",
+                "pass seeds as a comma list, e.g. --seeds 0,1,2 (or a range, 0-4)",
+            ) from None
+    try:
+        return check_seeds(tuple(seeds))
+    except ConfigError as exc:
+        raise ConfigError(f"bad --seeds {text!r}: {exc.problem}", exc.fix) from None
+
+
+def parse_ids(text: str) -> tuple[str, ...]:
+    ids = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not ids:
+        raise ConfigError(
+            f"bad --only {text!r}: no variant ids",
+            "pass ids as a comma list, e.g. --only baseline,conv1:zero",
+        )
+    return ids
+
+
+def args_json(args: dict[str, Any]) -> str:
+    """The canonical text of run arguments: the store's key column."""
+    return json.dumps(args, sort_keys=True, separators=(",", ":"))
+
+
+def args_hash8(args: dict[str, Any]) -> str:
+    return hashlib.sha256(args_json(args).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned run: a variant's script with one seed and one set of arguments."""
+
+    variant_id: str
+    script: str  # file name inside the study directory
+    script_sha256: str
+    seed: int
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int, str, str]:
+        return (self.variant_id, self.seed, args_json(self.args), self.script_sha256)
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant_id} seed={self.seed}"
+
+    @property
+    def log_path(self) -> str:
+        """``logs/<script stem>__seed<S>__<argshash8>.log``, relative to the study directory."""
+        stem = Path(self.script).stem
+        return f"logs/{stem}__seed{self.seed}__{args_hash8(self.args)}.log"
+
+    def argv(self, out: str) -> list[str]:
+        """Command-line arguments after the script path, per the script contract."""
+        argv = ["--seed", str(self.seed)]
+        for name in sorted(self.args):
+            argv += [f"--{name.replace('_', '-')}", str(self.args[name])]
+        return argv + ["--out", out]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one :func:`run_study` call did. ``all_ok`` decides the CLI's exit code."""
+
+    study_dir: str
+    backend: str
+    jobs: int
+    planned: int  # runs in scope: selected variants x seeds
+    ran: tuple[RunRecord, ...]  # finished by this call, in finishing order
+    skipped_ok: int  # already ok in the store (resume)
+    skipped_failed: tuple[
+        RunRecord, ...
+    ]  # failed before, not retried (no --retry-failed)
+    running_elsewhere: tuple[RunSpec, ...] = ()  # held by another live orchestrator
+    wall_time_s: float = 0.0
+
+    @property
+    def failures(self) -> tuple[RunRecord, ...]:
+        """Every run in scope that did not succeed: this call's and the skipped ones."""
+        return tuple(r for r in self.ran if not r.ok) + self.skipped_failed
+
+    @property
+    def ok_count(self) -> int:
+        return self.skipped_ok + sum(1 for r in self.ran if r.ok)
+
+    @property
+    def all_ok(self) -> bool:
+        return not self.failures and not self.running_elsewhere

@@ -1,0 +1,154 @@
+"""Turn what a finished process left behind into a :class:`RunRecord` with a status.
+
+Every backend reports a :class:`RawOutcome`; :func:`classify` is the one place that
+decides the status, so a run means the same thing on every backend:
+
+============  ===============================================================
+timeout       the run passed ``--timeout`` and was killed
+crashed       killed by a signal (segfault, ``os.abort``, OOM killer), or its
+              worker process died
+diverged      exit code 3, or the result says ``"status": "diverged"``, or a
+              final metric or loss in the result is NaN/inf
+failed        any other non-zero exit, a result with ``"status": "failed"``,
+              or exit 0 without a readable JSON object at ``--out``
+ok            exit 0 with a result whose status is ``"ok"``
+============  ===============================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablagen.orchestrate.options import RunSpec
+from ablagen.orchestrate.records import RunRecord
+from ablagen.studydir import EXIT_DIVERGED
+
+TAIL_LINES = 30
+TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class RawOutcome:
+    """A finished process: ``exit_code`` < 0 means killed by that signal."""
+
+    spec: RunSpec
+    exit_code: int | None
+    wall_time_s: float
+    result_text: str | None = None  # what the script wrote to --out, if anything
+    timed_out: bool = False
+    error: str | None = None  # a backend-level failure (worker died, task lost)
+    backend: str = "local"
+
+
+def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
+    """The last ``lines`` lines of ``text``, at most ``chars`` characters."""
+    kept = "\n".join(text.rstrip().splitlines()[-lines:])
+    return kept[-chars:]
+
+
+def read_tail(path: Path, chars: int = 64 * 1024) -> str:
+    """The end of a log file ("" if it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - chars))
+            return tail(fh.read().decode("utf-8", errors="replace"))
+    except OSError:
+        return ""
+
+
+def _parse_result(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    if text is None or not text.strip():
+        return None, "the script wrote no result JSON to --out"
+    try:
+        result = json.loads(text)
+    except ValueError as exc:
+        return None, f"the result at --out is not JSON ({exc})"
+    if not isinstance(result, dict):
+        return (
+            None,
+            f"the result at --out is a JSON {type(result).__name__}, not an object",
+        )
+    return result, None
+
+
+def _non_finite(result: dict[str, Any]) -> str | None:
+    """The name of a final metric or loss that is NaN/inf, if any."""
+    final = result.get("final")
+    values = dict(final) if isinstance(final, dict) else {}
+    for entry in result.get("history") or []:
+        if isinstance(entry, dict):
+            values.update({f"history.{k}": v for k, v in entry.items() if "loss" in k})
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return name
+    return None
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def classify(raw: RawOutcome, log_tail: str) -> RunRecord:
+    """Decide the run's status; the error tail is the log's tail plus the reason."""
+    result, result_problem = _parse_result(raw.result_text)
+    code = raw.exit_code
+    reason: str | None = None
+    if raw.timed_out:
+        status, reason = "timeout", f"killed after the {raw.wall_time_s:.1f} s timeout"
+    elif raw.error is not None:
+        status, reason = "crashed", raw.error
+    elif code is None or code < 0:
+        status = "crashed"
+        reason = "killed by " + (
+            _signal_name(code) if code is not None else "an unknown cause"
+        )
+    elif code == EXIT_DIVERGED or (
+        result is not None and result.get("status") == "diverged"
+    ):
+        status, reason = (
+            "diverged",
+            (result or {}).get("error") or f"exit code {code}: diverged",
+        )
+    elif result is not None and (bad := _non_finite(result)) is not None:
+        status, reason = "diverged", f"{bad} is not finite"
+    elif code != 0:
+        said = (result or {}).get("error") or (
+            log_tail.strip().splitlines()[-1:] or [""]
+        )[0].strip()[:200]
+        status, reason = "failed", f"exit code {code}" + (f": {said}" if said else "")
+    elif result is None:
+        status, reason = "failed", result_problem
+    elif result.get("status", "ok") != "ok":
+        status = "failed"
+        reason = result.get("error") or f"result status {result.get('status')!r}"
+    else:
+        status = "ok"
+    error_tail = None
+    if status != "ok":
+        error_tail = "\n".join(
+            x for x in (log_tail.rstrip(), f"[ablagen] {reason}") if x
+        )
+    return RunRecord(
+        variant_id=raw.spec.variant_id,
+        seed=raw.spec.seed,
+        args=dict(raw.spec.args),
+        script_sha256=raw.spec.script_sha256,
+        status=status,
+        result=result,
+        wall_time_s=raw.wall_time_s,
+        log_path=raw.spec.log_path,
+        exit_code=code,
+        error_tail=error_tail,
+        extra={"backend": raw.backend},
+        script=raw.spec.script,
+    )

@@ -1,0 +1,305 @@
+"""The warm workers of the local backend; standalone (stdlib only, no ablagen).
+
+Started as ``python worker.py FD[,FD...] MODULE...`` (the FDs are one end of a
+socketpair each, inherited from the orchestrator). This process -- the zygote --
+imports the given modules once (torch, numpy, ...: the ~2 s a fresh
+``python script.py`` pays), then forks one worker per FD and waits for them. So
+``--jobs N`` pays the imports once, and the workers share those pages. A worker
+serves one run at a time over a JSON-lines protocol on its socket::
+
+    -> {"ready": true, "pid": 123, "preloaded": ["torch", ...]}
+    <- {"script": ABS, "argv": [...], "cwd": DIR, "log": ABS, "timeout": S|null,
+        "threads": N|null, "learn": PATH|null}
+    -> {"exit_code": 0, "wall_time_s": 1.2, "timed_out": false}
+
+Each run is a fresh fork of the worker (no state leaks between runs) that becomes
+its own process group, points fds 0/1/2 at /dev/null and the run's log, sets
+``sys.argv``, the cwd, ``sys.path[0]`` and torch's thread count, and executes the
+script with ``runpy.run_path(script, run_name="__main__")``: the code path of
+``python script.py``. ``exit_code`` < 0 means killed by that signal. A timeout
+kills the run's whole process group. EOF on the socket (the orchestrator closed
+it or died, even by ``kill -9``) or SIGTERM kills the running child's group and
+ends the worker; the zygote ends when its workers have.
+
+With ``learn``, the child lists the installed modules the script imported lazily
+(an optimizer pulls in torch._dynamo and sympy: ~1 s) and the worker imports them
+after replying, so its next runs skip that cost too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import io
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+_child_pid: int | None = None
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if _child_pid is not None:
+        _kill_group(_child_pid)
+    os._exit(128 + signum)
+
+
+def _exit_code(code: object) -> int:
+    """Python's own mapping of ``SystemExit.code`` to an exit status."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _report(exc: BaseException, script: str) -> None:
+    """Print an uncaught exception as ``python script.py`` would: no runpy frames."""
+    if sys.excepthook is not sys.__excepthook__:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        return
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != script:
+        tb = tb.tb_next
+    import traceback
+
+    traceback.print_exception(type(exc), exc, tb or exc.__traceback__)
+
+
+def _write_learned(path: str, before: set[str], local_dirs: tuple[str, ...]) -> None:
+    """Name the installed modules the script imported, for the worker to preload."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        if name in before or name.startswith("__"):
+            continue
+        file = getattr(module, "__file__", None)
+        if file and any(
+            os.path.abspath(file).startswith(os.path.join(d, "")) for d in local_dirs
+        ):
+            continue  # the study's own modules stay the script's business
+        names.append(name)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(names, fh)
+
+
+def _learn(path: str) -> None:
+    """Import what the last run imported lazily (torch._dynamo, sympy, ...): later
+    forks start with it. Only imports here, never torch ops, so forking stays safe."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            names = json.load(fh)
+        os.unlink(path)
+    except (OSError, ValueError):
+        return
+    for name in names:
+        if name not in sys.modules:
+            # best effort: what fails here, the script imports itself
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _child(req: dict[str, Any], channel: int) -> None:
+    """In the forked child: become the script. Never returns."""
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(channel)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(devnull)
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False),
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+        )
+        os.chdir(req["cwd"])
+        script = req["script"]
+        sys.argv = [script, *req["argv"]]  # runpy sets argv[0] to the script's path
+        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as python does
+        torch = sys.modules.get("torch")
+        if torch is not None and req.get("threads"):
+            torch.set_num_threads(int(req["threads"]))
+        import runpy
+
+        before = set(sys.modules)
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code(exc.code)
+        except BaseException as exc:  # noqa: B036
+            _report(exc, script)  # a script's uncaught error, reported as python does
+            code = 1
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()  # wait for the script's non-daemon threads, as python does at exit
+        atexit._run_exitfuncs()
+        if req.get("learn"):
+            _write_learned(req["learn"], before, (sys.path[0], os.getcwd()))
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+
+
+def _wait(pid: int, deadline: float | None, channel: int) -> tuple[bool, bool]:
+    """Wait until the child exits (not reaped), the deadline passes or the channel closes.
+
+    Returns (exited, orphaned): orphaned means the orchestrator is gone.
+    """
+    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    try:
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False, False
+            if pidfd is not None:
+                ready, _, _ = select.select([channel, pidfd], [], [], left)
+            else:
+                ready, _, _ = select.select(
+                    [channel], [], [], 0.01 if left is None else min(left, 0.01)
+                )
+                if (
+                    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    is not None
+                ):
+                    return True, False
+            if channel in ready:
+                return False, True  # EOF (or stray input): the orchestrator is gone
+            if pidfd is not None and pidfd in ready:
+                return True, False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _run(req: dict[str, Any], channel: int) -> dict[str, Any]:
+    global _child_pid
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _child(req, channel)
+    _child_pid = pid
+    with contextlib.suppress(OSError):  # the child already did, or already exited
+        os.setpgid(pid, pid)
+    timeout = req.get("timeout")
+    exited, orphaned = _wait(
+        pid, None if timeout is None else start + float(timeout), channel
+    )
+    _kill_group(pid)  # the timed-out run, or what it left behind
+    _, status = os.waitpid(pid, 0)
+    _child_pid = None
+    wall = time.monotonic() - start
+    if orphaned:
+        os._exit(0)
+    return {
+        "exit_code": os.waitstatus_to_exitcode(status),
+        "wall_time_s": wall,
+        "timed_out": not exited,
+    }
+
+
+def _read_line(channel: int, buf: bytearray) -> bytes | None:
+    while b"\n" not in buf:
+        chunk = os.read(channel, 65536)
+        if not chunk:
+            return None
+        buf.extend(chunk)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line
+
+
+def _send(channel: int, message: dict[str, Any]) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    while data:
+        data = data[os.write(channel, data) :]
+
+
+def _serve(channel: int, preloaded: list[str]) -> None:
+    """A worker: run requests until the channel closes. Never returns."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _send(channel, {"ready": True, "pid": os.getpid(), "preloaded": preloaded})
+    buf = bytearray()
+    while (line := _read_line(channel, buf)) is not None:
+        req = json.loads(line)
+        try:
+            reply = _run(req, channel)
+        except OSError as exc:
+            reply = {
+                "exit_code": None,
+                "wall_time_s": 0.0,
+                "timed_out": False,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        _send(channel, reply)
+        if req.get("learn"):
+            _learn(req["learn"])
+    # the channel closed: done; skip the interpreter's slow teardown of torch & co.
+    os._exit(0)
+
+
+def main(channels: list[int], modules: list[str]) -> None:
+    # python put this file's folder first; a run puts its script's folder there
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(__file__):
+        sys.path.pop(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides on Ctrl-C
+    preloaded = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            preloaded.append(name)
+        except Exception as exc:  # noqa: BLE001 - optional; the script imports it too
+            print(
+                f"ablagen worker: not preloading {name}: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    workers = []
+    for channel in channels:
+        pid = os.fork()
+        if pid == 0:
+            for other in channels:
+                if other != channel:
+                    os.close(other)
+            _serve(channel, preloaded)
+        workers.append(pid)
+    for channel in channels:
+        os.close(channel)
+    for pid in workers:
+        os.waitpid(pid, 0)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main([int(fd) for fd in sys.argv[1].split(",")], sys.argv[2:])
