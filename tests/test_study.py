@@ -1,0 +1,93 @@
+"""The main job end to end: ablagen study, resumable; ablagen hybrid's arms."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ablagen.studydir import load_manifest
+from conftest import EXAMPLES, MODELS, run_cli
+from scriptutil import load_script
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A small real study: the wine MLP, 2 epochs, 2 seeds, both arm sets."""
+    from ablagen.cli import main
+
+    out = tmp_path_factory.mktemp("study") / "wine"
+    args = ["study", str(EXAMPLES / "tabular_mlp.py"), "--out", str(out), "--epochs", "2", "--seeds", "0,1",
+            "--arm-seeds", "0,1", "--quiet", "--sigma", "0.01", "--ablate-bottom", "1"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_study_writes_ranking_noise_scales_arms_and_report(study):
+    for name in ("importance.json", "importance.csv", "noise_scales.json", "arms.json", "report.md", "hybrid.py"):
+        assert (study / name).is_file(), name
+    arms = json.loads((study / "arms.json").read_text())["arms"]
+    assert [a["arm"] for a in arms] == ["baseline", "arm:ablated", "arm:perturbed", "arm:hybrid"]
+    assert all(a["seeds"] == [0, 1] for a in arms)
+    report = (study / "report.md").read_text()
+    assert "The four arms" in report and "arm:hybrid" in report
+    ranked = json.loads((study / "importance.json").read_text())["rows"]
+    assert ranked and not any(r["variant"].startswith("arm:") for r in ranked)
+
+
+def test_second_study_run_trains_nothing(study, capsys):
+    from ablagen.codegen.context import TrainConfig
+    from ablagen.codegen.study import GenerateOptions
+    from ablagen.hybrid import ArmOptions
+    from ablagen.pipeline import StudyOptions, run_full_study
+
+    opts = StudyOptions(
+        generate=GenerateOptions(model=str(EXAMPLES / "tabular_mlp.py"), out=study, train=TrainConfig(epochs=2, scheduler="cosine")),
+        seeds=(0, 1),
+        arm_seeds=(0, 1),
+        arms=ArmOptions(sigma=0.01, ablate_bottom=1),
+    )
+    outcome = run_full_study(opts)
+    assert outcome.ablation_runs.ran == () and outcome.arm_runs is not None and outcome.arm_runs.ran == ()
+    assert outcome.ablation_runs.skipped_ok == outcome.ablation_runs.planned > 0
+
+
+def test_hybrid_script_carries_the_noise_scales(study):
+    scales = json.loads((study / "noise_scales.json").read_text())["parameters"]
+    module = load_script(study / "hybrid.py")
+    assert module.NOISE_SCALES == scales
+    model = module.new_model()
+    optimizer = module.make_optimizer(model, 0.01)
+    by_param = {id(p): g["noise_scale"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        expected = scales[name] if not isinstance(scales[name], list) else 1.0
+        assert by_param[id(param)] == expected
+    assert module.SIGMA == 0.01
+    perturbed = load_script(study / "perturbed.py")
+    assert perturbed.SIGMA == 0.01 and not hasattr(perturbed, "NOISE_SCALES")
+
+
+def test_ablated_arm_removes_the_least_important_component(study):
+    manifest = load_manifest(study)
+    arm = manifest.variant("arm:ablated")
+    ranked = json.loads((study / "importance.json").read_text())["rows"]
+    assert arm.extra["removed"] == [ranked[-1]["variant"]]
+
+
+def test_hybrid_needs_a_ranking(tmp_path, capsys):
+    from scriptutil import generate
+
+    out = generate(MODELS / "mlp.py", tmp_path / "s", dataset="synthetic")
+    code, _, err = run_cli(["hybrid", out], capsys)
+    assert code == 2 and "ablagen rank" in err and err.count("\n") == 1
+
+
+def test_rank_without_results_says_run_it_first(tmp_path, capsys):
+    from scriptutil import generate
+
+    out = generate(MODELS / "mlp.py", tmp_path / "s", dataset="synthetic")
+    code, _, err = run_cli(["rank", out], capsys)
+    assert code == 2 and "run" in err and err.count("\n") == 1
