@@ -45,7 +45,7 @@ def test_second_study_run_trains_nothing(study, capsys):
     from ablagen.pipeline import StudyOptions, run_full_study
 
     opts = StudyOptions(
-        generate=GenerateOptions(model=str(EXAMPLES / "tabular_mlp.py"), out=study, train=TrainConfig(epochs=2, scheduler="cosine")),
+        generate=GenerateOptions(model=str(EXAMPLES / "tabular_mlp.py"), out=study, train=TrainConfig(epochs=2, scheduler="cosine", patience=3)),
         seeds=(0, 1),
         arm_seeds=(0, 1),
         arms=ArmOptions(sigma=0.01, ablate_bottom=1),

@@ -45,7 +45,7 @@ ARMS_JSON = "arms.json"
 
 @dataclass(frozen=True)
 class ArmOptions:
-    sigma: float = 0.05  # base noise std of the perturbed and hybrid arms
+    sigma: float = 0.01  # base noise std of the perturbed and hybrid arms
     noise: str = "gaussian"
     ablate_bottom: int = 2  # components the ablated arm removes (0: no ablated arm)
 

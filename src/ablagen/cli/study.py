@@ -24,7 +24,7 @@ BottomOpt = Annotated[
 @app.command()
 def hybrid(
     study_dir: Annotated[Path, typer.Argument(help="A ranked study (run `ablagen rank` first).", show_default=False)],
-    sigma: SigmaOpt = 0.05,
+    sigma: SigmaOpt = 0.01,
     noise: NoiseOpt = "gaussian",
     ablate_bottom: BottomOpt = 2,
 ) -> None:
@@ -42,7 +42,7 @@ def hybrid(
 @app.command()
 def study(
     model: ModelArg,
-    out: Annotated[Path | None, typer.Option(help="Study directory (default: generated/<model file stem>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Study directory (default: studies/<model file stem>).")] = None,
     mode: Annotated[str, typer.Option(help="retrain: train every variant | knockout: ablate a trained baseline.")] = "retrain",
     seeds: Annotated[str, typer.Option(help="Seeds of the ablation runs.")] = "0,1,2",
     arm_seeds: Annotated[str, typer.Option(help="Seeds of the four arms.")] = "0-4",
@@ -55,9 +55,9 @@ def study(
     lr: Annotated[float, typer.Option()] = 0.003,
     optimizer: Annotated[str, typer.Option()] = "adam",
     scheduler: Annotated[str, typer.Option()] = "cosine",
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience [default: off].")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs.")] = 3,
     metric: Annotated[str, typer.Option(help="Metric the ranking uses.")] = "val_acc",
-    sigma: SigmaOpt = 0.05,
+    sigma: SigmaOpt = 0.01,
     noise: NoiseOpt = "gaussian",
     ablate_bottom: BottomOpt = 2,
     arms: Annotated[bool, typer.Option(help="Train the four arms after ranking.")] = True,
@@ -78,7 +78,7 @@ def study(
     train = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, scheduler=scheduler, patience=patience)
     generate = GenerateOptions(
         model=model,
-        out=out or Path("generated") / split_model_spec(model)[0].stem,
+        out=out or Path("studies") / split_model_spec(model)[0].stem,
         kinds=kinds,
         methods=methods,
         neuron_groups=neuron_groups,

@@ -988,9 +988,8 @@ def train_one_epoch(model, optimizer, scheduler, x, y, batch_size, generator):
         loss = loss_fn(output, y[batch])
         optimizer.zero_grad(set_to_none=True)
         objective = loss + penalty(model)
-        if (
-            objective.requires_grad
-        ):  # False when the ablation cut every weight off the loss
+        # no gradient at all when the ablation cut every weight off the loss
+        if objective.requires_grad:
             objective.backward()
         optimizer.step()
         if SCHEDULER == "cyclic":
@@ -1008,10 +1007,8 @@ def evaluate(model, x, y, batch_size):
     model.eval()
     total_loss, right, counted = 0.0, 0, 0
     for start in range(0, len(x), batch_size):
-        output, target = (
-            model(x[start : start + batch_size]),
-            y[start : start + batch_size],
-        )
+        output = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
         total_loss += loss_fn(output, target).item() * len(output)
         batch_right, batch_counted = correct(output, target)
         right, counted = right + batch_right, counted + batch_counted
@@ -1056,17 +1053,12 @@ def train(args):
             f"val loss {val_loss:.4f} val acc {val_acc:.4f}",
             flush=True,
         )
-        if (
-            not (math.isfinite(train_loss) and math.isfinite(val_loss))
-            or optimizer.diverged
-        ):
+        finite = math.isfinite(train_loss) and math.isfinite(val_loss)
+        if not finite or optimizer.diverged:
             status = "diverged"
             break
-        if (
-            TASK == "classification"
-            and epochs_to_target is None
-            and val_acc >= TARGET_ACC
-        ):
+        reached = TASK == "classification" and val_acc >= TARGET_ACC
+        if reached and epochs_to_target is None:
             epochs_to_target = epoch
             if STOP_AT_TARGET:
                 break
@@ -1088,9 +1080,7 @@ def train(args):
         "epochs_to_target": epochs_to_target,
         "params_total": params_total,
         "params_effective": params_total - ABLATED_PARAMS,
-        "model_bytes": sum(
-            t.numel() * t.element_size() for t in model.state_dict().values()
-        ),
+        "model_bytes": sum(t.nbytes for t in model.state_dict().values()),
         "samples_per_s": samples / train_time if train_time else None,
         "skipped_steps": optimizer.skipped_steps,
         "peak_memory_bytes": peak_memory_bytes(device),
