@@ -353,7 +353,8 @@ def activation_means(model: nn.Module, knockouts: list[Knockout], x_train: torch
             if hooked is not None:
                 hooked(x_train[start : start + batch_size])
             else:
-                _forward(gm, x_train[start : start + batch_size], lambda n, env: add(n.name, env[n]) if n.name in sums else None)
+                seen = lambda n, env: add(n.name, env[n]) if n.name in sums else None  # noqa: E731
+                _forward(gm, x_train[start : start + batch_size], seen)
     return {vid: (sums[key][0] / sums[key][1]).to(sums[key][2]) for vid, key in keys.items() if sums[key][1]}
 
 
@@ -392,10 +393,13 @@ def _plan(facts: GraphFacts, members: list[tuple[Knockout, Target]]) -> _Plan:
         if node.op == "output":
             graph.output(fx.node.map_arg(node.args[0], env.__getitem__))
             continue
-        inputs = env
-        if node in facts.mutates:  # it writes into its inputs: give it copies
-            inputs = {a: graph.call_function(_clone, (env[a],)) for a in node.all_input_nodes}
-        made = raw[node] if node in raw else graph.node_copy(node, inputs.__getitem__)
+        if node in raw:
+            made = raw[node]
+        elif node in facts.mutates:  # it writes into its inputs: give it copies
+            copies = {a: graph.call_function(_clone, (env[a],)) for a in node.all_input_nodes}
+            made = graph.node_copy(node, copies.__getitem__)
+        else:
+            made = graph.node_copy(node, env.__getitem__)
         env[node] = graph.call_function(_apply, (replacers[node], made)) if node in targets else made
     stackable = all(n in facts.batched for n in order) and all(n in facts.batched or n in facts.fixed for n in reads)
     size = facts.sample_bytes.get
@@ -615,7 +619,8 @@ def run_knockouts(model: nn.Module, knockouts: list[Knockout], x_train: torch.Te
     model.eval()
     means = activation_means(model, knockouts, x_train, batch_size, traced)
     if traced:
-        report = evaluate_fast(model, knockouts, means, x_val, y_val, loss_fn, correct_fn, batch_size, max_batch_mb, max_rows)
+        report = evaluate_fast(model, knockouts, means, x_val, y_val, loss_fn, correct_fn, batch_size,
+                               max_batch_mb, max_rows)
         baseline, notes, stats = report.baseline, report.notes, report.stats
         scores = {s.variant_id: s for s in report.scores}
     else:
@@ -623,7 +628,8 @@ def run_knockouts(model: nn.Module, knockouts: list[Knockout], x_train: torch.Te
         notes, stats = ("naive path: torch.fx could not trace the model",), {}
         scores = {k.variant_id: Score(k.variant_id, "skipped", None, "fast") for k in knockouts}
     rest = [k for k in knockouts if scores[k.variant_id].status == "skipped"]
-    scores.update({s.variant_id: s for s in evaluate_naive(model, rest, means, x_val, y_val, loss_fn, correct_fn, batch_size)})
+    naive = evaluate_naive(model, rest, means, x_val, y_val, loss_fn, correct_fn, batch_size)
+    scores.update({s.variant_id: s for s in naive})
     paths = {s.path for s in scores.values()}
     path = "mixed" if len(paths) > 1 else paths.pop() if paths else "fast" if traced else "naive"
     return KnockoutReport(baseline, tuple(scores[k.variant_id] for k in knockouts), path, notes, stats)

@@ -55,7 +55,7 @@ def run_full_study(opts: StudyOptions, step: Step = lambda message: None, progre
     generated = generate_study(opts.generate)
     study = generated.out
     ablation_ids = tuple(v.id for v in generated.manifest.variants if v.kind in ABLATION_KINDS or v.id == BASELINE_ID)
-    step(f"run: {len(ablation_ids)} scripts x {len(opts.seeds)} seeds")
+    step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
     ablation_runs = run_study(study, replace(opts.run, seeds=opts.seeds, only=ablation_ids), progress=progress)
     step("rank: importance with 95% intervals, noise scales")
     ranking = rank_study(study, opts.metric)

@@ -184,3 +184,29 @@ def load_manifest(study_dir: str | Path) -> Manifest:
                 "regenerate the study with `ablagen generate ... --force`",
             )
     return manifest
+
+
+def split_result(result: dict[str, Any], variant_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """One script-contract result per manifest entry, from one ``knockout.py`` result.
+
+    Each keeps the run's fields (seed, epochs, device, params_total, wall_time_s, ...)
+    and takes ``status``, ``final``, ``params_effective`` and ``error`` from its entry of
+    ``result["variants"]``; only the baseline keeps the training ``history``. An entry
+    the run did not score (it failed before, e.g. a bad --checkpoint) gets the run's
+    status and error.
+    """
+    shared = {key: value for key, value in result.items() if key not in ("variants", "history")}
+    scored = result.get("variants") or {}
+    split = {}
+    for vid in variant_ids:
+        own = scored.get(vid) or {"status": result.get("status", "failed"), "final": None, "error": result.get("error")}
+        split[vid] = {
+            **shared,
+            "variant": vid,
+            "status": own["status"],
+            "final": own["final"],
+            "params_effective": own.get("params_effective", result.get("params_total")),
+            "error": own.get("error"),
+            "history": result.get("history", []) if vid == BASELINE_ID else [],
+        }
+    return split

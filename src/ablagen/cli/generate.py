@@ -95,5 +95,9 @@ def generate(
     study = generate_study(opts)
     for warning in study.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    count = len(study.manifest.variants) - 1
-    typer.echo(f"wrote {study.out}: baseline.py + {count} variant scripts + manifest.json")
+    variants = len(study.manifest.variants) - 1
+    scripts = sorted({v.script for v in study.manifest.variants})
+    if opts.mode == "knockout":
+        typer.echo(f"wrote {study.out}: baseline.py, knockout.py (scores {variants} variants), manifest.json")
+    else:
+        typer.echo(f"wrote {study.out}: baseline.py + {len(scripts) - 1} variant scripts + manifest.json")

@@ -5,7 +5,8 @@ every planned ablation on the trained model with the embedded knockout engine
 (:mod:`ablagen.knockout_engine`). Every manifest entry -- the baseline and each
 ``<component>:<method>`` -- names ``knockout.py`` as its script and carries
 ``extra={"knockout": True}``: the orchestrator runs the script once per seed and
-stores one record per entry from the result's ``"variants"`` map.
+stores one record per entry, :func:`ablagen.studydir.split_result` making them from the result's
+``"variants"`` map.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ def render_knockout(
             "provide --templates DIR with your own knockout.py.j2, or use --mode retrain",
         )
     _check_names(base["model"].source, loaded.path)
-    rows = [
-        {"variant_id": s.variant_id, "method": s.method, "fields": list(knockout_kwargs(_component(inventory, s), s).items())}
-        for s in specs
-    ]
+    rows = []
+    for s in specs:
+        fields = list(knockout_kwargs(_component(inventory, s), s).items())
+        rows.append({"variant_id": s.variant_id, "method": s.method, "fields": fields})
     ctx = ScriptContext(
         script_name=KNOCKOUT_SCRIPT,
         variant_id=BASELINE_ID,  # the script's own training run is the baseline
@@ -112,20 +113,22 @@ def _component(inventory: Inventory, spec: AblationSpec) -> Component:
 
 
 def _description(traced: bool) -> tuple[str, ...]:
+    """The docstring's paragraph: one line each, short enough to read without wrapping."""
     how = (
-        "Fast path: activations are cached and only what follows an ablation is recomputed, "
-        "the ablations of one layer stacked in one pass (--max-batch-mb bounds the memory)."
+        ("Fast path: activations are cached, only what follows an ablation is recomputed,",
+         "and the ablations of one layer run stacked in one pass (--max-batch-mb: memory).")
         if traced
-        else "torch.fx could not trace this model: each ablation runs on a fresh copy with a hook."
-    )
+        else ("torch.fx could not trace this model: each ablation runs on a fresh copy",
+              "of the trained model, with a forward hook.")
+    )  # fmt: skip
     return (
-        "Trains the baseline exactly like baseline.py (same code, seed and weights), or loads "
-        "it from --checkpoint FILE when FILE exists (and saves it there after training).",
-        "Then scores every ablation in KNOCKOUTS on the trained model, without retraining; "
-        "mean ablations use the mean activation on the training data.",
-        how,
-        'The JSON result: the baseline run\'s fields plus "variants": {id: {status, final, '
-        "params_effective}}, one per manifest entry.",
+        "Trains the baseline exactly like baseline.py (same code, seed and weights), or",
+        "loads it from --checkpoint FILE if FILE exists (else saves it there once trained),",
+        "then scores every ablation in KNOCKOUTS on it without retraining; mean ablations",
+        "use the mean activation on the training data.",
+        *how,
+        'Besides the baseline run\'s fields, the JSON result holds "variants":',
+        "{id: {status, final, params_effective}}, one for each manifest entry.",
     )
 
 

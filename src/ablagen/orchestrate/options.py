@@ -159,6 +159,9 @@ class RunSpec:
     script_sha256: str
     seed: int
     args: dict[str, Any] = field(default_factory=dict)
+    #: every manifest entry this one run scores (a knockout.py run scores them all);
+    #: empty for an ordinary one-variant script
+    members: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int, str, str]:

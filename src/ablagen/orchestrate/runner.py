@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
@@ -37,7 +37,7 @@ from ablagen.orchestrate.outcome import classify, read_tail
 from ablagen.orchestrate.owner import Owner, pid_alive
 from ablagen.orchestrate.records import RunRecord
 from ablagen.orchestrate.store import ResultStore
-from ablagen.studydir import LOGS_DIR, Manifest, load_manifest
+from ablagen.studydir import BASELINE_ID, LOGS_DIR, Manifest, load_manifest, split_result
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def plan_runs(study: Path, manifest: Manifest, options: RunOptions) -> list[RunS
     seeds = resolve_seeds(manifest, options)
     args = options.script_args()
     specs = []
+    grouped: set[str] = set()
     for entry in variants:
         actual = sha256_file(study / entry.script)
         if actual != entry.sha256:
@@ -93,8 +94,15 @@ def plan_runs(study: Path, manifest: Manifest, options: RunOptions) -> list[RunS
                 f"{entry.script} in {study} changed since it was generated (its sha256 is not the manifest's)",
                 "regenerate the study with `ablagen generate ... --force`, or restore the script",
             )
+        members: tuple[str, ...] = ()
+        if entry.extra.get("knockout"):  # one run of the shared script scores every entry
+            if entry.script in grouped:
+                continue
+            grouped.add(entry.script)
+            members = tuple(v.id for v in manifest.variants if v.script == entry.script)
+            entry = manifest.variant(BASELINE_ID if BASELINE_ID in members else members[0])
         specs += [
-            RunSpec(entry.id, entry.script, entry.sha256, seed, dict(args))
+            RunSpec(entry.id, entry.script, entry.sha256, seed, dict(args), members)
             for seed in seeds
         ]
     return specs
@@ -294,7 +302,7 @@ class _Session:
                         record = classify(
                             raw, read_tail(self.study / raw.spec.log_path)
                         )
-                        record = self.store.finish(record)
+                        record = self._finish(raw.spec, record)
                         inflight.pop(raw.spec.key, None)
                     self.tally.ran.append(record)
                     self.tally.running = len(inflight)
@@ -305,6 +313,21 @@ class _Session:
                 if inflight:
                     self.store.release(inflight.values(), self.owner)
                 signals.critical = False
+
+    def _finish(self, spec: RunSpec, record: RunRecord) -> RunRecord:
+        """Store the outcome; a shared run stores one record per member, its own last."""
+        if not spec.members:
+            return self.store.finish(record)
+        split = split_result(record.result, list(spec.members)) if record.result else {}
+        for member in spec.members:
+            if member == spec.variant_id:
+                continue
+            result = split.get(member)
+            status = result["status"] if result and record.ok else record.status
+            self.store.finish(replace(record, variant_id=member, status=status, result=result))
+        own = split.get(spec.variant_id)
+        status = own["status"] if own and record.ok else record.status
+        return self.store.finish(replace(record, status=status, result=own or record.result))
 
     def _start(self, spec: RunSpec) -> bool:
         if not self.store.claim(spec, self.owner, self.backend.name):
