@@ -56,7 +56,10 @@ def test_second_study_run_trains_nothing(study, capsys):
 
 
 def test_hybrid_script_carries_the_noise_scales(study):
-    scales = json.loads((study / "noise_scales.json").read_text())["parameters"]
+    from ablagen.hybrid import energy_matched
+
+    raw = json.loads((study / "noise_scales.json").read_text())["parameters"]
+    scales = energy_matched(raw, load_manifest(study).model["parameters"])
     module = load_script(study / "hybrid.py")
     assert module.NOISE_SCALES == scales
     model = module.new_model()
@@ -91,3 +94,41 @@ def test_rank_without_results_says_run_it_first(tmp_path, capsys):
     out = generate(MODELS / "mlp.py", tmp_path / "s", dataset="synthetic")
     code, _, err = run_cli(["rank", out], capsys)
     assert code == 2 and "run" in err and err.count("\n") == 1
+
+
+def test_energy_matched_scales_keep_the_order_and_the_total_noise():
+    from ablagen.hybrid import energy_matched
+
+    parameters = [["a.weight", [4, 3]], ["a.bias", [4]], ["b.weight", [2, 4]]]
+    raw = {"a.weight": [0.1, 0.1, 2.0, 2.0], "a.bias": [0.1, 0.1, 2.0, 2.0], "b.weight": 0.5}
+    matched = energy_matched(raw, parameters)
+    energy = sum(u * u * 3 for u in matched["a.weight"]) + sum(u * u for u in matched["a.bias"])
+    energy += matched["b.weight"] ** 2 * 8
+    assert energy == pytest.approx(12 + 4 + 8, rel=1e-4)  # as much noise as scale 1 everywhere
+    ratio = matched["b.weight"] / raw["b.weight"]
+    assert matched["a.weight"] == pytest.approx([u * ratio for u in raw["a.weight"]], rel=1e-4)
+
+
+def test_spearman_against_scipy():
+    import scipy.stats
+
+    from ablagen.pipeline import spearman
+
+    a, b = [0.9, 0.1, 0.5, 0.5, 0.3], [0.8, 0.2, 0.4, 0.6, 0.1]
+    assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman([1.0], [2.0]) is None
+
+
+def test_two_stage_retrains_the_top_and_the_most_uncertain():
+    from types import SimpleNamespace as Row
+
+    from ablagen.pipeline import _retrain_choice
+
+    rows = [
+        Row(variant="a", ci_low=0.8, ci_high=0.9),
+        Row(variant="b", ci_low=0.1, ci_high=0.7),
+        Row(variant="c", ci_low=-0.5, ci_high=0.5),
+        Row(variant="d", ci_low=None, ci_high=None),
+    ]
+    assert _retrain_choice(rows, 1) == ("a", "d")
+    assert _retrain_choice(rows, 2) == ("a", "b", "d", "c")

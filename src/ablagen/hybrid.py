@@ -19,6 +19,7 @@ over seeds from the result store.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +49,7 @@ class ArmOptions:
     sigma: float = 0.01  # base noise std of the perturbed and hybrid arms
     noise: str = "gaussian"
     ablate_bottom: int = 2  # components the ablated arm removes (0: no ablated arm)
+    match_noise: bool = True  # rescale the hybrid's scales: the same total noise as perturbed
 
 
 def options_from_manifest(study: Path, manifest: Manifest) -> GenerateOptions:
@@ -112,11 +114,16 @@ def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifes
         ARMS["arm:perturbed"], "arm:perturbed", f"Perturbed arm of {prepared.loaded.ref.label}: uniform gradient noise.",
         (f"Every parameter gets {arm.noise} gradient noise of sigma {arm.sigma:g} (the control arm).",), train=noisy,
     )  # fmt: skip
+    hybrid_scales = scales["parameters"]
+    matched = ""
+    if arm.match_noise:
+        hybrid_scales = energy_matched(hybrid_scales, manifest.model["parameters"])
+        matched = " rescaled so the total noise energy equals the perturbed arm's,"
     files["arm:hybrid"] = prepared.render(
         ARMS["arm:hybrid"], "arm:hybrid", f"Hybrid arm of {prepared.loaded.ref.label}: importance-guided gradient noise.",
-        (f"Base sigma {arm.sigma:g} ({arm.noise}), scaled per parameter and output unit by noise_scales.json:",
-         "important components get little noise, unimportant ones more."),
-        train=noisy, noise_scales=scales["parameters"],
+        (f"Base sigma {arm.sigma:g} ({arm.noise}), scaled per parameter and output unit by noise_scales.json{matched}:",
+         "important components get less noise, unimportant ones more."),
+        train=noisy, noise_scales=hybrid_scales,
     )  # fmt: skip
     entries = [v for v in manifest.variants if v.kind != ARM_KIND]
     for arm_id, data in files.items():
@@ -126,6 +133,26 @@ def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifes
     updated = replace(manifest, variants=(entries[0], *sorted(entries[1:], key=lambda e: e.id)))
     atomic_write_text(study / MANIFEST, updated.dumps())
     return updated
+
+
+def energy_matched(scales: dict[str, Any], parameters: list[list[Any]]) -> dict[str, Any]:
+    """Divide every scale by their root-mean-square over all parameter elements.
+
+    Then sum(numel * scale^2) equals the parameter count: the hybrid arm adds as much
+    gradient noise in total as the perturbed arm, only distributed by importance.
+    """
+    energy, count = 0.0, 0
+    for name, shape in parameters:
+        numel = math.prod(shape)
+        scale = scales.get(name, 1.0)
+        units = scale if isinstance(scale, list) else [scale]
+        energy += sum(u * u for u in units) * numel / len(units)
+        count += numel
+    rms = math.sqrt(energy / count) if count and energy else 1.0
+    return {
+        name: [round(u / rms, 6) for u in v] if isinstance(v, list) else round(v / rms, 6)
+        for name, v in scales.items()
+    }
 
 
 def _least_important(prepared: Prepared, importance: dict[str, Any], k: int) -> list[tuple[Any, str]]:

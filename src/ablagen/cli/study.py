@@ -19,6 +19,10 @@ NoiseOpt = Annotated[str, typer.Option(rich_help_panel=ARMS, help="Noise kind of
 BottomOpt = Annotated[
     int, typer.Option(rich_help_panel=ARMS, help="Components the ablated arm removes (the least important).")
 ]
+MatchOpt = Annotated[
+    bool,
+    typer.Option(rich_help_panel=ARMS, help="Rescale the hybrid's noise scales to the perturbed arm's total noise energy."),
+]
 
 
 @app.command()
@@ -27,12 +31,15 @@ def hybrid(
     sigma: SigmaOpt = 0.01,
     noise: NoiseOpt = "gaussian",
     ablate_bottom: BottomOpt = 2,
+    match_noise: MatchOpt = True,
 ) -> None:
     """Write hybrid.py (importance-guided noise), perturbed.py (uniform noise) and ablated.py."""
     from ablagen.hybrid import ARMS as FILES
     from ablagen.hybrid import ArmOptions, write_arms
 
-    manifest = write_arms(study_dir, ArmOptions(sigma=sigma, noise=noise, ablate_bottom=ablate_bottom))
+    manifest = write_arms(
+        study_dir, ArmOptions(sigma=sigma, noise=noise, ablate_bottom=ablate_bottom, match_noise=match_noise)
+    )
     arms = [v for v in manifest.variants if v.kind == "arm"]
     typer.echo(f"wrote {', '.join(FILES[a.id] for a in arms)} into {study_dir}")
     ids = ",".join(["baseline", *(a.id for a in arms)])
@@ -43,7 +50,11 @@ def hybrid(
 def study(
     model: ModelArg,
     out: Annotated[Path | None, typer.Option(help="Study directory (default: studies/<model file stem>).")] = None,
-    mode: Annotated[str, typer.Option(help="retrain: train every variant | knockout: ablate a trained baseline.")] = "retrain",
+    mode: Annotated[
+        str,
+        typer.Option(help="retrain: train every variant | knockout: ablate a trained baseline | two-stage: knockout screen, then retrain the top ones."),
+    ] = "retrain",
+    retrain_top: Annotated[int, typer.Option(help="two-stage: retrain the K most important and the K most uncertain.")] = 5,
     seeds: Annotated[str, typer.Option(help="Seeds of the ablation runs.")] = "0,1,2",
     arm_seeds: Annotated[str, typer.Option(help="Seeds of the four arms.")] = "0-4",
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Runs at once [default: one per core].")] = None,
@@ -60,6 +71,7 @@ def study(
     sigma: SigmaOpt = 0.01,
     noise: NoiseOpt = "gaussian",
     ablate_bottom: BottomOpt = 2,
+    match_noise: MatchOpt = True,
     arms: Annotated[bool, typer.Option(help="Train the four arms after ranking.")] = True,
     backend: Annotated[str, typer.Option(help="local or ray.")] = "local",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -91,9 +103,10 @@ def study(
         seeds=parse_seeds(seeds),
         arm_seeds=parse_seeds(arm_seeds),
         run=RunOptions(jobs=jobs, backend=backend),
-        arms=ArmOptions(sigma=sigma, noise=noise, ablate_bottom=ablate_bottom),
+        arms=ArmOptions(sigma=sigma, noise=noise, ablate_bottom=ablate_bottom, match_noise=match_noise),
         metric=metric,
         with_arms=arms,
+        retrain_top=retrain_top,
     )
     console = Console(highlight=False)
     progress = None if quiet else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)

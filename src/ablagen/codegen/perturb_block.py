@@ -8,6 +8,7 @@ imports, an ``if __name__ == "__main__":`` block).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import libcst as cst
@@ -16,6 +17,7 @@ import ablagen
 import ablagen.perturb
 
 
+@functools.lru_cache(maxsize=1)
 def perturb_block_source() -> str:
     """``ablagen/perturb.py`` ready to paste into a script, under one header comment.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -94,7 +95,7 @@ class Prepared:
     model: ModelInfo
     command: str
 
-    @property
+    @functools.cached_property
     def base(self) -> dict[str, Any]:
         """The ScriptContext fields every script of the study shares."""
         return dict(
