@@ -30,13 +30,24 @@ from ablagen.codegen.study import GenerateOptions, generate_study  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--units", type=int, default=1000)
-    parser.add_argument("--sample", type=int, default=40, help="scripts the naive formatter is timed on")
-    parser.add_argument("--quick", action="store_true", help="200 units, 10 naive samples, check a sample only")
+    parser.add_argument(
+        "--sample", type=int, default=40, help="scripts the naive formatter is timed on"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="200 units, 10 naive samples, check a sample only",
+    )
     args = parser.parse_args()
     units, sample = (200, 10) if args.quick else (args.units, args.sample)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "wide"
-        opts = GenerateOptions(model=str(HERE / "wide_mlp.py"), out=out, kinds="neurons", neuron_groups=units)
+        opts = GenerateOptions(
+            model=str(HERE / "wide_mlp.py"),
+            out=out,
+            kinds="neurons",
+            neuron_groups=units,
+        )
         start = time.perf_counter()
         study = generate_study(opts)
         ours = time.perf_counter() - start
@@ -51,13 +62,19 @@ def main() -> None:
         naive = (time.perf_counter() - start) / len(texts)
         checked = scripts if not args.quick else picked
         check = subprocess.run(
-            [sys.executable, "-m", "black", "--check", "-q", *map(str, checked)], capture_output=True, text=True
+            [sys.executable, "-m", "black", "--check", "-q", *map(str, checked)],
+            capture_output=True,
+            text=True,
         )
     rate, naive_rate = count / ours, 1 / naive
     print("| approach | scripts | seconds | scripts/s |")
     print("|---|---:|---:|---:|")
-    print(f"| ablagen generate (sectioned, cached black) | {count} | {ours:.2f} | {rate:.0f} |")
-    print(f"| naive: black on every whole file (timed on {len(texts)}) | {count} | {count * naive:.1f} (est.) | {naive_rate:.1f} |")
+    print(
+        f"| ablagen generate (sectioned, cached black) | {count} | {ours:.2f} | {rate:.0f} |"
+    )
+    print(
+        f"| naive: black on every whole file (timed on {len(texts)}) | {count} | {count * naive:.1f} (est.) | {naive_rate:.1f} |"
+    )
     print(f"\nspeed-up {rate / naive_rate:.0f}x; black --check on {len(checked)} files: "
           f"{'all pass' if check.returncode == 0 else 'FAILED'}")  # fmt: skip
     if check.returncode != 0:

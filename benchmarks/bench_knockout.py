@@ -42,7 +42,11 @@ from ablagen.codegen.context import TrainConfig  # noqa: E402
 from ablagen.codegen.knockout import knockouts_for  # noqa: E402
 from ablagen.codegen.plan import ablation_spec, plan_variants  # noqa: E402
 from ablagen.codegen.study import GenerateOptions, generate_study  # noqa: E402
-from ablagen.knockout_engine import activation_means, evaluate_naive, run_knockouts  # noqa: E402
+from ablagen.knockout_engine import (
+    activation_means,
+    evaluate_naive,
+    run_knockouts,
+)  # noqa: E402
 from ablagen.loading import load_model  # noqa: E402
 
 MODEL = HERE.parent / "examples" / "resnet_small.py"
@@ -79,7 +83,9 @@ def prepare(path: Path, epochs: int) -> list[str]:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    torch.save({"state": model.state_dict(), "data": (x_train, y_train, x_val, y_val)}, path)
+    torch.save(
+        {"state": model.state_dict(), "data": (x_train, y_train, x_val, y_val)}, path
+    )
     return [s.variant_id for s in specs()[1]]
 
 
@@ -100,18 +106,37 @@ def child(kind: str, saved: Path, max_batch_mb: float, repeat: int) -> dict:
 
     def evaluate() -> tuple:
         if kind == "fast":
-            report = run_knockouts(model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct, 64, max_batch_mb)
+            report = run_knockouts(
+                model,
+                knockouts,
+                x_train,
+                x_val,
+                y_val,
+                F.cross_entropy,
+                correct,
+                64,
+                max_batch_mb,
+            )
             return report.scores, report.stats
         means = activation_means(model, knockouts, x_train, 64)
-        return evaluate_naive(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 64), {}
+        return (
+            evaluate_naive(
+                model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 64
+            ),
+            {},
+        )
 
     rss_before, seconds = _rss_now(), float("inf")
     with _RssPeak() as rss:
-        for _ in range(repeat):  # the best of a few: the first also pays one-time kernel setup
+        for _ in range(
+            repeat
+        ):  # the best of a few: the first also pays one-time kernel setup
             start = time.perf_counter()
             scores, stats = evaluate()
             seconds = min(seconds, time.perf_counter() - start)
-    with FlopCounterMode(display=False) as flops:  # the work done, counted apart from the timing
+    with FlopCounterMode(
+        display=False
+    ) as flops:  # the work done, counted apart from the timing
         evaluate()
     return {
         "seconds": seconds,
@@ -119,14 +144,19 @@ def child(kind: str, saved: Path, max_batch_mb: float, repeat: int) -> dict:
         "rss_before": rss_before,
         "rss_peak": rss.peak,
         "flops": flops.get_total_flops(),
-        "scores": {s.variant_id: [s.metrics.loss, s.metrics.accuracy] if s.metrics else None for s in scores},
+        "scores": {
+            s.variant_id: [s.metrics.loss, s.metrics.accuracy] if s.metrics else None
+            for s in scores
+        },
     }
 
 
 def _rss_now() -> int:
     """Resident memory now (Linux), else the process's peak so far."""
     try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf(
+            "SC_PAGE_SIZE"
+        )
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -153,7 +183,9 @@ class _RssPeak:
         self.peak = max(self.peak, _rss_now())
 
 
-def run_child(kind: str, saved: Path, args: argparse.Namespace, max_batch_mb: float) -> dict:
+def run_child(
+    kind: str, saved: Path, args: argparse.Namespace, max_batch_mb: float
+) -> dict:
     out = saved.parent / f"{kind}-{max_batch_mb}.json"
     command = [sys.executable, __file__, "--child", kind, "--saved", str(saved), "--out", str(out),
                "--threads", str(args.threads), "--max-batch-mb", str(max_batch_mb), "--repeat", str(args.repeat)]  # fmt: skip
@@ -162,15 +194,33 @@ def run_child(kind: str, saved: Path, args: argparse.Namespace, max_batch_mb: fl
 
 
 def _env(threads: int) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(HERE.parent / "src")}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": str(HERE.parent / "src"),
+    }
 
 
-def scripts(tmp: Path, ids: list[str], count: int, epochs: int, threads: int) -> tuple[float, float]:
+def scripts(
+    tmp: Path, ids: list[str], count: int, epochs: int, threads: int
+) -> tuple[float, float]:
     """(seconds per retrain script, seconds for knockout.py), both run with ``python``."""
     picked = ids[:: max(1, len(ids) // count)][:count]
     train = TrainConfig(epochs=epochs)
-    generate_study(GenerateOptions(model=str(MODEL), out=tmp / "retrain", components=tuple(picked), train=train))
-    generate_study(GenerateOptions(model=str(MODEL), out=tmp / "knockout", kinds=",".join(KINDS), mode="knockout", train=train))
+    generate_study(
+        GenerateOptions(
+            model=str(MODEL), out=tmp / "retrain", components=tuple(picked), train=train
+        )
+    )
+    generate_study(
+        GenerateOptions(
+            model=str(MODEL),
+            out=tmp / "knockout",
+            kinds=",".join(KINDS),
+            mode="knockout",
+            train=train,
+        )
+    )
     manifest = json.loads((tmp / "retrain" / "manifest.json").read_text())
     walls = []
     for entry in [v for v in manifest["variants"] if v["id"] != "baseline"]:
@@ -189,19 +239,40 @@ def scripts(tmp: Path, ids: list[str], count: int, epochs: int, threads: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in every process")
-    parser.add_argument("--scripts", type=int, default=5, help="retrain scripts timed with python")
-    parser.add_argument("--epochs", type=int, default=1, help="training epochs (the benchmark model; the scripts)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads in every process"
+    )
+    parser.add_argument(
+        "--scripts", type=int, default=5, help="retrain scripts timed with python"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="training epochs (the benchmark model; the scripts)",
+    )
     parser.add_argument("--max-batch-mb", type=float, default=256.0)
-    parser.add_argument("--repeat", type=int, default=2, help="time the best of this many runs of (a) and (b)")
-    parser.add_argument("--small-mb", type=float, default=2.0, help="a tight budget, to show the bound holds")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="time the best of this many runs of (a) and (b)",
+    )
+    parser.add_argument(
+        "--small-mb",
+        type=float,
+        default=2.0,
+        help="a tight budget, to show the bound holds",
+    )
     parser.add_argument("--child", choices=["fast", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--saved", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        args.out.write_text(json.dumps(child(args.child, args.saved, args.max_batch_mb, args.repeat)))
+        args.out.write_text(
+            json.dumps(child(args.child, args.saved, args.max_batch_mb, args.repeat))
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "model.pt"
@@ -209,34 +280,66 @@ def main() -> None:
         fast = run_child("fast", saved, args, args.max_batch_mb)
         tight = run_child("fast", saved, args, args.small_mb)
         naive = run_child("naive", saved, args, args.max_batch_mb)
-        per_script, knockout_wall = scripts(Path(tmp), ids, args.scripts, args.epochs, args.threads)
+        per_script, knockout_wall = scripts(
+            Path(tmp), ids, args.scripts, args.epochs, args.threads
+        )
     report(ids, fast, tight, naive, per_script, knockout_wall, args)
 
 
-def report(ids: list[str], fast: dict, tight: dict, naive: dict, per_script: float, knockout_wall: float, args) -> None:
+def report(
+    ids: list[str],
+    fast: dict,
+    tight: dict,
+    naive: dict,
+    per_script: float,
+    knockout_wall: float,
+    args,
+) -> None:
     n, t = len(ids), fast["seconds"]
-    diff = max(abs(a - b) for i in ids for a, b in zip(fast["scores"][i], naive["scores"][i]))
-    tight_diff = max(abs(a - b) for i in ids for a, b in zip(tight["scores"][i], naive["scores"][i]))
+    diff = max(
+        abs(a - b) for i in ids for a, b in zip(fast["scores"][i], naive["scores"][i])
+    )
+    tight_diff = max(
+        abs(a - b) for i in ids for a, b in zip(tight["scores"][i], naive["scores"][i])
+    )
 
     def row(label: str, seconds: float, r: dict | None, note: str = "") -> str:
         gflop = f"{r['flops'] / 1e9:.1f}" if r else "-"
-        rss = f"{r['rss_peak'] / MIB:.0f} (+{(r['rss_peak'] - r['rss_before']) / MIB:.0f})" if r else "-"
+        rss = (
+            f"{r['rss_peak'] / MIB:.0f} (+{(r['rss_peak'] - r['rss_before']) / MIB:.0f})"
+            if r
+            else "-"
+        )
         held = "-"
         if r and r["stats"]:
             held = f"{(r['stats']['cache_peak_bytes'] + r['stats']['stack_peak_bytes']) / MIB:.1f} of {r['stats']['budget_bytes'] / MIB:g}"
         return f"| {label} | {seconds:.2f}{note} | {1000 * seconds / n:.1f} | {seconds / t:.2f}x | {gflop} | {rss} | {held} |"
 
-    print(f"{n} knockouts of examples/resnet_small.py on 359 digits validation samples; {args.threads} thread(s)\n")
-    print("| approach | seconds | ms / ablation | vs fast path | GFLOP | RSS MiB: peak in run (+ over start) | held by engine MiB |")
+    print(
+        f"{n} knockouts of examples/resnet_small.py on 359 digits validation samples; {args.threads} thread(s)\n"
+    )
+    print(
+        "| approach | seconds | ms / ablation | vs fast path | GFLOP | RSS MiB: peak in run (+ over start) | held by engine MiB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(row(f"(a) fast path, --max-batch-mb {args.max_batch_mb:g}", t, fast))
-    print(row(f"(a) fast path, --max-batch-mb {args.small_mb:g}", tight["seconds"], tight))
+    print(
+        row(f"(a) fast path, --max-batch-mb {args.small_mb:g}", tight["seconds"], tight)
+    )
     print(row("(b) naive: fresh copy per ablation", naive["seconds"], naive))
     label = f"(c) retrain: one script per ablation, {args.epochs} epoch ({args.scripts} run with python, extrapolated)"
     print(row(label, per_script * n, None, " (est.)"))
-    print(row(f"(c') knockout.py end to end ({args.epochs}-epoch training + all {n})", knockout_wall, None))
+    print(
+        row(
+            f"(c') knockout.py end to end ({args.epochs}-epoch training + all {n})",
+            knockout_wall,
+            None,
+        )
+    )
     stats, small = fast["stats"], tight["stats"]
-    print(f"\nfast vs naive: max |difference| in val loss / accuracy {diff:.2e} (tight budget: {tight_diff:.2e}).")
+    print(
+        f"\nfast vs naive: max |difference| in val loss / accuracy {diff:.2e} (tight budget: {tight_diff:.2e})."
+    )
     print(f"fast path: {stats['groups']} groups, chunks of {stats['chunk_samples']} samples, up to {stats['max_copies']} "
           f"copies stacked (tight budget: chunks of {small['chunk_samples']}, up to {small['max_copies']}).")  # fmt: skip
     print(f"work: the naive loop does {naive['flops'] / fast['flops']:.1f}x the FLOPs of the fast path, the ceiling "

@@ -28,7 +28,9 @@ class ResNetSmall(nn.Module):
     def __init__(self, width: int = 16, num_classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            nn.Conv2d(1, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
         )
         self.layer1 = nn.Sequential(BasicBlock(width), BasicBlock(width))
         self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)

@@ -12,7 +12,9 @@ DATASET = "wine"  # the built-in dataset the generated scripts train on by defau
 
 
 class TabularMLP(nn.Module):
-    def __init__(self, in_features: int = 13, hidden: int = 32, num_classes: int = 3) -> None:
+    def __init__(
+        self, in_features: int = 13, hidden: int = 32, num_classes: int = 3
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_features)
         self.fc1 = nn.Linear(in_features, hidden)

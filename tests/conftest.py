@@ -14,7 +14,9 @@ def models_dir() -> Path:
     return MODELS
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
     """Run the CLI in-process: (exit code, stdout, stderr)."""
     from ablagen.cli import main
 

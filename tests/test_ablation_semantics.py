@@ -27,7 +27,9 @@ def digits_manual(m, x, skip=(), zero=(), mask=None):
             return torch.zeros_like(out)
         if mask and mask[0] == name:
             out = out.clone()
-            out[(slice(None), slice(*mask[1]))] = 0  # units are dim 1 for conv and linear here
+            out[(slice(None), slice(*mask[1]))] = (
+                0  # units are dim 1 for conv and linear here
+            )
         return out
 
     h = f("conv1", m.conv1(x), x)
@@ -43,8 +45,20 @@ def digits_manual(m, x, skip=(), zero=(), mask=None):
 @pytest.fixture(scope="module")
 def digits_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("sem") / "digits"
-    comps = ("conv1:zero", "act1:identity", "fn.relu:identity", "fn.relu:zero", "fc1:zero", "fc1[2:4]:mask", "conv2[3]:mask", "fc2:mean", "act2:mean")
-    return generate(EXAMPLES / "digits_cnn.py", out, components=comps, dataset="synthetic")
+    comps = (
+        "conv1:zero",
+        "act1:identity",
+        "fn.relu:identity",
+        "fn.relu:zero",
+        "fc1:zero",
+        "fc1[2:4]:mask",
+        "conv2[3]:mask",
+        "fc2:mean",
+        "act2:mean",
+    )
+    return generate(
+        EXAMPLES / "digits_cnn.py", out, components=comps, dataset="synthetic"
+    )
 
 
 def _models(study, script):
@@ -83,7 +97,9 @@ def test_ablation_matches_hand_written_forward(digits_study, script, manual):
     _, reference, ablated = _models(digits_study, script)
     expected = digits_manual(reference, X, **manual)
     assert torch.allclose(ablated(X), expected, atol=1e-6)
-    assert not torch.allclose(ablated(X), reference(X))  # the ablation changes something
+    assert not torch.allclose(
+        ablated(X), reference(X)
+    )  # the ablation changes something
     # everything else unchanged: the same parameters
     ref_params = dict(reference.named_parameters())
     for name, p in ablated.named_parameters():
@@ -93,7 +109,9 @@ def test_ablation_matches_hand_written_forward(digits_study, script, manual):
 def test_zero_means_downstream_input_is_zero(digits_study):
     _, _, ablated = _models(digits_study, "conv1__zero.py")
     seen = {}
-    ablated.act1.register_forward_pre_hook(lambda m, inputs: seen.setdefault("x", inputs[0]))
+    ablated.act1.register_forward_pre_hook(
+        lambda m, inputs: seen.setdefault("x", inputs[0])
+    )
     ablated(X)
     assert torch.count_nonzero(seen["x"]) == 0
 
@@ -101,7 +119,9 @@ def test_zero_means_downstream_input_is_zero(digits_study):
 def test_mask_zeroes_exactly_those_units(digits_study):
     _, reference, ablated = _models(digits_study, "conv2_3__mask.py")
     got = {}
-    ablated.act2.register_forward_pre_hook(lambda m, inputs: got.setdefault("x", inputs[0]))
+    ablated.act2.register_forward_pre_hook(
+        lambda m, inputs: got.setdefault("x", inputs[0])
+    )
     ablated(X)
     expected = reference.conv2(reference.act1(reference.conv1(X)))
     assert torch.count_nonzero(got["x"][:, 3]) == 0
@@ -120,23 +140,38 @@ def test_mean_is_batch_mean_in_training_and_running_mean_in_eval(digits_study):
     assert torch.allclose(out, raw.mean(dim=0, keepdim=True).expand_as(raw), atol=1e-6)
     ablated.eval()
     constant = ablated(X)
-    assert torch.allclose(constant, constant[:1].expand_as(constant))  # one vector for all samples
-    assert torch.allclose(constant[0], raw.mean(dim=0).detach(), atol=1e-6)  # the running mean after one batch
+    assert torch.allclose(
+        constant, constant[:1].expand_as(constant)
+    )  # one vector for all samples
+    assert torch.allclose(
+        constant[0], raw.mean(dim=0).detach(), atol=1e-6
+    )  # the running mean after one batch
 
 
 def test_call_site_ablation_touches_one_site_only(tmp_path):
-    study = generate(MODELS / "reused.py", tmp_path / "reused", components=("relu@1:zero", "relu@0:identity"), dataset="synthetic")
+    study = generate(
+        MODELS / "reused.py",
+        tmp_path / "reused",
+        components=("relu@1:zero", "relu@0:identity"),
+        dataset="synthetic",
+    )
     x = torch.randn(4, 5)
     _, ref, ablated = _models(study, "relu_1__zero.py")
-    assert torch.allclose(ablated(x), ref.b(torch.zeros(4, 5)))  # b sees zeros: a's relu was zeroed
+    assert torch.allclose(
+        ablated(x), ref.b(torch.zeros(4, 5))
+    )  # b sees zeros: a's relu was zeroed
     _, ref, ablated = _models(study, "relu_0__identity.py")
-    assert torch.allclose(ablated(x), ref.b(ref.relu(ref.a(x))))  # the first relu skipped, the second kept
+    assert torch.allclose(
+        ablated(x), ref.b(ref.relu(ref.a(x)))
+    )  # the first relu skipped, the second kept
     assert torch.allclose(ablated(x), ablated(x))  # the per-forward call counter resets
 
 
 def test_block_identity_and_functional_call_in_residual_net(tmp_path):
     study = generate(
-        EXAMPLES / "resnet_small.py", tmp_path / "res", components=("layer1.0:identity", "fn.relu_1:identity")
+        EXAMPLES / "resnet_small.py",
+        tmp_path / "res",
+        components=("layer1.0:identity", "fn.relu_1:identity"),
     )
     x = torch.randn(3, 1, 8, 8)
 
@@ -157,11 +192,18 @@ def test_block_identity_and_functional_call_in_residual_net(tmp_path):
         out = F.relu(b.bn1(b.conv1(h)))
         return b.bn2(b.conv2(out)) + h
 
-    assert torch.allclose(ablated(x), forward(ref, block0_without_final_relu, None), atol=1e-6)
+    assert torch.allclose(
+        ablated(x), forward(ref, block0_without_final_relu, None), atol=1e-6
+    )
 
 
 def test_lstm_zero_returns_zero_tuple(tmp_path):
-    study = generate(MODELS / "lstm.py", tmp_path / "lstm", components=("lstm:zero",), dataset="synthetic")
+    study = generate(
+        MODELS / "lstm.py",
+        tmp_path / "lstm",
+        components=("lstm:zero",),
+        dataset="synthetic",
+    )
     _, ref, ablated = _models(study, "lstm__zero.py")
     tokens = torch.arange(10).reshape(2, 5)
     assert torch.allclose(ablated(tokens), ref.head(torch.zeros(2, 8)))

@@ -16,14 +16,18 @@ def test_version_and_help(capsys):
 
 
 def test_analyze_json_equals_library_inventory(capsys):
-    code, out, err = run_cli(["analyze", str(EXAMPLES / "digits_cnn.py"), "--json"], capsys)
+    code, out, err = run_cli(
+        ["analyze", str(EXAMPLES / "digits_cnn.py"), "--json"], capsys
+    )
     assert code == 0 and err == ""
     expected = analyze(load_model(str(EXAMPLES / "digits_cnn.py"))).to_json()
     assert json.loads(out) == expected
 
 
 def test_analyze_table_lists_every_component(capsys):
-    code, out, _ = run_cli(["analyze", str(MODELS / "cnn_mixed.py"), "--neuron-groups", "2"], capsys)
+    code, out, _ = run_cli(
+        ["analyze", str(MODELS / "cnn_mixed.py"), "--neuron-groups", "2"], capsys
+    )
     assert code == 0
     inv = analyze(load_model(str(MODELS / "cnn_mixed.py")), neuron_groups=2)
     for comp in inv.components:

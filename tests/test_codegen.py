@@ -20,7 +20,16 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ABLAGEN_UPDATE_GOLDEN") == "1"
 
 GOLDEN_CASES = {
-    "residual": ("residual.py", ("block:identity", "block.lin:zero", "fn.gelu:mean", "block.lin[2]:mask", "out:zero")),
+    "residual": (
+        "residual.py",
+        (
+            "block:identity",
+            "block.lin:zero",
+            "fn.gelu:mean",
+            "block.lin[2]:mask",
+            "out:zero",
+        ),
+    ),
     "reused": ("reused.py", ("relu@1:zero",)),
     "cnn_mixed": ("cnn_mixed.py", ("act:identity",)),
 }
@@ -30,7 +39,9 @@ def _study_with_copied_model(tmp_path: Path, model: str, **kwargs) -> Path:
     """Copy the model next to the study so the relative path in the scripts is stable."""
     (tmp_path / "models").mkdir(exist_ok=True)
     shutil.copy(MODELS / model, tmp_path / "models" / model)
-    return generate(tmp_path / "models" / model, tmp_path / "study", dataset="synthetic", **kwargs)
+    return generate(
+        tmp_path / "models" / model, tmp_path / "study", dataset="synthetic", **kwargs
+    )
 
 
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
@@ -44,12 +55,26 @@ def test_golden_scripts(tmp_path, case):
         if UPDATE:
             golden.parent.mkdir(parents=True, exist_ok=True)
             golden.write_bytes((study / name).read_bytes())
-        assert (study / name).read_text() == golden.read_text(), f"{case}/{name} differs from its golden file"
+        assert (
+            study / name
+        ).read_text() == golden.read_text(), (
+            f"{case}/{name} differs from its golden file"
+        )
 
 
 def test_generate_twice_gives_identical_bytes(tmp_path):
-    a = generate(EXAMPLES / "digits_cnn.py", tmp_path / "a", kinds="layers,activations,neurons", neuron_groups=4)
-    b = generate(EXAMPLES / "digits_cnn.py", tmp_path / "b", kinds="layers,activations,neurons", neuron_groups=4)
+    a = generate(
+        EXAMPLES / "digits_cnn.py",
+        tmp_path / "a",
+        kinds="layers,activations,neurons",
+        neuron_groups=4,
+    )
+    b = generate(
+        EXAMPLES / "digits_cnn.py",
+        tmp_path / "b",
+        kinds="layers,activations,neurons",
+        neuron_groups=4,
+    )
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
     for name in names:
@@ -57,7 +82,9 @@ def test_generate_twice_gives_identical_bytes(tmp_path):
 
 
 def test_every_script_is_black_formatted_and_listed_with_its_hash(tmp_path):
-    study = generate(EXAMPLES / "resnet_small.py", tmp_path / "r", kinds="layers,blocks,activations")
+    study = generate(
+        EXAMPLES / "resnet_small.py", tmp_path / "r", kinds="layers,blocks,activations"
+    )
     manifest = load_manifest(study)
     import hashlib
 
@@ -69,12 +96,18 @@ def test_every_script_is_black_formatted_and_listed_with_its_hash(tmp_path):
             name
             for node in ast.walk(ast.parse(text))
             if isinstance(node, (ast.Import, ast.ImportFrom))
-            for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+            for name in (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
         ]
         assert not [n for n in imported if n.split(".")[0] == "ablagen"]
         assert text.startswith('"""') and entry.script in text.split('"""')[1]
     assert manifest.variants[0].id == "baseline"
-    assert [v.id for v in manifest.variants[1:]] == sorted(v.id for v in manifest.variants[1:])
+    assert [v.id for v in manifest.variants[1:]] == sorted(
+        v.id for v in manifest.variants[1:]
+    )
     ids = [v.id for v in manifest.variants]
     assert len(ids) == len(set(ids))
 
@@ -82,10 +115,15 @@ def test_every_script_is_black_formatted_and_listed_with_its_hash(tmp_path):
 def test_manifest_records_model_config_and_components(tmp_path):
     study = generate(EXAMPLES / "digits_cnn.py", tmp_path / "d")
     manifest = json.loads((study / "manifest.json").read_text())
-    assert manifest["model"]["path"] == os.path.relpath(EXAMPLES / "digits_cnn.py", study)
+    assert manifest["model"]["path"] == os.path.relpath(
+        EXAMPLES / "digits_cnn.py", study
+    )
     import hashlib
 
-    assert manifest["model"]["sha256"] == hashlib.sha256((EXAMPLES / "digits_cnn.py").read_bytes()).hexdigest()
+    assert (
+        manifest["model"]["sha256"]
+        == hashlib.sha256((EXAMPLES / "digits_cnn.py").read_bytes()).hexdigest()
+    )
     assert manifest["config"]["data"]["split_seed"] == 0
     assert manifest["config"]["train"]["epochs"] == 1
     assert {c["id"] for c in manifest["components"]} >= {"conv1", "fn.relu", "fc1[0:2]"}
@@ -96,9 +134,12 @@ def test_odd_component_ids_are_escaped_literals(tmp_path):
     study = generate(MODELS / "odd_names.py", tmp_path / "odd", dataset="synthetic")
     manifest = load_manifest(study)
     ids = {v.id for v in manifest.variants}
-    assert "parts.it's \"odd\":identity" in ids and "parts.back\\slash x:zero" in ids
+    assert 'parts.it\'s "odd":identity' in ids and "parts.back\\slash x:zero" in ids
     for entry in manifest.variants:
-        assert all(c.isalnum() and c.islower() or c in "_." or c.isdigit() for c in entry.script)
+        assert all(
+            c.isalnum() and c.islower() or c in "_." or c.isdigit()
+            for c in entry.script
+        )
         namespace: dict = {}
         source = (study / entry.script).read_text()
         line = next(l for l in source.splitlines() if l.startswith("VARIANT = "))
@@ -124,7 +165,9 @@ def test_failed_render_leaves_the_previous_study_untouched(tmp_path):
     bad = tmp_path / "tpl"
     bad.mkdir()
     (bad / "loop.py.j2").write_text("{{ ctx.no_such_field }}\n")
-    code = _cli(["generate", EXAMPLES / "digits_cnn.py", "--out", study, "--templates", bad])
+    code = _cli(
+        ["generate", EXAMPLES / "digits_cnn.py", "--out", study, "--templates", bad]
+    )
     assert code == 2
     assert {p.name: p.read_bytes() for p in study.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ablagen-")]
@@ -166,7 +209,9 @@ def test_user_template_overrides_one_include(tmp_path):
 )
 def test_bad_generate_options(tmp_path, capsys, args, needle):
     out = tmp_path / "out"
-    code, stdout, err = run_cli(["generate", EXAMPLES / "digits_cnn.py", "--out", out, *args], capsys)
+    code, stdout, err = run_cli(
+        ["generate", EXAMPLES / "digits_cnn.py", "--out", out, *args], capsys
+    )
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
     assert "Traceback" not in err
@@ -187,7 +232,17 @@ def test_bad_templates(tmp_path, capsys, template, needle):
     tpl = tmp_path / "tpl"
     tpl.mkdir()
     (tpl / "data.py.j2").write_text(template)
-    code, _, err = run_cli(["generate", EXAMPLES / "digits_cnn.py", "--out", tmp_path / "o", "--templates", tpl], capsys)
+    code, _, err = run_cli(
+        [
+            "generate",
+            EXAMPLES / "digits_cnn.py",
+            "--out",
+            tmp_path / "o",
+            "--templates",
+            tpl,
+        ],
+        capsys,
+    )
     assert code == 2 and needle in err and err.count("\n") == 1
 
 
@@ -195,16 +250,22 @@ def test_non_study_non_empty_out_is_refused_and_untouched(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    code, _, err = run_cli(["generate", EXAMPLES / "digits_cnn.py", "--out", out], capsys)
+    code, _, err = run_cli(
+        ["generate", EXAMPLES / "digits_cnn.py", "--out", out], capsys
+    )
     assert code == 2 and "not an ablagen study" in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_study_of_another_model_needs_force(tmp_path, capsys):
     out = generate(EXAMPLES / "digits_cnn.py", tmp_path / "s", components=("conv1",))
-    code, _, err = run_cli(["generate", EXAMPLES / "tabular_mlp.py", "--out", out], capsys)
+    code, _, err = run_cli(
+        ["generate", EXAMPLES / "tabular_mlp.py", "--out", out], capsys
+    )
     assert code == 2 and "--force" in err
-    code, _, err = run_cli(["generate", EXAMPLES / "tabular_mlp.py", "--out", out, "--force"], capsys)
+    code, _, err = run_cli(
+        ["generate", EXAMPLES / "tabular_mlp.py", "--out", out, "--force"], capsys
+    )
     assert code == 0, err
 
 
@@ -214,7 +275,9 @@ def test_unwritable_out(tmp_path, capsys):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        code, _, err = run_cli(["generate", EXAMPLES / "digits_cnn.py", "--out", locked / "s"], capsys)
+        code, _, err = run_cli(
+            ["generate", EXAMPLES / "digits_cnn.py", "--out", locked / "s"], capsys
+        )
     finally:
         locked.chmod(0o700)
     assert code == 2 and "writable" in err
@@ -223,7 +286,9 @@ def test_unwritable_out(tmp_path, capsys):
 def test_out_under_a_file_is_unwritable(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run_cli(["generate", EXAMPLES / "digits_cnn.py", "--out", blocker / "s"], capsys)
+    code, _, err = run_cli(
+        ["generate", EXAMPLES / "digits_cnn.py", "--out", blocker / "s"], capsys
+    )
     assert code == 2 and "writable" in err and err.count("\n") == 1
 
 
@@ -234,12 +299,20 @@ def test_custom_template_example_trains_a_sequence_model(tmp_path):
     import sys
 
     example = ROOT / "examples" / "sequence_tagger"
-    study = generate(example / "model.py", tmp_path / "seq", templates=example / "templates", components=("gru",))
+    study = generate(
+        example / "model.py",
+        tmp_path / "seq",
+        templates=example / "templates",
+        components=("gru",),
+    )
     text = (study / "baseline.py").read_text()
     assert "output.flatten(0, 1)" in text
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "gru__zero.py", "--epochs", "1", "--out", str(out)], cwd=study, capture_output=True, text=True
+        [sys.executable, "gru__zero.py", "--epochs", "1", "--out", str(out)],
+        cwd=study,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())

@@ -18,7 +18,9 @@ from conftest import ROOT
 STUDY = ROOT / "generated" / "digits_cnn"
 
 
-def test_regenerating_with_the_recorded_command_gives_identical_bytes(tmp_path, monkeypatch):
+def test_regenerating_with_the_recorded_command_gives_identical_bytes(
+    tmp_path, monkeypatch
+):
     """Run the docstring's command in a copy of the same layout: every byte must match."""
     from ablagen.cli import main
 
@@ -31,11 +33,17 @@ def test_regenerating_with_the_recorded_command_gives_identical_bytes(tmp_path, 
     assert words[:2] == ["ablagen", "generate"]
     monkeypatch.chdir(target)
     assert main(words[1:]) == 0
-    committed = sorted(p.name for p in STUDY.iterdir() if p.suffix in (".py", ".json") and p.name != "results.json")
+    committed = sorted(
+        p.name
+        for p in STUDY.iterdir()
+        if p.suffix in (".py", ".json") and p.name != "results.json"
+    )
     fresh = sorted(p.name for p in target.iterdir())
     assert fresh == committed
     for name in committed:
-        assert (target / name).read_bytes() == (STUDY / name).read_bytes(), f"{name} is stale: regenerate it"
+        assert (target / name).read_bytes() == (
+            STUDY / name
+        ).read_bytes(), f"{name} is stale: regenerate it"
 
 
 def test_committed_example_uses_a_scheduler_and_early_stopping():

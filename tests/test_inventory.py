@@ -17,7 +17,10 @@ SHAPE_CHANGE = ("zero", "mean")
 
 def rows(path: str, **kwargs):
     inv = analyze(load_model(str(MODELS / path)), **kwargs)
-    return inv, [(c.id, c.kind, c.op, c.input_shape, c.output_shape, c.methods) for c in inv.components]
+    return inv, [
+        (c.id, c.kind, c.op, c.input_shape, c.output_shape, c.methods)
+        for c in inv.components
+    ]
 
 
 def non_neurons(rows_):
@@ -33,7 +36,9 @@ def test_mlp_sequential():
         ("2", "layer", "Linear", (2, 6), (2, 3), SHAPE_CHANGE),
     ]
     neurons = [c for c in inv.components if c.kind == "neuron"]
-    assert [c.id for c in neurons] == [f"0[{i}]" for i in range(6)] + [f"2[{i}]" for i in range(3)]
+    assert [c.id for c in neurons] == [f"0[{i}]" for i in range(6)] + [
+        f"2[{i}]" for i in range(3)
+    ]
     assert all(c.methods == ("mask",) for c in neurons)
     # params of one unit of Linear(4, 6): 4 weights + 1 bias
     assert neurons[0].params == 5 and neurons[0].unit_dim == -1
@@ -46,11 +51,20 @@ def test_cnn_with_module_and_functional_activations():
         ("act", "activation", "SiLU", (2, 4, 8, 8), (2, 4, 8, 8), ALL),
         ("fn.sigmoid", "activation", "sigmoid", (2, 4, 4, 4), (2, 4, 4, 4), ALL),
         ("fc", "layer", "Linear", (2, 64), (2, 5), SHAPE_CHANGE),
-        ("fn.relu", "activation", "relu", (2, 5), (2, 5), ALL),  # x.relu(): a method call
+        (
+            "fn.relu",
+            "activation",
+            "relu",
+            (2, 5),
+            (2, 5),
+            ALL,
+        ),  # x.relu(): a method call
     ]
     by_id = {c.id: c for c in inv.components}
     assert by_id["conv[2]"].units == (2, 3) and by_id["conv[2]"].unit_dim == 1
-    assert by_id["fn.sigmoid"].param_owner == "conv"  # through max_pool2d to the producer
+    assert (
+        by_id["fn.sigmoid"].param_owner == "conv"
+    )  # through max_pool2d to the producer
     assert by_id["fn.relu"].param_owner == "fc"
 
 
@@ -78,7 +92,12 @@ def test_module_reused_at_two_call_sites_is_two_components():
     by_id = {c.id: c for c in inv.components}
     assert (by_id["relu@0"].call_site, by_id["relu@1"].call_site) == (0, 1)
     assert by_id["relu@0"].param_owner is None and by_id["relu@1"].param_owner == "a"
-    assert [r[0] for r in non_neurons(got)] == ["relu@0", "a", "relu@1", "b"]  # call order
+    assert [r[0] for r in non_neurons(got)] == [
+        "relu@0",
+        "a",
+        "relu@1",
+        "b",
+    ]  # call order
 
 
 def test_lstm_tuple_output_only_zero():
@@ -120,13 +139,18 @@ def test_neuron_ranges(units, groups, expected):
 def test_neuron_groups_option_and_params():
     inv, _ = rows("mlp.py", neuron_groups=2)
     groups = [c for c in inv.components if c.kind == "neuron" and c.module == "0"]
-    assert [(c.id, c.units, c.params) for c in groups] == [("0[0:3]", (0, 3), 15), ("0[3:6]", (3, 6), 15)]
+    assert [(c.id, c.units, c.params) for c in groups] == [
+        ("0[0:3]", (0, 3), 15),
+        ("0[3:6]", (3, 6), 15),
+    ]
 
 
 def test_parameters_listed_match_named_parameters():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     inv = build_inventory(model, (torch.zeros(2, 3),))
-    assert inv.parameters == tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    assert inv.parameters == tuple(
+        (n, tuple(p.shape)) for n, p in model.named_parameters()
+    )
 
 
 def test_examples_trace():
@@ -137,7 +161,9 @@ def test_examples_trace():
     blocks = [c.id for c in resnet.components if c.kind == "block"]
     assert blocks == ["layer1", "layer1.0", "layer1.1", "layer2"]
     acts = [c.id for c in resnet.components if c.kind == "activation"]
-    assert acts == ["stem.2"] + [f"fn.relu{s}" for s in ("", "_1", "_2", "_3", "_4", "_5", "_6")]
+    assert acts == ["stem.2"] + [
+        f"fn.relu{s}" for s in ("", "_1", "_2", "_3", "_4", "_5", "_6")
+    ]
 
 
 def test_json_is_stable():

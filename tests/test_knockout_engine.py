@@ -47,9 +47,19 @@ def correct(output: torch.Tensor, target: torch.Tensor) -> tuple[float, int]:
     return float((output.argmax(dim=1) == target).sum()), len(target)
 
 
-def _data(shape: tuple[int, ...], n: int, seed: int, classes: int = 10, tokens: int | None = None):
+def _data(
+    shape: tuple[int, ...],
+    n: int,
+    seed: int,
+    classes: int = 10,
+    tokens: int | None = None,
+):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, tokens, (n, *shape), generator=g) if tokens else torch.randn(n, *shape, generator=g)
+    x = (
+        torch.randint(0, tokens, (n, *shape), generator=g)
+        if tokens
+        else torch.randn(n, *shape, generator=g)
+    )
     return x, torch.randint(0, classes, (n,), generator=g)
 
 
@@ -67,7 +77,13 @@ def _prepared(path: str, neuron_groups: int | None = None):
             model(x_train)
     model.eval()
     specs = [ablation_spec(c, m) for c in inventory.components for m in c.methods]
-    return model, inventory, knockouts_for(inventory, specs), x_train, *_data(shape, 40, 2)
+    return (
+        model,
+        inventory,
+        knockouts_for(inventory, specs),
+        x_train,
+        *_data(shape, 40, 2),
+    )
 
 
 def _assert_same(fast, naive) -> None:
@@ -78,34 +94,57 @@ def _assert_same(fast, naive) -> None:
         assert abs(f.metrics.accuracy - n.metrics.accuracy) <= TOLERANCE, (f, n)
 
 
-@pytest.mark.parametrize(("model_file", "groups"), [("resnet_small.py", 4), ("digits_cnn.py", None)])
+@pytest.mark.parametrize(
+    ("model_file", "groups"), [("resnet_small.py", 4), ("digits_cnn.py", None)]
+)
 def test_fast_path_equals_a_fresh_copy_per_ablation(model_file, groups):
-    model, inventory, knockouts, x_train, x_val, y_val = _prepared(str(EXAMPLES / model_file), groups)
+    model, inventory, knockouts, x_train, x_val, y_val = _prepared(
+        str(EXAMPLES / model_file), groups
+    )
     kinds = {c.kind for c in inventory.components}
-    assert kinds == {"layer", "block", "activation", "neuron"} or model_file == "digits_cnn.py"
+    assert (
+        kinds == {"layer", "block", "activation", "neuron"}
+        or model_file == "digits_cnn.py"
+    )
     assert any(k.module is None for k in knockouts) and any(k.units for k in knockouts)
     means = activation_means(model, knockouts, x_train, 32)
-    fast = evaluate_fast(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=16)
-    assert fast.stats["max_copies"] > 1 and fast.stats["chunk_samples"] == 16  # stacked, chunked
-    naive = evaluate_naive(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=16)
+    fast = evaluate_fast(
+        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=16
+    )
+    assert (
+        fast.stats["max_copies"] > 1 and fast.stats["chunk_samples"] == 16
+    )  # stacked, chunked
+    naive = evaluate_naive(
+        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=16
+    )
     _assert_same(fast.scores, naive)
     with torch.no_grad():
         chunks = [(x_val[i : i + 16], y_val[i : i + 16]) for i in (0, 16, 32)]
-        loss = sum(float(F.cross_entropy(model(x), y)) * len(y) for x, y in chunks) / len(y_val)
+        loss = sum(
+            float(F.cross_entropy(model(x), y)) * len(y) for x, y in chunks
+        ) / len(y_val)
     assert abs(fast.baseline.loss - loss) <= TOLERANCE
     assert all(s.path == "fast" for s in fast.scores)
 
 
 def test_hooks_and_graph_edits_agree_on_what_a_module_ablation_is():
     """Blocks, call sites and neurons resolve to the graph nodes their hooks replace."""
-    model, _, knockouts, x_train, x_val, y_val = _prepared(str(EXAMPLES / "resnet_small.py"), 2)
+    model, _, knockouts, x_train, x_val, y_val = _prepared(
+        str(EXAMPLES / "resnet_small.py"), 2
+    )
     modular = [k for k in knockouts if k.module is not None]
     graph_means = activation_means(model, modular, x_train, 32, traced=True)
     hook_means = activation_means(model, modular, x_train, 32, traced=False)
     assert graph_means.keys() == hook_means.keys() and graph_means
-    assert all(torch.allclose(graph_means[k], hook_means[k], atol=1e-6) for k in graph_means)
-    hooks = evaluate_naive(model, modular, graph_means, x_val, y_val, F.cross_entropy, correct, via="hooks")
-    edits = evaluate_naive(model, modular, graph_means, x_val, y_val, F.cross_entropy, correct, via="graph")
+    assert all(
+        torch.allclose(graph_means[k], hook_means[k], atol=1e-6) for k in graph_means
+    )
+    hooks = evaluate_naive(
+        model, modular, graph_means, x_val, y_val, F.cross_entropy, correct, via="hooks"
+    )
+    edits = evaluate_naive(
+        model, modular, graph_means, x_val, y_val, F.cross_entropy, correct, via="graph"
+    )
     _assert_same(hooks, edits)
 
 
@@ -120,10 +159,19 @@ def test_tuple_outputs_and_modules_called_twice(model_file):
     tokens = 20 if model_file == "lstm.py" else None
     shape = tuple(loaded.example_inputs[0].shape[1:])
     x_train, _ = _data(shape, 32, 1, tokens=tokens)
-    x_val, y_val = _data(shape, 24, 2, classes=2 if model_file == "reused.py" else 3, tokens=tokens)
+    x_val, y_val = _data(
+        shape, 24, 2, classes=2 if model_file == "reused.py" else 3, tokens=tokens
+    )
     means = activation_means(model, knockouts, x_train)
-    fast = evaluate_fast(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=8)
-    _assert_same(fast.scores, evaluate_naive(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8))
+    fast = evaluate_fast(
+        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=8
+    )
+    _assert_same(
+        fast.scores,
+        evaluate_naive(
+            model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8
+        ),
+    )
 
 
 class InPlaceBlock(nn.Module):
@@ -172,7 +220,9 @@ class BatchCoupled(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
-        return self.fc2(torch.relu(h - h.mean(dim=0, keepdim=True)))  # mixes the samples
+        return self.fc2(
+            torch.relu(h - h.mean(dim=0, keepdim=True))
+        )  # mixes the samples
 
 
 def _graph_knockouts(model: nn.Module) -> list[Knockout]:
@@ -186,20 +236,39 @@ def _graph_knockouts(model: nn.Module) -> list[Knockout]:
             site = calls[module] = calls.get(module, -1) + 1
         if node.op in ("call_module", "call_function", "call_method"):
             for method in ("zero", "mean", "identity"):
-                found.append(Knockout(f"{node.name}:{method}", method, module=module, node=node.name, call_site=site))
+                found.append(
+                    Knockout(
+                        f"{node.name}:{method}",
+                        method,
+                        module=module,
+                        node=node.name,
+                        call_site=site,
+                    )
+                )
     for name, sub in model.named_modules():
         if isinstance(sub, (nn.Conv2d, nn.Linear)):
-            found.append(Knockout(f"{name}[1]:mask", "mask", module=name, units=(1, 2), unit_dim=1))
+            found.append(
+                Knockout(
+                    f"{name}[1]:mask", "mask", module=name, units=(1, 2), unit_dim=1
+                )
+            )
         if isinstance(sub, InPlaceBlock) or name == "blocks":
-            found += [Knockout(f"{name}:{m}", m, module=name, block=True) for m in ("identity", "zero", "mean")]
+            found += [
+                Knockout(f"{name}:{m}", m, module=name, block=True)
+                for m in ("identity", "zero", "mean")
+            ]
     return found
 
 
-def _shapes_kept(model: nn.Module, knockouts: list[Knockout], x: torch.Tensor) -> list[Knockout]:
+def _shapes_kept(
+    model: nn.Module, knockouts: list[Knockout], x: torch.Tensor
+) -> list[Knockout]:
     """The identity knockouts whose node keeps its input's shape (like the inventory's)."""
     labels = torch.zeros(len(x), dtype=torch.long)
     means = activation_means(model, knockouts, x)
-    scores = evaluate_naive(model, knockouts, means, x, labels, F.cross_entropy, correct, via="graph")
+    scores = evaluate_naive(
+        model, knockouts, means, x, labels, F.cross_entropy, correct, via="graph"
+    )
     return [k for k, s in zip(knockouts, scores) if s.status == "ok"]
 
 
@@ -213,8 +282,12 @@ def test_in_place_writes_leave_the_cache_clean():
     knockouts = _shapes_kept(model, _graph_knockouts(model), x_train)
     assert len(knockouts) > 40
     means = activation_means(model, knockouts, x_train)
-    fast = evaluate_fast(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=8)
-    naive = evaluate_naive(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8, via="graph")
+    fast = evaluate_fast(
+        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=8
+    )
+    naive = evaluate_naive(
+        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8, via="graph"
+    )
     _assert_same(fast.scores, naive)
 
 
@@ -225,9 +298,13 @@ def test_models_the_cache_cannot_serve_still_score_exactly(cls):
     x_train, _ = _data((4,), 32, 1)
     x_val, y_val = _data((4,), 20, 2, classes=2)
     knockouts = _shapes_kept(model, _graph_knockouts(model), x_train)
-    report = run_knockouts(model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct, batch_size=8)
+    report = run_knockouts(
+        model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct, batch_size=8
+    )
     means = activation_means(model, knockouts, x_train, 8)
-    naive = evaluate_naive(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8)
+    naive = evaluate_naive(
+        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8
+    )
     _assert_same(report.scores, naive)
     if cls is ReadsAfterWrite:  # a value read after an in-place write: no cache at all
         assert report.path == "naive" and "writes into" in report.notes[0]
@@ -236,13 +313,38 @@ def test_models_the_cache_cannot_serve_still_score_exactly(cls):
 
 
 def test_memory_budget_bounds_the_cache_and_the_stacks():
-    model, _, knockouts, x_train, x_val, y_val = _prepared(str(EXAMPLES / "digits_cnn.py"), 4)
+    model, _, knockouts, x_train, x_val, y_val = _prepared(
+        str(EXAMPLES / "digits_cnn.py"), 4
+    )
     means = activation_means(model, knockouts, x_train)
     budget_mb = 0.5
-    small = evaluate_fast(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 64, max_batch_mb=budget_mb)
-    roomy = evaluate_fast(model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 64, max_batch_mb=256)
+    small = evaluate_fast(
+        model,
+        knockouts,
+        means,
+        x_val,
+        y_val,
+        F.cross_entropy,
+        correct,
+        64,
+        max_batch_mb=budget_mb,
+    )
+    roomy = evaluate_fast(
+        model,
+        knockouts,
+        means,
+        x_val,
+        y_val,
+        F.cross_entropy,
+        correct,
+        64,
+        max_batch_mb=256,
+    )
     assert small.stats["chunk_samples"] < roomy.stats["chunk_samples"]
-    assert small.stats["cache_peak_bytes"] + small.stats["stack_peak_bytes"] <= budget_mb * 2**20
+    assert (
+        small.stats["cache_peak_bytes"] + small.stats["stack_peak_bytes"]
+        <= budget_mb * 2**20
+    )
     _assert_same(small.scores, roomy.scores)
 
 
@@ -254,13 +356,22 @@ def test_embedded_block_scores_exactly_like_the_library(tmp_path):
     sys.modules["embedded_engine"] = embedded
     try:
         spec.loader.exec_module(embedded)
-        model, _, knockouts, x_train, x_val, y_val = _prepared(str(EXAMPLES / "digits_cnn.py"), 2)
+        model, _, knockouts, x_train, x_val, y_val = _prepared(
+            str(EXAMPLES / "digits_cnn.py"), 2
+        )
         copies = [embedded.Knockout(**vars(k)) for k in knockouts]
-        ours = run_knockouts(model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct, 16)
-        theirs = embedded.run_knockouts(model, copies, x_train, x_val, y_val, F.cross_entropy, correct, 16)
+        ours = run_knockouts(
+            model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct, 16
+        )
+        theirs = embedded.run_knockouts(
+            model, copies, x_train, x_val, y_val, F.cross_entropy, correct, 16
+        )
     finally:
         del sys.modules["embedded_engine"]
-    assert [(s.variant_id, s.metrics.loss, s.metrics.accuracy) for s in ours.scores] == [
-        (s.variant_id, s.metrics.loss, s.metrics.accuracy) for s in theirs.scores
-    ]
-    assert ours.baseline.loss == theirs.baseline.loss and ours.path == theirs.path == "fast"
+    assert [
+        (s.variant_id, s.metrics.loss, s.metrics.accuracy) for s in ours.scores
+    ] == [(s.variant_id, s.metrics.loss, s.metrics.accuracy) for s in theirs.scores]
+    assert (
+        ours.baseline.loss == theirs.baseline.loss
+        and ours.path == theirs.path == "fast"
+    )

@@ -31,23 +31,43 @@ KINDS = "layers,blocks,activations,neurons"
 
 def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, script.name, "--epochs", "1", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 threads spin-wait on a busy 2-core machine
-    return subprocess.run(command, cwd=script.parent, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+    }  # 2 threads spin-wait on a busy 2-core machine
+    return subprocess.run(
+        command, cwd=script.parent, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("knockout") / "digits"
-    return generate(EXAMPLES / "digits_cnn.py", out, mode="knockout", kinds=KINDS, neuron_groups=4, dataset="synthetic")
+    return generate(
+        EXAMPLES / "digits_cnn.py",
+        out,
+        mode="knockout",
+        kinds=KINDS,
+        neuron_groups=4,
+        dataset="synthetic",
+    )
 
 
 @pytest.fixture(scope="module")
 def two_runs(study):
     """The first run trains and saves the checkpoint, the second loads it."""
-    first = _run(study / "knockout.py", "--out", "first.json", "--checkpoint", "base.pt")
-    second = _run(study / "knockout.py", "--out", "second.json", "--checkpoint", "base.pt")
-    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    return [json.loads((study / name).read_text()) for name in ("first.json", "second.json")]
+    first = _run(
+        study / "knockout.py", "--out", "first.json", "--checkpoint", "base.pt"
+    )
+    second = _run(
+        study / "knockout.py", "--out", "second.json", "--checkpoint", "base.pt"
+    )
+    assert first.returncode == 0 and second.returncode == 0, (
+        first.stderr + second.stderr
+    )
+    return [
+        json.loads((study / name).read_text()) for name in ("first.json", "second.json")
+    ]
 
 
 def test_every_manifest_entry_points_at_knockout_py(study):
@@ -66,12 +86,30 @@ def test_result_holds_every_variant_and_a_reload_does_not_train(study, two_runs)
     first, second = two_runs
     manifest = json.loads((study / "manifest.json").read_text())
     assert set(first["variants"]) == {v["id"] for v in manifest["variants"]}
-    assert all(v["status"] == "ok" and set(v["final"]) == {"val_loss", "val_acc"} for v in first["variants"].values())
-    assert first["trained"] and len(first["history"]) == 1 and first["knockout_path"] == "fast"
-    assert abs(first["variants"]["baseline"]["final"]["val_loss"] - first["final"]["val_loss"]) < 1e-6
-    assert not second["trained"] and second["history"] == [] and second["epochs_run"] == 0
+    assert all(
+        v["status"] == "ok" and set(v["final"]) == {"val_loss", "val_acc"}
+        for v in first["variants"].values()
+    )
+    assert (
+        first["trained"]
+        and len(first["history"]) == 1
+        and first["knockout_path"] == "fast"
+    )
+    assert (
+        abs(
+            first["variants"]["baseline"]["final"]["val_loss"]
+            - first["final"]["val_loss"]
+        )
+        < 1e-6
+    )
+    assert (
+        not second["trained"] and second["history"] == [] and second["epochs_run"] == 0
+    )
     assert second["variants"] == first["variants"]
-    assert second["final"]["val_loss"] == first["variants"]["baseline"]["final"]["val_loss"]
+    assert (
+        second["final"]["val_loss"]
+        == first["variants"]["baseline"]["final"]["val_loss"]
+    )
     params = first["params_total"]
     assert first["variants"]["conv1:zero"]["params_effective"] == params - 160
 
@@ -80,7 +118,10 @@ def test_result_holds_every_variant_and_a_reload_does_not_train(study, two_runs)
 def in_process():
     """One thread, like the subprocesses (sums then add up in the same order); main()
     turns deterministic algorithms on, so the flag is put back afterwards."""
-    flag, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    flag, threads = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.get_num_threads(),
+    )
     torch.set_num_threads(1)
     yield
     torch.use_deterministic_algorithms(flag)
@@ -88,48 +129,100 @@ def in_process():
 
 
 def test_split_result_gives_one_contract_result_per_entry(study, two_runs):
-    ids = [v["id"] for v in json.loads((study / "manifest.json").read_text())["variants"]]
+    ids = [
+        v["id"] for v in json.loads((study / "manifest.json").read_text())["variants"]
+    ]
     split = split_result(two_runs[0], ids)
-    assert list(split) == ids and all(r["status"] == "ok" and r["variant"] == i for i, r in split.items())
-    assert split["conv1:zero"]["final"] == two_runs[0]["variants"]["conv1:zero"]["final"]
-    assert split["baseline"]["history"] == two_runs[0]["history"] and split["conv1:zero"]["history"] == []
-    failed = split_result({"status": "failed", "error": "checkpoint x does not match", "variants": {}}, ids)
-    assert all(r["status"] == "failed" and r["final"] is None and "x does not" in r["error"] for r in failed.values())
+    assert list(split) == ids and all(
+        r["status"] == "ok" and r["variant"] == i for i, r in split.items()
+    )
+    assert (
+        split["conv1:zero"]["final"] == two_runs[0]["variants"]["conv1:zero"]["final"]
+    )
+    assert (
+        split["baseline"]["history"] == two_runs[0]["history"]
+        and split["conv1:zero"]["history"] == []
+    )
+    failed = split_result(
+        {"status": "failed", "error": "checkpoint x does not match", "variants": {}},
+        ids,
+    )
+    assert all(
+        r["status"] == "failed" and r["final"] is None and "x does not" in r["error"]
+        for r in failed.values()
+    )
 
 
 def test_training_matches_baseline_py(study, two_runs, in_process):
     """Same code, same seed: knockout.py trained the weights baseline.py trains."""
     baseline = load_script(study / "baseline.py")
-    args = ["--epochs", "1", "--out", str(study / "baseline.json"), "--checkpoint", str(study / "baseline.pt")]
+    args = [
+        "--epochs",
+        "1",
+        "--out",
+        str(study / "baseline.json"),
+        "--checkpoint",
+        str(study / "baseline.pt"),
+    ]
     assert baseline.main(args) == 0
-    assert json.loads((study / "baseline.json").read_text())["history"] == two_runs[0]["history"]
+    assert (
+        json.loads((study / "baseline.json").read_text())["history"]
+        == two_runs[0]["history"]
+    )
     ours, theirs = torch.load(study / "base.pt"), torch.load(study / "baseline.pt")
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert ours.keys() == theirs.keys() and all(
+        torch.equal(ours[k], theirs[k]) for k in theirs
+    )
 
 
-def test_a_checkpoint_of_another_model_is_one_line_and_exit_1(study, capsys, in_process):
+def test_a_checkpoint_of_another_model_is_one_line_and_exit_1(
+    study, capsys, in_process
+):
     torch.save({"fc.weight": torch.zeros(2, 2)}, study / "other.pt")
     script = load_script(study / "knockout.py")
-    code = script.main(["--out", str(study / "mismatch.json"), "--checkpoint", str(study / "other.pt")])
+    code = script.main(
+        ["--out", str(study / "mismatch.json"), "--checkpoint", str(study / "other.pt")]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
-    assert re.search(r"checkpoint \S*other\.pt does not match the model \(missing keys .*; unexpected keys fc\.weight\)", err)
-    assert err.strip().endswith(f"retrain with python baseline.py --checkpoint {study / 'other.pt'}")
+    assert re.search(
+        r"checkpoint \S*other\.pt does not match the model \(missing keys .*; unexpected keys fc\.weight\)",
+        err,
+    )
+    assert err.strip().endswith(
+        f"retrain with python baseline.py --checkpoint {study / 'other.pt'}"
+    )
     assert json.loads((study / "mismatch.json").read_text())["status"] == "failed"
 
 
 def test_untraceable_model_takes_the_naive_path(tmp_path, in_process):
     methods = "identity,zero,mean,mask"
-    out = generate(MODELS / "dynamic.py", tmp_path / "dyn", mode="knockout", kinds=KINDS, methods=methods)
-    assert load_script(out / "knockout.py").main(["--epochs", "1", "--out", str(out / "r.json")]) == 0
+    out = generate(
+        MODELS / "dynamic.py",
+        tmp_path / "dyn",
+        mode="knockout",
+        kinds=KINDS,
+        methods=methods,
+    )
+    assert (
+        load_script(out / "knockout.py").main(
+            ["--epochs", "1", "--out", str(out / "r.json")]
+        )
+        == 0
+    )
     result = json.loads((out / "r.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     assert result["knockout_path"] == "naive" and manifest["model"]["traced"] is False
     assert set(result["variants"]) == {v["id"] for v in manifest["variants"]}
-    assert all(v["status"] == "ok" and v["path"] == "naive" for v in result["variants"].values())
+    assert all(
+        v["status"] == "ok" and v["path"] == "naive"
+        for v in result["variants"].values()
+    )
 
 
-def test_knockout_py_is_black_formatted_deterministic_and_defines_each_name_once(study, tmp_path):
+def test_knockout_py_is_black_formatted_deterministic_and_defines_each_name_once(
+    study, tmp_path
+):
     text = (study / "knockout.py").read_text()
     assert black.format_str(text, mode=black.Mode(line_length=88)) == text
     again = generate(EXAMPLES / "digits_cnn.py", tmp_path / "again", mode="knockout", kinds=KINDS, neuron_groups=4,
@@ -153,7 +246,7 @@ def test_top_template_keeps_the_script_sections():
     assert all(name.startswith("knockout/") for name in knockout[len(script) - 1 :])
 
 
-TWO_INPUTS = '''
+TWO_INPUTS = """
 import torch
 from torch import nn
 
@@ -174,9 +267,9 @@ def example_input():
 def build_data():
     x = torch.zeros(8, 4)
     return x, torch.zeros(8, dtype=torch.long), x, torch.zeros(8, dtype=torch.long)
-'''
+"""
 
-CLASHING = '''
+CLASHING = """
 import torch
 from torch import nn
 
@@ -190,13 +283,18 @@ class Knockout(nn.Module):
 
     def forward(self, x):
         return self.fc(x)
-'''
+"""
 
 
-@pytest.mark.parametrize(("source", "needle"), [(TWO_INPUTS, "takes 2 inputs"), (CLASHING, "defines Knockout")])
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [(TWO_INPUTS, "takes 2 inputs"), (CLASHING, "defines Knockout")],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, source, needle):
     model = tmp_path / "model.py"
     model.write_text(textwrap.dedent(source))
-    code, out, err = run_cli(["generate", model, "--out", tmp_path / "study", "--mode", "knockout"], capsys)
+    code, out, err = run_cli(
+        ["generate", model, "--out", tmp_path / "study", "--mode", "knockout"], capsys
+    )
     assert code == 2 and needle in err and err.count("\n") == 1, err
     assert not (tmp_path / "study").exists()

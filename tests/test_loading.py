@@ -13,7 +13,10 @@ from conftest import EXAMPLES, MODELS, run_cli
 
 
 def test_split_model_spec():
-    assert split_model_spec("a/b.py:Net") == (__import__("pathlib").Path("a/b.py"), "Net")
+    assert split_model_spec("a/b.py:Net") == (
+        __import__("pathlib").Path("a/b.py"),
+        "Net",
+    )
     assert split_model_spec("a/b.py")[1] is None
     assert split_model_spec("C:/x/b.py")[1] is None  # a drive letter is not a name
 
@@ -62,9 +65,19 @@ def test_each_load_gets_a_fresh_module():
         (f"{MODELS}/broken_syntax.py", None, ModelFileError, "syntax error"),
         (f"{MODELS}/broken_import.py", None, ModelFileError, "not_a_real_package_xyz"),
         (f"{MODELS}/no_model.py", None, ModelNotFoundError, "no model found"),
-        (f"{MODELS}/two_models.py", None, ModelNotFoundError, "several candidate models"),
+        (
+            f"{MODELS}/two_models.py",
+            None,
+            ModelNotFoundError,
+            "several candidate models",
+        ),
         (f"{MODELS}/mlp.py:Nope", None, ModelNotFoundError, "has no 'Nope'"),
-        (f"{MODELS}/needs_args.py", None, ModelNotFoundError, "needs arguments (width)"),
+        (
+            f"{MODELS}/needs_args.py",
+            None,
+            ModelNotFoundError,
+            "needs arguments (width)",
+        ),
         (f"{MODELS}/mlp.py", "7", InputShapeError, "of shape (2, 7)"),
         (f"{MODELS}/mlp.py", "4,a", InputShapeError, "not a list of positive integers"),
     ],

@@ -27,10 +27,22 @@ def study(tmp_path_factory):
 
 
 def test_study_writes_ranking_noise_scales_arms_and_report(study):
-    for name in ("importance.json", "importance.csv", "noise_scales.json", "arms.json", "report.md", "hybrid.py"):
+    for name in (
+        "importance.json",
+        "importance.csv",
+        "noise_scales.json",
+        "arms.json",
+        "report.md",
+        "hybrid.py",
+    ):
         assert (study / name).is_file(), name
     arms = json.loads((study / "arms.json").read_text())["arms"]
-    assert [a["arm"] for a in arms] == ["baseline", "arm:ablated", "arm:perturbed", "arm:hybrid"]
+    assert [a["arm"] for a in arms] == [
+        "baseline",
+        "arm:ablated",
+        "arm:perturbed",
+        "arm:hybrid",
+    ]
     assert all(a["seeds"] == [0, 1] for a in arms)
     report = (study / "report.md").read_text()
     assert "The four arms" in report and "arm:hybrid" in report
@@ -45,13 +57,21 @@ def test_second_study_run_trains_nothing(study, capsys):
     from ablagen.pipeline import StudyOptions, run_full_study
 
     opts = StudyOptions(
-        generate=GenerateOptions(model=str(EXAMPLES / "tabular_mlp.py"), out=study, train=TrainConfig(epochs=2, scheduler="cosine", patience=3)),
+        generate=GenerateOptions(
+            model=str(EXAMPLES / "tabular_mlp.py"),
+            out=study,
+            train=TrainConfig(epochs=2, scheduler="cosine", patience=3),
+        ),
         seeds=(0, 1),
         arm_seeds=(0, 1),
         arms=ArmOptions(sigma=0.01, ablate_bottom=1),
     )
     outcome = run_full_study(opts)
-    assert outcome.ablation_runs.ran == () and outcome.arm_runs is not None and outcome.arm_runs.ran == ()
+    assert (
+        outcome.ablation_runs.ran == ()
+        and outcome.arm_runs is not None
+        and outcome.arm_runs.ran == ()
+    )
     assert outcome.ablation_runs.skipped_ok == outcome.ablation_runs.planned > 0
 
 
@@ -64,7 +84,9 @@ def test_hybrid_script_carries_the_noise_scales(study):
     assert module.NOISE_SCALES == scales
     model = module.new_model()
     optimizer = module.make_optimizer(model, 0.01)
-    by_param = {id(p): g["noise_scale"] for g in optimizer.param_groups for p in g["params"]}
+    by_param = {
+        id(p): g["noise_scale"] for g in optimizer.param_groups for p in g["params"]
+    }
     for name, param in model.named_parameters():
         expected = scales[name] if not isinstance(scales[name], list) else 1.0
         assert by_param[id(param)] == expected
@@ -100,13 +122,23 @@ def test_energy_matched_scales_keep_the_order_and_the_total_noise():
     from ablagen.hybrid import energy_matched
 
     parameters = [["a.weight", [4, 3]], ["a.bias", [4]], ["b.weight", [2, 4]]]
-    raw = {"a.weight": [0.1, 0.1, 2.0, 2.0], "a.bias": [0.1, 0.1, 2.0, 2.0], "b.weight": 0.5}
+    raw = {
+        "a.weight": [0.1, 0.1, 2.0, 2.0],
+        "a.bias": [0.1, 0.1, 2.0, 2.0],
+        "b.weight": 0.5,
+    }
     matched = energy_matched(raw, parameters)
-    energy = sum(u * u * 3 for u in matched["a.weight"]) + sum(u * u for u in matched["a.bias"])
+    energy = sum(u * u * 3 for u in matched["a.weight"]) + sum(
+        u * u for u in matched["a.bias"]
+    )
     energy += matched["b.weight"] ** 2 * 8
-    assert energy == pytest.approx(12 + 4 + 8, rel=1e-4)  # as much noise as scale 1 everywhere
+    assert energy == pytest.approx(
+        12 + 4 + 8, rel=1e-4
+    )  # as much noise as scale 1 everywhere
     ratio = matched["b.weight"] / raw["b.weight"]
-    assert matched["a.weight"] == pytest.approx([u * ratio for u in raw["a.weight"]], rel=1e-4)
+    assert matched["a.weight"] == pytest.approx(
+        [u * ratio for u in raw["a.weight"]], rel=1e-4
+    )
 
 
 def test_spearman_against_scipy():
@@ -115,7 +147,9 @@ def test_spearman_against_scipy():
     from ablagen.pipeline import spearman
 
     a, b = [0.9, 0.1, 0.5, 0.5, 0.3], [0.8, 0.2, 0.4, 0.6, 0.1]
-    assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(a, b) == pytest.approx(
+        scipy.stats.spearmanr(a, b).statistic, abs=1e-12
+    )
     assert spearman([1.0], [2.0]) is None
 
 

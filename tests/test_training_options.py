@@ -15,7 +15,12 @@ from scriptutil import generate, load_script
 
 @pytest.fixture(scope="module")
 def script(tmp_path_factory):
-    study = generate(MODELS / "mlp.py", tmp_path_factory.mktemp("opts") / "s", components=("0",), dataset="synthetic")
+    study = generate(
+        MODELS / "mlp.py",
+        tmp_path_factory.mktemp("opts") / "s",
+        components=("0",),
+        dataset="synthetic",
+    )
     return study / "baseline.py"
 
 
@@ -28,7 +33,13 @@ def fresh(script, **config):
 
 def args(module, epochs):
     return argparse.Namespace(
-        epochs=epochs, seed=0, device="cpu", out=None, batch_size=module.BATCH_SIZE, lr=module.LR, checkpoint=None
+        epochs=epochs,
+        seed=0,
+        device="cpu",
+        out=None,
+        batch_size=module.BATCH_SIZE,
+        lr=module.LR,
+        checkpoint=None,
     )
 
 
@@ -62,7 +73,15 @@ S = torch.optim.lr_scheduler
     ],
 )
 def test_epoch_schedulers_match_torch(script, name, reference):
-    module = fresh(script, SCHEDULER=name, LR=0.1, EPOCHS=6, STEP_SIZE=2, GAMMA=0.5, WARMUP_EPOCHS=2)
+    module = fresh(
+        script,
+        SCHEDULER=name,
+        LR=0.1,
+        EPOCHS=6,
+        STEP_SIZE=2,
+        GAMMA=0.5,
+        WARMUP_EPOCHS=2,
+    )
     result = module.train(args(module, 6))
     got = [h["lr"] for h in result["history"]]
     assert got == pytest.approx(torch_lrs(reference, 6), rel=1e-12)
@@ -73,7 +92,14 @@ def test_cyclic_scheduler_steps_per_batch_like_torch(script):
     result = module.train(args(module, 5))
     steps = -(-len(module.load_data()[0]) // 100)
     reference = torch_lrs(
-        lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=2 * steps, mode="triangular", cycle_momentum=False),
+        lambda o: S.CyclicLR(
+            o,
+            base_lr=0.01,
+            max_lr=0.1,
+            step_size_up=2 * steps,
+            mode="triangular",
+            cycle_momentum=False,
+        ),
         5,
         steps_per_epoch=steps,
         per_batch=True,
@@ -149,16 +175,27 @@ def test_gradient_clipping_bounds_the_update(script):
 def test_result_metrics_present(script):
     module = fresh(script)
     result = module.train(args(module, 2))
-    for key in ("params_total", "params_effective", "model_bytes", "peak_memory_bytes", "samples_per_s", "epochs_to_target"):
+    for key in (
+        "params_total",
+        "params_effective",
+        "model_bytes",
+        "peak_memory_bytes",
+        "samples_per_s",
+        "epochs_to_target",
+    ):
         assert key in result
     model = module.new_model()
     assert result["params_total"] == sum(p.numel() for p in model.parameters())
-    assert result["model_bytes"] == sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert result["model_bytes"] == sum(
+        t.numel() * t.element_size() for t in model.state_dict().values()
+    )
     assert result["samples_per_s"] > 0 and result["peak_memory_bytes"] > 0
 
 
 def test_dropout_override_reaches_the_model(tmp_path):
-    study = generate(EXAMPLES / "digits_cnn.py", tmp_path / "d", components=("conv1",), dropout=0.3)
+    study = generate(
+        EXAMPLES / "digits_cnn.py", tmp_path / "d", components=("conv1",), dropout=0.3
+    )
     module = load_script(study / "baseline.py")
     assert module.DROPOUT == 0.3 and module.new_model().drop.p == 0.3
 
@@ -172,8 +209,13 @@ def test_dropout_needs_a_dropout_constant(tmp_path):
 
 def test_split_is_fixed_by_the_split_seed(tmp_path):
     a = generate(EXAMPLES / "tabular_mlp.py", tmp_path / "a", components=("fc1",))
-    b = generate(EXAMPLES / "tabular_mlp.py", tmp_path / "b", components=("fc1",), split_seed=1)
+    b = generate(
+        EXAMPLES / "tabular_mlp.py", tmp_path / "b", components=("fc1",), split_seed=1
+    )
     data_a = load_script(a / "fc1__zero.py").load_data()
-    assert all(torch.equal(x, y) for x, y in zip(data_a, load_script(a / "baseline.py").load_data()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(data_a, load_script(a / "baseline.py").load_data())
+    )
     data_b = load_script(b / "baseline.py").load_data()
     assert not torch.equal(data_a[1], data_b[1])

@@ -30,13 +30,17 @@ class SeqTagger(nn.Module):
 
 
 def example_input():
-    return torch.randint(0, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(0))
+    return torch.randint(
+        0, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(0)
+    )
 
 
 def build_data():
     """1,200 random sequences, tags computed from them; a fixed 1,000 / 200 split."""
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, VOCAB, (1200, LENGTH), generator=generator)
-    seen_before = (tokens.unsqueeze(2) == tokens.unsqueeze(1)).tril(diagonal=-1).any(dim=2)
+    seen_before = (
+        (tokens.unsqueeze(2) == tokens.unsqueeze(1)).tril(diagonal=-1).any(dim=2)
+    )
     tags = seen_before.long()
     return tokens[:1000], tags[:1000], tokens[1000:], tags[1000:]

@@ -39,7 +39,11 @@ from ablagen.studydir import (
     load_manifest,
 )
 
-ARMS = {"arm:ablated": "ablated.py", "arm:perturbed": "perturbed.py", "arm:hybrid": "hybrid.py"}
+ARMS = {
+    "arm:ablated": "ablated.py",
+    "arm:perturbed": "perturbed.py",
+    "arm:hybrid": "hybrid.py",
+}
 ARM_ORDER = (BASELINE_ID, "arm:ablated", "arm:perturbed", "arm:hybrid")
 ARMS_JSON = "arms.json"
 
@@ -49,7 +53,9 @@ class ArmOptions:
     sigma: float = 0.01  # base noise std of the perturbed and hybrid arms
     noise: str = "gaussian"
     ablate_bottom: int = 2  # components the ablated arm removes (0: no ablated arm)
-    match_noise: bool = True  # rescale the hybrid's scales: the same total noise as perturbed
+    match_noise: bool = (
+        True  # rescale the hybrid's scales: the same total noise as perturbed
+    )
 
 
 def options_from_manifest(study: Path, manifest: Manifest) -> GenerateOptions:
@@ -80,17 +86,24 @@ def options_from_manifest(study: Path, manifest: Manifest) -> GenerateOptions:
 def _read_json(study: Path, name: str) -> dict[str, Any]:
     path = study / name
     if not path.is_file():
-        raise StudyError(f"{study} has no ranking ({name} is missing)", f"run `ablagen rank {study}` first")
+        raise StudyError(
+            f"{study} has no ranking ({name} is missing)",
+            f"run `ablagen rank {study}` first",
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise StudyError(f"{path} is corrupt ({exc})", f"run `ablagen rank {study}` again") from exc
+        raise StudyError(
+            f"{path} is corrupt ({exc})", f"run `ablagen rank {study}` again"
+        ) from exc
 
 
 def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifest:
     """Render the arm scripts into the study and list them in its manifest."""
     if arm.sigma < 0 or arm.ablate_bottom < 0:
-        raise ConfigError("--sigma and --ablate-bottom must not be negative", "give 0 or more")
+        raise ConfigError(
+            "--sigma and --ablate-bottom must not be negative", "give 0 or more"
+        )
     study = Path(study_dir).resolve()
     manifest = load_manifest(study)
     importance = _read_json(study, "importance.json")
@@ -103,7 +116,10 @@ def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifes
         )
     noisy = replace(prepared.opts.train, sigma=arm.sigma, noise=arm.noise).validate()
     files: dict[str, bytes] = {}
-    specs = tuple(ablation_spec(c, m) for c, m in _least_important(prepared, importance, arm.ablate_bottom))
+    specs = tuple(
+        ablation_spec(c, m)
+        for c, m in _least_important(prepared, importance, arm.ablate_bottom)
+    )
     if specs:
         names = ", ".join(s.variant_id for s in specs)
         files["arm:ablated"] = prepared.render(
@@ -128,14 +144,26 @@ def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifes
     entries = [v for v in manifest.variants if v.kind != ARM_KIND]
     for arm_id, data in files.items():
         atomic_write_bytes(study / ARMS[arm_id], data)
-        extra = {"removed": [s.variant_id for s in specs]} if arm_id == "arm:ablated" else {"sigma": arm.sigma, "noise": arm.noise}
-        entries.append(VariantEntry(arm_id, None, ARM_KIND, None, ARMS[arm_id], sha256_bytes(data), extra))
-    updated = replace(manifest, variants=(entries[0], *sorted(entries[1:], key=lambda e: e.id)))
+        extra = (
+            {"removed": [s.variant_id for s in specs]}
+            if arm_id == "arm:ablated"
+            else {"sigma": arm.sigma, "noise": arm.noise}
+        )
+        entries.append(
+            VariantEntry(
+                arm_id, None, ARM_KIND, None, ARMS[arm_id], sha256_bytes(data), extra
+            )
+        )
+    updated = replace(
+        manifest, variants=(entries[0], *sorted(entries[1:], key=lambda e: e.id))
+    )
     atomic_write_text(study / MANIFEST, updated.dumps())
     return updated
 
 
-def energy_matched(scales: dict[str, Any], parameters: list[list[Any]]) -> dict[str, Any]:
+def energy_matched(
+    scales: dict[str, Any], parameters: list[list[Any]]
+) -> dict[str, Any]:
     """Divide every scale by their root-mean-square over all parameter elements.
 
     Then sum(numel * scale^2) equals the parameter count: the hybrid arm adds as much
@@ -150,12 +178,16 @@ def energy_matched(scales: dict[str, Any], parameters: list[list[Any]]) -> dict[
         count += numel
     rms = math.sqrt(energy / count) if count and energy else 1.0
     return {
-        name: [round(u / rms, 6) for u in v] if isinstance(v, list) else round(v / rms, 6)
+        name: (
+            [round(u / rms, 6) for u in v] if isinstance(v, list) else round(v / rms, 6)
+        )
         for name, v in scales.items()
     }
 
 
-def _least_important(prepared: Prepared, importance: dict[str, Any], k: int) -> list[tuple[Any, str]]:
+def _least_important(
+    prepared: Prepared, importance: dict[str, Any], k: int
+) -> list[tuple[Any, str]]:
     """The k lowest-ranked (component, method) pairs that do not nest in one another."""
     chosen: list[tuple[Any, str]] = []
     modules: list[str] = []
@@ -205,7 +237,9 @@ class ArmResult:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), (
+        statistics.stdev(values) if len(values) > 1 else 0.0
+    )
 
 
 def compare_arms(study_dir: str | Path, seeds: tuple[int, ...]) -> list[ArmResult]:
@@ -223,7 +257,11 @@ def compare_arms(study_dir: str | Path, seeds: tuple[int, ...]) -> list[ArmResul
         results = [by_arm[arm][s] for s in sorted(by_arm.get(arm, {}))]
         if not results:
             continue
-        reached = [r["epochs_to_target"] for r in results if r.get("epochs_to_target") is not None]
+        reached = [
+            r["epochs_to_target"]
+            for r in results
+            if r.get("epochs_to_target") is not None
+        ]
         out.append(
             ArmResult(
                 arm=arm,
@@ -244,7 +282,11 @@ def arms_markdown(results: list[ArmResult], target_acc: float) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        ett = "never" if r.epochs_to_target is None else f"{r.epochs_to_target:.2f} ({r.reached}/{len(r.seeds)} runs)"
+        ett = (
+            "never"
+            if r.epochs_to_target is None
+            else f"{r.epochs_to_target:.2f} ({r.reached}/{len(r.seeds)} runs)"
+        )
         lines.append(
             f"| {r.arm} | {len(r.seeds)} | {r.val_acc[0]:.4f} ± {r.val_acc[1]:.4f} | "
             f"{r.val_loss[0]:.4f} ± {r.val_loss[1]:.4f} | {ett} | {r.params_effective:,} |"
@@ -255,5 +297,7 @@ def arms_markdown(results: list[ArmResult], target_acc: float) -> str:
 def write_arms_json(study_dir: str | Path, results: list[ArmResult]) -> Path:
     path = Path(study_dir) / ARMS_JSON
     payload = {"arms": [r.to_json() for r in results]}
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
     return path

@@ -101,7 +101,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None) -> LoadedModel:
+def load_model(
+    spec: str, input_shape: str | tuple[int, ...] | None = None
+) -> LoadedModel:
     """Import the model file, find the model and its example input, check a forward pass."""
     path, name = split_model_spec(spec)
     source = _read_source(path)
@@ -127,7 +129,9 @@ def load_model(spec: str, input_shape: str | tuple[int, ...] | None = None) -> L
 
 def _read_source(path: Path) -> str:
     if not path.exists():
-        raise ModelFileError(f"model file {str(path)!r} does not exist", "check the path")
+        raise ModelFileError(
+            f"model file {str(path)!r} does not exist", "check the path"
+        )
     if path.suffix != ".py" or not path.is_file():
         raise ModelFileError(
             f"model file {str(path)!r} is not a .py file",
@@ -136,7 +140,9 @@ def _read_source(path: Path) -> str:
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"cannot read {path}: {exc}", "check the file's permissions and encoding") from exc
+        raise ModelFileError(
+            f"cannot read {path}: {exc}", "check the file's permissions and encoding"
+        ) from exc
     try:
         compile(source, str(path), "exec")
     except SyntaxError as exc:
@@ -176,7 +182,11 @@ def _import_file(path: Path, source: str) -> ModuleType:
 
 
 def _line_in_file(exc: BaseException, path: Path) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path.resolve()]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if Path(f.filename) == path.resolve()
+    ]
     return f" (line {frames[-1].lineno})" if frames else ""
 
 
@@ -184,7 +194,9 @@ def _defined_here(obj: Any, module: ModuleType) -> bool:
     return getattr(obj, "__module__", None) == module.__name__
 
 
-def _find_model(module: ModuleType, path: Path, name: str | None) -> tuple[ModelRef, nn.Module]:
+def _find_model(
+    module: ModuleType, path: Path, name: str | None
+) -> tuple[ModelRef, nn.Module]:
     if name is not None:
         if not hasattr(module, name):
             raise ModelNotFoundError(
@@ -194,7 +206,11 @@ def _find_model(module: ModuleType, path: Path, name: str | None) -> tuple[Model
         return _build(getattr(module, name), name, path)
     if callable(getattr(module, "build_model", None)):
         return _build(module.build_model, "build_model", path)
-    instances = [n for n, v in vars(module).items() if isinstance(v, nn.Module) and not n.startswith("_")]
+    instances = [
+        n
+        for n, v in vars(module).items()
+        if isinstance(v, nn.Module) and not n.startswith("_")
+    ]
     if len(instances) == 1:
         return _build(getattr(module, instances[0]), instances[0], path)
     classes = [
@@ -202,7 +218,9 @@ def _find_model(module: ModuleType, path: Path, name: str | None) -> tuple[Model
         for n, v in vars(module).items()
         if inspect.isclass(v) and issubclass(v, nn.Module) and _defined_here(v, module)
     ]
-    buildable = _outermost([n for n in classes if _takes_no_args(getattr(module, n))], module)
+    buildable = _outermost(
+        [n for n in classes if _takes_no_args(getattr(module, n))], module
+    )
     if len(instances) > 1 or len(buildable) > 1:
         many = instances if len(instances) > 1 else buildable
         raise ModelNotFoundError(
@@ -212,7 +230,9 @@ def _find_model(module: ModuleType, path: Path, name: str | None) -> tuple[Model
     if len(buildable) == 1:
         return _build(getattr(module, buildable[0]), buildable[0], path)
     if classes:
-        return _build(getattr(module, classes[0]), classes[0], path)  # reports the arguments
+        return _build(
+            getattr(module, classes[0]), classes[0], path
+        )  # reports the arguments
     raise ModelNotFoundError(
         f"no model found in {path}",
         "define build_model(), a module-level nn.Module instance, or an nn.Module subclass",
@@ -232,7 +252,9 @@ def _outermost(names: list[str], module: ModuleType) -> list[str]:
             continue
         parts[name] = {type(m) for m in instance.modules() if m is not instance}
     return [
-        n for n in names if not any(getattr(module, n) in parts[other] for other in names if other != n)
+        n
+        for n in names
+        if not any(getattr(module, n) in parts[other] for other in names if other != n)
     ]
 
 
@@ -241,7 +263,9 @@ def _candidate_names(module: ModuleType) -> list[str]:
     for n, v in vars(module).items():
         if n.startswith("_"):
             continue
-        is_cls = inspect.isclass(v) and issubclass(v, nn.Module) and _defined_here(v, module)
+        is_cls = (
+            inspect.isclass(v) and issubclass(v, nn.Module) and _defined_here(v, module)
+        )
         is_fn = inspect.isfunction(v) and _defined_here(v, module)
         if is_cls or is_fn or isinstance(v, nn.Module):
             out.append(n)
@@ -254,7 +278,8 @@ def _takes_no_args(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return all(
-        p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        p.default is not inspect.Parameter.empty
+        or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         for p in sig.parameters.values()
     )
 
@@ -278,7 +303,8 @@ def _build(obj: Any, name: str, path: Path) -> tuple[ModelRef, nn.Module]:
         model = obj()
     except Exception as exc:
         raise ModelFileError(
-            f"building {path}:{name} failed: {type(exc).__name__}: {exc}", "fix the model's constructor"
+            f"building {path}:{name} failed: {type(exc).__name__}: {exc}",
+            "fix the model's constructor",
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelNotFoundError(
@@ -299,7 +325,8 @@ def _example_inputs(
             value = fn()
         except Exception as exc:
             raise InputShapeError(
-                f"example_input() in {path} failed: {type(exc).__name__}: {exc}", "fix example_input()"
+                f"example_input() in {path} failed: {type(exc).__name__}: {exc}",
+                "fix example_input()",
             ) from exc
         inputs = value if isinstance(value, tuple) else (value,)
         if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
@@ -310,7 +337,11 @@ def _example_inputs(
         return inputs, "example_input()"
     shape = getattr(module, "INPUT_SHAPE", None)
     if shape is not None:
-        if not (isinstance(shape, (tuple, list)) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+        if not (
+            isinstance(shape, (tuple, list))
+            and shape
+            and all(isinstance(d, int) and d > 0 for d in shape)
+        ):
             raise InputShapeError(
                 f"INPUT_SHAPE in {path} is {shape!r}, not a tuple of positive integers",
                 "set e.g. INPUT_SHAPE = (1, 8, 8) (one sample, no batch dimension)",
@@ -327,7 +358,9 @@ def _randn(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn((EXAMPLE_BATCH, *shape), generator=gen)
 
 
-def _check_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...], input_from: str, path: Path) -> None:
+def _check_forward(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], input_from: str, path: Path
+) -> None:
     try:
         with torch.no_grad():
             model(*inputs)

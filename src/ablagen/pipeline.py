@@ -14,7 +14,14 @@ from pathlib import Path
 
 from ablagen.codegen.study import GenerateOptions, generate_study
 from ablagen.errors import ConfigError
-from ablagen.hybrid import ArmOptions, ArmResult, arms_markdown, compare_arms, write_arms, write_arms_json
+from ablagen.hybrid import (
+    ArmOptions,
+    ArmResult,
+    arms_markdown,
+    compare_arms,
+    write_arms,
+    write_arms_json,
+)
 from ablagen.orchestrate import RunOptions, RunSummary, run_study
 from ablagen.report import RankOutputs, rank_study
 from ablagen.studydir import ABLATION_KINDS, BASELINE_ID, load_manifest
@@ -33,7 +40,9 @@ class StudyOptions:
     arms: ArmOptions = field(default_factory=ArmOptions)
     metric: str = "val_acc"
     with_arms: bool = True
-    retrain_top: int = 5  # two-stage: retrain the K most important and the K widest intervals
+    retrain_top: int = (
+        5  # two-stage: retrain the K most important and the K widest intervals
+    )
 
 
 @dataclass(frozen=True)
@@ -57,15 +66,24 @@ def run_full_study(
 ) -> StudyOutcome:
     """The main job, end to end; ``step`` hears one line per stage."""
     if opts.generate.mode not in STUDY_MODES:
-        raise ConfigError(f"unknown study mode {opts.generate.mode!r}", f"use one of: {', '.join(STUDY_MODES)}")
+        raise ConfigError(
+            f"unknown study mode {opts.generate.mode!r}",
+            f"use one of: {', '.join(STUDY_MODES)}",
+        )
     if opts.generate.mode == "two-stage":
         return _two_stage(opts, step, progress)
     step("generate: one script per variant")
     generated = generate_study(opts.generate)
     study = generated.out
-    ablation_ids = tuple(v.id for v in generated.manifest.variants if v.kind in ABLATION_KINDS or v.id == BASELINE_ID)
+    ablation_ids = tuple(
+        v.id
+        for v in generated.manifest.variants
+        if v.kind in ABLATION_KINDS or v.id == BASELINE_ID
+    )
     step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
-    ablation_runs = run_study(study, replace(opts.run, seeds=opts.seeds, only=ablation_ids), progress=progress)
+    ablation_runs = run_study(
+        study, replace(opts.run, seeds=opts.seeds, only=ablation_ids), progress=progress
+    )
     step("rank: importance with 95% intervals, noise scales")
     ranking = rank_study(study, opts.metric, extra_sections=extra_sections)
     if not opts.with_arms:
@@ -74,7 +92,9 @@ def run_full_study(
     manifest = write_arms(study, opts.arms)
     arm_ids = (BASELINE_ID, *(v.id for v in manifest.variants if v.kind == "arm"))
     step(f"run: {len(arm_ids)} arms x {len(opts.arm_seeds)} seeds")
-    arm_runs = run_study(study, replace(opts.run, seeds=opts.arm_seeds, only=arm_ids), progress=progress)
+    arm_runs = run_study(
+        study, replace(opts.run, seeds=opts.arm_seeds, only=arm_ids), progress=progress
+    )
     arms = compare_arms(study, opts.arm_seeds)
     write_arms_json(study, arms)
     target = load_manifest(study).config["train"]["target_acc"]
@@ -87,7 +107,9 @@ def run_full_study(
     )
     step("report: report.md")
     ranking = rank_study(study, opts.metric, extra_sections=[*extra_sections, section])
-    return StudyOutcome(study, ablation_runs, ranking, arm_runs, arms, ranking.files[-1])
+    return StudyOutcome(
+        study, ablation_runs, ranking, arm_runs, arms, ranking.files[-1]
+    )
 
 
 def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
@@ -99,25 +121,45 @@ def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
     out = opts.generate.out
     step(f"stage 1: knockout screen in {out / 'knockout'}")
     screen = run_full_study(
-        replace(opts, generate=replace(opts.generate, mode="knockout", out=out / "knockout"), with_arms=False),
+        replace(
+            opts,
+            generate=replace(opts.generate, mode="knockout", out=out / "knockout"),
+            with_arms=False,
+        ),
         step,
         progress,
     )
     rows = screen.ranking.ranking.rows
     chosen = _retrain_choice(rows, opts.retrain_top)
     if not chosen:
-        raise ConfigError("the knockout screen ranked no component", "check the screen's report for failed variants")
+        raise ConfigError(
+            "the knockout screen ranked no component",
+            "check the screen's report for failed variants",
+        )
     step(f"stage 2: retrain {len(chosen)} variants in {out / 'retrain'}")
-    retrain_opts = replace(opts, generate=replace(opts.generate, mode="retrain", out=out / "retrain", components=chosen))
+    retrain_opts = replace(
+        opts,
+        generate=replace(
+            opts.generate, mode="retrain", out=out / "retrain", components=chosen
+        ),
+    )
     first = run_full_study(replace(retrain_opts, with_arms=False), step, progress)
-    section = ("Knockout screen versus retraining", compare_rankings(rows, first.ranking.ranking.rows))
+    section = (
+        "Knockout screen versus retraining",
+        compare_rankings(rows, first.ranking.ranking.rows),
+    )
     return run_full_study(retrain_opts, step, progress, extra_sections=(section,))
 
 
 def _retrain_choice(rows, k: int) -> tuple[str, ...]:
     """The k most important variants and the k with the widest intervals, in rank order."""
+
     def width(row) -> float:
-        return float("inf") if row.ci_low is None or row.ci_high is None else row.ci_high - row.ci_low
+        return (
+            float("inf")
+            if row.ci_low is None or row.ci_high is None
+            else row.ci_high - row.ci_low
+        )
 
     top = [r.variant for r in rows[:k]]
     widest = [r.variant for r in sorted(rows, key=lambda r: (-width(r), r.variant))[:k]]
@@ -162,7 +204,13 @@ def compare_rankings(screen_rows, retrain_rows) -> str:
         if other is None:
             continue
         pairs.append((other.mean, row.mean))
-        lines.append(f"| {row.variant} | {other.rank} | {other.mean:+.4f} | {row.rank} | {row.mean:+.4f} |")
+        lines.append(
+            f"| {row.variant} | {other.rank} | {other.mean:+.4f} | {row.rank} | {row.mean:+.4f} |"
+        )
     rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
     verdict = "n/a (fewer than 2 variants)" if rho is None else f"{rho:+.3f}"
-    return f"Spearman rank correlation of the two importances: **{verdict}** over {len(pairs)} variants.\n\n" + "\n".join(lines) + "\n"
+    return (
+        f"Spearman rank correlation of the two importances: **{verdict}** over {len(pairs)} variants.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )

@@ -356,11 +356,14 @@ def rank(
     # the seeds the ablations were run at: extra baseline seeds (the arms of
     # `ablagen hybrid` run more) do not make a variant "missing"
     ablation_ids = {e.id for e in manifest.variants if e.kind in ABLATION_KINDS}
-    ranked_seeds = {s for vid, runs in sel.runs.items() if vid in ablation_ids for s in runs}
+    ranked_seeds = {
+        s for vid, runs in sel.runs.items() if vid in ablation_ids for s in runs
+    }
     base = {
         s: v
         for s, r in sorted(base_runs.items())
-        if r.ok and (v := metric_value(r, metric)) is not None
+        if r.ok
+        and (v := metric_value(r, metric)) is not None
         and (s in ranked_seeds or not ranked_seeds)
     }
     if not base:

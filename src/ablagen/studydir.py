@@ -186,7 +186,9 @@ def load_manifest(study_dir: str | Path) -> Manifest:
     return manifest
 
 
-def split_result(result: dict[str, Any], variant_ids: list[str]) -> dict[str, dict[str, Any]]:
+def split_result(
+    result: dict[str, Any], variant_ids: list[str]
+) -> dict[str, dict[str, Any]]:
     """One script-contract result per manifest entry, from one ``knockout.py`` result.
 
     Each keeps the run's fields (seed, epochs, device, params_total, wall_time_s, ...)
@@ -195,11 +197,19 @@ def split_result(result: dict[str, Any], variant_ids: list[str]) -> dict[str, di
     the run did not score (it failed before, e.g. a bad --checkpoint) gets the run's
     status and error.
     """
-    shared = {key: value for key, value in result.items() if key not in ("variants", "history")}
+    shared = {
+        key: value
+        for key, value in result.items()
+        if key not in ("variants", "history")
+    }
     scored = result.get("variants") or {}
     split = {}
     for vid in variant_ids:
-        own = scored.get(vid) or {"status": result.get("status", "failed"), "final": None, "error": result.get("error")}
+        own = scored.get(vid) or {
+            "status": result.get("status", "failed"),
+            "final": None,
+            "error": result.get("error"),
+        }
         split[vid] = {
             **shared,
             "variant": vid,

@@ -37,7 +37,9 @@ DEFAULT_MAX_UNITS = 32
 
 def analyze(loaded: LoadedModel, neuron_groups: int | None = None) -> Inventory:
     """The inventory of a loaded model (see :func:`build_inventory`)."""
-    return build_inventory(loaded.model, loaded.example_inputs, loaded.ref.label, neuron_groups)
+    return build_inventory(
+        loaded.model, loaded.example_inputs, loaded.ref.label, neuron_groups
+    )
 
 
 def build_inventory(
@@ -48,7 +50,9 @@ def build_inventory(
 ) -> Inventory:
     model.eval()
     calls = observe_calls(model, inputs)
-    parameters = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    parameters = tuple(
+        (n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad
+    )
     shapes = tuple(tuple(t.shape) for t in inputs)
     try:
         graph = fx.symbolic_trace(model)
@@ -110,7 +114,9 @@ def _upstream_param_owner(node: fx.Node, root: nn.Module) -> str | None:
     return None
 
 
-def _module_methods(in_shape: Shape | None, out_shape: Shape | None, tensor_out: bool) -> tuple[str, ...]:
+def _module_methods(
+    in_shape: Shape | None, out_shape: Shape | None, tensor_out: bool
+) -> tuple[str, ...]:
     if not tensor_out:
         return ("zero",)
     if in_shape is not None and in_shape == out_shape:
@@ -119,7 +125,10 @@ def _module_methods(in_shape: Shape | None, out_shape: Shape | None, tensor_out:
 
 
 def _from_graph(
-    model: nn.Module, graph: fx.GraphModule, calls: list[Call], neuron_groups: int | None
+    model: nn.Module,
+    graph: fx.GraphModule,
+    calls: list[Call],
+    neuron_groups: int | None,
 ) -> list[Component]:
     nodes = list(graph.graph.nodes)
     site_total = Counter(str(n.target) for n in nodes if n.op == "call_module")
@@ -149,12 +158,31 @@ def _from_graph(
             if is_activation_module(module):
                 owner = _upstream_param_owner(node, model)
                 methods = _module_methods(in_shape, out_shape, tensor_out)
-                placed.append((index, Component(kind="activation", methods=methods, param_owner=owner, **common)))
+                placed.append(
+                    (
+                        index,
+                        Component(
+                            kind="activation",
+                            methods=methods,
+                            param_owner=owner,
+                            **common,
+                        ),
+                    )
+                )
             elif own_params(module):
                 methods = _module_methods(in_shape, out_shape, tensor_out)
-                placed.append((index, Component(kind="layer", methods=methods, param_owner=target, **common)))
+                placed.append(
+                    (
+                        index,
+                        Component(
+                            kind="layer", methods=methods, param_owner=target, **common
+                        ),
+                    )
+                )
                 if site == 0:
-                    for k, comp in enumerate(_neurons(target, module, out_shape, neuron_groups)):
+                    for k, comp in enumerate(
+                        _neurons(target, module, out_shape, neuron_groups)
+                    ):
                         placed.append((index + 0.001 * (k + 1), comp))
         elif _is_functional_activation(node):
             op = ACTIVATION_FUNCTIONS.get(node.target, str(node.target))
@@ -189,7 +217,9 @@ def _is_functional_activation(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ACTIVATION_METHODS
 
 
-def _blocks(model: nn.Module, nodes: list[fx.Node], calls: list[Call]) -> Iterator[tuple[Component, int]]:
+def _blocks(
+    model: nn.Module, nodes: list[fx.Node], calls: list[Call]
+) -> Iterator[tuple[Component, int]]:
     by_module: dict[str, list[Call]] = {}
     for call in calls:
         by_module.setdefault(call.module, []).append(call)
@@ -218,7 +248,8 @@ def _blocks(model: nn.Module, nodes: list[fx.Node], calls: list[Call]) -> Iterat
                 output_shape=call.output_shape,
                 params=own_params(module),
                 methods=("identity", "zero", "mean"),
-                feeds_residual=_feeds_add(last) and not all(_within(_owner_module(u), name) for u in last.users),
+                feeds_residual=_feeds_add(last)
+                and not all(_within(_owner_module(u), name) for u in last.users),
                 param_owner=name,
             ),
             inside[0],
@@ -226,7 +257,9 @@ def _blocks(model: nn.Module, nodes: list[fx.Node], calls: list[Call]) -> Iterat
 
 
 def _within(qualname: str | None, block: str) -> bool:
-    return qualname is not None and (qualname == block or qualname.startswith(block + "."))
+    return qualname is not None and (
+        qualname == block or qualname.startswith(block + ".")
+    )
 
 
 # --------------------------------------------------------------------------- neurons
@@ -244,7 +277,9 @@ def neuron_ranges(units: int, groups: int | None) -> list[tuple[int, int]]:
     return ranges
 
 
-def _neurons(name: str, module: nn.Module, out_shape: Shape | None, groups: int | None) -> Iterator[Component]:
+def _neurons(
+    name: str, module: nn.Module, out_shape: Shape | None, groups: int | None
+) -> Iterator[Component]:
     info = unit_count(module)
     if info is None:
         return
@@ -273,7 +308,9 @@ def _neurons(name: str, module: nn.Module, out_shape: Shape | None, groups: int 
 # --------------------------------------------------------------------------- fallback
 
 
-def _from_calls(model: nn.Module, calls: list[Call], neuron_groups: int | None) -> Iterator[Component]:
+def _from_calls(
+    model: nn.Module, calls: list[Call], neuron_groups: int | None
+) -> Iterator[Component]:
     """Hook-based inventory for models torch.fx cannot trace."""
     totals = Counter(c.module for c in calls)
     last_param_layer: str | None = None
@@ -293,11 +330,30 @@ def _from_calls(model: nn.Module, calls: list[Call], neuron_groups: int | None) 
         )
         methods = _module_methods(call.input_shape, call.output_shape, call.tensor_out)
         if leaf and is_activation_module(module):
-            yield Component(kind="activation", methods=methods, param_owner=last_param_layer, **common)
+            yield Component(
+                kind="activation",
+                methods=methods,
+                param_owner=last_param_layer,
+                **common,
+            )
         elif leaf and own_params(module):
             last_param_layer = call.module
-            yield Component(kind="layer", methods=methods, param_owner=call.module, **common)
+            yield Component(
+                kind="layer", methods=methods, param_owner=call.module, **common
+            )
             if call.site == 0:
-                yield from _neurons(call.module, module, call.output_shape, neuron_groups)
-        elif not leaf and not many and call.tensor_out and call.input_shape == call.output_shape:
-            yield Component(kind="block", methods=("identity", "zero", "mean"), param_owner=call.module, **common)
+                yield from _neurons(
+                    call.module, module, call.output_shape, neuron_groups
+                )
+        elif (
+            not leaf
+            and not many
+            and call.tensor_out
+            and call.input_shape == call.output_shape
+        ):
+            yield Component(
+                kind="block",
+                methods=("identity", "zero", "mean"),
+                param_owner=call.module,
+                **common,
+            )

@@ -41,7 +41,9 @@ def observe_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Ca
     def pre_hook(name: str):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             first = args[0] if args else None
-            open_calls[id(module)].append((next(order), name, sites[name], _shape(first)))
+            open_calls[id(module)].append(
+                (next(order), name, sites[name], _shape(first))
+            )
             sites[name] += 1
 
         return hook

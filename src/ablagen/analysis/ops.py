@@ -29,7 +29,9 @@ ACTIVATION_FUNCTIONS: dict[object, str] = {
     torch.tanh: "tanh", torch.selu: "selu", torch.celu: "celu",
 }  # fmt: skip
 
-ACTIVATION_METHODS = frozenset({"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"})
+ACTIVATION_METHODS = frozenset(
+    {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+)
 
 ADD_FUNCTIONS = frozenset({operator.add, operator.iadd, torch.add})
 ADD_METHODS = frozenset({"add", "add_"})
@@ -47,7 +49,11 @@ def unit_count(module: nn.Module) -> tuple[int, int] | None:
     """``(units, dim)`` for a maskable layer, else None."""
     for cls, dim in UNIT_LAYERS.items():
         if type(module) is cls or isinstance(module, cls):
-            units = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            units = (
+                module.out_features
+                if isinstance(module, nn.Linear)
+                else module.out_channels
+            )
             return int(units), dim
     return None
 

@@ -16,7 +16,9 @@ def analyze(
     model: ModelArg,
     input_shape: InputShapeOpt = None,
     neuron_groups: NeuronGroupsOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print stable JSON instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print stable JSON instead of a table.")
+    ] = False,
 ) -> None:
     """List every ablatable component: layers, blocks, activations, neuron groups."""
     from ablagen.analysis import analyze as build
@@ -37,8 +39,19 @@ def _print_table(inventory) -> None:
     from rich.table import Table
 
     table = Table(title=f"{inventory.model}: {len(inventory.components)} components")
-    for column in ("id", "kind", "op", "input", "output", "params", "methods", "residual"):
-        table.add_column(column, justify="right" if column == "params" else "left", no_wrap=True)
+    for column in (
+        "id",
+        "kind",
+        "op",
+        "input",
+        "output",
+        "params",
+        "methods",
+        "residual",
+    ):
+        table.add_column(
+            column, justify="right" if column == "params" else "left", no_wrap=True
+        )
     for comp in inventory.components:
         table.add_row(
             comp.id,

@@ -17,50 +17,128 @@ NOISE = "Gradient noise (the perturbed update equations)"
 @app.command()
 def generate(
     model: ModelArg,
-    out: Annotated[Path | None, typer.Option("--out", help="Study directory (default: generated/<model file stem>).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Study directory (default: generated/<model file stem>)."
+        ),
+    ] = None,
     kinds: Annotated[
-        str | None, typer.Option(help="Component kinds to ablate: layers,blocks,activations,neurons. [default: layers,blocks,activations]")
+        str | None,
+        typer.Option(
+            help="Component kinds to ablate: layers,blocks,activations,neurons. [default: layers,blocks,activations]"
+        ),
     ] = None,
     components: Annotated[
-        list[str] | None, typer.Option("--components", help="Only these ids (ID or ID:METHOD), comma-separated or repeated.")
+        list[str] | None,
+        typer.Option(
+            "--components",
+            help="Only these ids (ID or ID:METHOD), comma-separated or repeated.",
+        ),
     ] = None,
     methods: Annotated[
-        str | None, typer.Option(help="identity,zero,mean,mask: each component gets those it accepts. [default: identity where shapes allow, else zero; mask for neurons]")
+        str | None,
+        typer.Option(
+            help="identity,zero,mean,mask: each component gets those it accepts. [default: identity where shapes allow, else zero; mask for neurons]"
+        ),
     ] = None,
     neuron_groups: NeuronGroupsOpt = None,
     input_shape: InputShapeOpt = None,
-    mode: Annotated[str, typer.Option(help="retrain: train every variant | knockout: train once, ablate at evaluation.")] = "retrain",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="retrain: train every variant | knockout: train once, ablate at evaluation."
+        ),
+    ] = "retrain",
     dataset: Annotated[
-        str | None, typer.Option(help="digits | wine | breast_cancer | synthetic | file (the model file's build_data()).")
+        str | None,
+        typer.Option(
+            help="digits | wine | breast_cancer | synthetic | file (the model file's build_data())."
+        ),
     ] = None,
-    val_fraction: Annotated[float, typer.Option(help="Built-in data: share held out for validation.")] = 0.2,
-    split_seed: Annotated[int, typer.Option(help="Seed of the train/validation split (the same for every variant).")] = 0,
-    dropout: Annotated[float | None, typer.Option(help="Override the model file's DROPOUT constant.")] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Built-in data: share held out for validation.")
+    ] = 0.2,
+    split_seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the train/validation split (the same for every variant)."
+        ),
+    ] = 0,
+    dropout: Annotated[
+        float | None, typer.Option(help="Override the model file's DROPOUT constant.")
+    ] = None,
     epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 5,
     batch_size: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 64,
     lr: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = 0.003,
-    optimizer: Annotated[str, typer.Option(rich_help_panel=TRAIN, help="sgd | momentum | adam | adamw | rmsprop")] = "adam",
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel=TRAIN, help="sgd | momentum | adam | adamw | rmsprop"
+        ),
+    ] = "adam",
     momentum: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = 0.9,
-    weight_decay: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="L2 penalty.")] = 0.0,
-    l1: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="L1 penalty added to the loss.")] = 0.0,
-    grad_clip: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="Max global gradient norm (0: off).")] = 0.0,
+    weight_decay: Annotated[
+        float, typer.Option(rich_help_panel=TRAIN, help="L2 penalty.")
+    ] = 0.0,
+    l1: Annotated[
+        float, typer.Option(rich_help_panel=TRAIN, help="L1 penalty added to the loss.")
+    ] = 0.0,
+    grad_clip: Annotated[
+        float,
+        typer.Option(rich_help_panel=TRAIN, help="Max global gradient norm (0: off)."),
+    ] = 0.0,
     scheduler: Annotated[
-        str, typer.Option(rich_help_panel=TRAIN, help="none | step | exponential | cosine | cyclic | warmup")
+        str,
+        typer.Option(
+            rich_help_panel=TRAIN,
+            help="none | step | exponential | cosine | cyclic | warmup",
+        ),
     ] = "none",
-    step_size: Annotated[int, typer.Option(rich_help_panel=TRAIN, help="step scheduler: epochs per decay.")] = 10,
-    gamma: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="step / exponential decay factor.")] = 0.5,
+    step_size: Annotated[
+        int,
+        typer.Option(rich_help_panel=TRAIN, help="step scheduler: epochs per decay."),
+    ] = 10,
+    gamma: Annotated[
+        float,
+        typer.Option(rich_help_panel=TRAIN, help="step / exponential decay factor."),
+    ] = 0.5,
     warmup_epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 2,
-    task: Annotated[str, typer.Option(rich_help_panel=TRAIN, help="classification | regression")] = "classification",
-    target_acc: Annotated[float, typer.Option(rich_help_panel=TRAIN, help="Accuracy for 'epochs to target'.")] = 0.9,
+    task: Annotated[
+        str, typer.Option(rich_help_panel=TRAIN, help="classification | regression")
+    ] = "classification",
+    target_acc: Annotated[
+        float,
+        typer.Option(rich_help_panel=TRAIN, help="Accuracy for 'epochs to target'."),
+    ] = 0.9,
     stop_at_target: Annotated[bool, typer.Option(rich_help_panel=TRAIN)] = False,
     patience: Annotated[
-        int | None, typer.Option(rich_help_panel=TRAIN, help="Early stopping: epochs without val-loss gain. [default: off]")
+        int | None,
+        typer.Option(
+            rich_help_panel=TRAIN,
+            help="Early stopping: epochs without val-loss gain. [default: off]",
+        ),
     ] = None,
-    noise: Annotated[str, typer.Option(rich_help_panel=NOISE, help="Noise kind, e.g. gaussian, uniform, laplace.")] = "gaussian",
-    sigma: Annotated[float, typer.Option(rich_help_panel=NOISE, help="Base noise std (0: plain optimizer).")] = 0.0,
+    noise: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel=NOISE, help="Noise kind, e.g. gaussian, uniform, laplace."
+        ),
+    ] = "gaussian",
+    sigma: Annotated[
+        float,
+        typer.Option(
+            rich_help_panel=NOISE, help="Base noise std (0: plain optimizer)."
+        ),
+    ] = 0.0,
     noise_schedule: Annotated[str, typer.Option(rich_help_panel=NOISE)] = "constant",
-    templates: Annotated[Path | None, typer.Option(help="Your templates directory, searched before the built-ins.")] = None,
-    force: Annotated[bool, typer.Option(help="Replace a study of another model file.")] = False,
+    templates: Annotated[
+        Path | None,
+        typer.Option(help="Your templates directory, searched before the built-ins."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace a study of another model file.")
+    ] = False,
 ) -> None:
     """Write a study directory: baseline.py, one script per variant, manifest.json."""
     from ablagen.codegen.context import TrainConfig
@@ -98,6 +176,10 @@ def generate(
     variants = len(study.manifest.variants) - 1
     scripts = sorted({v.script for v in study.manifest.variants})
     if opts.mode == "knockout":
-        typer.echo(f"wrote {study.out}: baseline.py, knockout.py (scores {variants} variants), manifest.json")
+        typer.echo(
+            f"wrote {study.out}: baseline.py, knockout.py (scores {variants} variants), manifest.json"
+        )
     else:
-        typer.echo(f"wrote {study.out}: baseline.py + {len(scripts) - 1} variant scripts + manifest.json")
+        typer.echo(
+            f"wrote {study.out}: baseline.py + {len(scripts) - 1} variant scripts + manifest.json"
+        )

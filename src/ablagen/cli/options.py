@@ -8,11 +8,17 @@ import typer
 
 ModelArg = Annotated[
     str,
-    typer.Argument(help="Model file, optionally with :NAME (a class, factory function or instance).", show_default=False),
+    typer.Argument(
+        help="Model file, optionally with :NAME (a class, factory function or instance).",
+        show_default=False,
+    ),
 ]
 InputShapeOpt = Annotated[
     str | None,
-    typer.Option("--input-shape", help="One sample's shape without the batch dimension, e.g. 1,8,8."),
+    typer.Option(
+        "--input-shape",
+        help="One sample's shape without the batch dimension, e.g. 1,8,8.",
+    ),
 ]
 NeuronGroupsOpt = Annotated[
     int | None,

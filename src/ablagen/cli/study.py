@@ -14,20 +14,39 @@ from ablagen.cli.options import ModelArg, NeuronGroupsOpt
 ARMS = "Importance-guided arms"
 
 
-SigmaOpt = Annotated[float, typer.Option(rich_help_panel=ARMS, help="Base noise std of the perturbed and hybrid arms.")]
-NoiseOpt = Annotated[str, typer.Option(rich_help_panel=ARMS, help="Noise kind of those arms.")]
+SigmaOpt = Annotated[
+    float,
+    typer.Option(
+        rich_help_panel=ARMS, help="Base noise std of the perturbed and hybrid arms."
+    ),
+]
+NoiseOpt = Annotated[
+    str, typer.Option(rich_help_panel=ARMS, help="Noise kind of those arms.")
+]
 BottomOpt = Annotated[
-    int, typer.Option(rich_help_panel=ARMS, help="Components the ablated arm removes (the least important).")
+    int,
+    typer.Option(
+        rich_help_panel=ARMS,
+        help="Components the ablated arm removes (the least important).",
+    ),
 ]
 MatchOpt = Annotated[
     bool,
-    typer.Option(rich_help_panel=ARMS, help="Rescale the hybrid's noise scales to the perturbed arm's total noise energy."),
+    typer.Option(
+        rich_help_panel=ARMS,
+        help="Rescale the hybrid's noise scales to the perturbed arm's total noise energy.",
+    ),
 ]
 
 
 @app.command()
 def hybrid(
-    study_dir: Annotated[Path, typer.Argument(help="A ranked study (run `ablagen rank` first).", show_default=False)],
+    study_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A ranked study (run `ablagen rank` first).", show_default=False
+        ),
+    ],
     sigma: SigmaOpt = 0.01,
     noise: NoiseOpt = "gaussian",
     ablate_bottom: BottomOpt = 2,
@@ -38,7 +57,13 @@ def hybrid(
     from ablagen.hybrid import ArmOptions, write_arms
 
     manifest = write_arms(
-        study_dir, ArmOptions(sigma=sigma, noise=noise, ablate_bottom=ablate_bottom, match_noise=match_noise)
+        study_dir,
+        ArmOptions(
+            sigma=sigma,
+            noise=noise,
+            ablate_bottom=ablate_bottom,
+            match_noise=match_noise,
+        ),
     )
     arms = [v for v in manifest.variants if v.kind == "arm"]
     typer.echo(f"wrote {', '.join(FILES[a.id] for a in arms)} into {study_dir}")
@@ -49,32 +74,55 @@ def hybrid(
 @app.command()
 def study(
     model: ModelArg,
-    out: Annotated[Path | None, typer.Option(help="Study directory (default: studies/<model file stem>).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Study directory (default: studies/<model file stem>)."),
+    ] = None,
     mode: Annotated[
         str,
-        typer.Option(help="retrain: train every variant | knockout: ablate a trained baseline | two-stage: knockout screen, then retrain the top ones."),
+        typer.Option(
+            help="retrain: train every variant | knockout: ablate a trained baseline | two-stage: knockout screen, then retrain the top ones."
+        ),
     ] = "retrain",
-    retrain_top: Annotated[int, typer.Option(help="two-stage: retrain the K most important and the K most uncertain.")] = 5,
+    retrain_top: Annotated[
+        int,
+        typer.Option(
+            help="two-stage: retrain the K most important and the K most uncertain."
+        ),
+    ] = 5,
     seeds: Annotated[str, typer.Option(help="Seeds of the ablation runs.")] = "0,1,2",
     arm_seeds: Annotated[str, typer.Option(help="Seeds of the four arms.")] = "0-4",
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Runs at once [default: one per core].")] = None,
-    kinds: Annotated[str | None, typer.Option(help="Component kinds to ablate (see generate).")] = None,
-    methods: Annotated[str | None, typer.Option(help="Ablation methods (see generate).")] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", help="Runs at once [default: one per core]."),
+    ] = None,
+    kinds: Annotated[
+        str | None, typer.Option(help="Component kinds to ablate (see generate).")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Ablation methods (see generate).")
+    ] = None,
     neuron_groups: NeuronGroupsOpt = None,
     dataset: Annotated[str | None, typer.Option(help="See generate.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 8,
     lr: Annotated[float, typer.Option()] = 0.003,
     optimizer: Annotated[str, typer.Option()] = "adam",
     scheduler: Annotated[str, typer.Option()] = "cosine",
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs.")] = 3,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping patience in epochs.")
+    ] = 3,
     metric: Annotated[str, typer.Option(help="Metric the ranking uses.")] = "val_acc",
     sigma: SigmaOpt = 0.01,
     noise: NoiseOpt = "gaussian",
     ablate_bottom: BottomOpt = 2,
     match_noise: MatchOpt = True,
-    arms: Annotated[bool, typer.Option(help="Train the four arms after ranking.")] = True,
+    arms: Annotated[
+        bool, typer.Option(help="Train the four arms after ranking.")
+    ] = True,
     backend: Annotated[str, typer.Option(help="local or ray.")] = "local",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars.")
+    ] = False,
 ) -> None:
     """The main job: generate, run, rank, noise scales, the four arms, report."""
     from rich.console import Console
@@ -87,7 +135,13 @@ def study(
     from ablagen.orchestrate.render import PlainProgress, RichProgress
     from ablagen.pipeline import StudyOptions, run_full_study
 
-    train = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, scheduler=scheduler, patience=patience)
+    train = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        patience=patience,
+    )
     generate = GenerateOptions(
         model=model,
         out=out or Path("studies") / split_model_spec(model)[0].stem,
@@ -103,20 +157,35 @@ def study(
         seeds=parse_seeds(seeds),
         arm_seeds=parse_seeds(arm_seeds),
         run=RunOptions(jobs=jobs, backend=backend),
-        arms=ArmOptions(sigma=sigma, noise=noise, ablate_bottom=ablate_bottom, match_noise=match_noise),
+        arms=ArmOptions(
+            sigma=sigma,
+            noise=noise,
+            ablate_bottom=ablate_bottom,
+            match_noise=match_noise,
+        ),
         metric=metric,
         with_arms=arms,
         retrain_top=retrain_top,
     )
     console = Console(highlight=False)
-    progress = None if quiet else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
+    progress = (
+        None
+        if quiet
+        else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
+    )
     try:
-        outcome = run_full_study(opts, step=lambda line: console.print(f"[bold]ablagen study[/]: {line}"), progress=progress)
+        outcome = run_full_study(
+            opts,
+            step=lambda line: console.print(f"[bold]ablagen study[/]: {line}"),
+            progress=progress,
+        )
     finally:
         if progress is not None:
             progress.close()
     _print_outcome(outcome, console)
-    failures = outcome.ablation_runs.failures + (outcome.arm_runs.failures if outcome.arm_runs else ())
+    failures = outcome.ablation_runs.failures + (
+        outcome.arm_runs.failures if outcome.arm_runs else ()
+    )
     if failures:
         raise typer.Exit(1)
 
@@ -125,13 +194,26 @@ def _print_outcome(outcome, console) -> None:
     from rich.table import Table
 
     rows = outcome.ranking.ranking.rows
-    console.print(f"\nmost important: {', '.join(r.variant for r in rows[:3]) or 'none ranked'}")
+    console.print(
+        f"\nmost important: {', '.join(r.variant for r in rows[:3]) or 'none ranked'}"
+    )
     if outcome.arms:
         table = Table(title="the four arms (final validation metrics over seeds)")
-        for column in ("arm", "seeds", "val acc", "val loss", "epochs to target", "params"):
+        for column in (
+            "arm",
+            "seeds",
+            "val acc",
+            "val loss",
+            "epochs to target",
+            "params",
+        ):
             table.add_column(column, justify="left" if column == "arm" else "right")
         for arm in outcome.arms:
-            ett = "never" if arm.epochs_to_target is None else f"{arm.epochs_to_target:.2f} ({arm.reached}/{len(arm.seeds)})"
+            ett = (
+                "never"
+                if arm.epochs_to_target is None
+                else f"{arm.epochs_to_target:.2f} ({arm.reached}/{len(arm.seeds)})"
+            )
             table.add_row(
                 arm.arm,
                 str(len(arm.seeds)),

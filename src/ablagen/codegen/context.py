@@ -18,12 +18,18 @@ TASKS = ("classification", "regression")
 DATASETS = ("build_data", "digits", "wine", "breast_cancer", "synthetic")
 
 #: scikit-learn loader and feature count of the bundled datasets
-SKLEARN_DATASETS = {"digits": ("load_digits", 64), "wine": ("load_wine", 13), "breast_cancer": ("load_breast_cancer", 30)}
+SKLEARN_DATASETS = {
+    "digits": ("load_digits", 64),
+    "wine": ("load_wine", 13),
+    "breast_cancer": ("load_breast_cancer", 30),
+}
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}", f"use one of: {', '.join(choices)}")
+        raise ConfigError(
+            f"unknown {name} {value!r}", f"use one of: {', '.join(choices)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -67,14 +73,21 @@ class TrainConfig:
             ("--grad-clip", self.grad_clip >= 0, "give 0 (off) or a positive norm"),
             ("--sigma", self.sigma >= 0, "give 0 (no noise) or a positive std"),
             ("--target-acc", 0 <= self.target_acc <= 1, "give an accuracy in [0, 1]"),
-            ("--patience", self.patience is None or self.patience >= 1, "give 1 or more epochs (leave it out: no early stopping)"),
+            (
+                "--patience",
+                self.patience is None or self.patience >= 1,
+                "give 1 or more epochs (leave it out: no early stopping)",
+            ),
             ("--step-size", self.step_size >= 1, "give at least 1 epoch"),
             ("--gamma", self.gamma > 0, "give a positive decay factor"),
             ("--warmup-epochs", self.warmup_epochs >= 1, "give at least 1 epoch"),
         ]
         for flag, ok, fix in checks:
             if not ok:
-                raise ConfigError(f"bad value for {flag}: {getattr(self, flag[2:].replace('-', '_'))!r}", fix)
+                raise ConfigError(
+                    f"bad value for {flag}: {getattr(self, flag[2:].replace('-', '_'))!r}",
+                    fix,
+                )
         return self
 
 
@@ -139,14 +152,18 @@ class AblationSpec:
 class ScriptContext:
     ablagen_version: str
     script_name: str
-    variant_id: str  # "baseline", "<component>:<method>", or an arm such as "arm:hybrid"
+    variant_id: (
+        str  # "baseline", "<component>:<method>", or an arm such as "arm:hybrid"
+    )
     title: str
     description: tuple[str, ...]
     regenerate_command: str
     model: ModelInfo
     data: DataSpec
     train: TrainConfig
-    ablations: tuple[AblationSpec, ...]  # empty: the baseline (or an arm without ablation)
+    ablations: tuple[
+        AblationSpec, ...
+    ]  # empty: the baseline (or an arm without ablation)
     perturb_source: str  # the embedded perturbation-aware optimizer
     noise_scales: dict[str, Any] | None = None  # importance-guided runs only
     extra: dict[str, Any] = field(default_factory=dict)  # free for user templates
@@ -161,9 +178,15 @@ class ScriptContext:
         """The helper templates (ablation/<name>.py.j2) the ablations need, in a fixed order."""
         need = {
             "batch_mean": any(a.method == "mean" for a in self.ablations),
-            "at_call_site": any(a.call_site is not None and a.template == "hook" for a in self.ablations),
-            "zero_output": any(a.method == "zero" and a.template == "hook" for a in self.ablations),
-            "skip_module": any(a.method == "identity" and a.template == "hook" for a in self.ablations),
+            "at_call_site": any(
+                a.call_site is not None and a.template == "hook" for a in self.ablations
+            ),
+            "zero_output": any(
+                a.method == "zero" and a.template == "hook" for a in self.ablations
+            ),
+            "skip_module": any(
+                a.method == "identity" and a.template == "hook" for a in self.ablations
+            ),
             "silence_units": any(a.method == "mask" for a in self.ablations),
             "find_node": any(a.template == "fx_node" for a in self.ablations),
         }
@@ -173,7 +196,11 @@ class ScriptContext:
     def ablation_docstring(self) -> str:
         if len(self.ablations) == 1:
             return self.ablations[0].docstring
-        return f"Ablate {len(self.ablations)} components: " + ", ".join(a.variant_id for a in self.ablations) + "."
+        return (
+            f"Ablate {len(self.ablations)} components: "
+            + ", ".join(a.variant_id for a in self.ablations)
+            + "."
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,7 +57,10 @@ def knockout_kwargs(comp: Component, spec: AblationSpec) -> dict[str, Any]:
 
 def knockouts_for(inventory: Inventory, specs: list[AblationSpec]) -> list[Knockout]:
     """The engine records ``knockout.py`` holds for these ablations (tests, benchmarks)."""
-    return [Knockout(s.variant_id, s.method, **knockout_kwargs(_component(inventory, s), s)) for s in specs]
+    return [
+        Knockout(s.variant_id, s.method, **knockout_kwargs(_component(inventory, s), s))
+        for s in specs
+    ]
 
 
 def render_knockout(
@@ -99,9 +102,23 @@ def render_knockout(
     )
     data = render_script(_knockout_environment(env), ctx).encode("utf-8")
     digest, extra = sha256_bytes(data), {"knockout": True}
-    entries = [VariantEntry(BASELINE_ID, None, "baseline", None, KNOCKOUT_SCRIPT, digest, extra)]
+    entries = [
+        VariantEntry(
+            BASELINE_ID, None, "baseline", None, KNOCKOUT_SCRIPT, digest, extra
+        )
+    ]
     for s in specs:
-        entries.append(VariantEntry(s.variant_id, s.component_id, s.kind, s.method, KNOCKOUT_SCRIPT, digest, extra))
+        entries.append(
+            VariantEntry(
+                s.variant_id,
+                s.component_id,
+                s.kind,
+                s.method,
+                KNOCKOUT_SCRIPT,
+                digest,
+                extra,
+            )
+        )
     return {KNOCKOUT_SCRIPT: data}, entries
 
 
@@ -134,13 +151,17 @@ def _description(traced: bool) -> tuple[str, ...]:
 
 def _knockout_environment(env: jinja2.Environment) -> jinja2.Environment:
     """``env`` with its top template name standing for ``knockout.py.j2``, so that
-    :func:`render_script` (which renders the top template) renders the knockout script."""
+    :func:`render_script` (which renders the top template) renders the knockout script.
+    """
     top = jinja2.DictLoader({TOP_TEMPLATE: '{% include "' + KNOCKOUT_TEMPLATE + '" %}'})
     return env.overlay(loader=jinja2.ChoiceLoader([top, env.loader]))
 
 
 def _check_names(model_source: str, path: Path) -> None:
-    clash = sorted(defined_names(model_source) & (defined_names(knockout_block_source()) | KNOCKOUT_NAMES))
+    clash = sorted(
+        defined_names(model_source)
+        & (defined_names(knockout_block_source()) | KNOCKOUT_NAMES)
+    )
     if clash:
         raise ConfigError(
             f"{path} defines {', '.join(clash)}, which knockout.py defines too",

@@ -18,7 +18,12 @@ from ablagen.errors import ComponentError
 #: the method a component gets when --methods is not given: remove it where the
 #: shapes allow, else zero it; neurons are masked
 DEFAULT_METHOD_ORDER = ("identity", "zero", "mask")
-KIND_ALIASES = {"layers": "layer", "blocks": "block", "activations": "activation", "neurons": "neuron"}
+KIND_ALIASES = {
+    "layers": "layer",
+    "blocks": "block",
+    "activations": "activation",
+    "neurons": "neuron",
+}
 DEFAULT_KINDS = ("layer", "block", "activation")
 
 
@@ -29,7 +34,9 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
     for word in (w.strip() for w in text.split(",") if w.strip()):
         kind = KIND_ALIASES.get(word, word)
         if kind not in KINDS:
-            raise ComponentError(f"unknown kind {word!r}", f"use some of: {', '.join(KIND_ALIASES)}")
+            raise ComponentError(
+                f"unknown kind {word!r}", f"use some of: {', '.join(KIND_ALIASES)}"
+            )
         kinds.append(kind)
     return tuple(dict.fromkeys(kinds))
 
@@ -40,7 +47,9 @@ def parse_methods(text: str | None) -> tuple[str, ...] | None:
     methods = tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
     for method in methods:
         if method not in METHODS:
-            raise ComponentError(f"unknown method {method!r}", f"use some of: {', '.join(METHODS)}")
+            raise ComponentError(
+                f"unknown method {method!r}", f"use some of: {', '.join(METHODS)}"
+            )
     return methods
 
 
@@ -78,10 +87,17 @@ def plan_variants(
                 check_method(comp, m)
                 chosen.append((comp, m))
         order = {c.id: i for i, c in enumerate(inventory.components)}
-        return sorted(dict.fromkeys(chosen), key=lambda cm: (order[cm[0].id], METHODS.index(cm[1])))
+        return sorted(
+            dict.fromkeys(chosen),
+            key=lambda cm: (order[cm[0].id], METHODS.index(cm[1])),
+        )
     pairs = []
     for comp in inventory.of_kinds(kinds):
-        for m in [m for m in methods if m in comp.methods] if methods else [default_method(comp)]:
+        for m in (
+            [m for m in methods if m in comp.methods]
+            if methods
+            else [default_method(comp)]
+        ):
             pairs.append((comp, m))
     return pairs
 
@@ -117,7 +133,11 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
     check_method(comp, method)
     units = comp.units
     if method == "mask" and units:
-        span = f"unit {units[0]} is" if units[1] - units[0] == 1 else f"units {units[0]}..{units[1] - 1} are"
+        span = (
+            f"unit {units[0]} is"
+            if units[1] - units[0] == 1
+            else f"units {units[0]}..{units[1] - 1} are"
+        )
         summary = f"output {span} set to zero"
     else:
         summary = SUMMARIES[method]
@@ -152,7 +172,9 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
     )
 
 
-def script_names(variant_ids: list[str], reserved: Iterable[str] = ("baseline",)) -> dict[str, str]:
+def script_names(
+    variant_ids: list[str], reserved: Iterable[str] = ("baseline",)
+) -> dict[str, str]:
     """Readable unique file names: ``layer1.0.conv1:zero`` -> ``layer1_0_conv1__zero.py``."""
     taken = set(reserved)
     names: dict[str, str] = {}

@@ -29,7 +29,9 @@ BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length
 @dataclass(frozen=True)
 class _Section:
     text: str  # black-formatted, no trailing blank lines, ends with one newline
-    starts_with_def: bool  # first statement is a def / class (comments before it allowed)
+    starts_with_def: (
+        bool  # first statement is a def / class (comments before it allowed)
+    )
     ends_tight: bool  # last statement is the module docstring or an import
 
 
@@ -61,7 +63,8 @@ def render_raw(env: jinja2.Environment, ctx: ScriptContext) -> str:
         ) from exc
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(
-            f"template {exc.name!r} not found", "add it to --templates DIR or fix the include"
+            f"template {exc.name!r} not found",
+            "add it to --templates DIR or fix the include",
         ) from exc
     except jinja2.UndefinedError as exc:
         where = _template_frame(exc)
@@ -89,9 +92,15 @@ def _format_section(text: str) -> _Section:
     formatted = black.format_str(text, mode=BLACK_MODE)
     body = ast.parse(formatted).body
     first, last = (body[0], body[-1]) if body else (None, None)
-    is_docstring = isinstance(last, ast.Expr) and isinstance(getattr(last, "value", None), ast.Constant) and len(body) == 1
+    is_docstring = (
+        isinstance(last, ast.Expr)
+        and isinstance(getattr(last, "value", None), ast.Constant)
+        and len(body) == 1
+    )
     return _Section(
         text=formatted.rstrip("\n") + "\n",
-        starts_with_def=isinstance(first, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)),
+        starts_with_def=isinstance(
+            first, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        ),
         ends_tight=is_docstring or isinstance(last, (ast.Import, ast.ImportFrom)),
     )

@@ -28,13 +28,26 @@ from ablagen.codegen.context import (
 from ablagen.codegen.env import make_environment
 from ablagen.codegen.knockout import render_knockout
 from ablagen.codegen.perturb_block import perturb_block_source
-from ablagen.codegen.plan import ablation_spec, parse_kinds, parse_methods, plan_variants, script_names
+from ablagen.codegen.plan import (
+    ablation_spec,
+    parse_kinds,
+    parse_methods,
+    plan_variants,
+    script_names,
+)
 from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError, OutputError, StudyError
 from ablagen.fsutil import sha256_bytes
 from ablagen.loading import LoadedModel, load_model, split_model_spec
 from ablagen.source import embed_model_source
-from ablagen.studydir import BASELINE_ID, MANIFEST, Manifest, VariantEntry, is_study_dir, load_manifest
+from ablagen.studydir import (
+    BASELINE_ID,
+    MANIFEST,
+    Manifest,
+    VariantEntry,
+    is_study_dir,
+    load_manifest,
+)
 
 MODES = ("retrain", "knockout")
 
@@ -52,7 +65,13 @@ SCRIPT_NAMES = frozenset(
 
 #: imports every built-in script has; the embedded model source does not repeat them
 SCRIPT_IMPORTS = frozenset(
-    {"import torch", "import torch.nn.functional as F", "from torch import nn", "import math", "import copy"}
+    {
+        "import torch",
+        "import torch.nn.functional as F",
+        "from torch import nn",
+        "import math",
+        "import copy",
+    }
 )
 
 
@@ -66,7 +85,9 @@ class GenerateOptions:
     neuron_groups: int | None = None
     input_shape: str | None = None
     mode: str = "retrain"
-    dataset: str | None = None  # None: build_data() if the file has it, else its DATASET, else synthetic
+    dataset: str | None = (
+        None  # None: build_data() if the file has it, else its DATASET, else synthetic
+    )
     val_fraction: float = 0.2
     split_seed: int = 0
     dropout: float | None = None
@@ -107,11 +128,22 @@ class Prepared:
             perturb_source=perturb_block_source(),
         )
 
-    def render(self, script_name: str, variant_id: str, title: str, description: tuple[str, ...], **fields: Any) -> bytes:
+    def render(
+        self,
+        script_name: str,
+        variant_id: str,
+        title: str,
+        description: tuple[str, ...],
+        **fields: Any,
+    ) -> bytes:
         """One formatted script; ``fields`` override the shared context (train, ablations, ...)."""
         ctx_fields = {**self.base, "ablations": (), **fields}
         ctx = ScriptContext(
-            script_name=script_name, variant_id=variant_id, title=title, description=description, **ctx_fields
+            script_name=script_name,
+            variant_id=variant_id,
+            title=title,
+            description=description,
+            **ctx_fields,
         )
         return render_script(self.env, ctx).encode("utf-8")
 
@@ -121,13 +153,17 @@ def prepare(opts: GenerateOptions) -> Prepared:
     opts.train.validate()
     opts = replace(opts, out=opts.out.resolve())
     if opts.mode not in MODES:
-        raise ConfigError(f"unknown mode {opts.mode!r}", f"use one of: {', '.join(MODES)}")
+        raise ConfigError(
+            f"unknown mode {opts.mode!r}", f"use one of: {', '.join(MODES)}"
+        )
     env = make_environment(opts.templates)
     loaded = load_model(opts.model, opts.input_shape)
     inventory = analyze(loaded, opts.neuron_groups)
     data = _data_spec(opts, loaded)
     model = _model_info(opts, loaded, data)
-    return Prepared(opts, env, loaded, inventory, data, model, regenerate_command(opts, model.path))
+    return Prepared(
+        opts, env, loaded, inventory, data, model, regenerate_command(opts, model.path)
+    )
 
 
 def generate_study(opts: GenerateOptions) -> GeneratedStudy:
@@ -135,8 +171,18 @@ def generate_study(opts: GenerateOptions) -> GeneratedStudy:
     kinds, methods = parse_kinds(opts.kinds), parse_methods(opts.methods)
     _check_out(opts.out.resolve(), opts.model, opts.force)
     prepared = prepare(opts)
-    opts, env, loaded, inventory = prepared.opts, prepared.env, prepared.loaded, prepared.inventory
-    data, model, command, base = prepared.data, prepared.model, prepared.command, prepared.base
+    opts, env, loaded, inventory = (
+        prepared.opts,
+        prepared.env,
+        prepared.loaded,
+        prepared.inventory,
+    )
+    data, model, command, base = (
+        prepared.data,
+        prepared.model,
+        prepared.command,
+        prepared.base,
+    )
     pairs = plan_variants(inventory, kinds, opts.components, methods)
     specs = [ablation_spec(comp, method) for comp, method in pairs]
     names = script_names([s.variant_id for s in specs])
@@ -153,8 +199,12 @@ def generate_study(opts: GenerateOptions) -> GeneratedStudy:
         )
         files[name] = data_bytes
         entries.append(_entry(spec, name, sha256_bytes(data_bytes)))
-    if opts.mode == "knockout":  # one knockout.py scores every variant on the trained baseline
-        knockout_files, entries = render_knockout(env, base, specs, loaded, inventory, opts.templates is not None)
+    if (
+        opts.mode == "knockout"
+    ):  # one knockout.py scores every variant on the trained baseline
+        knockout_files, entries = render_knockout(
+            env, base, specs, loaded, inventory, opts.templates is not None
+        )
         files.update(knockout_files)
     manifest = Manifest(
         ablagen_version=__version__,
@@ -179,7 +229,9 @@ def generate_study(opts: GenerateOptions) -> GeneratedStudy:
 def _entry(spec: AblationSpec | None, script: str, digest: str) -> VariantEntry:
     if spec is None:
         return VariantEntry(BASELINE_ID, None, "baseline", None, script, digest)
-    return VariantEntry(spec.variant_id, spec.component_id, spec.kind, spec.method, script, digest)
+    return VariantEntry(
+        spec.variant_id, spec.component_id, spec.kind, spec.method, script, digest
+    )
 
 
 def _title(spec: AblationSpec | None, loaded: LoadedModel) -> str:
@@ -190,8 +242,12 @@ def _title(spec: AblationSpec | None, loaded: LoadedModel) -> str:
 
 def _description(spec: AblationSpec | None) -> tuple[str, ...]:
     if spec is None:
-        return ("Every ablation variant of this study is compared with this run, seed by seed.",)
-    return (f"{spec.component_id} ({spec.op}, a {spec.kind}) -- {spec.method}: {spec.summary}.",)
+        return (
+            "Every ablation variant of this study is compared with this run, seed by seed.",
+        )
+    return (
+        f"{spec.component_id} ({spec.op}, a {spec.kind}) -- {spec.method}: {spec.summary}.",
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -201,15 +257,26 @@ def _data_spec(opts: GenerateOptions, loaded: LoadedModel) -> DataSpec:
     dataset = opts.dataset
     if dataset is None:
         default = getattr(loaded.module, "DATASET", None)
-        dataset = "build_data" if loaded.has_build_data else default if isinstance(default, str) else "synthetic"
+        dataset = (
+            "build_data"
+            if loaded.has_build_data
+            else default if isinstance(default, str) else "synthetic"
+        )
     if dataset == "file":
         dataset = "build_data"
     if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}", f"use one of: {', '.join(DATASETS)}, file")
+        raise ConfigError(
+            f"unknown dataset {dataset!r}", f"use one of: {', '.join(DATASETS)}, file"
+        )
     if dataset == "build_data" and not loaded.has_build_data:
-        raise ConfigError(f"{loaded.path} has no build_data()", "define it, or pick a built-in --dataset")
+        raise ConfigError(
+            f"{loaded.path} has no build_data()",
+            "define it, or pick a built-in --dataset",
+        )
     if not 0 < opts.val_fraction < 1:
-        raise ConfigError(f"bad --val-fraction {opts.val_fraction}", "give a share in (0, 1)")
+        raise ConfigError(
+            f"bad --val-fraction {opts.val_fraction}", "give a share in (0, 1)"
+        )
     if len(loaded.example_inputs) != 1 and dataset != "build_data":
         raise ConfigError(
             f"{loaded.path}'s model takes {len(loaded.example_inputs)} inputs",
@@ -226,20 +293,31 @@ def _data_spec(opts: GenerateOptions, loaded: LoadedModel) -> DataSpec:
             )
     token_range = None
     if not sample.is_floating_point():
-        vocab = [m.num_embeddings for m in loaded.model.modules() if isinstance(m, torch.nn.Embedding)]
+        vocab = [
+            m.num_embeddings
+            for m in loaded.model.modules()
+            if isinstance(m, torch.nn.Embedding)
+        ]
         token_range = min(vocab) if vocab else int(loaded.example_inputs[0].max()) + 1
-    return DataSpec(dataset, opts.val_fraction, opts.split_seed, token_range=token_range)
+    return DataSpec(
+        dataset, opts.val_fraction, opts.split_seed, token_range=token_range
+    )
 
 
-def _model_info(opts: GenerateOptions, loaded: LoadedModel, data: DataSpec) -> ModelInfo:
-    wanted = {loaded.ref.name} | ({"build_data"} if data.dataset == "build_data" else set())
+def _model_info(
+    opts: GenerateOptions, loaded: LoadedModel, data: DataSpec
+) -> ModelInfo:
+    wanted = {loaded.ref.name} | (
+        {"build_data"} if data.dataset == "build_data" else set()
+    )
     constants = {}
     if opts.dropout is not None:
         if not 0 <= opts.dropout < 1:
             raise ConfigError(f"bad --dropout {opts.dropout}", "give a rate in [0, 1)")
         if not isinstance(getattr(loaded.module, "DROPOUT", None), float):
             raise ConfigError(
-                f"{loaded.path} exposes no DROPOUT constant", "define DROPOUT = 0.1 and use it in the model"
+                f"{loaded.path} exposes no DROPOUT constant",
+                "define DROPOUT = 0.1 and use it in the model",
             )
         wanted.add("DROPOUT")
         constants["DROPOUT"] = repr(float(opts.dropout))
@@ -254,7 +332,9 @@ def _model_info(opts: GenerateOptions, loaded: LoadedModel, data: DataSpec) -> M
         output = loaded.model(*loaded.example_inputs)
     first = output[0] if isinstance(output, (tuple, list)) else output
     return ModelInfo(
-        path=Path(os.path.relpath(loaded.path.resolve(), opts.out.resolve())).as_posix(),
+        path=Path(
+            os.path.relpath(loaded.path.resolve(), opts.out.resolve())
+        ).as_posix(),
         label=loaded.ref.label,
         sha256=loaded.sha256,
         source=embedded.code,
@@ -287,13 +367,29 @@ def _check_out(out: Path, model: str, force: bool) -> None:
 # --------------------------------------------------------------------------- manifest
 
 
-_FLAG_FIELDS = ("kinds", "methods", "neuron_groups", "input_shape", "mode", "dataset", "val_fraction", "split_seed", "dropout")
+_FLAG_FIELDS = (
+    "kinds",
+    "methods",
+    "neuron_groups",
+    "input_shape",
+    "mode",
+    "dataset",
+    "val_fraction",
+    "split_seed",
+    "dropout",
+)
 
 
 def regenerate_command(opts: GenerateOptions, model_rel: str) -> str:
     """The command that regenerates the study, run from inside the study directory."""
     _, name = split_model_spec(opts.model)
-    words = ["ablagen", "generate", model_rel + (f":{name}" if name else ""), "--out", "."]
+    words = [
+        "ablagen",
+        "generate",
+        model_rel + (f":{name}" if name else ""),
+        "--out",
+        ".",
+    ]
     defaults = GenerateOptions(model="", out=Path("."))
     for key in _FLAG_FIELDS:
         value = getattr(opts, key)
@@ -306,9 +402,22 @@ def regenerate_command(opts: GenerateOptions, model_rel: str) -> str:
         value = getattr(opts.train, f.name)
         if value != getattr(base, f.name):
             flag = f"--{f.name.replace('_', '-')}"
-            words += [flag] if value is True else [f"--no-{f.name.replace('_', '-')}"] if value is False else [flag, str(value)]
+            words += (
+                [flag]
+                if value is True
+                else (
+                    [f"--no-{f.name.replace('_', '-')}"]
+                    if value is False
+                    else [flag, str(value)]
+                )
+            )
     if opts.templates is not None:
-        words += ["--templates", Path(os.path.relpath(opts.templates.resolve(), opts.out.resolve())).as_posix()]
+        words += [
+            "--templates",
+            Path(
+                os.path.relpath(opts.templates.resolve(), opts.out.resolve())
+            ).as_posix(),
+        ]
     return shlex.join(words)
 
 
@@ -326,7 +435,11 @@ def _config_json(opts: GenerateOptions, data: DataSpec, command: str) -> dict[st
         "train": asdict(opts.train),
         "custom_templates": opts.templates is not None,
         "templates_path": (
-            Path(os.path.relpath(opts.templates.resolve(), opts.out.resolve())).as_posix() if opts.templates else None
+            Path(
+                os.path.relpath(opts.templates.resolve(), opts.out.resolve())
+            ).as_posix()
+            if opts.templates
+            else None
         ),
     }
 
@@ -346,13 +459,17 @@ def write_study(out: Path, files: dict[str, bytes]) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".ablagen-tmp-{out.name}-", dir=parent))
     except OSError as exc:
-        raise OutputError(f"cannot write to {str(out)!r} ({exc.strerror})", "choose a writable --out") from exc
+        raise OutputError(
+            f"cannot write to {str(out)!r} ({exc.strerror})", "choose a writable --out"
+        ) from exc
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write the study to {str(out)!r} ({exc})", "choose a writable --out") from exc
+        raise OutputError(
+            f"cannot write the study to {str(out)!r} ({exc})", "choose a writable --out"
+        ) from exc
     if not out.is_dir():
         tmp.rename(out)
         return

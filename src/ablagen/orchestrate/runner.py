@@ -37,7 +37,13 @@ from ablagen.orchestrate.outcome import classify, read_tail
 from ablagen.orchestrate.owner import Owner, pid_alive
 from ablagen.orchestrate.records import RunRecord
 from ablagen.orchestrate.store import ResultStore
-from ablagen.studydir import BASELINE_ID, LOGS_DIR, Manifest, load_manifest, split_result
+from ablagen.studydir import (
+    BASELINE_ID,
+    LOGS_DIR,
+    Manifest,
+    load_manifest,
+    split_result,
+)
 
 
 @dataclass(frozen=True)
@@ -95,12 +101,16 @@ def plan_runs(study: Path, manifest: Manifest, options: RunOptions) -> list[RunS
                 "regenerate the study with `ablagen generate ... --force`, or restore the script",
             )
         members: tuple[str, ...] = ()
-        if entry.extra.get("knockout"):  # one run of the shared script scores every entry
+        if entry.extra.get(
+            "knockout"
+        ):  # one run of the shared script scores every entry
             if entry.script in grouped:
                 continue
             grouped.add(entry.script)
             members = tuple(v.id for v in manifest.variants if v.script == entry.script)
-            entry = manifest.variant(BASELINE_ID if BASELINE_ID in members else members[0])
+            entry = manifest.variant(
+                BASELINE_ID if BASELINE_ID in members else members[0]
+            )
         specs += [
             RunSpec(entry.id, entry.script, entry.sha256, seed, dict(args), members)
             for seed in seeds
@@ -324,10 +334,14 @@ class _Session:
                 continue
             result = split.get(member)
             status = result["status"] if result and record.ok else record.status
-            self.store.finish(replace(record, variant_id=member, status=status, result=result))
+            self.store.finish(
+                replace(record, variant_id=member, status=status, result=result)
+            )
         own = split.get(spec.variant_id)
         status = own["status"] if own and record.ok else record.status
-        return self.store.finish(replace(record, status=status, result=own or record.result))
+        return self.store.finish(
+            replace(record, status=status, result=own or record.result)
+        )
 
     def _start(self, spec: RunSpec) -> bool:
         if not self.store.claim(spec, self.owner, self.backend.name):

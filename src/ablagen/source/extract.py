@@ -17,7 +17,12 @@ import libcst as cst
 
 from ablagen.errors import ModelFileError
 from ablagen.source.gather import TopLevel, needed_statements, top_level_statements
-from ablagen.source.transforms import DropImports, DropMainGuard, KeepStatements, SetConstants
+from ablagen.source.transforms import (
+    DropImports,
+    DropMainGuard,
+    KeepStatements,
+    SetConstants,
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,15 @@ def embed_model_source(
     files: list[Path] = []
     _embed(path.resolve(), wanted, constants or {}, chunks, names, files, stack=())
     if known_imports:
-        chunks = [cst.parse_module(c).visit(DropImports(set(known_imports))).code for c in chunks]
-    return EmbeddedSource("\n\n".join(c.strip("\n") for c in chunks if c.strip()) + "\n", frozenset(names), tuple(files))
+        chunks = [
+            cst.parse_module(c).visit(DropImports(set(known_imports))).code
+            for c in chunks
+        ]
+    return EmbeddedSource(
+        "\n\n".join(c.strip("\n") for c in chunks if c.strip()) + "\n",
+        frozenset(names),
+        tuple(files),
+    )
 
 
 def _parse(path: Path) -> cst.Module:
@@ -52,7 +64,9 @@ def _parse(path: Path) -> cst.Module:
         return cst.parse_module(path.read_text(encoding="utf-8"))
     except (OSError, cst.ParserSyntaxError) as exc:
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ModelFileError(f"cannot parse {path}: {first_line}", "fix the file's syntax") from exc
+        raise ModelFileError(
+            f"cannot parse {path}: {first_line}", "fix the file's syntax"
+        ) from exc
 
 
 def _embed(
@@ -65,11 +79,16 @@ def _embed(
     stack: tuple[Path, ...],
 ) -> None:
     if path in stack:
-        raise ModelFileError(f"circular import between {path.name} and {stack[-1].name}", "break the cycle")
+        raise ModelFileError(
+            f"circular import between {path.name} and {stack[-1].name}",
+            "break the cycle",
+        )
     module = _parse(path).visit(DropMainGuard())
     statements = top_level_statements(module)
     keep = needed_statements(statements, wanted)
-    sibling_imports = [st for st in keep if st.is_import and _sibling(path, st) is not None]
+    sibling_imports = [
+        st for st in keep if st.is_import and _sibling(path, st) is not None
+    ]
     for st in sibling_imports:
         sibling = _sibling(path, st)
         assert sibling is not None
@@ -80,9 +99,18 @@ def _embed(
             )
         if "*" in st.defines:
             raise ModelFileError(
-                f"{path.name} uses `from {sibling.stem} import *`", "import the names the model needs explicitly"
+                f"{path.name} uses `from {sibling.stem} import *`",
+                "import the names the model needs explicitly",
             )
-        _embed(sibling, set(st.defines) & _used_names(keep), {}, chunks, names, files, stack + (path,))
+        _embed(
+            sibling,
+            set(st.defines) & _used_names(keep),
+            {},
+            chunks,
+            names,
+            files,
+            stack + (path,),
+        )
     indices = {st.index for st in keep if st not in sibling_imports}
     kept = module.visit(KeepStatements(indices))
     if constants:
@@ -93,12 +121,16 @@ def _embed(
 
 
 def _used_names(statements: list[TopLevel]) -> set[str]:
-    return {n for st in statements for n in st.uses} | {n for st in statements if not st.is_import for n in st.defines}
+    return {n for st in statements for n in st.uses} | {
+        n for st in statements if not st.is_import for n in st.defines
+    }
 
 
 def _sibling(path: Path, st: TopLevel) -> Path | None:
     """The sibling file a top-level import refers to, if it is one."""
-    modules = [st.import_from] if st.import_from is not None else list(st.imported_modules)
+    modules = (
+        [st.import_from] if st.import_from is not None else list(st.imported_modules)
+    )
     for mod in modules:
         if mod.startswith("."):
             raise ModelFileError(
@@ -106,7 +138,10 @@ def _sibling(path: Path, st: TopLevel) -> Path | None:
                 "use an absolute import of a module next to the model file",
             )
         first = mod.split(".")[0]
-        for candidate in (path.parent / f"{first}.py", path.parent / first / "__init__.py"):
+        for candidate in (
+            path.parent / f"{first}.py",
+            path.parent / first / "__init__.py",
+        ):
             if candidate.is_file():
                 return candidate
     return None

@@ -20,7 +20,9 @@ class TopLevel:
     defines: frozenset[str]
     uses: frozenset[str]
     is_import: bool
-    import_from: str | None  # module of a `from X import ...` (dots included), else None
+    import_from: (
+        str | None
+    )  # module of a `from X import ...` (dots included), else None
     imported_modules: tuple[str, ...]  # modules of `import X, Y` statements
 
 
@@ -67,7 +69,9 @@ def is_main_guard(node: cst.CSTNode) -> bool:
         m.If(
             test=m.Comparison(
                 left=m.Name("__name__"),
-                comparisons=[m.ComparisonTarget(operator=m.Equal(), comparator=m.SimpleString())],
+                comparisons=[
+                    m.ComparisonTarget(operator=m.Equal(), comparator=m.SimpleString())
+                ],
             )
         ),
     )
@@ -83,7 +87,9 @@ def top_level_statements(module: cst.Module) -> list[TopLevel]:
         uses = _uses(stmt)
         if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
             defines.add(stmt.name.value)
-            uses = uses - {stmt.name.value} if isinstance(stmt, cst.FunctionDef) else uses
+            uses = (
+                uses - {stmt.name.value} if isinstance(stmt, cst.FunctionDef) else uses
+            )
         elif isinstance(stmt, cst.SimpleStatementLine):
             for small in stmt.body:
                 if isinstance(small, cst.Import):
@@ -92,7 +98,11 @@ def top_level_statements(module: cst.Module) -> list[TopLevel]:
                         full = _dotted(alias.name)
                         imported.append(full)
                         asname = alias.asname.name if alias.asname else None
-                        defines.add(asname.value if isinstance(asname, cst.Name) else full.split(".")[0])
+                        defines.add(
+                            asname.value
+                            if isinstance(asname, cst.Name)
+                            else full.split(".")[0]
+                        )
                 elif isinstance(small, cst.ImportFrom):
                     is_import = True
                     dots = "." * len(small.relative)
@@ -102,14 +112,26 @@ def top_level_statements(module: cst.Module) -> list[TopLevel]:
                     else:
                         for alias in small.names:
                             asname = alias.asname.name if alias.asname else None
-                            defines.add(asname.value if isinstance(asname, cst.Name) else _dotted(alias.name))
+                            defines.add(
+                                asname.value
+                                if isinstance(asname, cst.Name)
+                                else _dotted(alias.name)
+                            )
                 elif isinstance(small, cst.Assign):
                     for target in small.targets:
                         defines |= _targets(target.target)
                 elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
                     defines |= _targets(small.target)
         out.append(
-            TopLevel(index, stmt, frozenset(defines), uses, is_import, import_from, tuple(imported))
+            TopLevel(
+                index,
+                stmt,
+                frozenset(defines),
+                uses,
+                is_import,
+                import_from,
+                tuple(imported),
+            )
         )
     return out
 

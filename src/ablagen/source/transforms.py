@@ -11,7 +11,9 @@ class DropMainGuard(cst.CSTTransformer):
     """Remove top-level ``if __name__ == "__main__":`` blocks."""
 
     def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
-        return updated.with_changes(body=[s for s in updated.body if not is_main_guard(s)])
+        return updated.with_changes(
+            body=[s for s in updated.body if not is_main_guard(s)]
+        )
 
 
 class KeepStatements(cst.CSTTransformer):
@@ -23,7 +25,9 @@ class KeepStatements(cst.CSTTransformer):
 
     def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
         body = [s for i, s in enumerate(updated.body) if i in self.indices]
-        if body:  # the first kept statement must not inherit the file's leading blank lines
+        if (
+            body
+        ):  # the first kept statement must not inherit the file's leading blank lines
             body[0] = body[0].with_changes(leading_lines=())
         return updated.with_changes(body=body, header=())
 
@@ -44,11 +48,15 @@ class SetConstants(cst.CSTTransformer):
         return False
 
     def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
-        if len(updated.targets) == 1 and isinstance(updated.targets[0].target, cst.Name):
+        if len(updated.targets) == 1 and isinstance(
+            updated.targets[0].target, cst.Name
+        ):
             name = updated.targets[0].target.value
             if name in self.values:
                 self.done.add(name)
-                return updated.with_changes(value=cst.parse_expression(self.values[name]))
+                return updated.with_changes(
+                    value=cst.parse_expression(self.values[name])
+                )
         return updated
 
 
