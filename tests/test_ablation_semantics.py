@@ -207,3 +207,17 @@ def test_lstm_zero_returns_zero_tuple(tmp_path):
     _, ref, ablated = _models(study, "lstm__zero.py")
     tokens = torch.arange(10).reshape(2, 5)
     assert torch.allclose(ablated(tokens), ref.head(torch.zeros(2, 8)))
+
+
+def test_identity_at_a_call_site_of_an_inplace_module(tmp_path):
+    """ReLU(inplace=True) overwrites its input: the skipped site must still pass it on."""
+    study = generate(
+        MODELS / "inplace_reused.py",
+        tmp_path / "inplace",
+        components=("relu@1:identity",),
+        dataset="synthetic",
+    )
+    _, ref, ablated = _models(study, "relu_1__identity.py")
+    x = torch.randn(4, 5)
+    expected = ref.b(ref.a(torch.relu(x)))  # the second relu skipped, the first kept
+    assert torch.allclose(ablated(x), expected, atol=1e-6)
