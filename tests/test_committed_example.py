@@ -71,3 +71,22 @@ def test_every_committed_script_runs_one_epoch(tmp_path):
             assert result["status"] == "ok" and result["variant"] == entry.id
             assert len(result["history"]) == 1 and 0 <= result["final"]["val_acc"] <= 1
             assert result["params_effective"] <= result["params_total"]
+
+
+@pytest.mark.slow
+def test_same_arguments_give_the_same_metrics(tmp_path):
+    def run(name):
+        out = tmp_path / name
+        subprocess.run(
+            [sys.executable, "baseline.py", "--epochs", "2", "--seed", "3", "--out", str(out)],
+            cwd=STUDY,
+            check=True,
+            capture_output=True,
+        )
+        result = json.loads(out.read_text())
+        for timing in ("wall_time_s", "samples_per_s", "peak_memory_bytes"):
+            result.pop(timing)
+        return result
+
+    first, second = run("a.json"), run("b.json")
+    assert first == second and first["history"][1]["val_loss"] > 0
