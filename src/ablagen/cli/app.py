@@ -10,7 +10,7 @@ from ablagen import __version__
 
 app = typer.Typer(
     name="ablagen",
-    help="Automated ablation studies for PyTorch models: analyze, generate, run, rank.",
+    help="Automated ablation studies for PyTorch models: analyze, generate, run, rank, hybrid, study.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
