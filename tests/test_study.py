@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ablagen.studydir import load_manifest
 from conftest import EXAMPLES, MODELS, run_cli

@@ -8,7 +8,6 @@ import itertools
 import pytest
 import torch
 
-from ablagen.codegen.context import TrainConfig
 from conftest import EXAMPLES, MODELS
 from scriptutil import generate, load_script
 

@@ -39,7 +39,7 @@ from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError, OutputError, StudyError
 from ablagen.fsutil import sha256_bytes
 from ablagen.loading import LoadedModel, load_model, split_model_spec
-from ablagen.source import embed_model_source
+from ablagen.source import embed_model_source, without_imports
 from ablagen.studydir import (
     BASELINE_ID,
     MANIFEST,
@@ -125,7 +125,7 @@ class Prepared:
             model=self.model,
             data=self.data,
             train=self.opts.train,
-            perturb_source=perturb_block_source(),
+            perturb_source=without_imports(perturb_block_source(), SCRIPT_IMPORTS),
         )
 
     def render(

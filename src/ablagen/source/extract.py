@@ -48,15 +48,17 @@ def embed_model_source(
     files: list[Path] = []
     _embed(path.resolve(), wanted, constants or {}, chunks, names, files, stack=())
     if known_imports:
-        chunks = [
-            cst.parse_module(c).visit(DropImports(set(known_imports))).code
-            for c in chunks
-        ]
+        chunks = [without_imports(c, known_imports) for c in chunks]
     return EmbeddedSource(
         "\n\n".join(c.strip("\n") for c in chunks if c.strip()) + "\n",
         frozenset(names),
         tuple(files),
     )
+
+
+def without_imports(code: str, imports: frozenset[str]) -> str:
+    """``code`` without its top-level import statements that are in ``imports``."""
+    return cst.parse_module(code).visit(DropImports(set(imports))).code
 
 
 def _parse(path: Path) -> cst.Module:

@@ -13,7 +13,6 @@ exits 0 (ok), 1 (failed) or 3 (diverged).
 """
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -118,11 +117,8 @@ def split(x, y):
 # -----------------------------------------------------------------------------
 # optimizer: torch.optim wrapped in the perturbation-aware optimizer below
 # --- perturbation-aware optimizer (embedded from ablagen.perturb v0.1.0; edit there, not here) ---
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence, TypeVar
-
-import torch
 
 C = TypeVar("C", bound=type)
 
