@@ -5,10 +5,14 @@ Everything is a ratio of medians measured side by side in one run, the
 variants interleaved step by step, so a busy machine slows all of them alike.
 
 (a) noise alone, per step: one ``normal_`` over a flat buffer of all parameter
-    elements (the floor), ours (``perturb_grads``: guard pass + noise + fused
-    add), and the naive ``p.grad.add_(torch.randn_like(p) * sigma)`` per tensor;
+    elements (the floor), ours drawing in line (``perturb_grads``: guard +
+    noise + fused add), and the naive ``p.grad.add_(torch.randn_like(p) * sigma)``
+    per tensor;
 (b) a whole training step (forward, backward, step; batch 32), perturbed over
-    plain, for SGD with momentum and Adam, foreach and fused.
+    plain, for SGD with momentum and Adam, foreach and fused: the optimizer
+    with its defaults (noise drawn ahead on a side thread when torch leaves a
+    core free, as with ``--threads 1`` on two cores) and with the noise drawn
+    in line (``prefetch=False``).
 Models: the digits CNN, a ResNet-18 (CIFAR stem: 3x3 conv, 32x32 input; the
 same 62 parameter tensors and 11.7M elements as torchvision's) and a 10M MLP.
 """
@@ -158,11 +162,17 @@ class StepRow:
     workload: str
     base: str
     plain_ms: float
-    perturbed_ms: float
+    perturbed_ms: float  # the optimizer's defaults
+    inline_ms: float  # prefetch=False
+    prefetched: bool  # whether the defaults drew noise ahead
 
     @property
     def ratio(self) -> float:
         return self.perturbed_ms / self.plain_ms
+
+    @property
+    def inline_ratio(self) -> float:
+        return self.inline_ms / self.plain_ms
 
 
 def noise_cost(workload: Workload, reps: int) -> NoiseRow:
@@ -173,9 +183,14 @@ def noise_cost(workload: Workload, reps: int) -> NoiseRow:
     elements = sum(p.numel() for p in params)
     flat = torch.empty(elements)
     generator = torch.Generator().manual_seed(0)
-    ours = PerturbedOptimizer(torch.optim.SGD(params, lr=0.0), sigma=SIGMA)
+    ours = PerturbedOptimizer(
+        torch.optim.SGD(params, lr=0.0), sigma=SIGMA, prefetch=False
+    )
     unguarded = PerturbedOptimizer(
-        torch.optim.SGD(params, lr=0.0), sigma=SIGMA, skip_nonfinite=False
+        torch.optim.SGD(params, lr=0.0),
+        sigma=SIGMA,
+        skip_nonfinite=False,
+        prefetch=False,
     )
     ours.perturb_grads()
     buffers = [bucket.flat.data_ptr() for bucket in ours._buckets]  # noqa: SLF001
@@ -215,9 +230,12 @@ def step_cost(workload: Workload, base_name: str, reps: int) -> StepRow:
     """(b): forward + backward + step, plain and perturbed, on the same batch."""
     torch.manual_seed(0)
     model = workload.model()
-    twin = copy.deepcopy(model)
+    twin, triplet = copy.deepcopy(model), copy.deepcopy(model)
     plain = BASES[base_name](model.parameters())
     perturbed = PerturbedOptimizer(BASES[base_name](twin.parameters()), sigma=SIGMA)
+    inline = PerturbedOptimizer(
+        BASES[base_name](triplet.parameters()), sigma=SIGMA, prefetch=False
+    )
     x = torch.randn(BATCH, *workload.input_shape)
     y = torch.randint(0, workload.classes, (BATCH,))
 
@@ -230,11 +248,22 @@ def step_cost(workload: Workload, base_name: str, reps: int) -> StepRow:
         return run
 
     times = interleaved(
-        {"plain": train_step(model, plain), "perturbed": train_step(twin, perturbed)},
+        {
+            "plain": train_step(model, plain),
+            "perturbed": train_step(twin, perturbed),
+            "inline": train_step(triplet, inline),
+        },
         reps,
     )
+    prefetched = perturbed._ahead.current is not None  # noqa: SLF001
+    ms = {name: seconds * 1e3 for name, seconds in times.items()}
     return StepRow(
-        workload.name, base_name, times["plain"] * 1e3, times["perturbed"] * 1e3
+        workload.name,
+        base_name,
+        ms["plain"],
+        ms["perturbed"],
+        ms["inline"],
+        prefetched,
     )
 
 
@@ -261,13 +290,15 @@ def noise_table(rows: list[NoiseRow]) -> str:
 def step_table(rows: list[StepRow]) -> str:
     lines = [
         "| model | base optimizer | plain step ms | perturbed step ms "
-        "| perturbed / plain |",
-        "|---|---|---:|---:|---:|",
+        "| perturbed / plain | noise drawn ahead | in line: step ms "
+        "| in line / plain |",
+        "|---|---|---:|---:|---:|:---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.workload} | {r.base} | {r.plain_ms:.2f} | {r.perturbed_ms:.2f} "
-            f"| {r.ratio:.3f}x |"
+            f"| {r.ratio:.3f}x | {'yes' if r.prefetched else 'no'} "
+            f"| {r.inline_ms:.2f} | {r.inline_ratio:.3f}x |"
         )
     return "\n".join(lines)
 
@@ -314,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for r in noise_rows
             ],
-            "step": [asdict(r) | {"ratio": r.ratio} for r in step_rows],
+            "step": [
+                asdict(r) | {"ratio": r.ratio, "inline_ratio": r.inline_ratio}
+                for r in step_rows
+            ],
         }
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

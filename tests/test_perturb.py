@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -418,7 +419,11 @@ def test_divergence_signal() -> None:
 
 def test_exploding_gradient_norm_sets_diverged() -> None:
     model = _small_model()
-    opt = PerturbedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), sigma=0.0)
+    opt = PerturbedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        sigma=0.0,
+        grad_explosion_factor=100.0,
+    )
     for _ in range(12):
         _random_grads(model, scale=1.0)
         opt.step()
@@ -692,3 +697,89 @@ def test_cuda_identity_reproducibility_and_resume() -> None:
     resumed_opt.load_state_dict(saved["opt"])
     train(resumed, resumed_opt, 3, 6)
     assert _same(_params(model), _params(resumed))
+
+
+# -- noise drawn ahead on the side thread ----------------------------------------------
+
+PREFETCH_KINDS = ["gaussian", "uniform", "laplace", "dropnoise", "gradient_scaled", "orthogonal"]  # fmt: skip
+
+
+def _grouped(model: nn.Module, prefetch: bool, noise: str) -> PerturbedOptimizer:
+    groups = [
+        {"params": list(model[0].parameters()), "noise_scale": 2.0},
+        {"params": list(model[3].parameters())},
+    ]
+    return PerturbedOptimizer(
+        torch.optim.Adam(groups, lr=1e-2), noise=noise, sigma=0.05, seed=3,
+        prefetch=prefetch,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("noise", PREFETCH_KINDS)
+def test_prefetch_draws_exactly_what_drawing_in_line_draws(noise: str) -> None:
+    """Over several rings' worth of steps (64 steps per half for this model)."""
+    trajectories = []
+    for prefetch in (False, True):
+        model = _small_model()
+        opt = _grouped(model, prefetch, noise)
+        _train(model, opt, steps=150)
+        assert (opt._ahead.current is not None) == prefetch  # noqa: SLF001
+        trajectories.append(_params(model))
+    assert _same(*trajectories)
+
+
+def test_prefetch_follows_changes_in_which_buckets_get_noise() -> None:
+    """A group silenced, a unit scale set, a gradient missing, a skipped step:
+    noise drawn ahead for other buckets is rewound and drawn again, in order."""
+    trajectories = []
+    for prefetch in (False, True):
+        model = _small_model()
+        opt = _grouped(model, prefetch, "gaussian")
+        _train(model, opt, steps=5)
+        opt.param_groups[0]["noise_scale"] = 0.0
+        _train(model, opt, steps=3, start=5)
+        opt.param_groups[0]["noise_scale"] = 1.0
+        opt.set_unit_scale(model[3].weight, torch.tensor([0.0, 1.0, 3.0]))
+        _train(model, opt, steps=3, start=8)
+        model[0].weight.requires_grad_(False)
+        _train(model, opt, steps=3, start=11)
+        model[0].weight.requires_grad_(True)
+        _random_grads(model)
+        model[3].bias.grad[0] = float("inf")
+        opt.step()
+        _train(model, opt, steps=70, start=14)
+        assert opt.skipped_steps == 1
+        trajectories.append(_params(model))
+    assert _same(*trajectories)
+
+
+@pytest.mark.parametrize(("saving", "resuming"), [(True, False), (False, True), (True, True)])  # fmt: skip
+def test_state_dict_with_noise_drawn_ahead_resumes_exactly(
+    saving: bool, resuming: bool
+) -> None:
+    model = _small_model()
+    opt = _grouped(model, saving, "laplace")
+    _train(model, opt, steps=10)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    _train(model, opt, steps=80, start=10)
+
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = _small_model(seed=99)
+    resumed.load_state_dict(saved["model"])
+    resumed_opt = _grouped(resumed, resuming, "laplace")
+    resumed_opt.load_state_dict(saved["opt"])
+    _train(resumed, resumed_opt, steps=80, start=10)
+    assert _same(_params(model), _params(resumed))
+
+
+def test_prefetch_defaults_to_on_only_with_a_free_core() -> None:
+    model = _small_model()
+    opt = PerturbedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    _train(model, opt, steps=2)
+    free = torch.get_num_threads() < len(os.sched_getaffinity(0))
+    assert (opt._ahead.current is not None) == free  # noqa: SLF001
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    _train(model, opt, steps=2, start=2)
+    assert opt._ahead.current is None  # noqa: SLF001
