@@ -221,3 +221,33 @@ def test_identity_at_a_call_site_of_an_inplace_module(tmp_path):
     x = torch.randn(4, 5)
     expected = ref.b(ref.a(torch.relu(x)))  # the second relu skipped, the first kept
     assert torch.allclose(ablated(x), expected, atol=1e-6)
+
+
+def test_functional_activations_applied_in_place_are_ablated_where_read(tmp_path):
+    """``F.relu(h, inplace=True)`` as a bare statement and ``h.tanh_()``: later code reads
+    ``h``, so that is where zero, mean and identity must show."""
+    study = generate(
+        MODELS / "inplace_functional.py",
+        tmp_path / "inplace_fn",
+        components=("fn.relu:zero", "fn.relu:identity", "fn.tanh_:zero", "fn.tanh_:mean"),
+        dataset="synthetic",
+    )  # fmt: skip
+    x = torch.randn(4, 5)
+
+    def forward(m, relu, tanh):
+        h = m.b(relu(m.a(x)))
+        h = tanh(h)
+        return m.c(h) + h.sum(dim=1, keepdim=True)
+
+    batch_mean = lambda h: torch.tanh(h).mean(dim=0, keepdim=True).expand_as(h)  # noqa: E731
+    cases = {
+        "fn_relu__zero.py": (torch.zeros_like, torch.tanh),
+        "fn_relu__identity.py": (lambda h: h, torch.tanh),
+        "fn_tanh__zero.py": (torch.relu, torch.zeros_like),
+        "fn_tanh__mean.py": (torch.relu, batch_mean),
+    }
+    for script, (relu, tanh) in cases.items():
+        _, ref, ablated = _models(study, script)
+        ablated.train()  # mean: the batch mean while training
+        with torch.no_grad():
+            assert torch.allclose(ablated(x), forward(ref, relu, tanh), atol=1e-6), script

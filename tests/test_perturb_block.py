@@ -10,10 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from ablagen.codegen.perturb_block import (
-    perturb_block_source,
-    strip_package_scaffolding,
-)
+import ablagen.perturb
+from ablagen.codegen.embed import join_modules, strip_package_scaffolding
+from ablagen.codegen.perturb_block import perturb_block_source
 from ablagen.perturb import PerturbedOptimizer, WarmupSchedule
 
 
@@ -102,6 +101,7 @@ def test_block_is_stable_and_starts_with_its_header() -> None:
 
 def test_block_has_the_registries() -> None:
     namespace = _embedded()
+    assert not set(ablagen.perturb.__all__) - set(namespace)  # every public name
     assert set(namespace["NOISE_KINDS"]) >= {
         "gaussian",
         "uniform",
@@ -137,3 +137,45 @@ def f() -> float:
     return math.pi
 '''
     assert strip_package_scaffolding(before) == after
+
+
+def test_modules_join_into_one_with_their_imports_merged_once() -> None:
+    first = '''"""First."""
+
+import math
+from typing import Any
+
+import torch
+
+
+def area(r: float) -> Any:
+    return math.pi * r * r
+'''
+    second = '''"""Second: uses the first."""
+
+import os
+import math
+from typing import Callable, Any
+
+import torch
+
+from .first import area
+
+
+def twice(f: Callable) -> float:
+    return 2 * area(1.0)
+'''
+    assert join_modules([first, second]) == '''import math
+import os
+from typing import Any, Callable
+
+import torch
+
+
+def area(r: float) -> Any:
+    return math.pi * r * r
+
+
+def twice(f: Callable) -> float:
+    return 2 * area(1.0)
+'''

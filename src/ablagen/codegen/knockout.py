@@ -26,6 +26,7 @@ from ablagen.errors import ConfigError
 from ablagen.fsutil import sha256_bytes
 from ablagen.knockout_engine import Knockout
 from ablagen.loading import LoadedModel
+from ablagen.source import without_imports
 from ablagen.studydir import BASELINE_ID, VariantEntry
 
 KNOCKOUT_SCRIPT = "knockout.py"
@@ -37,6 +38,9 @@ KNOCKOUT_NAMES = frozenset(
     "MAX_BATCH_MB TRACED KNOCKOUTS CheckpointMismatch load_checkpoint trained_baseline "
     "variant_result knockout pickle tempfile".split()
 )
+
+#: imports ``imports.py.j2`` always writes above the engine; the block does not repeat them
+ENGINE_SCRIPT_IMPORTS = frozenset({"import time", "import torch"})
 
 
 def knockout_kwargs(comp: Component, spec: AblationSpec) -> dict[str, Any]:
@@ -95,7 +99,9 @@ def render_knockout(
         extra={
             "knockouts": rows,
             "traced": inventory.traced,
-            "engine_source": knockout_block_source(),
+            "engine_source": without_imports(
+                knockout_block_source(), ENGINE_SCRIPT_IMPORTS
+            ),
             "max_batch_mb": DEFAULT_MAX_BATCH_MB,
         },
         **base,

@@ -1,29 +1,21 @@
 """The knockout engine as a block of code for generated ``knockout.py`` scripts.
 
 ``ablagen.knockout_engine`` is the one source of truth: the scripts must not import
-ablagen, so they carry its source, minus the package scaffolding (module docstring,
-``__all__``, future imports, a main block), exactly as
-:mod:`ablagen.codegen.perturb_block` does for the optimizer.
+ablagen, so they carry its modules' source, joined by
+:func:`ablagen.codegen.embed.embed_package` as for the optimizer.
 """
 
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-import ablagen
 import ablagen.knockout_engine
-from ablagen.codegen.perturb_block import strip_package_scaffolding
+from ablagen.codegen.embed import embed_package
 
 
 def knockout_block_source() -> str:
-    """``ablagen/knockout_engine.py`` ready to paste into a script, under one header comment."""
-    source = Path(ablagen.knockout_engine.__file__).read_text(encoding="utf-8")
-    header = (
-        f"# --- knockout engine (embedded from ablagen.knockout_engine "
-        f"v{ablagen.__version__}; edit there, not here) ---\n"
-    )
-    return header + strip_package_scaffolding(source)
+    """``ablagen.knockout_engine`` ready to paste into a script, under one header comment."""
+    return embed_package(ablagen.knockout_engine, "knockout engine")
 
 
 def defined_names(source: str) -> frozenset[str]:

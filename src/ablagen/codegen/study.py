@@ -59,7 +59,7 @@ SCRIPT_NAMES = frozenset(
     "SYNTHETIC_SAMPLES TOKEN_RANGE NOISE_SCALES EXIT_CODES new_model ablate load_data split "
     "make_optimizer make_scheduler noise_scaled_groups set_unit_scales loss_fn penalty correct "
     "train_one_epoch evaluate train parse_args seed_everything peak_memory_bytes save_atomic "
-    "jsonable main BatchMean AtCallSite zero_output skip_module silence_units find_node COMPONENTS".split()
+    "jsonable main BatchMean AtCallSite zero_output skip_module silence_units find_node out_of_place COMPONENTS".split()
 )
 
 
@@ -70,6 +70,7 @@ SCRIPT_IMPORTS = frozenset(
         "import torch.nn.functional as F",
         "from torch import nn",
         "import math",
+        "import os",
         "import copy",
     }
 )

@@ -122,6 +122,7 @@ def split(x, y):
 # -----------------------------------------------------------------------------
 # optimizer: torch.optim wrapped in the perturbation-aware optimizer below
 # --- perturbation-aware optimizer (embedded from ablagen.perturb v0.1.0; edit there, not here) ---
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence, TypeVar
 
@@ -149,9 +150,6 @@ def _make(registry: dict[str, Any], what: str, name: str, kwargs: dict) -> Any:
     return registry[name](**kwargs)
 
 
-# -- noise kinds: what δ_t looks like ------------------------------------------
-
-
 @dataclass
 class NoiseBatch:
     """One bucket's tensors at one step: parameters sharing group, device, dtype.
@@ -170,17 +168,36 @@ class NoiseBatch:
 class NoiseKind:
     """How δ_t is drawn; add one with a subclass and ``@register_noise("name")``.
 
-    ``__call__(batch)`` writes δ at *unit strength* into ``batch.views``, in
-    place; the optimizer multiplies it by σ_t and the scales, then adds it to
-    the gradients, so a kind never sees σ. Draw random numbers only from
-    ``batch.generator`` (reproducible) and with one call over ``batch.flat``
-    rather than one per tensor (fast).
+    A kind writes δ at *unit strength* into ``batch.views``, in place; the
+    optimizer multiplies it by σ_t and the scales, then adds it to the
+    gradients, so a kind never sees σ. Draw random numbers only from the
+    generator given (reproducible) and with one call over the flat buffer
+    rather than one per tensor (fast). Two ways to write one:
+
+    - ``draw(flat, generator)``, the random part, which must not read the
+      gradients, and optionally ``shape(batch)``, what depends on them. The
+      optimizer can then draw the next step's numbers on a side thread while
+      forward and backward run (``prefetch``);
+    - or ``__call__(batch)`` alone, everything at step time.
     """
 
     name: ClassVar[str] = ""
 
-    def __call__(self, batch: NoiseBatch) -> None:
+    def draw(self, flat: torch.Tensor, generator: torch.Generator) -> None:
+        """Fill ``flat`` with the gradient-independent random part of δ."""
         raise NotImplementedError
+
+    def shape(self, batch: NoiseBatch) -> None:
+        """Turn the drawn numbers in ``batch.views`` into δ; may read the gradients."""
+
+    def __call__(self, batch: NoiseBatch) -> None:
+        self.draw(batch.flat, batch.generator)
+        self.shape(batch)
+
+    @property
+    def drawn_apart(self) -> bool:
+        """True when the kind draws through ``draw`` (so it can be drawn ahead)."""
+        return type(self).__call__ is NoiseKind.__call__
 
 
 NOISE_KINDS: dict[str, type[NoiseKind]] = {}
@@ -197,8 +214,8 @@ def make_noise(name: str, **kwargs: Any) -> NoiseKind:
 class GaussianNoise(NoiseKind):
     """δ ~ N(0, σ²) elementwise."""
 
-    def __call__(self, batch: NoiseBatch) -> None:
-        batch.flat.normal_(generator=batch.generator)
+    def draw(self, flat: torch.Tensor, generator: torch.Generator) -> None:
+        flat.normal_(generator=generator)
 
 
 @register_noise("uniform")
@@ -206,9 +223,9 @@ class GaussianNoise(NoiseKind):
 class UniformNoise(NoiseKind):
     """δ ~ U(−σ√3, σ√3): the same standard deviation σ as the gaussian kind."""
 
-    def __call__(self, batch: NoiseBatch) -> None:
+    def draw(self, flat: torch.Tensor, generator: torch.Generator) -> None:
         bound = math.sqrt(3.0)
-        batch.flat.uniform_(-bound, bound, generator=batch.generator)
+        flat.uniform_(-bound, bound, generator=generator)
 
 
 @register_noise("laplace")
@@ -216,9 +233,16 @@ class UniformNoise(NoiseKind):
 class LaplaceNoise(NoiseKind):
     """δ ~ Laplace(0, σ/√2): standard deviation σ, heavier tails than gaussian."""
 
-    def __call__(self, batch: NoiseBatch) -> None:
-        flat, generator = batch.flat, batch.generator
-        other = torch.empty_like(flat).exponential_(generator=generator)
+    _scratch: dict[tuple, torch.Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def draw(self, flat: torch.Tensor, generator: torch.Generator) -> None:
+        key = (flat.device, flat.dtype, flat.numel())  # one per buffer size, made once
+        other = self._scratch.get(key)
+        if other is None:
+            other = self._scratch[key] = torch.empty_like(flat)
+        other.exponential_(generator=generator)
         flat.exponential_(generator=generator).sub_(other)  # Exp(1) - Exp(1): Laplace
         flat.mul_(1.0 / math.sqrt(2.0))
 
@@ -237,10 +261,12 @@ class DropNoise(NoiseKind):
         if not 0.0 <= self.p < 1.0:
             raise ValueError(f"dropnoise p must be in [0, 1), got {self.p}")
 
-    def __call__(self, batch: NoiseBatch) -> None:
+    def draw(self, flat: torch.Tensor, generator: torch.Generator) -> None:
         keep = 1.0 - self.p
-        batch.flat.bernoulli_(keep, generator=batch.generator)
-        batch.flat.mul_(1.0 / keep).sub_(1.0)
+        flat.bernoulli_(keep, generator=generator)
+        flat.mul_(1.0 / keep).sub_(1.0)
+
+    def shape(self, batch: NoiseBatch) -> None:
         torch._foreach_mul_(batch.views, batch.grads)
 
 
@@ -249,8 +275,10 @@ class DropNoise(NoiseKind):
 class GradientScaledNoise(NoiseKind):
     """δ = α · g · ε, ε ~ N(0, 1) elementwise, α = σ."""
 
-    def __call__(self, batch: NoiseBatch) -> None:
-        batch.flat.normal_(generator=batch.generator)
+    def draw(self, flat: torch.Tensor, generator: torch.Generator) -> None:
+        flat.normal_(generator=generator)
+
+    def shape(self, batch: NoiseBatch) -> None:
         torch._foreach_mul_(batch.views, batch.grads)
 
 
@@ -259,8 +287,10 @@ class GradientScaledNoise(NoiseKind):
 class OrthogonalNoise(NoiseKind):
     """δ = σ (ε − ⟨ε, g⟩ g / ‖g‖²) per tensor: gaussian noise minus its part along g."""
 
-    def __call__(self, batch: NoiseBatch) -> None:
-        batch.flat.normal_(generator=batch.generator)
+    def draw(self, flat: torch.Tensor, generator: torch.Generator) -> None:
+        flat.normal_(generator=generator)
+
+    def shape(self, batch: NoiseBatch) -> None:
         for eps, grad in zip(batch.views, batch.grads):
             g = grad.reshape(-1)
             squared = torch.dot(g, g).clamp_min(torch.finfo(g.dtype).tiny)
@@ -286,9 +316,6 @@ class RegularizationNoise(NoiseKind):
         else:
             for view, param in zip(batch.views, batch.params):
                 torch.sign(param, out=view)
-
-
-# -- schedules: σ_t = sigma · schedule(t) --------------------------------------
 
 
 class Schedule:
@@ -466,19 +493,29 @@ class AdaptiveSchedule(Schedule):
         self.average, self.peak = state["average"], state["peak"]
 
 
-# -- the optimizer -----------------------------------------------------------------
-
-
 @dataclass
 class _Bucket:
-    """The parameters of one group on one device with one dtype, and their buffer."""
+    """The parameters of one group on one device with one dtype, and their buffers.
+
+    ``flat`` holds this step's unit noise and ``views`` its per-parameter slices:
+    the bucket's own buffer, or a slot of ``ring`` when noise is drawn ahead.
+    """
 
     group_index: int
     params: list[torch.Tensor]
     generator: torch.Generator
     scales: dict[int, torch.Tensor]  # position in params -> σ multiplier
-    flat: torch.Tensor | None = None  # allocated on the first noisy step
+    flat: torch.Tensor | None = None
     views: list[torch.Tensor] = field(default_factory=list)
+    own: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # allocated once
+    ring: torch.Tensor | None = None  # (slots, numel): noise drawn ahead
+    ring_slots: list[tuple[torch.Tensor, list[torch.Tensor]]] = field(
+        default_factory=list
+    )
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params)
 
     def live(self) -> tuple[list[int] | None, list[torch.Tensor]]:
         """Positions (None: all) and gradients of the parameters that have one."""
@@ -488,20 +525,155 @@ class _Bucket:
         positions = [i for i, g in enumerate(grads) if g is not None]
         return positions, [grads[i] for i in positions]
 
+    def use_own(self) -> torch.Tensor:
+        """Make the bucket's own buffer this step's; returns it."""
+        if self.own is None:
+            flat = self.params[0].new_empty(self.numel)
+            self.own = flat, self._views(flat)
+        self.flat, self.views = self.own
+        return self.flat
+
+    def slots(self, count: int) -> torch.Tensor:
+        """The ring of ``count`` noise buffers, allocated once per count."""
+        if self.ring is None or len(self.ring) != count:
+            # rows padded to 64 bytes: each buffer aligned as the bucket's own one,
+            # so kernels whose rounding depends on alignment give the same bits
+            per = max(1, 64 // self.params[0].element_size())
+            numel, row = self.numel, -(-self.numel // per) * per
+            self.ring = self.params[0].new_empty(count, row)
+            self.ring_slots = [(r[:numel], self._views(r[:numel])) for r in self.ring]
+        return self.ring
+
+    def use_slot(self, slot: int) -> None:
+        self.flat, self.views = self.ring_slots[slot]
+
     def batch(
         self, positions: list[int] | None, grads: list[torch.Tensor]
     ) -> NoiseBatch:
-        if self.flat is None:
-            sizes = [p.numel() for p in self.params]
-            self.flat = self.params[0].new_empty(sum(sizes))
-            self.views = [
-                v.view_as(p) for v, p in zip(self.flat.split(sizes), self.params)
-            ]
+        assert self.flat is not None
         views, params = self.views, self.params
         if positions is not None:
             views = [views[i] for i in positions]
             params = [params[i] for i in positions]
         return NoiseBatch(self.flat, views, grads, params, self.generator)
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        sizes = [p.numel() for p in self.params]
+        return [v.view_as(p) for v, p in zip(flat.split(sizes), self.params)]
+
+
+PREFETCH_ELEMENTS = 1 << 18  # numbers drawn per side-thread wake-up, at least
+PREFETCH_MAX_STEPS = 64
+
+
+@dataclass
+class _Chunk:
+    """Unit noise for ``steps`` consecutive noisy steps of ``buckets``, in slots
+    ``first .. first + steps`` of their rings; ``states[j]`` holds the generators'
+    states from before step j's draws (and, last, from after the chunk)."""
+
+    noise: NoiseKind
+    buckets: tuple[_Bucket, ...]
+    first: int
+    steps: int
+    generators: list[torch.Generator]
+    states: list[list[torch.Tensor]] = field(default_factory=list)
+    done: Future | None = None
+    used: int = 0
+
+    def matches(self, noise: NoiseKind, buckets: list[_Bucket]) -> bool:
+        return (
+            noise is self.noise
+            and len(buckets) == len(self.buckets)
+            and all(a is b for a, b in zip(buckets, self.buckets))
+        )
+
+    @torch.no_grad()
+    def fill(self) -> None:
+        """Draw every step's noise, exactly as the in-line draws would (runs aside)."""
+        for j in range(self.steps):
+            self.states.append([g.get_state() for g in self.generators])
+            for bucket in self.buckets:
+                self.noise.draw(bucket.ring_slots[self.first + j][0], bucket.generator)
+        self.states.append([g.get_state() for g in self.generators])
+
+
+class _Prefetcher:
+    """Draws unit noise ahead on the side thread. Each bucket gets a ring of two
+    halves of ``steps`` buffers: the side thread fills one half while the steps
+    use the other, so it wakes once per ``steps`` steps (each wake-up costs tens
+    of microseconds) and draws at least ``PREFETCH_ELEMENTS`` numbers each time."""
+
+    def __init__(self) -> None:
+        self.current: _Chunk | None = None  # being used, drawn (or being drawn)
+        self.next: _Chunk | None = None  # being drawn into the other half
+
+    def take(self, noise: NoiseKind, buckets: list[_Bucket]) -> None:
+        """Point each bucket's ``flat`` at this step's unit noise, drawn ahead."""
+        chunk = self.current
+        if chunk is None or not chunk.matches(noise, buckets):
+            self.cancel()  # other buckets than drawn for: draw again from here
+            elements = sum(bucket.numel for bucket in buckets)
+            steps = min(PREFETCH_MAX_STEPS, max(1, -(-PREFETCH_ELEMENTS // elements)))
+            chunk = self.current = self._start(noise, tuple(buckets), 0, steps)
+        assert chunk.done is not None
+        chunk.done.result()  # drawn during the last steps; raises what it raised
+        for bucket in buckets:
+            bucket.use_slot(chunk.first + chunk.used)
+        chunk.used += 1
+        if self.next is None:  # the other half is free: fill it now
+            other = chunk.steps - chunk.first
+            self.next = self._start(noise, chunk.buckets, other, chunk.steps)
+        if chunk.used == chunk.steps:
+            self.current, self.next = self.next, None
+
+    def cancel(self) -> None:
+        """Drop what was drawn ahead and rewind the generators to the first unused
+        draw, as if it had never been drawn."""
+        chunks = [c for c in (self.current, self.next) if c is not None]
+        self.current = self.next = None
+        for chunk in chunks:
+            assert chunk.done is not None
+            chunk.done.result()
+        if chunks:
+            first = chunks[0]
+            for generator, state in zip(first.generators, first.states[first.used]):
+                generator.set_state(state)
+
+    @staticmethod
+    def _start(
+        noise: NoiseKind, buckets: tuple[_Bucket, ...], first: int, steps: int
+    ) -> _Chunk:
+        for bucket in buckets:
+            bucket.slots(2 * steps)
+        generators = list({id(b.generator): b.generator for b in buckets}.values())
+        chunk = _Chunk(noise, buckets, first, steps, generators)
+        chunk.done = _side_thread().submit(chunk.fill)
+        return chunk
+
+
+_SIDE: list[ThreadPoolExecutor] = []  # one side thread per process, made when needed
+if hasattr(os, "register_at_fork"):  # a forked child starts without the parent's thread
+    os.register_at_fork(after_in_child=_SIDE.clear)
+
+
+def _side_thread() -> ThreadPoolExecutor:
+    if not _SIDE:
+        _SIDE.append(ThreadPoolExecutor(1, thread_name_prefix="noise-prefetch"))
+    return _SIDE[0]
+
+
+def _cores() -> int:
+    """CPU cores this process may run on (asked once)."""
+    if not _CORES:
+        try:
+            _CORES.append(len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            _CORES.append(os.cpu_count() or 1)
+    return _CORES[0]
+
+
+_CORES: list[int] = []
 
 
 @dataclass
@@ -510,7 +682,7 @@ class _Divergence:
     its first value and ``factor`` times its best (loss) or running mean (norm)."""
 
     loss_factor: float
-    grad_factor: float
+    grad_factor: float | None
     first_loss: float | None = None
     best_loss: float = math.inf
     first_norm: float | None = None
@@ -585,6 +757,13 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     Cost per bucket (group x device x dtype): one generator call into a buffer
     allocated once, one fused add; when the guard, clipping, max_noise_ratio
     or an adaptive schedule is on, a pass for the norms and one host sync.
+    With ``prefetch`` the generator call leaves the step: right after a step
+    adds its noise, a side thread draws the next step's unit noise for the CPU
+    buckets while forward and backward run. The draws come from the same
+    generators in the same order (rewound if the next step needs other
+    buckets), so a run is identical with or without it. ``prefetch=None``
+    turns it on when torch leaves a core free (``torch.get_num_threads()``
+    below the cores this process may use). CUDA draws are asynchronous anyway.
     ``observe_loss(loss)`` and ``diverged`` are a divergence signal for the loop.
     """
 
@@ -601,9 +780,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         max_noise_ratio: float | None = None,
         skip_nonfinite: bool = True,
         loss_explosion_factor: float = 10.0,
-        grad_explosion_factor: float = 100.0,
+        grad_explosion_factor: float | None = None,
         param_names: Iterable[tuple[str, torch.Tensor]] | None = None,
         independent_ranks: bool = True,
+        prefetch: bool | None = None,
     ) -> None:
         if not isinstance(base, torch.optim.Optimizer):
             raise TypeError(f"base must be a torch.optim.Optimizer, got {type(base)}")
@@ -627,9 +807,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self._names = {id(p): name for name, p in param_names or ()}
         self._rank = _rank() if independent_ranks else 0
         self._generators: dict[str, torch.Generator] = {}
+        self._flags: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # (group index, index in group) -> unit scale, shaped to broadcast over dim 0
         self._scales: dict[tuple[int, int], torch.Tensor] = {}
         self._buckets: list[_Bucket] | None = None
+        self.prefetch = prefetch
+        self._ahead = _Prefetcher()
 
     # -- what torch.optim.Optimizer offers, delegated to ``base`` -------------
 
@@ -650,7 +833,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.base.add_param_group(param_group)
-        self._buckets = None
+        self._reset_buckets()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore
         """Evaluate ``closure`` if given, perturb the gradients, then step ``base``."""
@@ -665,6 +848,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         self._get_buckets()  # makes every device's generator
+        self._ahead.cancel()  # the generators as of the draws used so far
         perturb = {
             "step": self._step,
             "skipped_steps": self.skipped_steps,
@@ -681,7 +865,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self._step = perturb["step"]
         self.skipped_steps = perturb["skipped_steps"]
         self._scales = dict(perturb["scales"])
-        self._buckets = None
+        self._reset_buckets()
         self._get_buckets()  # makes the generators whose states come next
         for key, generator_state in perturb["generators"].items():
             if key not in self._generators:
@@ -708,8 +892,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         """Feed a loss to the divergence signal; returns ``diverged``.
 
         A loss diverged when non-finite, or above both ``loss_explosion_factor``
-        times the best loss and the first loss seen. The gradient norm (seen in
-        ``step``) likewise against ``grad_explosion_factor`` times its mean.
+        times the best loss and the first loss seen. With ``grad_explosion_factor``
+        set, the gradient norm (seen in ``step``) likewise against that factor
+        times its mean; it is off by default because it costs a norm pass over
+        every gradient each step (unless clipping already takes one).
         """
         value = loss.detach() if isinstance(loss, torch.Tensor) else loss
         self._divergence.observe_loss(float(value))
@@ -732,7 +918,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         name when ``param_names`` was given; ``scale=None`` removes the scale.
         """
         key = self._locate(param)
-        self._buckets = None
+        self._reset_buckets()
         if scale is None:
             self._scales.pop(key, None)
             return
@@ -766,13 +952,26 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             if norms is None:
                 return False
             grad_norms = list(norms)
+        elif self.skip_nonfinite and not self._all_finite(live):
+            self.skipped_steps += 1
+            return False
         sigma = self.current_sigma()
         if self.noise is None or sigma == 0.0:
             return True
-        for (bucket, positions, grads), norms in zip(live, grad_norms):
-            alpha = sigma * self._group_scale(bucket.group_index)
-            if alpha != 0.0:
-                self._add_noise(bucket, bucket.batch(positions, grads), alpha, norms)
+        work = [
+            (bucket, positions, grads, norms, alpha)
+            for (bucket, positions, grads), norms in zip(live, grad_norms)
+            if (alpha := sigma * self._group_scale(bucket.group_index)) != 0.0
+        ]
+        apart = self.noise.drawn_apart  # else the kind draws in __call__
+        self._draw([entry[0] for entry in work], apart)
+        for bucket, positions, grads, norms, alpha in work:
+            batch = bucket.batch(positions, grads)
+            if apart:
+                self.noise.shape(batch)
+            else:
+                self.noise(batch)
+            self._add_noise(bucket, batch, alpha, norms)
         return True
 
     def _add_noise(
@@ -782,7 +981,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         alpha: float,
         norms: torch.Tensor | None,
     ) -> None:
-        self.noise(batch)
+        """Scale the unit noise in ``batch.views`` and add it to the gradients."""
         for position, scale in bucket.scales.items():
             bucket.views[position].mul_(scale)
         if self.max_noise_ratio is not None and norms is not None:
@@ -806,7 +1005,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             if self.skip_nonfinite:
                 self.skipped_steps += 1
                 return None
-        else:
+        elif self._divergence.grad_factor is not None:
             self._divergence.observe_grad_norm(total_value)
         if self.schedule.needs_grad_norm:
             self.schedule.observe(total_value)
@@ -828,9 +1027,24 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 norms[i] = norms[i] * local
         return norms
 
+    def _all_finite(self, live: list[tuple[_Bucket, Any, Any]]) -> bool:
+        """No inf or NaN in any gradient: one fused check per bucket, one host sync
+        (the check GradScaler uses; multiplying by 1 leaves the gradients as they are).
+        """
+        found: dict[str, torch.Tensor] = {}
+        for _, _, grads in live:
+            key, device = str(grads[0].device), grads[0].device
+            if key not in self._flags:  # (found, one) per device, made once
+                self._flags[key] = (torch.zeros((), device=device), torch.ones((), device=device))  # fmt: skip
+            flag, one = self._flags[key]
+            if key not in found:
+                found[key] = flag.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, one)
+        return not any(bool(flag) for flag in found.values())
+
     def _needs_grad_norms(self) -> bool:
         return bool(
-            self.skip_nonfinite
+            self._divergence.grad_factor is not None
             or self.clip_norm is not None
             or self.max_noise_ratio is not None
             or self.schedule.needs_grad_norm
@@ -844,7 +1058,32 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             )
         return scale
 
+    # -- drawing, in line or ahead on the side thread ------------------------------
+
+    def _draw(self, buckets: list[_Bucket], apart: bool) -> None:
+        """Unit noise into each bucket's ``flat``, in order: drawn ahead, or now
+        (``apart`` False: only the buffer, the kind draws when called)."""
+        if apart and self._prefetching(buckets):
+            self._ahead.take(self.noise, buckets)
+            return
+        self._ahead.cancel()
+        for bucket in buckets:
+            flat = bucket.use_own()
+            if apart:
+                self.noise.draw(flat, bucket.generator)
+
+    def _prefetching(self, buckets: list[_Bucket]) -> bool:
+        if any(bucket.generator.device.type != "cpu" for bucket in buckets):
+            return False  # CUDA draws are asynchronous already
+        if self.prefetch is None:
+            return torch.get_num_threads() < _cores()
+        return self.prefetch
+
     # -- bookkeeping ------------------------------------------------------------
+
+    def _reset_buckets(self) -> None:
+        self._ahead.cancel()
+        self._buckets = None
 
     def _get_buckets(self) -> list[_Bucket]:
         """Per group, one bucket per (device, dtype) of its parameters, made once."""

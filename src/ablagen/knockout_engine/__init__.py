@@ -1,0 +1,67 @@
+"""Knockout evaluation: every ablation of one trained model, scored on held-out data.
+
+Self-contained on purpose: it imports only the standard library and torch, because
+ablagen embeds this source verbatim into every generated ``knockout.py``
+(``ablagen.codegen.knockout_block``). Edit it here, never in a script.
+
+Fast path (traced models): a forward pass over a chunk of validation data caches every
+node's output; an ablation changes only the descendants of the node it replaces, so a
+generated GraphModule recomputes only those, reading the cache for the rest. Ablations
+of the same node run together, K copies stacked along the batch dimension, K bounded by
+a memory budget. A probe on 2 and 3 samples finds the per-sample values (stacking them
+is exact) and the nodes that write into their inputs in place (they get copies).
+Naive path (the reference, and untraceable models): a fresh copy of the model per
+ablation, with a forward hook or an edited graph.
+"""
+
+from .fast import CPU_MAX_ROWS, evaluate_fast
+from .graph import GraphFacts, functionalize, inspect_graph
+from .means import activation_means
+from .naive import ablated_copy, evaluate_naive
+from .records import (
+    KNOCKOUT_METHODS,
+    CorrectFn,
+    Knockout,
+    KnockoutReport,
+    LossFn,
+    Metrics,
+    Score,
+)
+from .run import run_knockouts
+from .targets import Replacer, Target, replacement, resolve
+
+#: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
+EMBED_ORDER = (
+    "values",
+    "records",
+    "graph",
+    "targets",
+    "fast",
+    "naive",
+    "means",
+    "run",
+)
+
+__all__ = [
+    "CPU_MAX_ROWS",
+    "EMBED_ORDER",
+    "KNOCKOUT_METHODS",
+    "CorrectFn",
+    "GraphFacts",
+    "Knockout",
+    "KnockoutReport",
+    "LossFn",
+    "Metrics",
+    "Replacer",
+    "Score",
+    "Target",
+    "ablated_copy",
+    "activation_means",
+    "evaluate_fast",
+    "evaluate_naive",
+    "functionalize",
+    "inspect_graph",
+    "replacement",
+    "resolve",
+    "run_knockouts",
+]

@@ -1,0 +1,81 @@
+"""The engine's records (knockouts, metrics, scores, reports) and the loss/accuracy tally."""
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+KNOCKOUT_METHODS = ("identity", "zero", "mean", "mask")
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """One ablation. ``node``: one torch.fx node (a call site or functional call);
+    ``module`` + ``block``: a block, replaced at its output; ``module`` alone: every
+    call of that module, or only call number ``call_site``."""
+
+    variant_id: str
+    method: str  # identity | zero | mean | mask
+    module: str | None = None
+    node: str | None = None
+    call_site: int | None = None
+    block: bool = False
+    units: tuple[int, int] | None = None  # mask: output units [start, stop)
+    unit_dim: int | None = None  # mask: the dimension that holds the units
+    ablated_params: int = 0  # parameters that no longer affect the output
+
+
+@dataclass(frozen=True)
+class Metrics:
+    loss: float  # mean loss per sample
+    accuracy: float  # share of correct predictions (0 for regression)
+    samples: int
+
+
+@dataclass(frozen=True)
+class Score:
+    variant_id: str
+    status: str  # "ok" | "failed" | "skipped" (the fast path cannot take it; see error)
+    metrics: Metrics | None
+    path: str  # "fast" | "naive"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class KnockoutReport:
+    baseline: Metrics  # the unablated model
+    scores: tuple[Score, ...]  # one per knockout, in the order given
+    path: str  # "fast" | "naive" | "mixed"
+    notes: tuple[str, ...]  # why some knockouts took the naive path
+    stats: dict[str, Any]  # memory and time of the fast path
+
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]  # the mean loss of a batch
+CorrectFn = Callable[
+    [Any, torch.Tensor], tuple[float, int]
+]  # (right, counted) in a batch
+
+
+class _Tally:
+    """Loss and accuracy summed over batches, as the scripts' ``evaluate()`` sums them."""
+
+    def __init__(self) -> None:
+        self.loss, self.right, self.counted, self.samples = 0.0, 0.0, 0, 0
+
+    def add(
+        self, output: Any, y: torch.Tensor, loss_fn: LossFn, correct_fn: CorrectFn
+    ) -> None:
+        right, counted = correct_fn(output, y)
+        self.loss += float(loss_fn(output, y)) * len(y)
+        self.right, self.counted, self.samples = (
+            self.right + right,
+            self.counted + counted,
+            self.samples + len(y),
+        )
+
+    def metrics(self) -> Metrics:
+        return Metrics(
+            self.loss / self.samples,
+            self.right / self.counted if self.counted else 0.0,
+            self.samples,
+        )

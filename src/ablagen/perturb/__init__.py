@@ -1,0 +1,73 @@
+"""The perturbation-aware optimizer: θ_{t+1} = θ_t − η (∇L(θ_t) + δ_t).
+
+Self-contained on purpose: its modules import only the standard library, torch
+and each other, because ablagen embeds their source into every generated
+training script (``ablagen.codegen.perturb_block``, in ``EMBED_ORDER``). Edit
+them here, never in a script.
+
+- ``noise``: the noise kinds (a registry: ``register_noise``);
+- ``schedules``: σ_t over the steps (a registry: ``register_schedule``);
+- ``buffers``: the flat noise buffers and the side thread that fills them ahead;
+- ``optimizer``: ``PerturbedOptimizer``, the wrapper around any torch.optim optimizer.
+"""
+
+from .buffers import PREFETCH_ELEMENTS, PREFETCH_MAX_STEPS
+from .noise import (
+    NOISE_KINDS,
+    DropNoise,
+    GaussianNoise,
+    GradientScaledNoise,
+    LaplaceNoise,
+    NoiseBatch,
+    NoiseKind,
+    OrthogonalNoise,
+    RegularizationNoise,
+    UniformNoise,
+    make_noise,
+    register_noise,
+)
+from .optimizer import PerturbedOptimizer
+from .schedules import (
+    SCHEDULES,
+    AdaptiveSchedule,
+    AnnealedSchedule,
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    Schedule,
+    StepSchedule,
+    WarmupSchedule,
+    make_schedule,
+    register_schedule,
+)
+
+EMBED_ORDER = ("registry", "noise", "schedules", "buffers", "optimizer")
+
+__all__ = [
+    "NOISE_KINDS",
+    "PREFETCH_ELEMENTS",
+    "PREFETCH_MAX_STEPS",
+    "SCHEDULES",
+    "AdaptiveSchedule",
+    "AnnealedSchedule",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "DropNoise",
+    "ExponentialSchedule",
+    "GaussianNoise",
+    "GradientScaledNoise",
+    "LaplaceNoise",
+    "NoiseBatch",
+    "NoiseKind",
+    "OrthogonalNoise",
+    "PerturbedOptimizer",
+    "RegularizationNoise",
+    "Schedule",
+    "StepSchedule",
+    "UniformNoise",
+    "WarmupSchedule",
+    "make_noise",
+    "make_schedule",
+    "register_noise",
+    "register_schedule",
+]
