@@ -28,6 +28,11 @@ class _Bucket:
     ring_slots: list[tuple[torch.Tensor, list[torch.Tensor]]] = field(
         default_factory=list
     )
+    finite_flags: tuple[torch.Tensor, torch.Tensor] | None = None  # see _all_finite
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.generator.device.type == "cpu"
 
     @property
     def numel(self) -> int:
@@ -36,7 +41,7 @@ class _Bucket:
     def live(self) -> tuple[list[int] | None, list[torch.Tensor]]:
         """Positions (None: all) and gradients of the parameters that have one."""
         grads = [p.grad for p in self.params]
-        if all(g is not None for g in grads):
+        if not any([g is None for g in grads]):
             return None, grads
         positions = [i for i, g in enumerate(grads) if g is not None]
         return positions, [grads[i] for i in positions]

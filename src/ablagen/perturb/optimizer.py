@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .buffers import _Bucket, _cores, _Prefetcher
-from .noise import NoiseBatch, NoiseKind, make_noise
+from .noise import NoiseKind, make_noise
 from .schedules import ConstantSchedule, Schedule, make_schedule
 
 
@@ -142,7 +142,6 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self._names = {id(p): name for name, p in param_names or ()}
         self._rank = _rank() if independent_ranks else 0
         self._generators: dict[str, torch.Generator] = {}
-        self._flags: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # (group index, index in group) -> unit scale, shaped to broadcast over dim 0
         self._scales: dict[tuple[int, int], torch.Tensor] = {}
         self._buckets: list[_Bucket] | None = None
@@ -274,9 +273,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             values = values.reshape(units + (1,) * (tensor.dim() - 1))
         self._scales[key] = values
 
-    @torch.no_grad()
     def perturb_grads(self) -> bool:
         """Steps 1-3 on the ``.grad`` tensors, in place; False: skip this step."""
+        with torch.no_grad():
+            return self._perturb_grads()
+
+    def _perturb_grads(self) -> bool:
         live = [(bucket, *bucket.live()) for bucket in self._get_buckets()]
         live = [entry for entry in live if entry[2]]
         if not live:
@@ -298,32 +300,37 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             for (bucket, positions, grads), norms in zip(live, grad_norms)
             if (alpha := sigma * self._group_scale(bucket.group_index)) != 0.0
         ]
-        apart = self.noise.drawn_apart  # else the kind draws in __call__
+        noise = self.noise
+        apart = noise.drawn_apart  # else the kind draws in __call__
+        shaped = not apart or type(noise).shape is not NoiseKind.shape
         self._draw([entry[0] for entry in work], apart)
         for bucket, positions, grads, norms, alpha in work:
-            batch = bucket.batch(positions, grads)
-            if apart:
-                self.noise.shape(batch)
-            else:
-                self.noise(batch)
-            self._add_noise(bucket, batch, alpha, norms)
+            views = bucket.views
+            if positions is not None:
+                views = [views[i] for i in positions]
+            if shaped and apart:
+                noise.shape(bucket.batch(positions, grads))
+            elif shaped:
+                noise(bucket.batch(positions, grads))
+            self._add_noise(bucket, views, grads, alpha, norms)
         return True
 
     def _add_noise(
         self,
         bucket: _Bucket,
-        batch: NoiseBatch,
+        views: list[torch.Tensor],
+        grads: list[torch.Tensor],
         alpha: float,
         norms: torch.Tensor | None,
     ) -> None:
-        """Scale the unit noise in ``batch.views`` and add it to the gradients."""
+        """Scale the unit noise in ``views`` and add it to the gradients."""
         for position, scale in bucket.scales.items():
             bucket.views[position].mul_(scale)
         if self.max_noise_ratio is not None and norms is not None:
-            noise_norms = torch.stack(torch._foreach_norm(batch.views)) * alpha
+            noise_norms = torch.stack(torch._foreach_norm(views)) * alpha
             bound = self.max_noise_ratio * norms / noise_norms.clamp_min(1e-30)
-            torch._foreach_mul_(batch.views, list(bound.clamp(max=1.0).unbind()))
-        torch._foreach_add_(batch.grads, batch.views, alpha=alpha)
+            torch._foreach_mul_(views, list(bound.clamp(max=1.0).unbind()))
+        torch._foreach_add_(grads, views, alpha=alpha)
 
     def _guard_and_clip(
         self, live: list[tuple[_Bucket, Any, Any]]
@@ -366,16 +373,19 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         """No inf or NaN in any gradient: one fused check per bucket, one host sync
         (the check GradScaler uses; multiplying by 1 leaves the gradients as they are).
         """
-        found: dict[str, torch.Tensor] = {}
-        for _, _, grads in live:
-            key, device = str(grads[0].device), grads[0].device
-            if key not in self._flags:  # (found, one) per device, made once
-                self._flags[key] = (torch.zeros((), device=device), torch.ones((), device=device))  # fmt: skip
-            flag, one = self._flags[key]
-            if key not in found:
-                found[key] = flag.zero_()
+        flags = []
+        for bucket, _, grads in live:
+            if bucket.finite_flags is None:  # (found, one), made once, found kept at 0
+                device = grads[0].device
+                bucket.finite_flags = torch.zeros((), device=device), torch.ones((), device=device)  # fmt: skip
+            flag, one = bucket.finite_flags
             torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, one)
-        return not any(bool(flag) for flag in found.values())
+            flags.append(flag)
+        if not any([bool(flag) for flag in flags]):
+            return True
+        for flag in flags:
+            flag.zero_()
+        return False
 
     def _needs_grad_norms(self) -> bool:
         return bool(
@@ -386,7 +396,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         )
 
     def _group_scale(self, group_index: int) -> float:
-        scale = float(self.param_groups[group_index].get("noise_scale", 1.0))
+        scale = self.param_groups[group_index].get("noise_scale", 1.0)
+        if scale == 1.0:
+            return 1.0
+        scale = float(scale)
         if not (math.isfinite(scale) and scale >= 0):
             raise ValueError(
                 f"param_groups[{group_index}]['noise_scale'] must be >= 0, got {scale}"
@@ -408,7 +421,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 self.noise.draw(flat, bucket.generator)
 
     def _prefetching(self, buckets: list[_Bucket]) -> bool:
-        if any(bucket.generator.device.type != "cpu" for bucket in buckets):
+        if not all(bucket.on_cpu for bucket in buckets):
             return False  # CUDA draws are asynchronous already
         if self.prefetch is None:
             return torch.get_num_threads() < _cores()
