@@ -43,9 +43,10 @@ class _Divergence:
         self.reason = self.reason or reason
 
 
-def _device_seed(seed: int, device: torch.device, rank: int) -> int:
-    """``seed`` on rank 0's first device, offset by large odd numbers elsewhere."""
-    offset = 0x9E3779B97F4A7C15 * rank + 0xBF58476D1CE4E5B9 * (device.index or 0)
+def _device_seed(seed: int, position: int, rank: int) -> int:
+    """``seed`` for the first device the optimizer's parameters are on (``position``
+    0) at rank 0, offset by large odd numbers for the others."""
+    offset = 0x9E3779B97F4A7C15 * rank + 0xBF58476D1CE4E5B9 * position
     return (seed + offset) % 2**63
 
 
@@ -85,9 +86,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
 
     Noise comes from a seeded ``torch.Generator`` per device, and ``state_dict``
     keeps their states and the step: same seed, same run; a resumed run
-    continues exactly. Under torch.distributed the seed is offset by the rank,
-    so ranks draw independent noise and DDP replicas drift apart
-    (``independent_ranks=False``: identical noise on every rank).
+    continues exactly. Under torch.distributed (DDP) ``step`` runs after the
+    all-reduce, when every rank holds the same averaged gradient, so every rank
+    draws the same noise and the replicas stay identical: one draw of std σ has
+    the statistics of N independent per-rank draws of std σ√N averaged by the
+    all-reduce. ``independent_ranks=True`` offsets the seed by the rank, for
+    ranks that train models of their own.
 
     Cost per bucket (group x device x dtype): one generator call into a buffer
     allocated once, one fused add; when the guard, clipping, max_noise_ratio
@@ -117,7 +121,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         loss_explosion_factor: float = 10.0,
         grad_explosion_factor: float | None = None,
         param_names: Iterable[tuple[str, torch.Tensor]] | None = None,
-        independent_ranks: bool = True,
+        independent_ranks: bool = False,
         prefetch: bool | None = None,
     ) -> None:
         if not isinstance(base, torch.optim.Optimizer):
@@ -456,7 +460,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         key = str(device)
         if key not in self._generators:
             generator = torch.Generator(device=device)
-            generator.manual_seed(_device_seed(self.seed, device, self._rank))
+            position = len(self._generators)  # devices in order of first use
+            generator.manual_seed(_device_seed(self.seed, position, self._rank))
             self._generators[key] = generator
         return self._generators[key]
 

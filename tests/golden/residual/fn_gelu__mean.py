@@ -584,6 +584,11 @@ class _Bucket:
     ring_slots: list[tuple[torch.Tensor, list[torch.Tensor]]] = field(
         default_factory=list
     )
+    finite_flags: tuple[torch.Tensor, torch.Tensor] | None = None  # see _all_finite
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.generator.device.type == "cpu"
 
     @property
     def numel(self) -> int:
@@ -592,7 +597,7 @@ class _Bucket:
     def live(self) -> tuple[list[int] | None, list[torch.Tensor]]:
         """Positions (None: all) and gradients of the parameters that have one."""
         grads = [p.grad for p in self.params]
-        if all(g is not None for g in grads):
+        if not any([g is None for g in grads]):
             return None, grads
         positions = [i for i, g in enumerate(grads) if g is not None]
         return positions, [grads[i] for i in positions]
@@ -780,9 +785,10 @@ class _Divergence:
         self.reason = self.reason or reason
 
 
-def _device_seed(seed: int, device: torch.device, rank: int) -> int:
-    """``seed`` on rank 0's first device, offset by large odd numbers elsewhere."""
-    offset = 0x9E3779B97F4A7C15 * rank + 0xBF58476D1CE4E5B9 * (device.index or 0)
+def _device_seed(seed: int, position: int, rank: int) -> int:
+    """``seed`` for the first device the optimizer's parameters are on (``position``
+    0) at rank 0, offset by large odd numbers for the others."""
+    offset = 0x9E3779B97F4A7C15 * rank + 0xBF58476D1CE4E5B9 * position
     return (seed + offset) % 2**63
 
 
@@ -822,9 +828,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
 
     Noise comes from a seeded ``torch.Generator`` per device, and ``state_dict``
     keeps their states and the step: same seed, same run; a resumed run
-    continues exactly. Under torch.distributed the seed is offset by the rank,
-    so ranks draw independent noise and DDP replicas drift apart
-    (``independent_ranks=False``: identical noise on every rank).
+    continues exactly. Under torch.distributed (DDP) ``step`` runs after the
+    all-reduce, when every rank holds the same averaged gradient, so every rank
+    draws the same noise and the replicas stay identical: one draw of std σ has
+    the statistics of N independent per-rank draws of std σ√N averaged by the
+    all-reduce. ``independent_ranks=True`` offsets the seed by the rank, for
+    ranks that train models of their own.
 
     Cost per bucket (group x device x dtype): one generator call into a buffer
     allocated once, one fused add; when the guard, clipping, max_noise_ratio
@@ -854,7 +863,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         loss_explosion_factor: float = 10.0,
         grad_explosion_factor: float | None = None,
         param_names: Iterable[tuple[str, torch.Tensor]] | None = None,
-        independent_ranks: bool = True,
+        independent_ranks: bool = False,
         prefetch: bool | None = None,
     ) -> None:
         if not isinstance(base, torch.optim.Optimizer):
@@ -879,7 +888,6 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self._names = {id(p): name for name, p in param_names or ()}
         self._rank = _rank() if independent_ranks else 0
         self._generators: dict[str, torch.Generator] = {}
-        self._flags: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # (group index, index in group) -> unit scale, shaped to broadcast over dim 0
         self._scales: dict[tuple[int, int], torch.Tensor] = {}
         self._buckets: list[_Bucket] | None = None
@@ -1011,9 +1019,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             values = values.reshape(units + (1,) * (tensor.dim() - 1))
         self._scales[key] = values
 
-    @torch.no_grad()
     def perturb_grads(self) -> bool:
         """Steps 1-3 on the ``.grad`` tensors, in place; False: skip this step."""
+        with torch.no_grad():
+            return self._perturb_grads()
+
+    def _perturb_grads(self) -> bool:
         live = [(bucket, *bucket.live()) for bucket in self._get_buckets()]
         live = [entry for entry in live if entry[2]]
         if not live:
@@ -1035,32 +1046,37 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             for (bucket, positions, grads), norms in zip(live, grad_norms)
             if (alpha := sigma * self._group_scale(bucket.group_index)) != 0.0
         ]
-        apart = self.noise.drawn_apart  # else the kind draws in __call__
+        noise = self.noise
+        apart = noise.drawn_apart  # else the kind draws in __call__
+        shaped = not apart or type(noise).shape is not NoiseKind.shape
         self._draw([entry[0] for entry in work], apart)
         for bucket, positions, grads, norms, alpha in work:
-            batch = bucket.batch(positions, grads)
-            if apart:
-                self.noise.shape(batch)
-            else:
-                self.noise(batch)
-            self._add_noise(bucket, batch, alpha, norms)
+            views = bucket.views
+            if positions is not None:
+                views = [views[i] for i in positions]
+            if shaped and apart:
+                noise.shape(bucket.batch(positions, grads))
+            elif shaped:
+                noise(bucket.batch(positions, grads))
+            self._add_noise(bucket, views, grads, alpha, norms)
         return True
 
     def _add_noise(
         self,
         bucket: _Bucket,
-        batch: NoiseBatch,
+        views: list[torch.Tensor],
+        grads: list[torch.Tensor],
         alpha: float,
         norms: torch.Tensor | None,
     ) -> None:
-        """Scale the unit noise in ``batch.views`` and add it to the gradients."""
+        """Scale the unit noise in ``views`` and add it to the gradients."""
         for position, scale in bucket.scales.items():
             bucket.views[position].mul_(scale)
         if self.max_noise_ratio is not None and norms is not None:
-            noise_norms = torch.stack(torch._foreach_norm(batch.views)) * alpha
+            noise_norms = torch.stack(torch._foreach_norm(views)) * alpha
             bound = self.max_noise_ratio * norms / noise_norms.clamp_min(1e-30)
-            torch._foreach_mul_(batch.views, list(bound.clamp(max=1.0).unbind()))
-        torch._foreach_add_(batch.grads, batch.views, alpha=alpha)
+            torch._foreach_mul_(views, list(bound.clamp(max=1.0).unbind()))
+        torch._foreach_add_(grads, views, alpha=alpha)
 
     def _guard_and_clip(
         self, live: list[tuple[_Bucket, Any, Any]]
@@ -1103,16 +1119,19 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         """No inf or NaN in any gradient: one fused check per bucket, one host sync
         (the check GradScaler uses; multiplying by 1 leaves the gradients as they are).
         """
-        found: dict[str, torch.Tensor] = {}
-        for _, _, grads in live:
-            key, device = str(grads[0].device), grads[0].device
-            if key not in self._flags:  # (found, one) per device, made once
-                self._flags[key] = (torch.zeros((), device=device), torch.ones((), device=device))  # fmt: skip
-            flag, one = self._flags[key]
-            if key not in found:
-                found[key] = flag.zero_()
+        flags = []
+        for bucket, _, grads in live:
+            if bucket.finite_flags is None:  # (found, one), made once, found kept at 0
+                device = grads[0].device
+                bucket.finite_flags = torch.zeros((), device=device), torch.ones((), device=device)  # fmt: skip
+            flag, one = bucket.finite_flags
             torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, one)
-        return not any(bool(flag) for flag in found.values())
+            flags.append(flag)
+        if not any([bool(flag) for flag in flags]):
+            return True
+        for flag in flags:
+            flag.zero_()
+        return False
 
     def _needs_grad_norms(self) -> bool:
         return bool(
@@ -1123,7 +1142,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         )
 
     def _group_scale(self, group_index: int) -> float:
-        scale = float(self.param_groups[group_index].get("noise_scale", 1.0))
+        scale = self.param_groups[group_index].get("noise_scale", 1.0)
+        if scale == 1.0:
+            return 1.0
+        scale = float(scale)
         if not (math.isfinite(scale) and scale >= 0):
             raise ValueError(
                 f"param_groups[{group_index}]['noise_scale'] must be >= 0, got {scale}"
@@ -1145,7 +1167,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 self.noise.draw(flat, bucket.generator)
 
     def _prefetching(self, buckets: list[_Bucket]) -> bool:
-        if any(bucket.generator.device.type != "cpu" for bucket in buckets):
+        if not all(bucket.on_cpu for bucket in buckets):
             return False  # CUDA draws are asynchronous already
         if self.prefetch is None:
             return torch.get_num_threads() < _cores()
@@ -1180,7 +1202,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         key = str(device)
         if key not in self._generators:
             generator = torch.Generator(device=device)
-            generator.manual_seed(_device_seed(self.seed, device, self._rank))
+            position = len(self._generators)  # devices in order of first use
+            generator.manual_seed(_device_seed(self.seed, position, self._rank))
             self._generators[key] = generator
         return self._generators[key]
 
