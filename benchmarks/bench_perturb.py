@@ -14,8 +14,10 @@ variants interleaved step by step, so a busy machine slows all of them alike.
     with its defaults (noise drawn ahead on a side thread when torch leaves a
     core free, as with ``--threads 1`` on two cores) and with the noise drawn
     in line (``prefetch=False``).
-Models: the digits CNN, a ResNet-18 (CIFAR stem: 3x3 conv, 32x32 input; the
-same 62 parameter tensors and 11.7M elements as torchvision's) and a 10M MLP.
+Models: the digits CNN (``examples/digits_cnn.py``, 38k parameters), a tiny
+6k-parameter CNN (where fixed per-step costs show most), a ResNet-18 (CIFAR
+stem: 3x3 conv, 32x32 input; the same 62 parameter tensors and 11.7M elements
+as torchvision's) and a 10M MLP.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from ablagen.loading import load_model  # noqa: E402
 from ablagen.perturb import PerturbedOptimizer  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 SIGMA = 0.01
 BATCH = 32
@@ -78,6 +83,11 @@ def resnet18(classes: int = 1000) -> nn.Module:
 
 
 def digits_cnn() -> nn.Module:
+    """The project's digits CNN, ``examples/digits_cnn.py`` (38,282 parameters)."""
+    return load_model(str(EXAMPLES / "digits_cnn.py")).model
+
+
+def tiny_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -102,6 +112,7 @@ class Workload:
 
 WORKLOADS = [
     Workload("digits CNN", digits_cnn, (1, 8, 8), 10),
+    Workload("tiny CNN", tiny_cnn, (1, 8, 8), 10),
     Workload("ResNet-18", resnet18, (3, 32, 32), 1000),
     Workload("MLP 10M", mlp, (784,), 10),
 ]
@@ -341,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     noise_reps = 5 if args.quick else 25
     step_reps = {
         "digits CNN": 30 if args.quick else 2000,
+        "tiny CNN": 30 if args.quick else 2000,
         "ResNet-18": 2 if args.quick else 8,
     }
     noise_rows = [noise_cost(w, noise_reps) for w in WORKLOADS]

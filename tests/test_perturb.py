@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from ablagen.perturb import buffers
 from ablagen.perturb import (
     NOISE_KINDS,
     AdaptiveSchedule,
@@ -704,6 +705,12 @@ def test_cuda_identity_reproducibility_and_resume() -> None:
 PREFETCH_KINDS = ["gaussian", "uniform", "laplace", "dropnoise", "gradient_scaled", "orthogonal"]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _small_rings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rings of a few steps (the small model has 475 parameters): many refills per run."""
+    monkeypatch.setattr(buffers, "PREFETCH_ELEMENTS", 2048)
+
+
 def _grouped(model: nn.Module, prefetch: bool, noise: str) -> PerturbedOptimizer:
     groups = [
         {"params": list(model[0].parameters()), "noise_scale": 2.0},
@@ -717,7 +724,7 @@ def _grouped(model: nn.Module, prefetch: bool, noise: str) -> PerturbedOptimizer
 
 @pytest.mark.parametrize("noise", PREFETCH_KINDS)
 def test_prefetch_draws_exactly_what_drawing_in_line_draws(noise: str) -> None:
-    """Over several rings' worth of steps (64 steps per half for this model)."""
+    """Over many rings' worth of steps (5 steps per half here)."""
     trajectories = []
     for prefetch in (False, True):
         model = _small_model()

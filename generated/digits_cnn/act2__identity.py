@@ -573,8 +573,8 @@ class _Bucket:
         return [v.view_as(p) for v, p in zip(flat.split(sizes), self.params)]
 
 
-PREFETCH_ELEMENTS = 1 << 18  # numbers drawn per side-thread wake-up, at least
-PREFETCH_MAX_STEPS = 64
+PREFETCH_ELEMENTS = 1 << 20  # numbers drawn per side-thread wake-up, at least
+PREFETCH_MAX_STEPS = 128
 
 
 @dataclass
