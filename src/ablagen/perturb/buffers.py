@@ -122,8 +122,9 @@ class _Chunk:
 class _Prefetcher:
     """Draws unit noise ahead on the side thread. Each bucket gets a ring of two
     halves of ``steps`` buffers: the side thread fills one half while the steps
-    use the other, so it wakes once per ``steps`` steps (each wake-up costs tens
-    of microseconds) and draws at least ``PREFETCH_ELEMENTS`` numbers each time."""
+    use the other, so it wakes once per ``steps`` steps (a wake-up costs up to
+    ~150 µs on a small VM) and draws at least ``PREFETCH_ELEMENTS`` numbers each time.
+    """
 
     def __init__(self) -> None:
         self.current: _Chunk | None = None  # being used, drawn (or being drawn)

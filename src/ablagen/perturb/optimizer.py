@@ -94,11 +94,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     ranks that train models of their own.
 
     Cost per bucket (group x device x dtype): one generator call into a buffer
-    allocated once, one fused add; when the guard, clipping, max_noise_ratio
-    or an adaptive schedule is on, a pass for the norms and one host sync.
-    With ``prefetch`` the generator call leaves the step: right after a step
-    adds its noise, a side thread draws the next step's unit noise for the CPU
-    buckets while forward and backward run. The draws come from the same
+    allocated once, one fused add, and the guard: one fused non-finite check
+    and one host sync; when clipping, max_noise_ratio, an adaptive schedule or
+    ``grad_explosion_factor`` is on, a norm pass instead of the check.
+    With ``prefetch`` the generator call leaves the step: a side thread draws
+    the next steps' unit noise for the CPU buckets, into a ring of buffers,
+    while forward and backward run. The draws come from the same
     generators in the same order (rewound if the next step needs other
     buckets), so a run is identical with or without it. ``prefetch=None``
     turns it on when torch leaves a core free (``torch.get_num_threads()``
