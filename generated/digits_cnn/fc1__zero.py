@@ -625,14 +625,14 @@ class _Prefetcher:
         self.current: _Chunk | None = None  # being used, drawn (or being drawn)
         self.next: _Chunk | None = None  # being drawn into the other half
 
-    def take(self, noise: NoiseKind, buckets: list[_Bucket]) -> None:
-        """Point each bucket's ``flat`` at this step's unit noise, drawn ahead."""
+    def take(self, noise: NoiseKind, buckets: list[_Bucket]) -> bool:
+        """Point each bucket's ``flat`` at this step's unit noise, drawn ahead; False
+        (and nothing drawn ahead any more) when it was drawn for other buckets or
+        not at all: draw this step in line, then call ``start``."""
         chunk = self.current
         if chunk is None or not chunk.matches(noise, buckets):
-            self.cancel()  # other buckets than drawn for: draw again from here
-            elements = sum(bucket.numel for bucket in buckets)
-            steps = min(PREFETCH_MAX_STEPS, max(1, -(-PREFETCH_ELEMENTS // elements)))
-            chunk = self.current = self._start(noise, tuple(buckets), 0, steps)
+            self.cancel()
+            return False
         assert chunk.done is not None
         chunk.done.result()  # drawn during the last steps; raises what it raised
         for bucket in buckets:
@@ -643,6 +643,13 @@ class _Prefetcher:
             self.next = self._start(noise, chunk.buckets, other, chunk.steps)
         if chunk.used == chunk.steps:
             self.current, self.next = self.next, None
+        return True
+
+    def start(self, noise: NoiseKind, buckets: list[_Bucket]) -> None:
+        """Start drawing the next steps' noise for ``buckets``, where the generators are."""
+        elements = sum(bucket.numel for bucket in buckets)
+        steps = min(PREFETCH_MAX_STEPS, max(1, -(-PREFETCH_ELEMENTS // elements)))
+        self.current = self._start(noise, tuple(buckets), 0, steps)
 
     def cancel(self) -> None:
         """Drop what was drawn ahead and rewind the generators to the first unused
@@ -1098,14 +1105,16 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     def _draw(self, buckets: list[_Bucket], apart: bool) -> None:
         """Unit noise into each bucket's ``flat``, in order: drawn ahead, or now
         (``apart`` False: only the buffer, the kind draws when called)."""
-        if apart and self._prefetching(buckets):
-            self._ahead.take(self.noise, buckets)
+        ahead = apart and self._prefetching(buckets)
+        if ahead and self._ahead.take(self.noise, buckets):
             return
         self._ahead.cancel()
         for bucket in buckets:
             flat = bucket.use_own()
             if apart:
                 self.noise.draw(flat, bucket.generator)
+        if ahead:  # the next steps' noise, from where this step's draws left off
+            self._ahead.start(self.noise, buckets)
 
     def _prefetching(self, buckets: list[_Bucket]) -> bool:
         if not all(bucket.on_cpu for bucket in buckets):

@@ -130,14 +130,14 @@ class _Prefetcher:
         self.current: _Chunk | None = None  # being used, drawn (or being drawn)
         self.next: _Chunk | None = None  # being drawn into the other half
 
-    def take(self, noise: NoiseKind, buckets: list[_Bucket]) -> None:
-        """Point each bucket's ``flat`` at this step's unit noise, drawn ahead."""
+    def take(self, noise: NoiseKind, buckets: list[_Bucket]) -> bool:
+        """Point each bucket's ``flat`` at this step's unit noise, drawn ahead; False
+        (and nothing drawn ahead any more) when it was drawn for other buckets or
+        not at all: draw this step in line, then call ``start``."""
         chunk = self.current
         if chunk is None or not chunk.matches(noise, buckets):
-            self.cancel()  # other buckets than drawn for: draw again from here
-            elements = sum(bucket.numel for bucket in buckets)
-            steps = min(PREFETCH_MAX_STEPS, max(1, -(-PREFETCH_ELEMENTS // elements)))
-            chunk = self.current = self._start(noise, tuple(buckets), 0, steps)
+            self.cancel()
+            return False
         assert chunk.done is not None
         chunk.done.result()  # drawn during the last steps; raises what it raised
         for bucket in buckets:
@@ -148,6 +148,13 @@ class _Prefetcher:
             self.next = self._start(noise, chunk.buckets, other, chunk.steps)
         if chunk.used == chunk.steps:
             self.current, self.next = self.next, None
+        return True
+
+    def start(self, noise: NoiseKind, buckets: list[_Bucket]) -> None:
+        """Start drawing the next steps' noise for ``buckets``, where the generators are."""
+        elements = sum(bucket.numel for bucket in buckets)
+        steps = min(PREFETCH_MAX_STEPS, max(1, -(-PREFETCH_ELEMENTS // elements)))
+        self.current = self._start(noise, tuple(buckets), 0, steps)
 
     def cancel(self) -> None:
         """Drop what was drawn ahead and rewind the generators to the first unused

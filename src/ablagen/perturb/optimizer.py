@@ -416,14 +416,16 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     def _draw(self, buckets: list[_Bucket], apart: bool) -> None:
         """Unit noise into each bucket's ``flat``, in order: drawn ahead, or now
         (``apart`` False: only the buffer, the kind draws when called)."""
-        if apart and self._prefetching(buckets):
-            self._ahead.take(self.noise, buckets)
+        ahead = apart and self._prefetching(buckets)
+        if ahead and self._ahead.take(self.noise, buckets):
             return
         self._ahead.cancel()
         for bucket in buckets:
             flat = bucket.use_own()
             if apart:
                 self.noise.draw(flat, bucket.generator)
+        if ahead:  # the next steps' noise, from where this step's draws left off
+            self._ahead.start(self.noise, buckets)
 
     def _prefetching(self, buckets: list[_Bucket]) -> bool:
         if not all(bucket.on_cpu for bucket in buckets):
