@@ -790,3 +790,21 @@ def test_prefetch_defaults_to_on_only_with_a_free_core() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     _train(model, opt, steps=2, start=2)
     assert opt._ahead.current is None  # noqa: SLF001
+
+
+def test_sparse_gradients_step_exactly_without_noise_and_are_refused_with_it() -> None:
+    def run(wrap: bool, sigma: float = 0.0) -> torch.Tensor:
+        torch.manual_seed(0)
+        embedding = nn.Embedding(10, 4, sparse=True)
+        opt: torch.optim.Optimizer = torch.optim.SGD(embedding.parameters(), lr=0.1)
+        if wrap:
+            opt = PerturbedOptimizer(opt, sigma=sigma, param_names=embedding.named_parameters())  # fmt: skip
+        for step in range(3):
+            opt.zero_grad()
+            embedding(torch.tensor([step, 7])).pow(2).sum().backward()
+            opt.step()
+        return embedding.weight.detach()
+
+    assert torch.equal(run(wrap=False), run(wrap=True))
+    with pytest.raises(ValueError, match="weight .*sparse gradient.*noise_scale 0"):
+        run(wrap=True, sigma=0.1)

@@ -1085,7 +1085,19 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             noise_norms = torch.stack(torch._foreach_norm(views)) * alpha
             bound = self.max_noise_ratio * norms / noise_norms.clamp_min(1e-30)
             torch._foreach_mul_(views, list(bound.clamp(max=1.0).unbind()))
-        torch._foreach_add_(grads, views, alpha=alpha)
+        try:
+            torch._foreach_add_(grads, views, alpha=alpha)
+        except RuntimeError:
+            sparse = [g for g in grads if g.is_sparse]
+            if not sparse:
+                raise
+            param = next(p for p in bucket.params if p.grad is sparse[0])
+            key = self._locate(param)
+            raise ValueError(
+                f"{self._describe(key)} has a sparse gradient, and noise would make it "
+                "dense; use nn.Embedding(sparse=False), or put it in a param group "
+                "with noise_scale 0"
+            ) from None
 
     def _guard_and_clip(
         self, live: list[tuple[_Bucket, Any, Any]]
@@ -1134,7 +1146,11 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 device = grads[0].device
                 bucket.finite_flags = torch.zeros((), device=device), torch.ones((), device=device)  # fmt: skip
             flag, one = bucket.finite_flags
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, one)
+            try:
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, one)
+            except NotImplementedError:  # sparse gradients: check their values
+                finite = all(bool(torch.isfinite(_values(g)).all()) for g in grads)
+                flag.fill_(0.0 if finite else 1.0)
             flags.append(flag)
         if not any([bool(flag) for flag in flags]):
             return True
@@ -1241,6 +1257,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             id(tensor), f"param_groups[{key[0]}]['params'][{key[1]}]"
         )
         return f"parameter {name} of shape {tuple(tensor.shape)}"
+
+
+def _values(grad: torch.Tensor) -> torch.Tensor:
+    return grad.coalesce().values() if grad.is_sparse else grad
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
