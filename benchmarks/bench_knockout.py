@@ -8,13 +8,14 @@ knocked out on the digits validation set (359 samples), the model briefly traine
 (a) fast path: ``run_knockouts`` (cache, recompute downstream only, stacked copies);
 (b) naive in-process loop: a fresh deep copy with a hook (or an edited graph) per
     ablation, the validation set through it in batches of 64;
-(c) retrain study: one generated script per ablation, run with ``python`` (a sample of
-    them timed, the rest extrapolated), and, for scale, the generated knockout.py.
+(c) retrain study: one generated script per ablation, run by the orchestrator
+    (``ablagen run --jobs 2``; a sample of them, the rest extrapolated), and, for
+    scale, the generated knockout.py run with ``python``.
 
 (a) and (b) each run in a child process, so each peak RSS is its own; their results must
 agree within 1e-5. Prints a markdown table.
 
-    python benchmarks/bench_knockout.py [--threads 1] [--scripts 5] [--epochs 1] [--repeat 2]
+    python benchmarks/bench_knockout.py [--threads 1] [--scripts 16] [--epochs 1] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def _env(threads: int) -> dict[str, str]:
 def scripts(
     tmp: Path, ids: list[str], count: int, epochs: int, threads: int
 ) -> tuple[float, float]:
-    """(seconds per retrain script, seconds for knockout.py), both run with ``python``."""
+    """(seconds per retrain script, run by the orchestrator: ``ablagen run --jobs 2``,
+    the study's baseline included; seconds for knockout.py, run with ``python``)."""
     picked = ids[:: max(1, len(ids) // count)][:count]
     train = TrainConfig(epochs=epochs)
     generate_study(
@@ -222,19 +224,18 @@ def scripts(
         )
     )
     manifest = json.loads((tmp / "retrain" / "manifest.json").read_text())
-    walls = []
-    for entry in [v for v in manifest["variants"] if v["id"] != "baseline"]:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, entry["script"], "--epochs", str(epochs)], cwd=tmp / "retrain",
-                       check=True, capture_output=True, env=_env(threads))  # fmt: skip
-        walls.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ablagen", "run", str(tmp / "retrain"), "--jobs", "2",
+                    "--epochs", str(epochs), "--quiet"], check=True, capture_output=True,
+                   env=_env(threads))  # fmt: skip
+    per_script = (time.perf_counter() - start) / len(manifest["variants"])
     start = time.perf_counter()
     subprocess.run([sys.executable, "knockout.py", "--epochs", str(epochs), "--out", "r.json"], cwd=tmp / "knockout",
                    check=True, capture_output=True, env=_env(threads))  # fmt: skip
     knockout_wall = time.perf_counter() - start
     result = json.loads((tmp / "knockout" / "r.json").read_text())
     assert len(result["variants"]) == len(ids) + 1 and result["knockout_path"] == "fast"
-    return sum(walls) / len(walls), knockout_wall
+    return per_script, knockout_wall
 
 
 def main() -> None:
@@ -243,7 +244,10 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads in every process"
     )
     parser.add_argument(
-        "--scripts", type=int, default=5, help="retrain scripts timed with python"
+        "--scripts",
+        type=int,
+        default=16,
+        help="retrain scripts run by the orchestrator (the rest extrapolated)",
     )
     parser.add_argument(
         "--epochs",
@@ -327,7 +331,7 @@ def report(
         row(f"(a) fast path, --max-batch-mb {args.small_mb:g}", tight["seconds"], tight)
     )
     print(row("(b) naive: fresh copy per ablation", naive["seconds"], naive))
-    label = f"(c) retrain: one script per ablation, {args.epochs} epoch ({args.scripts} run with python, extrapolated)"
+    label = f"(c) retrain: one script per ablation, {args.epochs} epoch, by the orchestrator with 2 jobs ({args.scripts} run, extrapolated)"
     print(row(label, per_script * n, None, " (est.)"))
     print(
         row(
