@@ -10,11 +10,12 @@ from pathlib import Path
 
 import black
 import pytest
+import torch
 
 from ablagen.codegen.render import BLACK_MODE
 from ablagen.studydir import load_manifest
 from conftest import EXAMPLES, MODELS, ROOT, run_cli
-from scriptutil import generate
+from scriptutil import generate, load_script
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ABLAGEN_UPDATE_GOLDEN") == "1"
@@ -317,3 +318,21 @@ def test_custom_template_example_trains_a_sequence_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["status"] == "ok" and 0.0 <= result["final"]["val_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["retrain", "knockout"])
+@pytest.mark.parametrize("ref", ["uses_copy.py:Twin", "uses_copy.py:twin"])
+def test_scripts_import_each_module_once_and_build_the_model(tmp_path, mode, ref):
+    """``import copy`` is written by the scripts only when they copy an instance; the
+    model's own ``import copy`` must then go, and stay otherwise."""
+    study = generate(f"{MODELS}/{ref}", tmp_path / "s", dataset="synthetic", mode=mode)
+    for script in sorted(study.glob("*.py")):
+        tree = ast.parse(script.read_text())
+        imports = [
+            ast.unparse(node)
+            for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+        ]
+        assert len(imports) == len(set(imports)), script.name
+        assert "import copy" in imports, script.name
+        assert isinstance(load_script(script).new_model(), torch.nn.Module)

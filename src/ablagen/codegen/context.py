@@ -126,6 +126,38 @@ class ModelInfo:
     sample_shape: tuple[int, ...]  # one input sample, no batch dimension
     num_outputs: int  # the model output's last dimension
 
+    @property
+    def imports_copy(self) -> bool:
+        """Whether the scripts import ``copy`` (``imports.py.j2``): to build the model."""
+        return builds_by_copy(self.expression)
+
+
+def builds_by_copy(expression: str) -> bool:
+    """A model expression like ``copy.deepcopy(model)``, for a model given as an instance."""
+    return expression.startswith("copy.")
+
+
+#: imports ``imports.py.j2`` writes into every script (training and knockout); the
+#: embedded blocks and model source do not repeat them
+SCRIPT_IMPORTS = frozenset("""import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+from torch import nn""".splitlines())
+
+
+def script_imports(expression: str) -> frozenset[str]:
+    """What a study's scripts import above the embedded code (``copy`` when the model
+    is built by copying an instance, as ``imports.py.j2`` decides)."""
+    return SCRIPT_IMPORTS | ({"import copy"} if builds_by_copy(expression) else set())
+
 
 @dataclass(frozen=True)
 class AblationSpec:

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 
 from ablagen.analysis import Component, Inventory
-from ablagen.codegen.context import AblationSpec, ScriptContext
+from ablagen.codegen.context import AblationSpec, ScriptContext, script_imports
 from ablagen.codegen.env import TOP_TEMPLATE
 from ablagen.codegen.knockout_block import defined_names, knockout_block_source
 from ablagen.codegen.render import render_script
@@ -26,7 +26,7 @@ from ablagen.errors import ConfigError
 from ablagen.fsutil import sha256_bytes
 from ablagen.knockout_engine import Knockout
 from ablagen.loading import LoadedModel
-from ablagen.source import without_imports
+from ablagen.source import import_lines, without_imports
 from ablagen.studydir import BASELINE_ID, VariantEntry
 
 KNOCKOUT_SCRIPT = "knockout.py"
@@ -38,9 +38,6 @@ KNOCKOUT_NAMES = frozenset(
     "MAX_BATCH_MB TRACED KNOCKOUTS CheckpointMismatch load_checkpoint trained_baseline "
     "variant_result knockout pickle tempfile".split()
 )
-
-#: imports ``imports.py.j2`` always writes above the engine; the block does not repeat them
-ENGINE_SCRIPT_IMPORTS = frozenset({"import time", "import torch"})
 
 
 def knockout_kwargs(comp: Component, spec: AblationSpec) -> dict[str, Any]:
@@ -99,8 +96,11 @@ def render_knockout(
         extra={
             "knockouts": rows,
             "traced": inventory.traced,
-            "engine_source": without_imports(
-                knockout_block_source(), ENGINE_SCRIPT_IMPORTS
+            "engine_source": without_imports(  # what the script imports above it
+                knockout_block_source(),
+                script_imports(base["model"].expression)
+                | import_lines(base["model"].source)
+                | import_lines(base["perturb_source"]),
             ),
             "max_batch_mb": DEFAULT_MAX_BATCH_MB,
         },

@@ -24,6 +24,7 @@ from ablagen.codegen.context import (
     ModelInfo,
     ScriptContext,
     TrainConfig,
+    script_imports,
 )
 from ablagen.codegen.env import make_environment
 from ablagen.codegen.knockout import render_knockout
@@ -39,7 +40,7 @@ from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError, OutputError, StudyError
 from ablagen.fsutil import sha256_bytes
 from ablagen.loading import LoadedModel, load_model, split_model_spec
-from ablagen.source import embed_model_source, without_imports
+from ablagen.source import embed_model_source, import_lines, without_imports
 from ablagen.studydir import (
     BASELINE_ID,
     MANIFEST,
@@ -60,19 +61,6 @@ SCRIPT_NAMES = frozenset(
     "make_optimizer make_scheduler noise_scaled_groups set_unit_scales loss_fn penalty correct "
     "train_one_epoch evaluate train parse_args seed_everything peak_memory_bytes save_atomic "
     "jsonable main BatchMean AtCallSite zero_output skip_module silence_units find_node out_of_place COMPONENTS".split()
-)
-
-
-#: imports every built-in script has; the embedded model source does not repeat them
-SCRIPT_IMPORTS = frozenset(
-    {
-        "import torch",
-        "import torch.nn.functional as F",
-        "from torch import nn",
-        "import math",
-        "import os",
-        "import copy",
-    }
 )
 
 
@@ -126,7 +114,10 @@ class Prepared:
             model=self.model,
             data=self.data,
             train=self.opts.train,
-            perturb_source=without_imports(perturb_block_source(), SCRIPT_IMPORTS),
+            perturb_source=without_imports(  # what the script imports above it
+                perturb_block_source(),
+                script_imports(self.model.expression) | import_lines(self.model.source),
+            ),
         )
 
     def render(
@@ -322,7 +313,9 @@ def _model_info(
             )
         wanted.add("DROPOUT")
         constants["DROPOUT"] = repr(float(opts.dropout))
-    embedded = embed_model_source(loaded.path, wanted, constants, SCRIPT_IMPORTS)
+    embedded = embed_model_source(
+        loaded.path, wanted, constants, script_imports(loaded.ref.expression)
+    )
     clash = sorted((embedded.names & SCRIPT_NAMES) - {"build_data"})
     if clash:
         raise ConfigError(

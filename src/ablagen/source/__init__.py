@@ -1,5 +1,10 @@
 """libcst: read a model file's source, gather facts about it, rewrite it for embedding."""
 
-from ablagen.source.extract import EmbeddedSource, embed_model_source, without_imports
+from ablagen.source.extract import (
+    EmbeddedSource,
+    embed_model_source,
+    import_lines,
+    without_imports,
+)
 
-__all__ = ["EmbeddedSource", "embed_model_source", "without_imports"]
+__all__ = ["EmbeddedSource", "embed_model_source", "import_lines", "without_imports"]

@@ -61,6 +61,18 @@ def without_imports(code: str, imports: frozenset[str]) -> str:
     return cst.parse_module(code).visit(DropImports(set(imports))).code
 
 
+def import_lines(code: str) -> frozenset[str]:
+    """``code``'s top-level one-import statements, as :func:`without_imports` matches them."""
+    module = cst.parse_module(code)
+    return frozenset(
+        module.code_for_node(stmt.body[0]).strip()
+        for stmt in module.body
+        if isinstance(stmt, cst.SimpleStatementLine)
+        and len(stmt.body) == 1
+        and isinstance(stmt.body[0], (cst.Import, cst.ImportFrom))
+    )
+
+
 def _parse(path: Path) -> cst.Module:
     try:
         return cst.parse_module(path.read_text(encoding="utf-8"))
