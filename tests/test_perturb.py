@@ -542,6 +542,12 @@ def test_unknown_names_list_the_valid_ones() -> None:
             ),
             "max_noise_ratio",
         ),
+        (
+            lambda p: PerturbedOptimizer(
+                torch.optim.SGD(p, lr=0.1), grad_explosion_factor=0.0
+            ),
+            "grad_explosion_factor",
+        ),
         (lambda p: make_noise("dropnoise", p=1.0), "dropnoise p"),
         (lambda p: make_noise("dropnoise", p=-0.1), "dropnoise p"),
         (lambda p: make_noise("regularization", penalty="l3"), "penalty"),

@@ -11,7 +11,6 @@ them here, never in a script.
 - ``optimizer``: ``PerturbedOptimizer``, the wrapper around any torch.optim optimizer.
 """
 
-from .buffers import PREFETCH_ELEMENTS, PREFETCH_MAX_STEPS
 from .noise import (
     NOISE_KINDS,
     DropNoise,
@@ -45,8 +44,6 @@ EMBED_ORDER = ("registry", "noise", "schedules", "buffers", "optimizer")
 
 __all__ = [
     "NOISE_KINDS",
-    "PREFETCH_ELEMENTS",
-    "PREFETCH_MAX_STEPS",
     "SCHEDULES",
     "AdaptiveSchedule",
     "AnnealedSchedule",

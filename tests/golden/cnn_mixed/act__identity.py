@@ -806,6 +806,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         _check_number("sigma", sigma, allow_zero=True)
         _check_number("clip_norm", clip_norm)
         _check_number("max_noise_ratio", max_noise_ratio)
+        _check_number("grad_explosion_factor", grad_explosion_factor)
         self.base = base
         self.noise = make_noise(noise) if isinstance(noise, str) else noise
         self.sigma = float(sigma)
@@ -983,16 +984,16 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         ]
         noise = self.noise
         apart = noise.drawn_apart  # else the kind draws in __call__
-        shaped = not apart or type(noise).shape is not NoiseKind.shape
+        reshapes = apart and type(noise).shape is not NoiseKind.shape
         self._draw([entry[0] for entry in work], apart)
         for bucket, positions, grads, norms, alpha in work:
             views = bucket.views
             if positions is not None:
                 views = [views[i] for i in positions]
-            if shaped and apart:
-                noise.shape(bucket.batch(positions, grads))
-            elif shaped:
+            if not apart:
                 noise(bucket.batch(positions, grads))
+            elif reshapes:
+                noise.shape(bucket.batch(positions, grads))
             self._add_noise(bucket, views, grads, alpha, norms)
         return True
 
