@@ -762,6 +762,7 @@ def test_prefetch_follows_changes_in_which_buckets_get_noise() -> None:
         opt.step()
         _train(model, opt, steps=70, start=14)
         assert opt.skipped_steps == 1
+        assert (opt._ahead.current is not None) == prefetch  # noqa: SLF001
         trajectories.append(_params(model))
     assert _same(*trajectories)
 
