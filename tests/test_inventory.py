@@ -145,6 +145,34 @@ def test_neuron_groups_option_and_params():
     ]
 
 
+class _WideThenMore(nn.Module):
+    """A layer of 1,200 units, then a functional activation, a block and a layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(3, 1200)
+        self.block = nn.Sequential(nn.Tanh())
+        self.fc2 = nn.Linear(1200, 2)
+
+    def forward(self, x):
+        return self.fc2(self.block(self.fc1(x).relu()))
+
+
+def test_order_holds_with_more_than_a_thousand_groups():
+    inv = build_inventory(_WideThenMore(), (torch.zeros(2, 3),), neuron_groups=1200)
+    assert inv.traced
+    # graph order: each layer, then its groups in unit order; a block opens before
+    # its first node
+    expected = (
+        ["fc1"]
+        + [f"fc1[{i}]" for i in range(1200)]
+        + ["fn.relu", "block", "block.0", "fc2", "fc2[0]", "fc2[1]"]
+    )
+    assert [c.id for c in inv.components] == expected
+    groups = [c.units for c in inv.components if c.module == "fc1" and c.units]
+    assert groups == [(i, i + 1) for i in range(1200)]
+
+
 def test_parameters_listed_match_named_parameters():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     inv = build_inventory(model, (torch.zeros(2, 3),))

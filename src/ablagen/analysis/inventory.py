@@ -124,6 +124,14 @@ def _module_methods(
     return ("zero", "mean")
 
 
+#: where a component sits relative to the graph node it is keyed on: blocks open
+#: before their first node, then the node's own layer or activation, then its groups
+_BEFORE_NODE, _AT_NODE, _AFTER_NODE = 0, 1, 2
+
+#: graph order as integers: (node index, slot, group index); ties broken by id
+_Place = tuple[int, int, int]
+
+
 def _from_graph(
     model: nn.Module,
     graph: fx.GraphModule,
@@ -133,7 +141,7 @@ def _from_graph(
     nodes = list(graph.graph.nodes)
     site_total = Counter(str(n.target) for n in nodes if n.op == "call_module")
     site_seen: Counter[str] = Counter()
-    placed: list[tuple[float, Component]] = []
+    placed: list[tuple[_Place, Component]] = []
     for index, node in enumerate(nodes):
         if node.op == "call_module":
             target = str(node.target)
@@ -160,7 +168,7 @@ def _from_graph(
                 methods = _module_methods(in_shape, out_shape, tensor_out)
                 placed.append(
                     (
-                        index,
+                        (index, _AT_NODE, 0),
                         Component(
                             kind="activation",
                             methods=methods,
@@ -173,7 +181,7 @@ def _from_graph(
                 methods = _module_methods(in_shape, out_shape, tensor_out)
                 placed.append(
                     (
-                        index,
+                        (index, _AT_NODE, 0),
                         Component(
                             kind="layer", methods=methods, param_owner=target, **common
                         ),
@@ -183,7 +191,7 @@ def _from_graph(
                     for k, comp in enumerate(
                         _neurons(target, module, out_shape, neuron_groups)
                     ):
-                        placed.append((index + 0.001 * (k + 1), comp))
+                        placed.append(((index, _AFTER_NODE, k), comp))
         elif _is_functional_activation(node):
             op = ACTIVATION_FUNCTIONS.get(node.target, str(node.target))
             in_shape, out_shape = _meta_shape(_first_node_arg(node)), _meta_shape(node)
@@ -201,9 +209,9 @@ def _from_graph(
                 feeds_residual=_feeds_add(node),
                 param_owner=_upstream_param_owner(node, model),
             )
-            placed.append((index, comp))
+            placed.append(((index, _AT_NODE, 0), comp))
     for comp, first_index in _blocks(model, nodes, calls):
-        placed.append((first_index - 0.5, comp))
+        placed.append(((first_index, _BEFORE_NODE, 0), comp))
     placed.sort(key=lambda item: (item[0], item[1].id))
     return [comp for _, comp in placed]
 
