@@ -90,6 +90,15 @@ class TrainConfig:
                 )
         return self
 
+    def to_manifest(self) -> dict[str, Any]:
+        """The ``config.train`` entry of ``manifest.json``."""
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> TrainConfig:
+        """Read back what :meth:`to_manifest` wrote."""
+        return cls(**data)
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -114,6 +123,15 @@ class DataSpec:
         if self.dataset == "synthetic":
             return f"{self.synthetic_samples} seeded synthetic samples, {self.val_fraction:g} held out"
         return f"scikit-learn's {self.dataset}, {self.val_fraction:g} held out (split seed {self.split_seed})"
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The ``config.data`` entry of ``manifest.json``."""
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> DataSpec:
+        """Read back what :meth:`to_manifest` wrote."""
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -174,10 +192,24 @@ class AblationSpec:
     node: str | None  # fx_node: the torch.fx node name
     units: tuple[int, int] | None  # mask: [start, stop)
     unit_dim: int | None  # mask: the output dimension holding the units (-1: last)
-    tuple_output: bool  # zero: the module returns a tuple of tensors
     ablated_params: int  # parameters that no longer affect the output
     summary: str  # one line: what the ablation does
     docstring: str  # the ablate() docstring
+
+    @property
+    def operator_class(self) -> str:
+        """The :mod:`ablagen.ablate` operator of this method (its registry entry)."""
+        from ablagen.ablate import ABLATIONS  # torch, only when scripts are written
+
+        return ABLATIONS[self.method].__name__
+
+    @property
+    def operator(self) -> str:
+        """The Python expression that builds this ablation's operator in a script."""
+        if self.method == "mask" and self.units is not None:
+            start, stop = self.units
+            return f"{self.operator_class}({self.unit_dim}, {start}, {stop})"
+        return f"{self.operator_class}()"
 
 
 @dataclass(frozen=True)
@@ -196,9 +228,13 @@ class ScriptContext:
     ablations: tuple[
         AblationSpec, ...
     ]  # empty: the baseline (or an arm without ablation)
-    perturb_source: str  # the embedded perturbation-aware optimizer
     noise_scales: dict[str, Any] | None = None  # importance-guided runs only
     extra: dict[str, Any] = field(default_factory=dict)  # free for user templates
+
+    @property
+    def adds_noise(self) -> bool:
+        """Whether the script carries the gradient-noise block (noise.py.j2)."""
+        return self.train.sigma > 0 or bool(self.noise_scales)
 
     @property
     def ablation(self) -> AblationSpec | None:
@@ -206,23 +242,20 @@ class ScriptContext:
         return self.ablations[0] if len(self.ablations) == 1 else None
 
     @property
-    def ablation_helpers(self) -> list[str]:
-        """The helper templates (ablation/<name>.py.j2) the ablations need, in a fixed order."""
-        need = {
-            "batch_mean": any(a.method == "mean" for a in self.ablations),
-            "at_call_site": any(
-                a.call_site is not None and a.template == "hook" for a in self.ablations
-            ),
-            "zero_output": any(
-                a.method == "zero" and a.template == "hook" for a in self.ablations
-            ),
-            "skip_module": any(
-                a.method == "identity" and a.template == "hook" for a in self.ablations
-            ),
-            "silence_units": any(a.method == "mask" for a in self.ablations),
-            "find_node": any(a.template == "fx_node" for a in self.ablations),
-        }
-        return [name for name, needed in need.items() if needed]
+    def ablation_helpers(self) -> str:
+        """The ablation code the script carries: the :mod:`ablagen.ablate` definitions its
+        ablations use, cut from the library's source ("" when none is needed)."""
+        from ablagen import ablate  # torch, only when scripts are written
+        from ablagen.codegen.embed import extract_definitions
+
+        appliers = {"hook": ablate.ablate_output, "fx_node": ablate.ablate_node}
+        names = [
+            name
+            for a in self.ablations
+            if a.template in appliers
+            for name in (a.operator_class, appliers[a.template].__name__)
+        ]
+        return extract_definitions(ablate, tuple(dict.fromkeys(names))) if names else ""
 
     @property
     def ablation_docstring(self) -> str:

@@ -41,6 +41,11 @@ def comment_safe(value: object) -> str:
     return " ".join(str(value).split())
 
 
+def fail(message: str) -> None:
+    """``{{ fail("...") }}`` in a template: stop rendering with that message."""
+    raise TemplateError(message, "pass another option or override the template")
+
+
 def make_environment(user_dir: Path | None = None) -> jinja2.Environment:
     if user_dir is not None and not user_dir.is_dir():
         raise TemplateError(
@@ -63,4 +68,5 @@ def _environment(user_dir: str | None) -> jinja2.Environment:
         autoescape=False,
     )
     env.filters.update(py=py_literal, docstring=docstring_safe, comment=comment_safe)
+    env.globals["fail"] = fail
     return env

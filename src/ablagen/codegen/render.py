@@ -10,17 +10,21 @@ there, so the whole file passes ``black --check``.
 from __future__ import annotations
 
 import ast
+import collections
 import functools
+import operator
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import black
 import jinja2
+import libcst as cst
 
 from ablagen.codegen.context import ScriptContext
 from ablagen.codegen.env import TOP_TEMPLATE
-from ablagen.errors import TemplateError
+from ablagen.errors import ModelFileError, TemplateError
+from ablagen.source.imports import Imports, import_block, split_imports
 
 SECTION_MARK = "# ablagen:section"
 BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length=88)
@@ -33,14 +37,22 @@ class _Section:
         bool  # first statement is a def / class (comments before it allowed)
     )
     ends_tight: bool  # last statement is the module docstring or an import
+    is_docstring: bool  # the section is the module docstring alone
 
 
 def render_script(env: jinja2.Environment, ctx: ScriptContext) -> str:
+    """The script of ``ctx``: rendered, imports hoisted into one block, formatted."""
     raw = render_raw(env, ctx)
     sections = [s for s in raw.split(f"\n{SECTION_MARK}\n") if s.strip()]
     try:
-        formatted = [_format_section(s) for s in sections]
-    except black.InvalidInput as exc:
+        gathered = [split_imports(section) for section in sections]
+        imports = functools.reduce(operator.or_, (i for i, _ in gathered), Imports())
+        formatted = [_format_section(rest) for _, rest in gathered if rest.strip()]
+        block = import_block(imports)
+        if block:  # after the module docstring, else first
+            at = 1 if formatted and formatted[0].is_docstring else 0
+            formatted.insert(at, _format_section(block))
+    except (black.InvalidInput, cst.ParserSyntaxError) as exc:
         raise TemplateError(
             f"the rendered {ctx.script_name} is not valid Python ({str(exc).splitlines()[0]})",
             "fix the template that produced it",
@@ -49,7 +61,46 @@ def render_script(env: jinja2.Environment, ctx: ScriptContext) -> str:
     for prev, sec in zip(formatted, formatted[1:]):
         blank = "\n" if prev.ends_tight and not sec.starts_with_def else "\n\n"
         out += blank + sec.text
+    _check_names(ctx, out)
     return out
+
+
+def _check_names(ctx: ScriptContext, script: str) -> None:
+    """Refuse a model file that defines a name the rest of the script defines too:
+    one of the two definitions would silently shadow the other."""
+    model = _bindings(ctx.model.source)
+    ours = _bindings(script)
+    clash = sorted(name for name, count in model.items() if ours[name] > count)
+    if clash:
+        raise ModelFileError(
+            f"{ctx.model.path} defines {', '.join(clash)}, which {ctx.script_name} "
+            "defines too",
+            "rename them in the model file",
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _bindings(code: str) -> collections.Counter[str]:
+    """How often each top-level name is bound by a def, class, assignment or import
+    (each distinct import once: the rendered script merges repeated imports)."""
+    tree = ast.parse(code)
+    counts: collections.Counter[str] = collections.Counter()
+    imported: set[tuple[str, str, str]] = set()
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            counts[statement.name] += 1
+        elif isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = getattr(statement, "targets", None) or [statement.target]
+            for target in targets:
+                counts.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(statement, (ast.Import, ast.ImportFrom)):
+            module = getattr(statement, "module", None) or ""
+            for alias in statement.names:
+                bound = alias.asname or alias.name.split(".")[0]
+                if (module, alias.name, bound) not in imported:
+                    imported.add((module, alias.name, bound))
+                    counts[bound] += 1
+    return counts
 
 
 def render_raw(env: jinja2.Environment, ctx: ScriptContext) -> str:
@@ -103,4 +154,5 @@ def _format_section(text: str) -> _Section:
             first, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
         ),
         ends_tight=is_docstring or isinstance(last, (ast.Import, ast.ImportFrom)),
+        is_docstring=is_docstring,
     )
