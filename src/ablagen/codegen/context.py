@@ -255,7 +255,10 @@ class ScriptContext:
             if a.template in appliers
             for name in (a.operator_class, appliers[a.template].__name__)
         ]
-        return extract_definitions(ablate, tuple(dict.fromkeys(names))) if names else ""
+        if not names:
+            return ""
+        comment = "ablation operators (from ablagen.ablate: the knockout engine runs them too)"
+        return extract_definitions(ablate, tuple(dict.fromkeys(names)), comment)
 
     @property
     def ablation_docstring(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 
 from ablagen.analysis import Component, Inventory
-from ablagen.codegen.context import AblationSpec, ScriptContext, script_imports
+from ablagen.codegen.context import AblationSpec, ScriptContext
 from ablagen.codegen.env import TOP_TEMPLATE
 from ablagen.codegen.knockout_block import defined_names, knockout_block_source
 from ablagen.codegen.render import render_script
@@ -26,7 +26,6 @@ from ablagen.errors import ConfigError
 from ablagen.fsutil import sha256_bytes
 from ablagen.knockout_engine import Knockout
 from ablagen.loading import LoadedModel
-from ablagen.source import import_lines, without_imports
 from ablagen.studydir import BASELINE_ID, VariantEntry
 
 KNOCKOUT_SCRIPT = "knockout.py"
@@ -36,7 +35,7 @@ DEFAULT_MAX_BATCH_MB = 256
 #: names the knockout sections define besides the engine's own
 KNOCKOUT_NAMES = frozenset(
     "MAX_BATCH_MB TRACED KNOCKOUTS CheckpointMismatch load_checkpoint trained_baseline "
-    "variant_result knockout pickle tempfile".split()
+    "variant_result knockout knockout_correct pickle tempfile".split()
 )
 
 
@@ -96,12 +95,7 @@ def render_knockout(
         extra={
             "knockouts": rows,
             "traced": inventory.traced,
-            "engine_source": without_imports(  # what the script imports above it
-                knockout_block_source(),
-                script_imports(base["model"].expression)
-                | import_lines(base["model"].source)
-                | import_lines(base["perturb_source"]),
-            ),
+            "engine_source": knockout_block_source(),  # its imports are hoisted
             "max_batch_mb": DEFAULT_MAX_BATCH_MB,
         },
         **base,

@@ -165,7 +165,6 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
         node=comp.node if template == "fx_node" else None,
         units=units,
         unit_dim=comp.unit_dim if method == "mask" else None,
-        tuple_output=comp.output_shape is None,
         ablated_params=ablated,
         summary=summary,
         docstring=f"Ablate {comp.id} ({comp.op}){where}: {summary}.",

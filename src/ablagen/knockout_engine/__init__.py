@@ -1,6 +1,7 @@
 """Knockout evaluation: every ablation of one trained model, scored on held-out data.
 
-Self-contained on purpose: it imports only the standard library and torch, because
+Self-contained on purpose: it imports only the standard library, torch and
+:mod:`ablagen.ablate` (itself self-contained), because
 ablagen embeds this source verbatim into every generated ``knockout.py``
 (``ablagen.codegen.knockout_block``). Edit it here, never in a script.
 
@@ -12,6 +13,9 @@ a memory budget. A probe on 2 and 3 samples finds the per-sample values (stackin
 is exact) and the nodes that write into their inputs in place (they get copies).
 Naive path (the reference, and untraceable models): a fresh copy of the model per
 ablation, with a forward hook or an edited graph.
+
+What an ablation does to an output is :mod:`ablagen.ablate`'s, the operators the
+retrain scripts carry too; ``knockout.py`` embeds that package ahead of this one.
 """
 
 from .fast import CPU_MAX_ROWS, evaluate_fast
@@ -28,7 +32,7 @@ from .records import (
     Score,
 )
 from .run import run_knockouts
-from .targets import Replacer, Target, replacement, resolve
+from .targets import Target, ablation_for, resolve
 
 #: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
 EMBED_ORDER = (
@@ -52,16 +56,15 @@ __all__ = [
     "KnockoutReport",
     "LossFn",
     "Metrics",
-    "Replacer",
     "Score",
     "Target",
     "ablated_copy",
+    "ablation_for",
     "activation_means",
     "evaluate_fast",
     "evaluate_naive",
     "functionalize",
     "inspect_graph",
-    "replacement",
     "resolve",
     "run_knockouts",
 ]

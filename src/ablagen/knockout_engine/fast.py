@@ -8,6 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
+from ablagen.ablate import Ablation
+
 from .graph import GraphFacts, _forward, inspect_graph
 from .records import (
     CorrectFn,
@@ -17,7 +19,7 @@ from .records import (
     Score,
     _Tally,
 )
-from .targets import Target, replacement, resolve
+from .targets import Target, ablation_for, resolve
 from .values import _clone, _copy_k, _nbytes, _zip
 
 CPU_MAX_ROWS = 256  # on CPU, bigger stacks fall out of cache and get slower per sample
@@ -98,7 +100,7 @@ def _outputs(
     plan: _Plan,
     members: list[tuple[Knockout, Target]],
     cache: dict[fx.Node, Any],
-    means: dict[str, torch.Tensor],
+    ops: dict[str, Ablation],
 ) -> list[Any]:
     """The model's output for each member, recomputing only what its ablation changes."""
     copies, n = len(members), len(cache[facts.nodes[0]])
@@ -106,13 +108,9 @@ def _outputs(
     def replacer(target: fx.Node) -> Callable[[Any], Any]:
         def replace(raw: Any) -> Any:
             pieces = [
-                replacement(
-                    k.method,
+                ops[k.variant_id].apply(
                     _copy_k(raw, i, n) if target in plan.rerun and copies > 1 else raw,
                     cache.get(t.source),
-                    means.get(k.variant_id),
-                    k.units,
-                    k.unit_dim,
                 )
                 for i, (k, t) in enumerate(members)
             ]
@@ -164,7 +162,13 @@ def evaluate_fast(
     facts = inspect_graph(fx.symbolic_trace(model), x_val)
     groups: dict[tuple[fx.Node, ...], list[tuple[Knockout, Target]]] = defaultdict(list)
     skipped: dict[str, str] = {}
+    ops: dict[str, Ablation] = {}
+    errors: dict[str, str] = {}
     for k in knockouts:
+        try:
+            ops[k.variant_id] = ablation_for(k, means.get(k.variant_id))
+        except ValueError as exc:  # that knockout fails, not the others
+            errors[k.variant_id] = f"{type(exc).__name__}: {exc}"
         try:
             if facts.unsafe:
                 raise LookupError(facts.unsafe)
@@ -198,7 +202,6 @@ def evaluate_fast(
         for p in plans
     ]
     tallies = {k.variant_id: _Tally() for k in knockouts}
-    errors: dict[str, str] = {}
     base, cache_peak = _Tally(), 0
     with torch.no_grad():
         for start in range(0, len(x_val), chunk):
@@ -217,7 +220,7 @@ def evaluate_fast(
                         plan,
                         live[i : i + size],
                         cache,
-                        means,
+                        ops,
                         y,
                         fns,
                         tallies,
@@ -258,7 +261,7 @@ def _score(
     plan: _Plan,
     members: list[tuple[Knockout, Target]],
     cache: dict[fx.Node, Any],
-    means: dict[str, torch.Tensor],
+    ops: dict[str, Ablation],
     y: torch.Tensor,
     fns: tuple[LossFn, CorrectFn],
     tallies: dict[str, _Tally],
@@ -266,10 +269,10 @@ def _score(
 ) -> None:
     """Score one stack of copies; a failing stack is retried one member at a time."""
     try:
-        outputs = _outputs(facts, plan, members, cache, means)
+        outputs = _outputs(facts, plan, members, cache, ops)
     except Exception as exc:  # one bad ablation must not take the others down
         for member in members if len(members) > 1 else []:
-            _score(facts, plan, [member], cache, means, y, fns, tallies, errors)
+            _score(facts, plan, [member], cache, ops, y, fns, tallies, errors)
         if len(members) == 1:
             errors[members[0][0].variant_id] = f"{type(exc).__name__}: {exc}"
         return

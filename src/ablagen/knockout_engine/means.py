@@ -1,15 +1,30 @@
 """Mean activations on the training data, for the "mean" knockouts."""
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import fx, nn
 
+from ablagen.ablate import Ablation, ablate_output
+
 from .graph import _forward, functionalize
-from .naive import _hook
 from .records import Knockout
 from .targets import resolve
+
+
+class _Observe(Ablation):
+    """Ablates nothing: hands each output to ``seen`` and lets it go on unchanged."""
+
+    name = "observe"
+
+    def __init__(self, seen: Callable[[torch.Tensor], None]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def apply(self, output: Any, source: Any = None) -> Any:
+        self.seen(output)
+        return output
 
 
 def activation_means(
@@ -47,12 +62,8 @@ def activation_means(
 
     hooked = copy.deepcopy(model) if sums and gm is None else None
     for key in sums if hooked is not None else ():
-        _hook(
-            hooked,
-            str(key[0]),
-            key[1],
-            lambda output, source, key=key: add(key, output),
-        )
+        observe = _Observe(lambda output, key=key: add(key, output))
+        ablate_output(hooked, str(key[0]), observe, key[1])
     model.eval()
     with torch.no_grad():
         for start in range(0, len(x_train) if sums else 0, batch_size):

@@ -1,37 +1,15 @@
 """The naive path (the reference, and untraceable models): a fresh copy per knockout."""
 
 import copy
-from typing import Any, Callable
 
 import torch
 from torch import fx, nn
 
+from ablagen.ablate import ablate_node, ablate_output
+
 from .graph import functionalize
 from .records import CorrectFn, Knockout, LossFn, Metrics, Score, _Tally
-from .targets import Replacer, resolve
-
-
-def _hook(
-    model: nn.Module,
-    module: str,
-    call_site: int | None,
-    apply: Callable[[Any, Any], Any],
-) -> None:
-    """Replace ``module``'s output by ``apply(output, input)`` (at one call site); None keeps it."""
-    calls = [0]
-
-    def reset(root: nn.Module, inputs: Any) -> None:
-        calls[0] = 0
-
-    def hook(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
-        site, calls[0] = calls[0], calls[0] + 1
-        if call_site is not None and site != call_site:
-            return output
-        replaced = apply(output, inputs[0] if inputs else None)
-        return output if replaced is None else replaced
-
-    model.register_forward_pre_hook(reset)
-    model.get_submodule(module).register_forward_hook(hook)
+from .targets import ablation_for, resolve
 
 
 def ablated_copy(
@@ -41,29 +19,19 @@ def ablated_copy(
     via: str = "auto",
     example: torch.Tensor | None = None,
 ) -> nn.Module:
-    """A fresh copy of ``model`` with ``k`` applied: hooks, or (``via="graph"``) an edited
-    graph, :func:`functionalize`-d on ``example`` when one is given."""
-    replacer = Replacer(k, mean)
+    """A fresh copy of ``model`` with ``k`` applied: a forward hook, or (``via="graph"``)
+    an edited graph, :func:`functionalize`-d on ``example`` when one is given."""
+    op = ablation_for(k, mean)
     if via == "hooks" or (via == "auto" and k.module is not None):
         ablated = copy.deepcopy(model)
-        ablated.knockout_replacer = replacer
-        _hook(ablated, str(k.module), k.call_site, replacer)
+        ablate_output(ablated, str(k.module), op, k.call_site)
         return ablated
     gm = fx.symbolic_trace(copy.deepcopy(model))
     if example is not None:
         functionalize(gm, example)
-    target, graph = resolve(list(gm.graph.nodes), k), gm.graph
-    if k.method == "identity":
-        target.nodes[0].replace_all_uses_with(target.source)
-        if not k.block:
-            graph.erase_node(target.nodes[0])  # the call is skipped
-    else:
-        gm.add_submodule("knockout_replacer", replacer)
-        for node in target.nodes:
-            with graph.inserting_after(node):
-                new = graph.call_module("knockout_replacer", (node,))
-            node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
-    gm.recompile()
+    target = resolve(list(gm.graph.nodes), k)
+    for node in target.nodes[:1] if op.passes_input else target.nodes:
+        ablate_node(gm, node.name, op, target.source if k.block else None)
     return gm
 
 

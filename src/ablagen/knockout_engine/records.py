@@ -5,7 +5,9 @@ from typing import Any, Callable
 
 import torch
 
-KNOCKOUT_METHODS = ("identity", "zero", "mean", "mask")
+from ablagen.ablate import ABLATIONS
+
+KNOCKOUT_METHODS = tuple(ABLATIONS)  # identity, zero, mean, mask
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""Knockout targets (the graph nodes an ablation replaces) and their replacements."""
+"""Knockout targets (the graph nodes an ablation replaces) and the operator it applies."""
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import fx
+
+from ablagen.ablate import ABLATIONS, Ablation, MaskAblation, MeanAblation, first_input
 
 from .records import KNOCKOUT_METHODS, Knockout
-from .values import _zip
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,6 @@ def _in_block(node: fx.Node, block: str) -> bool:
         and owner is not None
         and (owner == block or owner.startswith(block + "."))
     )
-
-
-def _first_arg(node: fx.Node) -> fx.Node | None:
-    return next((a for a in node.args if isinstance(a, fx.Node)), None)
 
 
 def resolve(nodes: tuple[fx.Node, ...] | list[fx.Node], k: Knockout) -> Target:
@@ -57,47 +53,27 @@ def resolve(nodes: tuple[fx.Node, ...] | list[fx.Node], k: Knockout) -> Target:
             raise LookupError(
                 f"the traced graph has no node {k.node!r}; regenerate the script"
             )
-        return Target((found[0],), _first_arg(found[0]))
+        return Target((found[0],), first_input(found[0]))
     calls = [n for n in nodes if n.op == "call_module" and n.target == k.module]
     calls = calls if k.call_site is None else calls[k.call_site : k.call_site + 1]
     if not calls:
         raise LookupError(f"module {k.module!r} is not called in the traced graph")
-    return Target(tuple(calls), _first_arg(calls[0]))
+    return Target(tuple(calls), first_input(calls[0]))
 
 
-def replacement(
-    method: str,
-    output: Any,
-    source: Any,
-    mean: torch.Tensor | None,
-    units: tuple[int, int] | None,
-    unit_dim: int | None,
-) -> Any:
-    """What an ablated output becomes: the one definition both paths use."""
-    if method == "identity":
-        return source
-    if method == "zero":
-        return _zip(torch.zeros_like, [output])
-    if method == "mean":
-        return mean.to(output.dtype).unsqueeze(0).expand_as(output).contiguous()
-    if method == "mask":
-        masked = output.clone()
-        masked.narrow(unit_dim, units[0], units[1] - units[0]).zero_()
-        return masked
-    raise ValueError(
-        f"unknown ablation method {method!r}; use one of {KNOCKOUT_METHODS}"
-    )
-
-
-class Replacer(nn.Module):
-    """:func:`replacement` as a module, so the mean follows ``.to(device)``."""
-
-    def __init__(self, k: Knockout, mean: torch.Tensor | None) -> None:
-        super().__init__()
-        self.method, self.units, self.unit_dim = k.method, k.units, k.unit_dim
-        self.register_buffer("mean", mean, persistent=False)
-
-    def forward(self, output: Any, source: Any = None) -> Any:
-        return replacement(
-            self.method, output, source, self.mean, self.units, self.unit_dim
+def ablation_for(k: Knockout, mean: torch.Tensor | None) -> Ablation:
+    """The operator a knockout applies (``mean``: measured on the training data)."""
+    kind = ABLATIONS.get(k.method)
+    if kind is None:
+        raise ValueError(
+            f"unknown ablation method {k.method!r}; use one of {KNOCKOUT_METHODS}"
         )
+    if kind is MeanAblation:
+        if mean is None:
+            raise ValueError(f"no mean activation was measured for {k.variant_id}")
+        return MeanAblation(mean).eval()  # the measured mean, never a batch's
+    if kind is MaskAblation:
+        if k.units is None or k.unit_dim is None:
+            raise ValueError(f"mask knockout {k.variant_id} names no units")
+        return MaskAblation(k.unit_dim, *k.units)
+    return kind()

@@ -1,0 +1,44 @@
+"""The one set of ablation operators: zero, identity, mean, mask.
+
+Self-contained on purpose: it imports only the standard library and torch, so its
+source can be embedded into generated scripts that never import ablagen. A retrain
+script carries only the definitions its ablation uses
+(:func:`ablagen.codegen.embed.extract_definitions`); the knockout engine imports the
+package and its ``knockout.py`` embeds it whole. Edit it here, never in a script.
+
+- :mod:`.operators`: ``ABLATIONS``, the registry of operators by method name, each
+  with ``apply(output, source)``;
+- :mod:`.hooks`: :func:`ablate_output`, a module's output ablated by a forward hook,
+  at every call or at one call site;
+- :mod:`.graph`: :func:`ablate_node`, a node of a traced graph edited (functional
+  calls, in-place ones made out of place first).
+"""
+
+from .graph import ablate_node, first_input, out_of_place
+from .hooks import OutputHook, ablate_output
+from .operators import (
+    ABLATIONS,
+    Ablation,
+    IdentityAblation,
+    MaskAblation,
+    MeanAblation,
+    ZeroAblation,
+)
+
+#: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
+EMBED_ORDER = ("operators", "hooks", "graph")
+
+__all__ = [
+    "ABLATIONS",
+    "EMBED_ORDER",
+    "Ablation",
+    "IdentityAblation",
+    "MaskAblation",
+    "MeanAblation",
+    "OutputHook",
+    "ZeroAblation",
+    "ablate_node",
+    "ablate_output",
+    "first_input",
+    "out_of_place",
+]

@@ -1,0 +1,56 @@
+"""Ablating a node of a traced graph: a functional call (``F.relu``, ``x.relu_()``) has no
+module to hook, so its torch.fx node is edited instead."""
+
+import torch
+from torch import fx
+
+from .operators import Ablation
+
+
+def out_of_place(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    """An in-place call (``F.relu(h, inplace=True)``, ``h.tanh_()``) made out of place,
+    and later readers of ``h`` made to read its result: an edit of it reaches them."""
+    name = getattr(node.target, "__name__", node.target)
+    trailing = isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+    if node.kwargs.get("inplace"):
+        node.kwargs = {**node.kwargs, "inplace": False}
+    elif trailing and node.op == "call_method":
+        node.target = name[:-1]
+    elif trailing and node.op == "call_function" and hasattr(torch, name[:-1]):
+        node.target = getattr(torch, name[:-1])
+    else:
+        return node
+    source, after = node.args[0], False
+    for other in graph.nodes:
+        if after and source in other.all_input_nodes:
+            other.replace_input_with(source, node)
+        after = after or other is node
+    return node
+
+
+def first_input(node: fx.Node):
+    """The first value a node reads: what goes on when the node is skipped (the knockout
+    engine's targets; :func:`ablate_node` finds it the same way)."""
+    return next((a for a in node.args if isinstance(a, fx.Node)), None)
+
+
+def ablate_node(traced: fx.GraphModule, name: str, op: Ablation, source=None) -> None:
+    """Ablate node ``name`` of ``traced`` with ``op``: identity drops the call, its users
+    read ``source`` (default: its first input); another op is called on its output."""
+    graph = traced.graph
+    found = [node for node in graph.nodes if node.name == name]
+    if not found:
+        raise RuntimeError(
+            f"torch.fx graph has no node {name!r}; regenerate this script"
+        )
+    node = out_of_place(graph, found[0])
+    if op.passes_input:
+        inputs = [arg for arg in node.args if isinstance(arg, fx.Node)]
+        node.replace_all_uses_with(inputs[0] if source is None else source)
+        graph.erase_node(node)
+    else:
+        traced.add_submodule(f"ablation_{op.name}_{node.name}", op)
+        with graph.inserting_after(node):
+            new = graph.call_module(f"ablation_{op.name}_{node.name}", (node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    traced.recompile()

@@ -1,0 +1,95 @@
+"""The ablation operators: what an ablated output becomes, one class per method.
+
+Each operator's ``apply(output, source)`` takes the unablated output and the value
+the ablated op was given (its input: what ``identity`` passes on) and returns the
+output that goes on in its place. Operators are small ``nn.Module``s so that one
+with state (the running mean) follows ``.to(device)`` and ``.eval()`` once it has
+joined the model, and so that a traced graph can call any of them as a node.
+"""
+
+import torch
+from torch import nn
+
+
+class Ablation(nn.Module):
+    """An ablation operator; ``passes_input``: the op is skipped, its input goes on."""
+
+    name = "ablation"
+    passes_input = False
+
+    def forward(self, output, source=None):
+        return self.apply(output, source)
+
+
+class IdentityAblation(Ablation):
+    """Skip the op: its input goes on in place of its output (only where shapes match)."""
+
+    name = "identity"
+    passes_input = True
+
+    def apply(self, output, source=None):
+        return source
+
+
+class ZeroAblation(Ablation):
+    """The op still runs; zeros go on in place of its output (each tensor of a tuple)."""
+
+    name = "zero"
+
+    def apply(self, output, source=None):
+        if isinstance(output, torch.Tensor):
+            return torch.zeros_like(output)
+        if isinstance(output, dict):
+            return {key: self.apply(value) for key, value in output.items()}
+        if isinstance(output, (tuple, list)):
+            items = [self.apply(item) for item in output]
+            is_named = hasattr(output, "_fields")  # a namedtuple takes its fields apart
+            return type(output)(*items) if is_named else type(output)(items)
+        return output  # not a tensor: nothing to zero
+
+
+class MeanAblation(Ablation):
+    """The output replaced by its mean over the samples: one constant for every sample.
+    Training: the batch mean (gradients flow), kept as a running mean like BatchNorm's;
+    evaluation: that running mean, or the per-position ``mean`` given (knockout)."""
+
+    name = "mean"
+
+    def __init__(self, mean=None, momentum=0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running", mean)
+
+    def apply(self, output, source=None):
+        if self.training or self.running is None:
+            mean = output.mean(dim=0)
+            if self.training:
+                with torch.no_grad():
+                    old = mean.detach() if self.running is None else self.running
+                    self.running = (
+                        1 - self.momentum
+                    ) * old + self.momentum * mean.detach()
+        else:
+            mean = self.running.to(output.dtype)
+        return mean.expand_as(output).contiguous()
+
+
+class MaskAblation(Ablation):
+    """Output units ``start .. stop-1`` along ``dim`` set to zero, the others kept."""
+
+    name = "mask"
+
+    def __init__(self, dim, start, stop):
+        super().__init__()
+        self.dim, self.start, self.stop = dim, start, stop
+
+    def apply(self, output, source=None):
+        output = output.clone()
+        output.narrow(self.dim, self.start, self.stop - self.start).zero_()
+        return output
+
+
+#: the registry: every ablation method by name (as Torch-Pruning keeps its pruners)
+ABLATIONS: dict[str, type[Ablation]] = {
+    op.name: op for op in (IdentityAblation, ZeroAblation, MeanAblation, MaskAblation)
+}
