@@ -2,12 +2,12 @@
 module to hook, so its torch.fx node is edited instead."""
 
 import torch
-from torch import fx
+
 
 from .operators import Ablation
 
 
-def out_of_place(graph: fx.Graph, node: fx.Node) -> fx.Node:
+def out_of_place(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
     """An in-place call (``F.relu(h, inplace=True)``, ``h.tanh_()``) made out of place,
     and later readers of ``h`` made to read its result: an edit of it reaches them."""
     name = getattr(node.target, "__name__", node.target)
@@ -28,13 +28,15 @@ def out_of_place(graph: fx.Graph, node: fx.Node) -> fx.Node:
     return node
 
 
-def first_input(node: fx.Node):
+def first_input(node: torch.fx.Node):
     """The first value a node reads: what goes on when the node is skipped (the knockout
     engine's targets; :func:`ablate_node` finds it the same way)."""
-    return next((a for a in node.args if isinstance(a, fx.Node)), None)
+    return next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
 
 
-def ablate_node(traced: fx.GraphModule, name: str, op: Ablation, source=None) -> None:
+def ablate_node(
+    traced: torch.fx.GraphModule, name: str, op: Ablation, source=None
+) -> None:
     """Ablate node ``name`` of ``traced`` with ``op``: identity drops the call, its users
     read ``source`` (default: its first input); another op is called on its output."""
     graph = traced.graph
@@ -45,7 +47,7 @@ def ablate_node(traced: fx.GraphModule, name: str, op: Ablation, source=None) ->
         )
     node = out_of_place(graph, found[0])
     if op.passes_input:
-        inputs = [arg for arg in node.args if isinstance(arg, fx.Node)]
+        inputs = [arg for arg in node.args if isinstance(arg, torch.fx.Node)]
         node.replace_all_uses_with(inputs[0] if source is None else source)
         graph.erase_node(node)
     else:

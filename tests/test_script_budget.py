@@ -1,0 +1,79 @@
+"""The scripts stay short enough to read in five minutes (issue: script redesign).
+
+Budgets: a script without gradient noise has at most 400 lines and no noise code;
+a script with noise at most 650, its noise block at most 250. A variant differs
+from its baseline only in the docstring and the ablation section.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ablagen.codegen.context import TrainConfig
+from conftest import EXAMPLES
+from scriptutil import generate
+
+PLAIN_BUDGET, NOISY_BUDGET, NOISE_BLOCK_BUDGET = 400, 650, 250
+RULE = "# " + "-" * 77
+
+
+def sections(script: str) -> dict[str, list[str]]:
+    """The script's sections by their title (the comment line under each rule)."""
+    found: dict[str, list[str]] = {"header": []}
+    title = "header"
+    lines = script.splitlines()
+    for index, line in enumerate(lines):
+        if line == RULE and index + 1 < len(lines):
+            title = re.split(r"[:(]", lines[index + 1].lstrip("# "))[0].strip()
+            found[title] = []
+        found[title].append(line)
+    return found
+
+
+@pytest.fixture(scope="module", params=["digits_cnn", "resnet_small"])
+def plain_study(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "s"
+    return generate(EXAMPLES / f"{request.param}.py", out, train=TrainConfig(epochs=2))
+
+
+def test_plain_scripts_fit_the_budget_and_carry_no_noise(plain_study):
+    scripts = sorted(plain_study.glob("*.py"))
+    assert len(scripts) > 5
+    for script in scripts:
+        text = script.read_text()
+        assert len(text.splitlines()) <= PLAIN_BUDGET, script.name
+        assert "GradientNoise" not in text and "SIGMA" not in text, script.name
+
+
+def test_variants_differ_from_the_baseline_only_in_docstring_and_ablation(plain_study):
+    baseline = sections((plain_study / "baseline.py").read_text())
+    assert list(baseline)[:3] == ["header", "config", "model"]
+    for script in sorted(plain_study.glob("*.py")):
+        variant = sections(script.read_text())
+        assert list(variant) == list(baseline), script.name
+        for title in baseline:
+            if title in ("header", "ablation"):
+                continue
+            assert variant[title] == baseline[title], (script.name, title)
+        end = next(
+            i for i, line in enumerate(baseline["header"]) if line.endswith('"""') and i
+        )
+        assert (
+            variant["header"][end:] == baseline["header"][end:]
+        ), script.name  # imports
+
+
+@pytest.mark.parametrize("model", ["digits_cnn", "resnet_small"])
+def test_noisy_scripts_fit_the_budget(model, tmp_path):
+    train = TrainConfig(
+        epochs=2, sigma=0.01, noise="orthogonal", noise_schedule="adaptive"
+    )
+    study = generate(EXAMPLES / f"{model}.py", tmp_path / "s", train=train)
+    for script in sorted(study.glob("*.py")):
+        text = script.read_text()
+        assert len(text.splitlines()) <= NOISY_BUDGET, script.name
+        block = sections(text)["gradient noise"]
+        assert len(block) <= NOISE_BLOCK_BUDGET, script.name
+        assert "laplace" not in text.lower() and "cosine" not in text.lower()
