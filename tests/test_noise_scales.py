@@ -216,3 +216,13 @@ def test_json_form_is_stable_and_lists_per_unit_scales() -> None:
 def test_bad_options_are_config_errors(lo: float, hi: float, temp: float) -> None:
     with pytest.raises(ConfigError):
         noise_scales(MANIFEST, RANKING, min_scale=lo, max_scale=hi, temperature=temp)
+
+
+def test_noise_scales_read_back_what_they_wrote(tmp_path) -> None:
+    from ablagen.noise_scales import NoiseScales, load_noise_scales, write_noise_scales
+
+    scales = noise_scales(MANIFEST, RANKING)
+    assert any(isinstance(v, tuple) for v in scales.parameters.values())
+    assert NoiseScales.from_json(scales.to_json()) == scales
+    write_noise_scales(tmp_path, scales)
+    assert load_noise_scales(tmp_path) == scales

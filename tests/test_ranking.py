@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+from scipy import stats
 
 from ablagen.errors import StudyError
 from ablagen.orchestrate.records import RunRecord
-from ablagen.ranking import rank, select_records, t_quantile
+from ablagen.ranking import (
+    IMPORTANCE_JSON,
+    Ranking,
+    load_ranking,
+    rank,
+    select_records,
+    write_importance,
+)
 from ablagen.studydir import Manifest, VariantEntry
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -81,20 +90,30 @@ def study_records() -> list[RunRecord]:
     return recs
 
 
-@pytest.mark.parametrize(
-    ("df", "expected"),
-    [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042), (120, 1.980)],
-)
-def test_t_quantile_matches_table(df: int, expected: float) -> None:
-    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
-    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-3)
+@pytest.mark.parametrize("confidence", [0.8, 0.9, 0.95, 0.99])
+def test_interval_is_scipys_student_t_interval(confidence: float) -> None:
+    ranking = rank(MANIFEST, study_records(), confidence=confidence)
+    for row in ranking.rows:
+        low, high = stats.t.interval(
+            confidence, row.n - 1, loc=row.mean, scale=stats.sem(row.diffs)
+        )
+        assert (row.ci_low, row.ci_high) == pytest.approx((low, high), abs=1e-12)
 
 
-def test_t_quantile_matches_scipy() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 3, 5, 7, 9, 16, 29, 64, 301):
-        for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.9995):
-            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
+def test_ranking_reads_back_what_it_wrote(tmp_path) -> None:
+    ranking = rank(MANIFEST, study_records())
+    assert ranking.failed and ranking.rows  # both kinds of row travel
+    assert Ranking.from_json(json.loads(ranking.dumps())) == ranking
+    write_importance(tmp_path, ranking)
+    assert load_ranking(tmp_path) == ranking
+
+
+def test_missing_or_corrupt_ranking_says_run_rank(tmp_path) -> None:
+    with pytest.raises(StudyError, match="ablagen rank"):
+        load_ranking(tmp_path)
+    (tmp_path / IMPORTANCE_JSON).write_text('{"metric": "val_acc"}')
+    with pytest.raises(StudyError, match="corrupt.*ablagen rank"):
+        load_ranking(tmp_path)
 
 
 def test_ranks_essential_first_and_dead_includes_zero() -> None:

@@ -49,17 +49,42 @@ def test_study_writes_ranking_noise_scales_arms_and_report(study):
     assert ranked and not any(r["variant"].startswith("arm:") for r in ranked)
 
 
-def test_second_study_run_trains_nothing(study, capsys):
-    from ablagen.codegen.context import TrainConfig
-    from ablagen.codegen.study import GenerateOptions
-    from ablagen.hybrid import ArmOptions
-    from ablagen.pipeline import StudyOptions, run_full_study
+def test_second_study_run_trains_nothing_traces_once_and_reports_once(
+    study, monkeypatch
+):
+    from dataclasses import replace
 
+    import ablagen.codegen.prepare
+    import ablagen.pipeline
+    from ablagen.codegen.study import GenerateOptions
+    from ablagen.pipeline import run_full_study
+    from ablagen.study import STUDY_TRAIN, ArmOptions, StudyOptions
+
+    calls = {"analyze": 0, "report": 0}
+
+    def counting(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(
+        ablagen.codegen.prepare,
+        "analyze",
+        counting("analyze", ablagen.codegen.prepare.analyze),
+    )
+    monkeypatch.setattr(
+        ablagen.pipeline,
+        "write_report",
+        counting("report", ablagen.pipeline.write_report),
+    )
+    manifest_before = (study / "manifest.json").read_bytes()
     opts = StudyOptions(
         generate=GenerateOptions(
             model=str(EXAMPLES / "tabular_mlp.py"),
             out=study,
-            train=TrainConfig(epochs=2, scheduler="cosine", patience=3),
+            train=replace(STUDY_TRAIN, epochs=2),  # the CLI's defaults, --epochs 2
         ),
         seeds=(0, 1),
         arm_seeds=(0, 1),
@@ -72,6 +97,21 @@ def test_second_study_run_trains_nothing(study, capsys):
         and outcome.arm_runs.ran == ()
     )
     assert outcome.ablation_runs.skipped_ok == outcome.ablation_runs.planned > 0
+    assert calls == {"analyze": 1, "report": 1}  # the arms reuse the traced model
+    assert (study / "manifest.json").read_bytes() == manifest_before
+    assert outcome.ranking.files[-1] == outcome.report == study / "report.md"
+
+
+def test_hybrid_command_renders_the_arms_the_study_rendered(study, capsys):
+    """``ablagen hybrid`` rebuilds the state from the manifest and the ranking files:
+    the same scripts and manifest as the pipeline's objects gave."""
+    names = ("ablated.py", "perturbed.py", "hybrid.py", "manifest.json")
+    before = {name: (study / name).read_bytes() for name in names}
+    code, out, err = run_cli(
+        ["hybrid", study, "--sigma", "0.01", "--ablate-bottom", "1"], capsys
+    )
+    assert code == 0, err
+    assert {name: (study / name).read_bytes() for name in names} == before
 
 
 def test_hybrid_script_carries_the_noise_scales(study):
@@ -140,7 +180,7 @@ def test_energy_matched_scales_keep_the_order_and_the_total_noise():
     )
 
 
-def test_spearman_against_scipy():
+def test_spearman_is_scipys_and_none_where_undefined():
     import scipy.stats
 
     from ablagen.pipeline import spearman
@@ -150,6 +190,7 @@ def test_spearman_against_scipy():
         scipy.stats.spearmanr(a, b).statistic, abs=1e-12
     )
     assert spearman([1.0], [2.0]) is None
+    assert spearman([1.0, 1.0, 1.0], [0.1, 0.2, 0.3]) is None  # constant: undefined
 
 
 def test_two_stage_retrains_the_top_and_the_most_uncertain():

@@ -1,8 +1,8 @@
 """Importance-guided training: the arms of the seeds' experiment, as standalone scripts.
 
-``ablagen hybrid STUDY`` reads the study's ranking (``importance.json``) and noise
-scales (``noise_scales.json``, both from ``ablagen rank``) and adds three scripts
-to the study, each listed in the manifest as an entry of kind ``arm``:
+:func:`render_arms` takes the study's :class:`~ablagen.ranking.Ranking` and
+:class:`~ablagen.noise_scales.NoiseScales` (objects, as ``ablagen study`` holds them)
+and renders three scripts, each listed in the manifest as an entry of kind ``arm``:
 
 - ``ablated.py``   (``arm:ablated``):   the baseline with its K least important
   components removed together, the way the ranking says they were ablated;
@@ -12,8 +12,10 @@ to the study, each listed in the manifest as an entry of kind ``arm``:
   sigma is scaled per parameter (and per output unit) by the noise scales:
   important parts get little noise, unimportant ones more.
 
-The fourth arm is ``baseline.py`` itself. :func:`compare_arms` summarises the four
-over seeds from the result store.
+``ablagen hybrid STUDY`` (:func:`write_arms`) is the later command: it reads the
+ranking and noise scales ``ablagen rank`` wrote, loads the model with the study's
+recorded options and adds the scripts. The fourth arm is ``baseline.py`` itself.
+:func:`compare_arms` summarises the four over seeds from the result store.
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ablagen.codegen.context import TrainConfig
+from ablagen.analysis import Component, Inventory
+from ablagen.codegen.options import StudyConfig
 from ablagen.codegen.plan import ablation_spec
-from ablagen.codegen.study import GenerateOptions, Prepared, prepare
-from ablagen.errors import ConfigError, StudyError
-from ablagen.fsutil import atomic_write_bytes, atomic_write_text, sha256_bytes
+from ablagen.codegen.prepare import Prepared, prepare
+from ablagen.codegen.writer import add_scripts
+from ablagen.errors import StudyError
+from ablagen.fsutil import atomic_write_text, sha256_bytes
+from ablagen.noise_scales import NoiseScales, load_noise_scales
+from ablagen.ranking import ImportanceRow, Ranking, load_ranking
+from ablagen.study.options import ArmOptions
 from ablagen.studydir import (
     ARM_KIND,
     BASELINE_ID,
-    MANIFEST,
     Manifest,
     VariantEntry,
     load_manifest,
@@ -48,117 +54,92 @@ ARM_ORDER = (BASELINE_ID, "arm:ablated", "arm:perturbed", "arm:hybrid")
 ARMS_JSON = "arms.json"
 
 
-@dataclass(frozen=True)
-class ArmOptions:
-    sigma: float = 0.01  # base noise std of the perturbed and hybrid arms
-    noise: str = "gaussian"
-    ablate_bottom: int = 2  # components the ablated arm removes (0: no ablated arm)
-    match_noise: bool = (
-        True  # rescale the hybrid's scales: the same total noise as perturbed
-    )
+ArmScripts = tuple[tuple[VariantEntry, bytes], ...]
 
 
-def options_from_manifest(study: Path, manifest: Manifest) -> GenerateOptions:
-    """The generate options that made the study, read back from its manifest."""
-    config = manifest.config
-    model = str((study / manifest.model["path"]).resolve())
-    if manifest.model.get("name") and ":" not in Path(manifest.model["path"]).name:
-        model = f"{model}:{manifest.model['name']}"
-    templates = config.get("templates_path")
-    return GenerateOptions(
-        model=model,
-        out=study,
-        kinds=",".join(config.get("kinds", [])) or None,
-        components=tuple(config.get("components", [])),
-        methods=",".join(config.get("methods", [])) or None,
-        neuron_groups=config.get("neuron_groups"),
-        input_shape=config.get("input_shape"),
-        mode=config.get("mode", "retrain"),
-        dataset=config["data"]["dataset"],
-        val_fraction=config["data"]["val_fraction"],
-        split_seed=config["data"]["split_seed"],
-        dropout=config.get("dropout"),
-        train=TrainConfig(**config["train"]),
-        templates=(study / templates).resolve() if templates else None,
-    )
-
-
-def _read_json(study: Path, name: str) -> dict[str, Any]:
-    path = study / name
-    if not path.is_file():
-        raise StudyError(
-            f"{study} has no ranking ({name} is missing)",
-            f"run `ablagen rank {study}` first",
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise StudyError(
-            f"{path} is corrupt ({exc})", f"run `ablagen rank {study}` again"
-        ) from exc
-
-
-def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifest:
-    """Render the arm scripts into the study and list them in its manifest."""
-    if arm.sigma < 0 or arm.ablate_bottom < 0:
-        raise ConfigError(
-            "--sigma and --ablate-bottom must not be negative", "give 0 or more"
-        )
-    study = Path(study_dir).resolve()
-    manifest = load_manifest(study)
-    importance = _read_json(study, "importance.json")
-    scales = _read_json(study, "noise_scales.json")
-    prepared = prepare(options_from_manifest(study, manifest))
-    if prepared.loaded.sha256 != manifest.model["sha256"]:
-        raise StudyError(
-            f"{manifest.model['path']} changed since {study.name} was generated (stale study)",
-            f"regenerate it: {manifest.config.get('command', 'ablagen generate')} (from the study directory)",
-        )
-    noisy = replace(prepared.opts.train, sigma=arm.sigma, noise=arm.noise).validate()
-    files: dict[str, bytes] = {}
+def render_arms(
+    prepared: Prepared,
+    manifest: Manifest,
+    ranking: Ranking,
+    noise: NoiseScales,
+    arm: ArmOptions = ArmOptions(),
+) -> ArmScripts:
+    """The arm scripts and their manifest entries, rendered in memory."""
+    arm.validate()
+    label = prepared.loaded.ref.label
+    noisy = replace(prepared.config.train, sigma=arm.sigma, noise=arm.noise).validate()
     specs = tuple(
         ablation_spec(c, m)
-        for c, m in _least_important(prepared, importance, arm.ablate_bottom)
+        for c, m in least_important(prepared.inventory, ranking.rows, arm.ablate_bottom)
     )
+    files: dict[str, bytes] = {}
     if specs:
         names = ", ".join(s.variant_id for s in specs)
         files["arm:ablated"] = prepared.render(
-            ARMS["arm:ablated"], "arm:ablated", f"Ablated arm of {prepared.loaded.ref.label}: its {len(specs)} least important components removed.",
+            ARMS["arm:ablated"], "arm:ablated", f"Ablated arm of {label}: its {len(specs)} least important components removed.",
             (f"Removed together, as ranked by importance.json: {names}.",), ablations=specs,
         )  # fmt: skip
     files["arm:perturbed"] = prepared.render(
-        ARMS["arm:perturbed"], "arm:perturbed", f"Perturbed arm of {prepared.loaded.ref.label}: uniform gradient noise.",
+        ARMS["arm:perturbed"], "arm:perturbed", f"Perturbed arm of {label}: uniform gradient noise.",
         (f"Every parameter gets {arm.noise} gradient noise of sigma {arm.sigma:g} (the control arm).",), train=noisy,
     )  # fmt: skip
-    hybrid_scales = scales["parameters"]
+    scales = noise.to_json()["parameters"]
+    order = [name for name, _ in manifest.model["parameters"]]  # the model's order
+    hybrid_scales = {name: scales[name] for name in order if name in scales}
     matched = ""
     if arm.match_noise:
         hybrid_scales = energy_matched(hybrid_scales, manifest.model["parameters"])
         matched = " rescaled so the total noise energy equals the perturbed arm's,"
     files["arm:hybrid"] = prepared.render(
-        ARMS["arm:hybrid"], "arm:hybrid", f"Hybrid arm of {prepared.loaded.ref.label}: importance-guided gradient noise.",
+        ARMS["arm:hybrid"], "arm:hybrid", f"Hybrid arm of {label}: importance-guided gradient noise.",
         (f"Base sigma {arm.sigma:g} ({arm.noise}), scaled per parameter and output unit by noise_scales.json{matched}:",
          "important components get less noise, unimportant ones more."),
         train=noisy, noise_scales=hybrid_scales,
     )  # fmt: skip
-    entries = [v for v in manifest.variants if v.kind != ARM_KIND]
+    scripts = []
     for arm_id, data in files.items():
-        atomic_write_bytes(study / ARMS[arm_id], data)
         extra = (
             {"removed": [s.variant_id for s in specs]}
             if arm_id == "arm:ablated"
             else {"sigma": arm.sigma, "noise": arm.noise}
         )
-        entries.append(
-            VariantEntry(
-                arm_id, None, ARM_KIND, None, ARMS[arm_id], sha256_bytes(data), extra
-            )
+        entry = VariantEntry(
+            arm_id, None, ARM_KIND, None, ARMS[arm_id], sha256_bytes(data), extra
         )
-    updated = replace(
-        manifest, variants=(entries[0], *sorted(entries[1:], key=lambda e: e.id))
-    )
-    atomic_write_text(study / MANIFEST, updated.dumps())
-    return updated
+        scripts.append((entry, data))
+    return tuple(scripts)
+
+
+def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifest:
+    """``ablagen hybrid``: add the arm scripts to a ranked study and its manifest."""
+    arm.validate()
+    study = Path(study_dir).resolve()
+    manifest = load_manifest(study)
+    ranking, noise = load_ranking(study), load_noise_scales(study)
+    prepared = prepare_recorded(study, manifest)
+    scripts = render_arms(prepared, manifest, ranking, noise, arm)
+    return add_scripts(study, manifest, scripts, ARM_KIND)
+
+
+def prepare_recorded(study: Path, manifest: Manifest) -> Prepared:
+    """Load the study's model with the options its manifest records (a later command)."""
+    try:
+        config = StudyConfig.from_manifest(manifest.config)
+    except (KeyError, TypeError) as exc:
+        raise StudyError(
+            f"{study / 'manifest.json'} records no usable generate options ({exc})",
+            "regenerate the study with `ablagen generate ... --force`",
+        ) from exc
+    model = str((study / manifest.model["path"]).resolve())
+    if manifest.model.get("name") and ":" not in Path(manifest.model["path"]).name:
+        model = f"{model}:{manifest.model['name']}"
+    prepared = prepare(config.options(study, model), command=config.command)
+    if prepared.loaded.sha256 != manifest.model["sha256"]:
+        raise StudyError(
+            f"{manifest.model['path']} changed since {study.name} was generated (stale study)",
+            f"regenerate it: {config.command} (from the study directory)",
+        )
+    return prepared
 
 
 def energy_matched(
@@ -173,34 +154,36 @@ def energy_matched(
     for name, shape in parameters:
         numel = math.prod(shape)
         scale = scales.get(name, 1.0)
-        units = scale if isinstance(scale, list) else [scale]
+        units = scale if isinstance(scale, (list, tuple)) else [scale]
         energy += sum(u * u for u in units) * numel / len(units)
         count += numel
     rms = math.sqrt(energy / count) if count and energy else 1.0
     return {
         name: (
-            [round(u / rms, 6) for u in v] if isinstance(v, list) else round(v / rms, 6)
+            [round(u / rms, 6) for u in v]
+            if isinstance(v, (list, tuple))
+            else round(v / rms, 6)
         )
         for name, v in scales.items()
     }
 
 
-def _least_important(
-    prepared: Prepared, importance: dict[str, Any], k: int
-) -> list[tuple[Any, str]]:
+def least_important(
+    inventory: Inventory, rows: tuple[ImportanceRow, ...], k: int
+) -> list[tuple[Component, str]]:
     """The k lowest-ranked (component, method) pairs that do not nest in one another."""
-    chosen: list[tuple[Any, str]] = []
+    chosen: list[tuple[Component, str]] = []
     modules: list[str] = []
-    for row in reversed(importance.get("rows", [])):
+    for row in reversed(rows):
         if len(chosen) == k:
             break
-        comp = prepared.inventory.get(row["component"])
-        if comp is None or row["method"] not in comp.methods:
+        comp = inventory.get(row.component)
+        if comp is None or row.method not in comp.methods:
             continue
         module = comp.module or comp.param_owner or comp.id
         if any(_nested(module, other) for other in modules):
             continue
-        chosen.append((comp, row["method"]))
+        chosen.append((comp, row.method))
         modules.append(module)
     return chosen
 

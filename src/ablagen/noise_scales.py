@@ -38,7 +38,7 @@ from typing import Any
 
 from ablagen.errors import ConfigError, StudyError
 from ablagen.fsutil import atomic_write_text
-from ablagen.ranking import Ranking
+from ablagen.ranking import Ranking, read_json
 from ablagen.studydir import Manifest
 
 NOISE_SCALES_JSON = "noise_scales.json"
@@ -74,6 +74,22 @@ class NoiseScales:
                 for k, v in self.parameters.items()
             },
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NoiseScales:
+        """Read back what :meth:`to_json` wrote (KeyError/TypeError if it is not that)."""
+        return cls(
+            metric=data["metric"],
+            default=data["default"],
+            min_scale=data["min"],
+            max_scale=data["max"],
+            temperature=data["temperature"],
+            components={k: dict(v) for k, v in data["components"].items()},
+            parameters={
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in data["parameters"].items()
+            },
+        )
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -223,3 +239,9 @@ def write_noise_scales(study_dir: str | Path, scales: NoiseScales) -> Path:
     path = Path(study_dir) / NOISE_SCALES_JSON
     atomic_write_text(path, scales.dumps())
     return path
+
+
+def load_noise_scales(study_dir: str | Path) -> NoiseScales:
+    """The noise scales ``ablagen rank`` wrote into the study (``noise_scales.json``)."""
+    path = Path(study_dir) / NOISE_SCALES_JSON
+    return read_json(path, f"ablagen rank {study_dir}", NoiseScales.from_json)

@@ -1,5 +1,9 @@
 """``ablagen study``: analyze -> generate -> run -> rank -> noise scales -> arms -> report.
 
+State flows one way, as objects: the generated study (with its prepared model) goes
+to the arms, the ranking and noise scales too; files are written for people and for
+later commands, never read back here. The report is written once, at the end.
+
 Every step is resumable: generating is deterministic (unchanged scripts keep their
 hashes), the orchestrator skips every run already stored as ok, and ranking and
 reports are recomputed from the store. A second ``ablagen study`` on the same model
@@ -8,41 +12,37 @@ therefore trains nothing again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ablagen.codegen.study import GenerateOptions, generate_study
+from ablagen.codegen.study import generate_study
+from ablagen.codegen.writer import add_scripts
 from ablagen.errors import ConfigError
 from ablagen.hybrid import (
-    ArmOptions,
     ArmResult,
     arms_markdown,
     compare_arms,
-    write_arms,
+    render_arms,
     write_arms_json,
 )
-from ablagen.orchestrate import RunOptions, RunSummary, run_study
-from ablagen.report import RankOutputs, rank_study
-from ablagen.studydir import ABLATION_KINDS, BASELINE_ID, load_manifest
+from ablagen.orchestrate import RunSummary, run_study
+from ablagen.ranking import ImportanceRow, load_records
+from ablagen.report import RankOutputs, rank_and_write, write_report
+from ablagen.study.options import STUDY_MODES, STUDY_TRAIN, StudyOptions
+from ablagen.studydir import ABLATION_KINDS, ARM_KIND, BASELINE_ID
 
-#: study modes: retrain every variant; screen them on one trained model; or screen,
-#: then retrain only the most important and the most uncertain ones
-STUDY_MODES = ("retrain", "knockout", "two-stage")
-
-
-@dataclass(frozen=True)
-class StudyOptions:
-    generate: GenerateOptions
-    seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the ablation runs (the ranking)
-    arm_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the four arms
-    run: RunOptions = field(default_factory=RunOptions)
-    arms: ArmOptions = field(default_factory=ArmOptions)
-    metric: str = "val_acc"
-    with_arms: bool = True
-    retrain_top: int = (
-        5  # two-stage: retrain the K most important and the K widest intervals
-    )
+__all__ = [
+    "STUDY_MODES",
+    "STUDY_TRAIN",
+    "StudyOptions",
+    "StudyOutcome",
+    "compare_rankings",
+    "run_full_study",
+    "spearman",
+]
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,23 @@ def run_full_study(
         )
     if opts.generate.mode == "two-stage":
         return _two_stage(opts, step, progress)
+    return _one_study(opts, step, progress, extra_sections)
+
+
+def _one_study(
+    opts: StudyOptions,
+    step: Step,
+    progress,
+    extra_sections: Sequence[tuple[str, str]] = (),
+    screen: tuple[ImportanceRow, ...] | None = None,
+) -> StudyOutcome:
+    """Generate, run, rank, arms, report; ``screen``: compare with a knockout screen."""
     step("generate: one script per variant")
     generated = generate_study(opts.generate)
-    study = generated.out
+    study, manifest = generated.out, generated.manifest
     ablation_ids = tuple(
         v.id
-        for v in generated.manifest.variants
+        for v in manifest.variants
         if v.kind in ABLATION_KINDS or v.id == BASELINE_ID
     )
     step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
@@ -85,31 +96,52 @@ def run_full_study(
         study, replace(opts.run, seeds=opts.seeds, only=ablation_ids), progress=progress
     )
     step("rank: importance with 95% intervals, noise scales")
-    ranking = rank_study(study, opts.metric, extra_sections=extra_sections)
-    if not opts.with_arms:
-        return StudyOutcome(study, ablation_runs, ranking, None, [], ranking.files[-1])
-    step("hybrid: ablated, perturbed and importance-guided arms")
-    manifest = write_arms(study, opts.arms)
-    arm_ids = (BASELINE_ID, *(v.id for v in manifest.variants if v.kind == "arm"))
-    step(f"run: {len(arm_ids)} arms x {len(opts.arm_seeds)} seeds")
-    arm_runs = run_study(
-        study, replace(opts.run, seeds=opts.arm_seeds, only=arm_ids), progress=progress
-    )
-    arms = compare_arms(study, opts.arm_seeds)
-    write_arms_json(study, arms)
-    target = load_manifest(study).config["train"]["target_acc"]
-    section = (
-        "The four arms",
-        f"Final validation metrics over seeds {', '.join(map(str, opts.arm_seeds))} "
-        f"(`arms.json`; reproduce with `ablagen hybrid STUDY` then "
-        f"`ablagen run STUDY --only {','.join(arm_ids)} --seeds {','.join(map(str, opts.arm_seeds))}`).\n\n"
-        + arms_markdown(arms, target),
-    )
+    ranked = rank_and_write(study, manifest, opts.rank)
+    sections = list(extra_sections)
+    if screen is not None:
+        section = compare_rankings(screen, ranked.ranking.rows)
+        sections.append(("Knockout screen versus retraining", section))
+    arm_runs, arms = None, []
+    if opts.with_arms:
+        step("hybrid: ablated, perturbed and importance-guided arms")
+        scripts = render_arms(
+            generated.prepared, manifest, ranked.ranking, ranked.noise, opts.arms
+        )
+        manifest = add_scripts(study, manifest, scripts, ARM_KIND)
+        arm_ids = (
+            BASELINE_ID,
+            *(v.id for v in manifest.variants if v.kind == ARM_KIND),
+        )
+        step(f"run: {len(arm_ids)} arms x {len(opts.arm_seeds)} seeds")
+        arm_runs = run_study(
+            study,
+            replace(opts.run, seeds=opts.arm_seeds, only=arm_ids),
+            progress=progress,
+        )
+        arms = compare_arms(study, opts.arm_seeds)
+        write_arms_json(study, arms)
+        seeds = ",".join(map(str, opts.arm_seeds))
+        sections.append(
+            (
+                "The four arms",
+                f"Final validation metrics over seeds {', '.join(map(str, opts.arm_seeds))} "
+                f"(`arms.json`; reproduce with `ablagen hybrid STUDY` then "
+                f"`ablagen run STUDY --only {','.join(arm_ids)} --seeds {seeds}`).\n\n"
+                + arms_markdown(arms, generated.config.train.target_acc),
+            )
+        )
     step("report: report.md")
-    ranking = rank_study(study, opts.metric, extra_sections=[*extra_sections, section])
-    return StudyOutcome(
-        study, ablation_runs, ranking, arm_runs, arms, ranking.files[-1]
+    report = write_report(
+        study,
+        manifest,
+        ranked.ranking,
+        load_records(study),  # the arms' runs too
+        sections,
+        noise=ranked.noise,
+        link_plots=opts.rank.plots,
     )
+    ranked = replace(ranked, files=(*ranked.files, report))
+    return StudyOutcome(study, ablation_runs, ranked, arm_runs, arms, report)
 
 
 def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
@@ -120,7 +152,7 @@ def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
     """
     out = opts.generate.out
     step(f"stage 1: knockout screen in {out / 'knockout'}")
-    screen = run_full_study(
+    screen = _one_study(
         replace(
             opts,
             generate=replace(opts.generate, mode="knockout", out=out / "knockout"),
@@ -137,18 +169,13 @@ def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
             "check the screen's report for failed variants",
         )
     step(f"stage 2: retrain {len(chosen)} variants in {out / 'retrain'}")
-    retrain_opts = replace(
+    retrain = replace(
         opts,
         generate=replace(
             opts.generate, mode="retrain", out=out / "retrain", components=chosen
         ),
     )
-    first = run_full_study(replace(retrain_opts, with_arms=False), step, progress)
-    section = (
-        "Knockout screen versus retraining",
-        compare_rankings(rows, first.ranking.ranking.rows),
-    )
-    return run_full_study(retrain_opts, step, progress, extra_sections=(section,))
+    return _one_study(retrain, step, progress, screen=rows)
 
 
 def _retrain_choice(rows, k: int) -> tuple[str, ...]:
@@ -167,28 +194,16 @@ def _retrain_choice(rows, k: int) -> tuple[str, ...]:
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:
-    """Spearman's rank correlation (average ranks for ties); None for fewer than 2 pairs."""
+    """Spearman's rank correlation (scipy); None for fewer than 2 pairs or a
+    constant side, where it is undefined."""
     if len(a) < 2:
         return None
+    from scipy import stats  # lazy: the CLI starts without it
 
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=lambda i: values[i])
-        out = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2 + 1
-            i = j + 1
-        return out
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
-    return cov / var if var else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        rho = float(stats.spearmanr(a, b).statistic)
+    return None if math.isnan(rho) else rho
 
 
 def compare_rankings(screen_rows, retrain_rows) -> str:

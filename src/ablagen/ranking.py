@@ -31,16 +31,17 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ablagen.errors import StudyError
 from ablagen.fsutil import atomic_write_text
 from ablagen.orchestrate.records import RunRecord
 from ablagen.studydir import ABLATION_KINDS, BASELINE_ID, Manifest, VariantEntry
 
+T = TypeVar("T")
 IMPORTANCE_JSON = "importance.json"
 IMPORTANCE_CSV = "importance.csv"
 #: top-level result keys that are lower-is-better metrics
@@ -51,51 +52,6 @@ LOWER_IS_BETTER = (
     "model_bytes",
 )
 _NOT_METRICS = ("schema", "seed", "epochs")
-
-
-# --------------------------------------------------------------------------- t quantile
-def _t_central_mass(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3-4)."""
-    theta = math.atan(abs(t) / math.sqrt(df))
-    c2 = math.cos(theta) ** 2
-    term = total = 1.0
-    if df % 2 == 0:
-        for k in range(1, (df - 2) // 2 + 1):
-            term *= (2 * k - 1) / (2 * k) * c2
-            total += term
-        return math.sin(theta) * total
-    if df == 1:
-        return 2.0 * theta / math.pi
-    for k in range(1, (df - 3) // 2 + 1):
-        term *= (2 * k) / (2 * k + 1) * c2
-        total += term
-    return 2.0 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (no scipy).
-
-    Exact closed-form CDF for integer ``df`` (a finite trigonometric series),
-    inverted by bisection to ~1e-12: ``t_quantile(0.975, 4) == 2.7764...``.
-    """
-    if not 0.0 < p < 1.0 or df < 1:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
-    if p == 0.5:
-        return 0.0
-    mass = abs(2.0 * p - 1.0)
-    lo, hi = 0.0, 1.0
-    while _t_central_mass(hi, df) < mass:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_central_mass(mid, df) < mass:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    q = 0.5 * (lo + hi)
-    return q if p > 0.5 else -q
 
 
 # --------------------------------------------------------------------------- records
@@ -196,6 +152,12 @@ class ImportanceRow:
         data["seeds"], data["diffs"] = list(self.seeds), list(self.diffs)
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImportanceRow:
+        return cls(
+            **{**data, "seeds": tuple(data["seeds"]), "diffs": tuple(data["diffs"])}
+        )
+
 
 @dataclass(frozen=True)
 class FailedVariant:
@@ -213,6 +175,21 @@ class FailedVariant:
             "method": self.method,
             "statuses": {str(seed): status for seed, status in self.statuses},
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FailedVariant:
+        return cls(
+            data["variant"],
+            data["component"],
+            data["kind"],
+            data["method"],
+            _statuses(data["statuses"]),
+        )
+
+
+def _statuses(raw: dict[str, str]) -> tuple[tuple[int, str], ...]:
+    """``{"0": "ok", ...}`` (as written, keys sorted as text) -> in seed order."""
+    return tuple(sorted((int(seed), status) for seed, status in raw.items()))
 
 
 @dataclass(frozen=True)
@@ -247,6 +224,22 @@ class Ranking:
             "rows": [r.to_json() for r in self.rows],
             "failed": [f.to_json() for f in self.failed],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ranking:
+        """Read back what :meth:`to_json` wrote (KeyError/TypeError if it is not that)."""
+        base = data["baseline"]
+        return cls(
+            metric=data["metric"],
+            higher_is_better=data["higher_is_better"],
+            confidence=data["confidence"],
+            args=dict(data["args"]),
+            baseline_seeds=tuple(base["seeds"]),
+            baseline_mean=base["mean"],
+            baseline_statuses=_statuses(base["statuses"]),
+            rows=tuple(ImportanceRow.from_json(r) for r in data["rows"]),
+            failed=tuple(FailedVariant.from_json(f) for f in data["failed"]),
+        )
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -337,7 +330,9 @@ def _stats(
     if n < 2:
         return mean, None, None, None
     std = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
+    from scipy import stats  # lazy: the CLI starts without it
+
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
     return mean, std, mean - half, mean + half
 
 
@@ -452,6 +447,28 @@ def write_importance(study_dir: str | Path, ranking: Ranking) -> tuple[Path, Pat
     atomic_write_text(json_path, ranking.dumps())
     atomic_write_text(csv_path, ranking.to_csv())
     return json_path, csv_path
+
+
+def load_ranking(study_dir: str | Path) -> Ranking:
+    """The ranking ``ablagen rank`` wrote into the study (``importance.json``)."""
+    path = Path(study_dir) / IMPORTANCE_JSON
+    return read_json(path, f"ablagen rank {study_dir}", Ranking.from_json)
+
+
+def read_json(path: Path, remedy: str, parse: Callable[[Any], T]) -> T:
+    """``parse`` of a JSON file a command wrote; missing or corrupt: a StudyError
+    that names the command (``remedy``) writing it."""
+    if not path.is_file():
+        raise StudyError(
+            f"{path.parent} has no ranking ({path.name} is missing)",
+            f"run `{remedy}` first",
+        )
+    try:
+        return parse(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StudyError(
+            f"{path} is corrupt ({type(exc).__name__}: {exc})", f"run `{remedy}` again"
+        ) from exc
 
 
 def load_records(study_dir: str | Path) -> list[RunRecord]:

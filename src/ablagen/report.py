@@ -11,7 +11,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ablagen.fsutil import atomic_write_bytes, atomic_write_text
 from ablagen.noise_scales import NoiseScales
 from ablagen.orchestrate.records import RunRecord
 from ablagen.ranking import Ranking, select_records
+from ablagen.study.options import RankOptions
 from ablagen.studydir import BASELINE_ID, Manifest, load_manifest
 
 REPORT_MD = "report.md"
@@ -321,39 +322,45 @@ class RankOutputs:
     ranking: Ranking
     noise: NoiseScales
     files: tuple[Path, ...]  # every file written, in writing order
+    records: tuple[RunRecord, ...]  # the store's records the ranking was made from
+
+
+def rank_and_write(
+    study_dir: str | Path, manifest: Manifest, options: RankOptions = RankOptions()
+) -> RankOutputs:
+    """Rank, then write importance.json/.csv, noise_scales.json and the plots
+    (unless ``options.plots`` is off); the report is left to :func:`write_report`."""
+    study = Path(study_dir)
+    records = ranking_mod.load_records(study)
+    ranking = ranking_mod.rank(
+        manifest, records, options.metric, study=_study_label(study)
+    )
+    noise = noise_mod.noise_scales(
+        manifest, ranking, options.min_scale, options.max_scale, options.temperature
+    )
+    files = list(ranking_mod.write_importance(study, ranking))
+    files.append(noise_mod.write_noise_scales(study, noise))
+    if options.plots:
+        files += write_plots(study, manifest, ranking, records, options.top_k)
+    return RankOutputs(ranking, noise, tuple(files), tuple(records))
 
 
 def rank_study(
     study_dir: str | Path,
-    metric: str = "val_acc",
-    *,
-    plots: bool = True,
-    top_k: int = 5,
-    min_scale: float = noise_mod.DEFAULT_MIN_SCALE,
-    max_scale: float = noise_mod.DEFAULT_MAX_SCALE,
-    temperature: float = noise_mod.DEFAULT_TEMPERATURE,
+    options: RankOptions = RankOptions(),
     extra_sections: Sequence[tuple[str, str]] = (),
 ) -> RankOutputs:
-    """``ablagen rank``: rank, then write importance.json/.csv, noise_scales.json,
-    the plots (unless ``plots=False``) and report.md into the study directory."""
+    """``ablagen rank``: :func:`rank_and_write`, then report.md (the last file)."""
     study = Path(study_dir)
     manifest = load_manifest(study)
-    records = ranking_mod.load_records(study)
-    ranking = ranking_mod.rank(manifest, records, metric, study=_study_label(study))
-    noise = noise_mod.noise_scales(manifest, ranking, min_scale, max_scale, temperature)
-    files = list(ranking_mod.write_importance(study, ranking))
-    files.append(noise_mod.write_noise_scales(study, noise))
-    if plots:
-        files += write_plots(study, manifest, ranking, records, top_k)
-    files.append(
-        write_report(
-            study,
-            manifest,
-            ranking,
-            records,
-            extra_sections,
-            noise=noise,
-            link_plots=plots,
-        )
+    out = rank_and_write(study, manifest, options)
+    report = write_report(
+        study,
+        manifest,
+        out.ranking,
+        out.records,
+        extra_sections,
+        noise=out.noise,
+        link_plots=options.plots,
     )
-    return RankOutputs(ranking=ranking, noise=noise, files=tuple(files))
+    return replace(out, files=(*out.files, report))

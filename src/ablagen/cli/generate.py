@@ -9,6 +9,12 @@ import typer
 
 from ablagen.cli.app import app
 from ablagen.cli.options import InputShapeOpt, ModelArg, NeuronGroupsOpt
+from ablagen.codegen.context import TrainConfig
+from ablagen.codegen.options import GenerateOptions
+
+#: every default below is a field default of these (stated nowhere else)
+_GEN = GenerateOptions(model="", out=Path())
+_TRAIN = TrainConfig()
 
 TRAIN = "Training (written into every script's config block)"
 NOISE = "Gradient noise (the perturbed update equations)"
@@ -28,7 +34,7 @@ def generate(
         typer.Option(
             help="Component kinds to ablate: layers,blocks,activations,neurons. [default: layers,blocks,activations]"
         ),
-    ] = None,
+    ] = _GEN.kinds,
     components: Annotated[
         list[str] | None,
         typer.Option(
@@ -41,108 +47,113 @@ def generate(
         typer.Option(
             help="identity,zero,mean,mask: each component gets those it accepts. [default: identity where shapes allow, else zero; mask for neurons]"
         ),
-    ] = None,
-    neuron_groups: NeuronGroupsOpt = None,
-    input_shape: InputShapeOpt = None,
+    ] = _GEN.methods,
+    neuron_groups: NeuronGroupsOpt = _GEN.neuron_groups,
+    input_shape: InputShapeOpt = _GEN.input_shape,
     mode: Annotated[
         str,
         typer.Option(
             help="retrain: train every variant | knockout: train once, ablate at evaluation."
         ),
-    ] = "retrain",
+    ] = _GEN.mode,
     dataset: Annotated[
         str | None,
         typer.Option(
             help="digits | wine | breast_cancer | synthetic | file (the model file's build_data())."
         ),
-    ] = None,
+    ] = _GEN.dataset,
     val_fraction: Annotated[
         float, typer.Option(help="Built-in data: share held out for validation.")
-    ] = 0.2,
+    ] = _GEN.val_fraction,
     split_seed: Annotated[
         int,
         typer.Option(
             help="Seed of the train/validation split (the same for every variant)."
         ),
-    ] = 0,
+    ] = _GEN.split_seed,
     dropout: Annotated[
         float | None, typer.Option(help="Override the model file's DROPOUT constant.")
-    ] = None,
-    epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 5,
-    batch_size: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 64,
-    lr: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = 0.003,
+    ] = _GEN.dropout,
+    epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.epochs,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.batch_size,
+    lr: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.lr,
     optimizer: Annotated[
         str,
         typer.Option(
             rich_help_panel=TRAIN, help="sgd | momentum | adam | adamw | rmsprop"
         ),
-    ] = "adam",
-    momentum: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = 0.9,
+    ] = _TRAIN.optimizer,
+    momentum: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.momentum,
     weight_decay: Annotated[
         float, typer.Option(rich_help_panel=TRAIN, help="L2 penalty.")
-    ] = 0.0,
+    ] = _TRAIN.weight_decay,
     l1: Annotated[
         float, typer.Option(rich_help_panel=TRAIN, help="L1 penalty added to the loss.")
-    ] = 0.0,
+    ] = _TRAIN.l1,
     grad_clip: Annotated[
         float,
         typer.Option(rich_help_panel=TRAIN, help="Max global gradient norm (0: off)."),
-    ] = 0.0,
+    ] = _TRAIN.grad_clip,
     scheduler: Annotated[
         str,
         typer.Option(
             rich_help_panel=TRAIN,
             help="none | step | exponential | cosine | cyclic | warmup",
         ),
-    ] = "none",
+    ] = _TRAIN.scheduler,
     step_size: Annotated[
         int,
         typer.Option(rich_help_panel=TRAIN, help="step scheduler: epochs per decay."),
-    ] = 10,
+    ] = _TRAIN.step_size,
     gamma: Annotated[
         float,
         typer.Option(rich_help_panel=TRAIN, help="step / exponential decay factor."),
-    ] = 0.5,
-    warmup_epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = 2,
+    ] = _TRAIN.gamma,
+    warmup_epochs: Annotated[
+        int, typer.Option(rich_help_panel=TRAIN)
+    ] = _TRAIN.warmup_epochs,
     task: Annotated[
         str, typer.Option(rich_help_panel=TRAIN, help="classification | regression")
-    ] = "classification",
+    ] = _TRAIN.task,
     target_acc: Annotated[
         float,
         typer.Option(rich_help_panel=TRAIN, help="Accuracy for 'epochs to target'."),
-    ] = 0.9,
-    stop_at_target: Annotated[bool, typer.Option(rich_help_panel=TRAIN)] = False,
+    ] = _TRAIN.target_acc,
+    stop_at_target: Annotated[
+        bool, typer.Option(rich_help_panel=TRAIN)
+    ] = _TRAIN.stop_at_target,
     patience: Annotated[
         int | None,
         typer.Option(
             rich_help_panel=TRAIN,
             help="Early stopping: epochs without val-loss gain. [default: off]",
         ),
-    ] = None,
+    ] = _TRAIN.patience,
     noise: Annotated[
         str,
         typer.Option(
             rich_help_panel=NOISE, help="Noise kind, e.g. gaussian, uniform, laplace."
         ),
-    ] = "gaussian",
+    ] = _TRAIN.noise,
     sigma: Annotated[
         float,
         typer.Option(
             rich_help_panel=NOISE, help="Base noise std (0: plain optimizer)."
         ),
-    ] = 0.0,
-    noise_schedule: Annotated[str, typer.Option(rich_help_panel=NOISE)] = "constant",
+    ] = _TRAIN.sigma,
+    noise_schedule: Annotated[
+        str, typer.Option(rich_help_panel=NOISE)
+    ] = _TRAIN.noise_schedule,
     templates: Annotated[
         Path | None,
         typer.Option(help="Your templates directory, searched before the built-ins."),
-    ] = None,
+    ] = _GEN.templates,
     force: Annotated[
         bool, typer.Option(help="Replace a study of another model file.")
-    ] = False,
+    ] = _GEN.force,
 ) -> None:
     """Write a study directory: baseline.py, one script per variant, manifest.json."""
-    from ablagen.codegen.context import TrainConfig
-    from ablagen.codegen.study import GenerateOptions, generate_study
+    from ablagen.codegen.study import generate_study
     from ablagen.loading import split_model_spec
 
     train = TrainConfig(

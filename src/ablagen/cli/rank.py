@@ -7,11 +7,9 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
-from ablagen.noise_scales import (
-    DEFAULT_MAX_SCALE,
-    DEFAULT_MIN_SCALE,
-    DEFAULT_TEMPERATURE,
-)
+from ablagen.study.options import RankOptions
+
+_RANK = RankOptions()  # every default below is one of its field defaults
 
 
 @app.command()
@@ -28,7 +26,7 @@ def rank(
         typer.Option(
             help="Result metric: a key of result['final'] or a top-level number."
         ),
-    ] = "val_acc",
+    ] = _RANK.metric,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -43,37 +41,37 @@ def rank(
     ] = False,
     no_plots: Annotated[
         bool, typer.Option("--no-plots", help="Skip importance.png and curves.png.")
-    ] = False,
+    ] = not _RANK.plots,
     top_k: Annotated[
         int,
         typer.Option(
             "--top-k", min=0, help="Variants shown next to the baseline in curves.png."
         ),
-    ] = 5,
+    ] = _RANK.top_k,
     min_scale: Annotated[
         float, typer.Option(help="Noise scale of the most important component.")
-    ] = DEFAULT_MIN_SCALE,
+    ] = _RANK.min_scale,
     max_scale: Annotated[
         float,
         typer.Option(help="Noise scale of components whose ablation changed nothing."),
-    ] = DEFAULT_MAX_SCALE,
+    ] = _RANK.max_scale,
     temperature: Annotated[
         float, typer.Option(help="Curvature of the importance-to-scale mapping (> 0).")
-    ] = DEFAULT_TEMPERATURE,
+    ] = _RANK.temperature,
 ) -> None:
     """Rank components by paired importance over seeds; write importance.json/.csv,
     noise_scales.json, plots and report.md into the study directory."""
     from ablagen.report import rank_study
 
-    out = rank_study(
-        study,
-        metric,
+    options = RankOptions(
+        metric=metric,
         plots=not no_plots,
         top_k=top_k,
         min_scale=min_scale,
         max_scale=max_scale,
         temperature=temperature,
     )
+    out = rank_study(study, options)
     if as_json:
         typer.echo(out.ranking.dumps(), nl=False)
     elif as_csv:

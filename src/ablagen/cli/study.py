@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,26 @@ import typer
 
 from ablagen.cli.app import app
 from ablagen.cli.options import ModelArg, NeuronGroupsOpt
+from ablagen.codegen.options import GenerateOptions
+from ablagen.orchestrate.options import RunOptions
+from ablagen.study.options import (
+    STUDY_TRAIN,
+    ArmOptions,
+    RankOptions,
+    StudyOptions,
+)
+
+#: every default below is a field default of these (stated nowhere else)
+_ARMS = ArmOptions()
+_GEN = GenerateOptions(model="", out=Path())
+_RANK = RankOptions()
+_RUN = RunOptions()
+_STUDY = StudyOptions(generate=_GEN)
+
+
+def _seed_list(seeds: tuple[int, ...]) -> str:
+    return ",".join(map(str, seeds))
+
 
 ARMS = "Importance-guided arms"
 
@@ -47,14 +68,14 @@ def hybrid(
             help="A ranked study (run `ablagen rank` first).", show_default=False
         ),
     ],
-    sigma: SigmaOpt = 0.01,
-    noise: NoiseOpt = "gaussian",
-    ablate_bottom: BottomOpt = 2,
-    match_noise: MatchOpt = True,
+    sigma: SigmaOpt = _ARMS.sigma,
+    noise: NoiseOpt = _ARMS.noise,
+    ablate_bottom: BottomOpt = _ARMS.ablate_bottom,
+    match_noise: MatchOpt = _ARMS.match_noise,
 ) -> None:
     """Write hybrid.py (importance-guided noise), perturbed.py (uniform noise) and ablated.py."""
     from ablagen.hybrid import ARMS as FILES
-    from ablagen.hybrid import ArmOptions, write_arms
+    from ablagen.hybrid import write_arms
 
     manifest = write_arms(
         study_dir,
@@ -83,43 +104,49 @@ def study(
         typer.Option(
             help="retrain: train every variant | knockout: ablate a trained baseline | two-stage: knockout screen, then retrain the top ones."
         ),
-    ] = "retrain",
+    ] = _GEN.mode,
     retrain_top: Annotated[
         int,
         typer.Option(
             help="two-stage: retrain the K most important and the K most uncertain."
         ),
-    ] = 5,
-    seeds: Annotated[str, typer.Option(help="Seeds of the ablation runs.")] = "0,1,2",
-    arm_seeds: Annotated[str, typer.Option(help="Seeds of the four arms.")] = "0-4",
+    ] = _STUDY.retrain_top,
+    seeds: Annotated[
+        str, typer.Option(help="Seeds of the ablation runs.")
+    ] = _seed_list(_STUDY.seeds),
+    arm_seeds: Annotated[
+        str, typer.Option(help="Seeds of the four arms.")
+    ] = _seed_list(_STUDY.arm_seeds),
     jobs: Annotated[
         int | None,
         typer.Option("--jobs", "-j", help="Runs at once [default: one per core]."),
-    ] = None,
+    ] = _RUN.jobs,
     kinds: Annotated[
         str | None, typer.Option(help="Component kinds to ablate (see generate).")
-    ] = None,
+    ] = _GEN.kinds,
     methods: Annotated[
         str | None, typer.Option(help="Ablation methods (see generate).")
-    ] = None,
-    neuron_groups: NeuronGroupsOpt = None,
-    dataset: Annotated[str | None, typer.Option(help="See generate.")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 8,
-    lr: Annotated[float, typer.Option()] = 0.003,
-    optimizer: Annotated[str, typer.Option()] = "adam",
-    scheduler: Annotated[str, typer.Option()] = "cosine",
+    ] = _GEN.methods,
+    neuron_groups: NeuronGroupsOpt = _GEN.neuron_groups,
+    dataset: Annotated[str | None, typer.Option(help="See generate.")] = _GEN.dataset,
+    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = STUDY_TRAIN.epochs,
+    lr: Annotated[float, typer.Option()] = STUDY_TRAIN.lr,
+    optimizer: Annotated[str, typer.Option()] = STUDY_TRAIN.optimizer,
+    scheduler: Annotated[str, typer.Option()] = STUDY_TRAIN.scheduler,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping patience in epochs.")
-    ] = 3,
-    metric: Annotated[str, typer.Option(help="Metric the ranking uses.")] = "val_acc",
-    sigma: SigmaOpt = 0.01,
-    noise: NoiseOpt = "gaussian",
-    ablate_bottom: BottomOpt = 2,
-    match_noise: MatchOpt = True,
+    ] = STUDY_TRAIN.patience,
+    metric: Annotated[
+        str, typer.Option(help="Metric the ranking uses.")
+    ] = _RANK.metric,
+    sigma: SigmaOpt = _ARMS.sigma,
+    noise: NoiseOpt = _ARMS.noise,
+    ablate_bottom: BottomOpt = _ARMS.ablate_bottom,
+    match_noise: MatchOpt = _ARMS.match_noise,
     arms: Annotated[
         bool, typer.Option(help="Train the four arms after ranking.")
-    ] = True,
-    backend: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    ] = _STUDY.with_arms,
+    backend: Annotated[str, typer.Option(help="local or ray.")] = _RUN.backend,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars.")
     ] = False,
@@ -127,15 +154,13 @@ def study(
     """The main job: generate, run, rank, noise scales, the four arms, report."""
     from rich.console import Console
 
-    from ablagen.codegen.context import TrainConfig
-    from ablagen.codegen.study import GenerateOptions
-    from ablagen.hybrid import ArmOptions
     from ablagen.loading import split_model_spec
-    from ablagen.orchestrate import RunOptions, parse_seeds
+    from ablagen.orchestrate import parse_seeds
     from ablagen.orchestrate.render import PlainProgress, RichProgress
-    from ablagen.pipeline import StudyOptions, run_full_study
+    from ablagen.pipeline import run_full_study
 
-    train = TrainConfig(
+    train = replace(
+        STUDY_TRAIN,
         epochs=epochs,
         lr=lr,
         optimizer=optimizer,
@@ -163,7 +188,7 @@ def study(
             ablate_bottom=ablate_bottom,
             match_noise=match_noise,
         ),
-        metric=metric,
+        rank=RankOptions(metric=metric),
         with_arms=arms,
         retrain_top=retrain_top,
     )
