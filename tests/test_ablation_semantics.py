@@ -239,7 +239,9 @@ def test_functional_activations_applied_in_place_are_ablated_where_read(tmp_path
         h = tanh(h)
         return m.c(h) + h.sum(dim=1, keepdim=True)
 
-    batch_mean = lambda h: torch.tanh(h).mean(dim=0, keepdim=True).expand_as(h)  # noqa: E731
+    batch_mean = (
+        lambda h: torch.tanh(h).mean(dim=0, keepdim=True).expand_as(h)
+    )  # noqa: E731
     cases = {
         "fn_relu__zero.py": (torch.zeros_like, torch.tanh),
         "fn_relu__identity.py": (lambda h: h, torch.tanh),
@@ -250,4 +252,6 @@ def test_functional_activations_applied_in_place_are_ablated_where_read(tmp_path
         _, ref, ablated = _models(study, script)
         ablated.train()  # mean: the batch mean while training
         with torch.no_grad():
-            assert torch.allclose(ablated(x), forward(ref, relu, tanh), atol=1e-6), script
+            assert torch.allclose(
+                ablated(x), forward(ref, relu, tanh), atol=1e-6
+            ), script

@@ -14,6 +14,7 @@ import torch
 
 from ablagen.codegen.render import BLACK_MODE
 from ablagen.studydir import load_manifest
+from ablagen.codegen.context import TrainConfig
 from conftest import EXAMPLES, MODELS, ROOT, run_cli
 from scriptutil import generate, load_script
 
@@ -33,6 +34,22 @@ GOLDEN_CASES = {
     ),
     "reused": ("reused.py", ("relu@1:zero",)),
     "cnn_mixed": ("cnn_mixed.py", ("act:identity",)),
+    # gradient noise: only its kind and schedule, with SGD momentum, clipping, L1
+    "noisy": ("reused.py", ("relu@1:zero",)),
+}
+
+#: training settings per golden case (default: TrainConfig(epochs=1))
+GOLDEN_TRAIN = {
+    "noisy": TrainConfig(
+        epochs=1,
+        sigma=0.01,
+        noise="dropnoise",
+        noise_schedule="annealed",
+        optimizer="momentum",
+        grad_clip=1.0,
+        l1=1e-4,
+        scheduler="cyclic",
+    ),
 }
 
 
@@ -48,7 +65,8 @@ def _study_with_copied_model(tmp_path: Path, model: str, **kwargs) -> Path:
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
 def test_golden_scripts(tmp_path, case):
     model, comps = GOLDEN_CASES[case]
-    study = _study_with_copied_model(tmp_path, model, components=comps)
+    train = GOLDEN_TRAIN.get(case, TrainConfig(epochs=1))
+    study = _study_with_copied_model(tmp_path, model, components=comps, train=train)
     scripts = sorted(p.name for p in study.glob("*.py"))
     assert len(scripts) == len(comps) + 1
     for name in scripts:

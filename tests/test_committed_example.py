@@ -78,7 +78,16 @@ def test_same_arguments_give_the_same_metrics(tmp_path):
     def run(name):
         out = tmp_path / name
         subprocess.run(
-            [sys.executable, "baseline.py", "--epochs", "2", "--seed", "3", "--out", str(out)],
+            [
+                sys.executable,
+                "baseline.py",
+                "--epochs",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                str(out),
+            ],
             cwd=STUDY,
             check=True,
             capture_output=True,

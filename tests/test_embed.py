@@ -59,7 +59,7 @@ from .first import area
 def twice(f: Callable) -> float:
     return 2 * area(1.0)
 '''
-    assert join_modules([first, second]) == '''import math
+    assert join_modules([first, second]) == """import math
 import os
 from typing import Any, Callable
 
@@ -72,4 +72,4 @@ def area(r: float) -> Any:
 
 def twice(f: Callable) -> float:
     return 2 * area(1.0)
-'''
+"""

@@ -11,7 +11,6 @@ from ablagen.errors import ModelFileError
 from ablagen.source import embed_model_source
 from ablagen.source.gather import needed_statements, top_level_statements
 from ablagen.source.transforms import (
-    DropImports,
     DropMainGuard,
     KeepStatements,
     SetConstants,
@@ -71,22 +70,6 @@ def test_set_constants_rewrites_only_top_level_assignments():
             return DROPOUT
         """
     assert transform(before, SetConstants({"DROPOUT": "0.3"})) == dedent(after)
-
-
-def test_drop_imports_the_script_already_has():
-    before = """\
-        import torch
-        from torch import nn
-        import numpy as np
-        X = np.zeros(1)
-        """
-    after = """\
-        import numpy as np
-        X = np.zeros(1)
-        """
-    assert transform(
-        before, DropImports({"import torch", "from torch import nn"})
-    ) == dedent(after)
 
 
 def test_gather_defines_and_uses():

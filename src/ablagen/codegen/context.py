@@ -155,28 +155,6 @@ def builds_by_copy(expression: str) -> bool:
     return expression.startswith("copy.")
 
 
-#: imports ``imports.py.j2`` writes into every script (training and knockout); the
-#: embedded blocks and model source do not repeat them
-SCRIPT_IMPORTS = frozenset("""import argparse
-import json
-import math
-import os
-import random
-import sys
-import time
-import traceback
-from pathlib import Path
-import torch
-import torch.nn.functional as F
-from torch import nn""".splitlines())
-
-
-def script_imports(expression: str) -> frozenset[str]:
-    """What a study's scripts import above the embedded code (``copy`` when the model
-    is built by copying an instance, as ``imports.py.j2`` decides)."""
-    return SCRIPT_IMPORTS | ({"import copy"} if builds_by_copy(expression) else set())
-
-
 @dataclass(frozen=True)
 class AblationSpec:
     variant_id: str  # "<component>:<method>"

@@ -20,7 +20,7 @@ import jinja2
 from ablagen.analysis import Component, Inventory
 from ablagen.codegen.context import AblationSpec, ScriptContext
 from ablagen.codegen.env import TOP_TEMPLATE
-from ablagen.codegen.knockout_block import defined_names, knockout_block_source
+from ablagen.codegen.knockout_block import knockout_block_source
 from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError
 from ablagen.fsutil import sha256_bytes
@@ -31,12 +31,6 @@ from ablagen.studydir import BASELINE_ID, VariantEntry
 KNOCKOUT_SCRIPT = "knockout.py"
 KNOCKOUT_TEMPLATE = "knockout.py.j2"
 DEFAULT_MAX_BATCH_MB = 256
-
-#: names the knockout sections define besides the engine's own
-KNOCKOUT_NAMES = frozenset(
-    "MAX_BATCH_MB TRACED KNOCKOUTS CheckpointMismatch load_checkpoint trained_baseline "
-    "variant_result knockout knockout_correct pickle tempfile".split()
-)
 
 
 def knockout_kwargs(comp: Component, spec: AblationSpec) -> dict[str, Any]:
@@ -81,7 +75,6 @@ def render_knockout(
             f"{len(loaded.example_inputs)} inputs",
             "provide --templates DIR with your own knockout.py.j2, or use --mode retrain",
         )
-    _check_names(base["model"].source, loaded.path)
     rows = []
     for s in specs:
         fields = list(knockout_kwargs(_component(inventory, s), s).items())
@@ -155,15 +148,3 @@ def _knockout_environment(env: jinja2.Environment) -> jinja2.Environment:
     """
     top = jinja2.DictLoader({TOP_TEMPLATE: '{% include "' + KNOCKOUT_TEMPLATE + '" %}'})
     return env.overlay(loader=jinja2.ChoiceLoader([top, env.loader]))
-
-
-def _check_names(model_source: str, path: Path) -> None:
-    clash = sorted(
-        defined_names(model_source)
-        & (defined_names(knockout_block_source()) | KNOCKOUT_NAMES)
-    )
-    if clash:
-        raise ConfigError(
-            f"{path} defines {', '.join(clash)}, which knockout.py defines too",
-            "rename them in the model file",
-        )

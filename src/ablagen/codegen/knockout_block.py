@@ -8,8 +8,6 @@ ablagen, so they carry its modules' source, joined by
 
 from __future__ import annotations
 
-import ast
-
 import ablagen.ablate
 import ablagen.knockout_engine
 from ablagen.codegen.embed import embed_package
@@ -21,21 +19,3 @@ def knockout_block_source() -> str:
     return embed_package(
         ablagen.knockout_engine, "knockout engine", needs=(ablagen.ablate,)
     )
-
-
-def defined_names(source: str) -> frozenset[str]:
-    """Top-level names a block of code defines (functions, classes, assignments)."""
-    names: set[str] = set()
-    for statement in ast.parse(source).body:
-        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(statement.name)
-        elif isinstance(statement, (ast.Assign, ast.AnnAssign)):
-            targets = (
-                statement.targets
-                if isinstance(statement, ast.Assign)
-                else [statement.target]
-            )
-            names.update(
-                n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)
-            )
-    return frozenset(names)

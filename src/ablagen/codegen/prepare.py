@@ -25,7 +25,6 @@ from ablagen.codegen.context import (
     DataSpec,
     ModelInfo,
     ScriptContext,
-    script_imports,
 )
 from ablagen.codegen.env import make_environment
 from ablagen.codegen.options import MODES, GenerateOptions, StudyConfig, relative_to
@@ -34,17 +33,6 @@ from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError
 from ablagen.loading import LoadedModel, load_model
 from ablagen.source import embed_model_source
-
-#: names the script template defines itself; the embedded model must not reuse them
-SCRIPT_NAMES = frozenset(
-    "EPOCHS BATCH_SIZE LR OPTIMIZER MOMENTUM WEIGHT_DECAY L1 GRAD_CLIP SCHEDULER STEP_SIZE GAMMA "
-    "WARMUP_EPOCHS NOISE SIGMA NOISE_SCHEDULE TASK DATASET VAL_FRACTION SPLIT_SEED TARGET_ACC "
-    "STOP_AT_TARGET PATIENCE SEED DEVICE SAMPLE_SHAPE NUM_OUTPUTS VARIANT COMPONENT ABLATED_PARAMS "
-    "SYNTHETIC_SAMPLES TOKEN_RANGE NOISE_SCALES EXIT_CODES new_model ablate load_data split "
-    "make_optimizer make_scheduler noise_scaled_groups set_unit_scales loss_fn penalty correct "
-    "train_one_epoch evaluate train parse_args seed_everything peak_memory_bytes save_atomic "
-    "jsonable main BatchMean AtCallSite zero_output skip_module silence_units find_node out_of_place COMPONENTS".split()
-)
 
 
 @dataclass(frozen=True)
@@ -200,15 +188,7 @@ def _model_info(
             )
         wanted.add("DROPOUT")
         constants["DROPOUT"] = repr(float(opts.dropout))
-    embedded = embed_model_source(
-        loaded.path, wanted, constants, script_imports(loaded.ref.expression)
-    )
-    clash = sorted((embedded.names & SCRIPT_NAMES) - {"build_data"})
-    if clash:
-        raise ConfigError(
-            f"{loaded.path} defines {', '.join(clash)}, which the generated scripts define too",
-            "rename them in the model file",
-        )
+    embedded = embed_model_source(loaded.path, wanted, constants)
     with torch.no_grad():
         output = loaded.model(*loaded.example_inputs)
     first = output[0] if isinstance(output, (tuple, list)) else output

@@ -25,7 +25,7 @@ from ablagen.codegen.plan import (
     plan_variants,
     script_names,
 )
-from ablagen.codegen.prepare import SCRIPT_NAMES, Prepared, prepare
+from ablagen.codegen.prepare import Prepared, prepare
 from ablagen.codegen.writer import check_out, write_study
 from ablagen.fsutil import sha256_bytes
 from ablagen.loading import LoadedModel
@@ -33,7 +33,6 @@ from ablagen.studydir import BASELINE_ID, MANIFEST, Manifest, VariantEntry
 
 __all__ = [
     "MODES",
-    "SCRIPT_NAMES",
     "GenerateOptions",
     "GeneratedStudy",
     "Prepared",

@@ -3,8 +3,6 @@
 from ablagen.source.extract import (
     EmbeddedSource,
     embed_model_source,
-    import_lines,
-    without_imports,
 )
 
-__all__ = ["EmbeddedSource", "embed_model_source", "import_lines", "without_imports"]
+__all__ = ["EmbeddedSource", "embed_model_source"]

@@ -18,7 +18,6 @@ import libcst as cst
 from ablagen.errors import ModelFileError
 from ablagen.source.gather import TopLevel, needed_statements, top_level_statements
 from ablagen.source.transforms import (
-    DropImports,
     DropMainGuard,
     KeepStatements,
     SetConstants,
@@ -36,40 +35,20 @@ def embed_model_source(
     path: Path,
     wanted: set[str],
     constants: dict[str, str] | None = None,
-    known_imports: frozenset[str] = frozenset(),
 ) -> EmbeddedSource:
     """Extract what ``wanted`` needs from ``path`` (see the module docstring).
 
-    ``constants`` gives top-level constants new values (Python source); import
-    statements in ``known_imports`` (the script's own) are not repeated.
+    ``constants`` gives top-level constants new values (Python source). The
+    imports stay: the renderer merges every import of a script into one block.
     """
     chunks: list[str] = []
     names: set[str] = set()
     files: list[Path] = []
     _embed(path.resolve(), wanted, constants or {}, chunks, names, files, stack=())
-    if known_imports:
-        chunks = [without_imports(c, known_imports) for c in chunks]
     return EmbeddedSource(
         "\n\n".join(c.strip("\n") for c in chunks if c.strip()) + "\n",
         frozenset(names),
         tuple(files),
-    )
-
-
-def without_imports(code: str, imports: frozenset[str]) -> str:
-    """``code`` without its top-level import statements that are in ``imports``."""
-    return cst.parse_module(code).visit(DropImports(set(imports))).code
-
-
-def import_lines(code: str) -> frozenset[str]:
-    """``code``'s top-level one-import statements, as :func:`without_imports` matches them."""
-    module = cst.parse_module(code)
-    return frozenset(
-        module.code_for_node(stmt.body[0]).strip()
-        for stmt in module.body
-        if isinstance(stmt, cst.SimpleStatementLine)
-        and len(stmt.body) == 1
-        and isinstance(stmt.body[0], (cst.Import, cst.ImportFrom))
     )
 
 

@@ -58,24 +58,3 @@ class SetConstants(cst.CSTTransformer):
                     value=cst.parse_expression(self.values[name])
                 )
         return updated
-
-
-class DropImports(cst.CSTTransformer):
-    """Remove top-level import statements whose code is one of ``codes`` (already imported)."""
-
-    def __init__(self, codes: set[str]) -> None:
-        super().__init__()
-        self.codes = codes
-
-    def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
-        body = [s for s in updated.body if not self._drop(updated, s)]
-        if body and len(body) != len(updated.body):
-            body[0] = body[0].with_changes(leading_lines=())
-        return updated.with_changes(body=body)
-
-    def _drop(self, module: cst.Module, stmt: cst.CSTNode) -> bool:
-        if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
-            return False
-        if not isinstance(stmt.body[0], (cst.Import, cst.ImportFrom)):
-            return False
-        return module.code_for_node(stmt.body[0]).strip() in self.codes

@@ -1,0 +1,463 @@
+"""Ablation relu@1:zero of class Shared.
+
+relu@1 (ReLU, a activation) -- zero: its output is replaced by zeros.
+
+Model:  ../models/reused.py (class Shared, sha256 2104763cb5af7401)
+Run:    python relu_1__zero.py --epochs 1 --seed 0 --out result.json
+Made by ablagen 0.1.0; to regenerate, run in this directory:
+    ablagen generate ../models/reused.py --out . --dataset synthetic --components relu@1:zero --epochs 1 --optimizer momentum --l1 0.0001 --grad-clip 1.0 --scheduler cyclic --noise dropnoise --sigma 0.01 --noise-schedule annealed
+
+Standalone: needs Python, torch, never ablagen. Writes a JSON
+result (per-epoch and final metrics, parameter counts, wall time) to --out and
+exits 0 (ok), 1 (failed) or 3 (diverged).
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# -----------------------------------------------------------------------------
+# config: every value is read below; the flags named in brackets override them
+EPOCHS = 1  # passes over the training data [--epochs]
+BATCH_SIZE = 64  # [--batch-size]
+LR = 0.003  # learning rate (the cyclic peak) [--lr]
+MOMENTUM = 0.9
+WEIGHT_DECAY = 0.0  # L2 penalty
+L1 = 0.0001  # L1 penalty on all weights, added to the loss
+GRAD_CLIP = 1.0  # max global gradient norm
+SIGMA = 0.01  # std of the gradient noise delta before scales [--sigma]
+DROP_P = 0.5  # dropnoise: share of each gradient dropped
+NOISE_GAMMA = 0.55  # sigma_t^2 = SIGMA^2 / (1 + t)^NOISE_GAMMA (Neelakantan et al.)
+VAL_FRACTION = 0.2  # share of the data held out for validation
+SPLIT_SEED = 0  # fixes the split: every variant sees the same data
+TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
+STOP_AT_TARGET = False  # stop training once the target is reached
+PATIENCE = None  # early stopping: epochs without val-loss gain (None: off)
+DIVERGENCE_FACTOR = 10.0  # diverged: train loss above this times its best
+SEED = 0  # model init, data order, dropout and gradient noise [--seed]
+DEVICE = "cpu"  # cpu | cuda [--device]
+
+
+# -----------------------------------------------------------------------------
+# model: embedded from ../models/reused.py; edit that file and regenerate
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(5, 5)
+        self.b = nn.Linear(5, 5)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.b(self.relu(self.a(self.relu(x))))
+
+
+SAMPLE_SHAPE = (5,)  # one input sample, no batch dimension
+NUM_OUTPUTS = 5  # size of the model's last output dimension
+
+
+def new_model():
+    """A freshly initialised model (the same weights for every variant at one seed)."""
+    return Shared()
+
+
+# -----------------------------------------------------------------------------
+# ablation: relu@1 (ReLU, activation) -- zero: its output is replaced by zeros
+VARIANT = "relu@1:zero"
+COMPONENT = "relu@1"
+ABLATED_PARAMS = 0  # parameters that no longer affect the output
+
+
+# ablation operators (from ablagen.ablate: the knockout engine runs them too)
+class Ablation(nn.Module):
+    """An ablation operator; ``passes_input``: the op is skipped, its input goes on."""
+
+    name = "ablation"
+    passes_input = False
+
+    def forward(self, output, source=None):
+        return self.apply(output, source)
+
+
+class ZeroAblation(Ablation):
+    """The op still runs; zeros go on in place of its output (each tensor of a tuple)."""
+
+    name = "zero"
+
+    def apply(self, output, source=None):
+        if isinstance(output, torch.Tensor):
+            return torch.zeros_like(output)
+        if isinstance(output, dict):
+            return {key: self.apply(value) for key, value in output.items()}
+        if isinstance(output, (tuple, list)):
+            items = [self.apply(item) for item in output]
+            is_named = hasattr(output, "_fields")  # a namedtuple takes its fields apart
+            return type(output)(*items) if is_named else type(output)(items)
+        return output  # not a tensor: nothing to zero
+
+
+class OutputHook:
+    """A forward hook: the output replaced by ``op.apply(output, input)`` at every call, or
+    at call ``call_site`` only, counted from zero at every forward (``reset``, a pre-hook
+    on the model). A class, not a closure: a deep copy of the model copies it too."""
+
+    def __init__(self, op, call_site=None):
+        self.op, self.call_site, self.calls = op, call_site, 0
+
+    def reset(self, model, inputs):
+        self.calls = 0
+
+    def __call__(self, module, inputs, output):
+        site, self.calls = self.calls, self.calls + 1
+        if self.call_site is not None and site != self.call_site:
+            return output
+        return self.op.apply(output, inputs[0] if inputs else None)
+
+
+def ablate_output(model: nn.Module, name: str, op: Ablation, call_site=None):
+    """Ablate the output of ``model``'s submodule ``name`` with ``op`` (at one call site).
+
+    The operator joins the model as a submodule, so that its state follows ``.to()``
+    and ``.eval()``. Returns the hook's handle."""
+    module = model.get_submodule(name)
+    if op.passes_input and getattr(module, "inplace", False):
+        module.inplace = False  # the skipped call must leave its input intact
+    where = name.replace(".", "_") + ("" if call_site is None else f"@{call_site}")
+    model.add_module(f"ablation_{op.name}_{where}", op)
+    hook = OutputHook(op, call_site)
+    model.register_forward_pre_hook(hook.reset)
+    return module.register_forward_hook(hook)
+
+
+def ablate(model):
+    """Ablate relu@1 (ReLU) at call site 1: its output is replaced by zeros."""
+    ablate_output(model, "relu", ZeroAblation(), call_site=1)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# data: 512 seeded synthetic samples, 0.2 held out
+SYNTHETIC_SAMPLES = 512  # train + validation samples
+
+
+def load_data():
+    """Seeded synthetic data shaped like the model's input; targets come from a fixed
+    random projection of the inputs, so there is something to learn."""
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    x = torch.randn((SYNTHETIC_SAMPLES, *SAMPLE_SHAPE), generator=generator)
+    projection = torch.randn(x[0].numel(), NUM_OUTPUTS, generator=generator)
+    scores = x.reshape(len(x), -1).float() @ projection
+    y = scores.argmax(dim=1)
+    return split(x, y)
+
+
+def split(x, y):
+    """A train/validation split fixed by SPLIT_SEED: every variant sees the same data."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = max(1, round(VAL_FRACTION * len(x)))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+# -----------------------------------------------------------------------------
+# optimizer
+
+
+def make_optimizer(model, lr):
+    """SGD with momentum over all parameters."""
+    params = model.parameters()
+    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+# -----------------------------------------------------------------------------
+# gradient noise: theta <- theta - lr * (grad + delta), delta = sigma_t * scale * eps
+
+
+def unit_noise(flat, deltas, grads, params, generator):
+    """Dropout on the gradient: eps = g * (m / (1 - DROP_P) - 1), m ~ Bernoulli(1 - DROP_P).
+
+    At SIGMA = 1, grad + delta = grad * m / (1 - DROP_P), the textbook form.
+    """
+    keep = 1.0 - DROP_P
+    flat.bernoulli_(keep, generator=generator)
+    flat.mul_(1.0 / keep).sub_(1.0)
+    for delta, grad in zip(deltas, grads):
+        delta.mul_(grad)
+
+
+def noise_factor(step):
+    """Annealed (Neelakantan et al. 2015): sigma_t^2 = SIGMA^2 / (1 + t)^NOISE_GAMMA."""
+    return (1 + step) ** (-NOISE_GAMMA / 2)
+
+
+class GradientNoise:
+    """Adds delta_t = sigma * noise_factor(t) * scale * eps_t to the gradients.
+
+    Call add_() once per step, after backward (and clipping), before
+    optimizer.step(). Each parameter group draws its eps with one call into one
+    flat buffer, from a generator seeded with --seed: the same seed, the same
+    noise. A group's "noise_scale" and the per-unit scales multiply sigma.
+    """
+
+    def __init__(self, optimizer, sigma, seed, device):
+        self.param_groups, self.sigma = optimizer.param_groups, sigma
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.step = 0
+        self.unit_scales = {}  # id(param) -> sigma multiplier per output unit
+        self.buffers = []  # per group: (flat, one view of it per parameter)
+        for group in self.param_groups:
+            sizes = [p.numel() for p in group["params"]]
+            flat = group["params"][0].new_empty(sum(sizes))
+            views = [v.view_as(p) for v, p in zip(flat.split(sizes), group["params"])]
+            self.buffers.append((flat, views))
+
+    def set_unit_scale(self, param, scale):
+        """Multiply sigma by one value per output unit (dim 0) of param."""
+        shape = (-1,) + (1,) * (param.dim() - 1)
+        self.unit_scales[id(param)] = scale.reshape(shape).to(param)
+
+    @torch.no_grad()
+    def add_(self):
+        sigma = self.sigma * noise_factor(self.step)
+        self.step += 1
+        if sigma == 0.0:
+            return
+        for group, (flat, views) in zip(self.param_groups, self.buffers):
+            alpha = sigma * group.get("noise_scale", 1.0)
+            live = [i for i, p in enumerate(group["params"]) if p.grad is not None]
+            if alpha == 0.0 or not live:
+                continue
+            params = [group["params"][i] for i in live]
+            grads, deltas = [p.grad for p in params], [views[i] for i in live]
+            unit_noise(flat, deltas, grads, params, self.generator)
+            for param, grad, delta in zip(params, grads, deltas):
+                scale = self.unit_scales.get(id(param))
+                if scale is not None:
+                    delta.mul_(scale)
+                grad.add_(delta, alpha=alpha)
+
+
+# -----------------------------------------------------------------------------
+# loss and accuracy: override this include to train another kind of model
+
+
+def loss_fn(output, target):
+    """The mean cross-entropy of a batch."""
+    return F.cross_entropy(output, target)
+
+
+def count_correct(output, target):
+    """How many labels of a batch the predictions match (a tensor: no host sync)."""
+    return (output.argmax(dim=1) == target).sum()
+
+
+def l1_penalty(model):
+    """The L1 term added to the loss (L2 is the optimizer's WEIGHT_DECAY)."""
+    return L1 * sum(p.abs().sum() for p in model.parameters())
+
+
+# -----------------------------------------------------------------------------
+# training loop
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size):
+    """(mean loss, accuracy) on held-out data, in eval mode."""
+    model.eval()
+    total_loss, right = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        output = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        total_loss += loss_fn(output, target) * len(target)
+        right += count_correct(output, target)
+    return float(total_loss) / len(x), int(right) / y.numel()  # per label
+
+
+def train(args):
+    """Train the (ablated) model; returns the metrics of the result JSON."""
+    device = torch.device(args.device)
+    x_train, y_train, x_val, y_val = (t.to(device) for t in load_data())
+    model = new_model()
+    params_total = sum(p.numel() for p in model.parameters())
+    model = ablate(model).to(device)
+    optimizer = make_optimizer(model, args.lr)
+    scheduler = (
+        torch.optim.lr_scheduler.CyclicLR(  # triangular, args.lr / 10 .. args.lr
+            optimizer,
+            base_lr=args.lr / 10,
+            max_lr=args.lr,
+            step_size_up=2 * math.ceil(len(x_train) / args.batch_size),  # two epochs up
+            cycle_momentum=False,
+        )
+    )
+    noise = GradientNoise(optimizer, args.sigma, args.seed, device)
+    order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
+    history, status, epochs_to_target, train_time = [], "ok", None, 0.0
+    best_train_loss, best_val_loss, stale_epochs = math.inf, math.inf, 0
+    for epoch in range(1, args.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        model.train()
+        total_loss, right = 0.0, 0  # summed on the device, read once per epoch
+        permutation = torch.randperm(len(x_train), generator=order).to(device)
+        for begin in range(0, len(x_train), args.batch_size):
+            batch = permutation[begin : begin + args.batch_size]
+            output = model(x_train[batch])
+            loss = loss_fn(output, y_train[batch])
+            optimizer.zero_grad(set_to_none=True)
+            objective = loss + l1_penalty(model)
+            if objective.requires_grad:  # False when the ablation cut every weight off
+                objective.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            noise.add_()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.detach() * len(batch)
+            right += count_correct(output, y_train[batch])
+        train_time += time.perf_counter() - start
+        train_loss = float(total_loss) / len(x_train)
+        train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
+        val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
+        history.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+            }
+        )
+        print(
+            f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f} "
+            f"val loss {val_loss:.4f} val acc {val_acc:.4f}",
+            flush=True,
+        )
+        exploded = train_loss > DIVERGENCE_FACTOR * best_train_loss
+        if exploded or not math.isfinite(train_loss + val_loss):
+            status = "diverged"
+            break
+        best_train_loss = min(best_train_loss, train_loss)
+        if val_acc >= TARGET_ACC and epochs_to_target is None:
+            epochs_to_target = epoch
+            if STOP_AT_TARGET:
+                break
+        if val_loss < best_val_loss:
+            best_val_loss, stale_epochs = val_loss, 0
+        else:
+            stale_epochs += 1
+            if PATIENCE and stale_epochs >= PATIENCE:
+                print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
+                break
+    if args.checkpoint:
+        save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
+    samples = len(x_train) * len(history)
+    return {
+        "status": status,
+        "history": history,
+        "final": {k: v for k, v in history[-1].items() if k not in ("epoch", "lr")},
+        "epochs_run": len(history),
+        "epochs_to_target": epochs_to_target,
+        "params_total": params_total,
+        "params_effective": params_total - ABLATED_PARAMS,
+        "model_bytes": sum(t.nbytes for t in model.state_dict().values()),
+        "samples_per_s": samples / train_time if train_time else None,
+        "peak_memory_bytes": peak_memory_bytes(device),
+    }
+
+
+# -----------------------------------------------------------------------------
+# command line, determinism, result JSON
+EXIT_CODES = {"ok": 0, "failed": 1, "diverged": 3}
+
+
+def parse_args(argv=None):
+    """The flags; each one's default is the config value of the same name."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--device", default=DEVICE, choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=None, help="write the JSON result here")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--sigma", type=float, default=SIGMA)
+    parser.add_argument(
+        "--checkpoint", default=None, help="save the trained weights here"
+    )
+    return parser.parse_args(argv)
+
+
+def seed_everything(seed, device):
+    """Seed Python and torch; on CPU also ask torch for deterministic kernels."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def peak_memory_bytes(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def save_atomic(path, write):
+    """Write via a temporary file and a rename: never a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def jsonable(value):
+    """NaN and infinities (a diverged run) become null: the result stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seed_everything(args.seed, args.device)
+    started = time.perf_counter()
+    result = {
+        "schema": 1,
+        "variant": VARIANT,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "device": args.device,
+        "error": None,
+    }
+    try:
+        result.update(train(args))
+    except Exception as exc:  # the run failed: say so in the result, exit 1
+        traceback.print_exc()
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    result["wall_time_s"] = time.perf_counter() - started
+    if args.out:
+        text = json.dumps(jsonable(result), indent=2, sort_keys=True)
+        save_atomic(args.out, lambda path: Path(path).write_text(text))
+    print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
+    return EXIT_CODES[result["status"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
