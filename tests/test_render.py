@@ -112,3 +112,20 @@ def test_a_name_only_noise_scripts_define_is_free_in_plain_studies(tmp_path, cap
     args = ["generate", model, "--out", tmp_path / "study", "--dataset", "synthetic"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
+
+
+def test_noise_scale_table_is_compact_exact_and_black_stable() -> None:
+    """Per-unit lists wrap many numbers to a line; black (fenced off) leaves them."""
+    import black
+
+    from ablagen.codegen.env import py_table
+    from ablagen.codegen.render import BLACK_MODE
+
+    scales = {"fc1.weight": [round(0.1 + i / 7, 6) for i in range(64)], "fc2.b": 0.5}
+    text = "# fmt: off\nNOISE_SCALES = " + py_table(scales) + "\n# fmt: on\n"
+    namespace: dict = {}
+    exec(text, namespace)
+    assert namespace["NOISE_SCALES"] == scales
+    assert black.format_str(text, mode=BLACK_MODE) == text
+    assert len(text.splitlines()) < 20  # black alone: one line per number
+    assert max(len(line) for line in text.splitlines()) <= 88

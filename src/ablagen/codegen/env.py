@@ -8,6 +8,8 @@ error, and the file-system loaders refuse paths that escape their root.
 from __future__ import annotations
 
 import functools
+import json
+import textwrap
 from pathlib import Path
 
 import jinja2
@@ -29,6 +31,24 @@ def builtin_templates_dir() -> Path:
 def py_literal(value: object) -> str:
     """A Python literal for a plain value (str, number, bool, None, tuple, list, dict)."""
     return repr(value)
+
+
+def py_table(mapping: dict[str, object], width: int = 84) -> str:
+    """A dict literal with one key a line and long list values wrapped. Put the
+    statement between ``# fmt: off`` and ``# fmt: on``: black would give every
+    number of a per-unit list a line of its own."""
+    lines = ["{"]
+    for key, value in mapping.items():
+        head = f"    {json.dumps(key)}: "  # a double-quoted Python literal, as black writes
+        if not isinstance(value, list):
+            lines.append(f"{head}{value!r},")
+            continue
+        items = " ".join(f"{item!r}," for item in value)
+        lines.append(head + "[")
+        lines.extend(f"        {row}" for row in textwrap.wrap(items, width - 8))
+        lines.append("    ],")
+    lines.append("}")
+    return "\n".join(lines)
 
 
 def docstring_safe(value: object) -> str:
@@ -67,6 +87,8 @@ def _environment(user_dir: str | None) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters.update(py=py_literal, docstring=docstring_safe, comment=comment_safe)
+    env.filters.update(
+        py=py_literal, py_table=py_table, docstring=docstring_safe, comment=comment_safe
+    )
     env.globals["fail"] = fail
     return env
