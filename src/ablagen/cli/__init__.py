@@ -16,13 +16,16 @@ from ablagen.cli import generate as _generate  # noqa: E402,F401
 from ablagen.cli import run as _run  # noqa: E402,F401
 from ablagen.cli import rank as _rank  # noqa: E402,F401
 from ablagen.cli import study as _study  # noqa: E402,F401
+from ablagen.cli import export as _export  # noqa: E402,F401
+from ablagen.cli import sweep as _sweep  # noqa: E402,F401
 
 __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _export.optional_values(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="ablagen", standalone_mode=True)
+        app(args=args, prog_name="ablagen", standalone_mode=True)
     except SystemExit as exc:  # typer/click exit codes pass through unchanged
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
