@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
+from ablagen.cli.export import TrackOpt, tracked
 
 StudyArg = Annotated[
     str,
@@ -71,6 +72,7 @@ def run(
     device: Annotated[
         str, typer.Option("--device", help="cpu or cuda, passed to every script.")
     ] = "cpu",
+    track: TrackOpt = None,
 ) -> None:
     """Run the study's scripts (resuming: runs already ok are skipped). Exit 1 if any run is not ok."""
     from rich.console import Console
@@ -99,8 +101,9 @@ def run(
             RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
         )
     )
+    progress = tracked(reporter, track, [study_dir], console)
     try:
-        summary = run_study(study_dir, options, progress=reporter)
+        summary = run_study(study_dir, options, progress=progress)
     except KeyboardInterrupt:
         typer.echo(
             f"interrupted: finished runs are stored; resume with `ablagen run {study_dir}`",

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
+from ablagen.cli.export import TrackOpt, tracked
 from ablagen.cli.options import ModelArg, NeuronGroupsOpt
 from ablagen.codegen.options import GenerateOptions
 from ablagen.orchestrate.options import RunOptions
@@ -150,6 +151,7 @@ def study(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars.")
     ] = False,
+    track: TrackOpt = None,
 ) -> None:
     """The main job: generate, run, rank, noise scales, the four arms, report."""
     from rich.console import Console
@@ -198,11 +200,16 @@ def study(
         if quiet
         else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
     )
+    out_dir = generate.out
+    studies = (
+        [out_dir / "knockout", out_dir / "retrain"] if mode == "two-stage" else [out_dir]
+    )
+    callback = tracked(progress, track, studies, console)
     try:
         outcome = run_full_study(
             opts,
             step=lambda line: console.print(f"[bold]ablagen study[/]: {line}"),
-            progress=progress,
+            progress=callback,
         )
     finally:
         if progress is not None:
