@@ -24,7 +24,8 @@ def study(tmp_path: Path) -> Path:
 def test_run_then_status(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(study), "--jobs", "2"]) == 1  # a run failed
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "running 2 runs on local, 2 warm workers x 1 thread"
+    assert out[0].startswith("running 2 runs on local, 2 warm workers x 1 thread, at most ")
+    assert out[0].endswith(" memory per run")
     finished = sorted(line for line in out if line.startswith("[") and "/2]" in line)
     assert len(finished) == 2
     assert any(
@@ -51,6 +52,7 @@ def test_run_then_status(study: Path, capsys: pytest.CaptureFixture[str]) -> Non
         "diverged": 0,
         "timeout": 0,
         "crashed": 0,
+        "oom": 0,
         "running": 0,
         "pending": 0,
     }

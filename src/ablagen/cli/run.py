@@ -24,6 +24,15 @@ SeedsOpt = Annotated[
         help="Comma list (or range) of seeds, e.g. 0,1,2 or 0-4 [default: the manifest's, else 0].",
     ),
 ]
+MaxMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-memory",
+        help="GB of memory per run; a run past it is killed and recorded as oom (0: no limit)"
+        " [default: 80% of the machine's memory / --jobs; ray: no limit].",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -73,6 +82,14 @@ def run(
         str, typer.Option("--device", help="cpu or cuda, passed to every script.")
     ] = "cpu",
     track: TrackOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Do not wait for runs another orchestrator holds: list them and exit (0 if the rest is ok).",
+        ),
+    ] = False,
 ) -> None:
     """Run the study's scripts (resuming: runs already ok are skipped). Exit 1 if any run is not ok."""
     from rich.console import Console
@@ -92,6 +109,8 @@ def run(
         only=parse_ids(only) if only is not None else None,
         retry_failed=retry_failed,
         device=device,
+        max_memory_gb=max_memory,
+        wait=not no_wait,
     )
     console = Console(highlight=False)
     reporter = (

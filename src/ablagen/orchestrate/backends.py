@@ -37,8 +37,9 @@ class Backend(Protocol):
     def submit(self, spec: RunSpec) -> None:
         """Start a run; must not block on its completion."""
 
-    def next_done(self) -> RawOutcome:
-        """Block until some submitted run finishes and return it."""
+    def next_done(self, timeout: float | None = None) -> RawOutcome | None:
+        """Block until some submitted run finishes and return it; None if
+        ``timeout`` seconds pass first (``None``: wait as long as it takes)."""
 
     def close(self) -> None:
         """Stop everything, killing runs still in flight. Idempotent."""

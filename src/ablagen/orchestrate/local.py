@@ -7,6 +7,9 @@ Workers also learn what a run imported lazily and import it for their next runs.
 Cores are split between workers: with ``jobs`` > 1 each gets ``max(1, cores //
 jobs)`` threads (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``torch.set_num_threads``)
 so the runs do not oversubscribe the machine; with one job torch keeps its default.
+Each run's memory is watched by its worker and capped at ``--max-memory`` (default:
+80% of the machine's memory divided by the jobs); a run past it is killed and
+stored as ``oom`` (see :mod:`.worker`).
 Results equal ``python script.py`` run with the same thread count (with fewer
 threads, float reductions may differ in the last bits). One thread per worker in
 the orchestrator feeds it runs and collects outcomes.
@@ -30,7 +33,7 @@ from typing import IO, Any
 
 from ablagen.errors import BackendError
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
-from ablagen.orchestrate.outcome import RawOutcome, read_tail
+from ablagen.orchestrate.outcome import RawOutcome, gigabytes, read_tail
 
 WORKER = Path(__file__).with_name("worker.py")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -249,6 +252,7 @@ class LocalBackend:
         self.jobs = options.jobs or cores
         # one job: torch's own default, exactly as `python script.py` would run
         self.threads = max(1, cores // self.jobs) if self.jobs > 1 else None
+        self.memory_limit = options.memory_limit_bytes(self.jobs)
         env = dict(os.environ)
         if self.threads is not None:
             env.update(dict.fromkeys(THREAD_ENV, str(self.threads)))
@@ -267,8 +271,12 @@ class LocalBackend:
 
     def describe(self) -> str:
         if self.threads is None:
-            return "local, 1 warm worker"
-        return f"local, {self.jobs} warm workers x {self.threads} thread{'s' * (self.threads > 1)}"
+            where = "local, 1 warm worker"
+        else:
+            where = f"local, {self.jobs} warm workers x {self.threads} thread{'s' * (self.threads > 1)}"
+        if self.memory_limit is None:
+            return f"{where}, no memory limit"
+        return f"{where}, at most {gigabytes(self.memory_limit)} memory per run"
 
     def __enter__(self) -> LocalBackend:
         if hasattr(os, "fork"):
@@ -327,6 +335,7 @@ class LocalBackend:
             "timeout": self.timeout_s,
             "threads": self.threads,
             "learn": str(out.with_suffix(".modules.json")),
+            "max_memory": self.memory_limit,
         }
         reply = worker.run(request)
         try:
@@ -342,17 +351,25 @@ class LocalBackend:
             timed_out=bool(reply.get("timed_out")),
             error=reply.get("error"),
             backend=self.name,
+            oom=bool(reply.get("oom")),
+            peak_memory_bytes=reply.get("peak_memory_bytes"),
+            memory_limit_bytes=self.memory_limit,
         )
 
     def submit(self, spec: RunSpec) -> None:
         self._todo.put(spec)
 
-    def next_done(self) -> RawOutcome:
-        """Block until a run finishes (a worker thread's own failure is raised here)."""
+    def next_done(self, timeout: float | None = None) -> RawOutcome | None:
+        """Block until a run finishes (a worker thread's own failure is raised here);
+        None once ``timeout`` seconds pass without one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             try:
-                item = self._done.get(timeout=0.5)  # wake up for Ctrl-C now and then
+                item = self._done.get(timeout=max(wait, 0.0))  # wake up for Ctrl-C
             except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
                 continue
             if isinstance(item, BaseException):
                 raise item

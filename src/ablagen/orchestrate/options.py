@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from ablagen.errors import ConfigError
 from ablagen.orchestrate.records import RunRecord
 
 DEVICES = ("cpu", "cuda")
-FAILED_STATUSES = ("failed", "diverged", "timeout", "crashed")
+FAILED_STATUSES = ("failed", "diverged", "timeout", "crashed", "oom")
 
 
 def usable_cpus() -> int:
@@ -21,6 +22,38 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+#: share of the machine's memory the runs may use together (the rest: the system,
+#: the orchestrator, page cache); the default limit gives each job an equal part
+MEMORY_SHARE = 0.8
+
+
+def machine_memory_bytes() -> int | None:
+    """Memory this process may use: the machine's, or its cgroup's limit if lower."""
+    total = None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    for path in (
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < (total or 1 << 62):
+            total = int(text)
+        break
+    return total
+
+
+def default_memory_limit(jobs: int) -> int | None:
+    """``MEMORY_SHARE`` of the machine's memory divided by ``jobs`` (None if unknown)."""
+    total = machine_memory_bytes()
+    return None if total is None else int(total * MEMORY_SHARE / max(1, jobs))
 
 
 @dataclass(frozen=True)
@@ -32,6 +65,10 @@ class RunOptions:
     ``seeds``: ``None`` means the manifest's ``config["seeds"]`` if it has them, else (0,).
     ``epochs``: ``None`` lets each script use its generated default.
     ``timeout_s``: per run; ``None`` means no limit.
+    ``max_memory_gb``: per run, in GB (10^9 bytes); the local backend kills a run
+    whose processes pass it (status ``oom``), Ray gets it as the task's memory
+    resource. ``None``: :func:`default_memory_limit` (local) or no limit (ray);
+    ``0``: no limit.
     ``preload`` (local backend, library only): modules the warm workers import up
     front instead of the default torch, torch._dynamo, numpy, sklearn; the scripts'
     own top-level imports are always added.
@@ -49,6 +86,8 @@ class RunOptions:
     retry_failed: bool = False
     device: str = "cpu"
     preload: tuple[str, ...] | None = None
+    max_memory_gb: float | None = None
+    wait: bool = True  # wait for runs another live orchestrator holds
 
     def __post_init__(self) -> None:
         if self.jobs is not None and self.jobs < 1:
@@ -77,11 +116,26 @@ class RunOptions:
                 f"--ray-address {self.ray_address} needs the ray backend",
                 "add --backend ray",
             )
+        if self.max_memory_gb is not None and not (
+            math.isfinite(self.max_memory_gb) and self.max_memory_gb >= 0
+        ):
+            raise ConfigError(
+                f"--max-memory {self.max_memory_gb} is not a size in GB",
+                "pass a positive number of GB, e.g. --max-memory 4 (0 turns the limit off)",
+            )
         if self.device not in DEVICES:
             raise ConfigError(
                 f"unknown device {self.device!r}",
                 f"pass --device {' or '.join(DEVICES)}",
             )
+
+    def memory_limit_bytes(self, jobs: int) -> int | None:
+        """The per-run memory limit in bytes (``None``: no limit)."""
+        if self.max_memory_gb == 0:
+            return None
+        if self.max_memory_gb is None:
+            return default_memory_limit(jobs)
+        return int(self.max_memory_gb * 1e9)
 
     def script_args(self) -> dict[str, Any]:
         """The run arguments beyond ``--seed`` and ``--out``, as stored in each record."""
@@ -186,6 +240,19 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class HeldRun:
+    """A run another live orchestrator holds: which, and who (host, pid)."""
+
+    spec: RunSpec
+    host: str
+    pid: int
+
+    @property
+    def holder(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What one :func:`run_study` call did. ``all_ok`` decides the CLI's exit code."""
 
@@ -198,18 +265,28 @@ class RunSummary:
     skipped_failed: tuple[
         RunRecord, ...
     ]  # failed before, not retried (no --retry-failed)
-    running_elsewhere: tuple[RunSpec, ...] = ()  # held by another live orchestrator
+    #: held by another live orchestrator and not waited for (``--no-wait``)
+    running_elsewhere: tuple[HeldRun, ...] = ()
     wall_time_s: float = 0.0
+    #: held by another orchestrator when this call reached them, waited for: their outcome
+    finished_elsewhere: tuple[RunRecord, ...] = ()
 
     @property
     def failures(self) -> tuple[RunRecord, ...]:
-        """Every run in scope that did not succeed: this call's and the skipped ones."""
-        return tuple(r for r in self.ran if not r.ok) + self.skipped_failed
+        """Every run in scope that did not succeed: this call's, the ones another
+        orchestrator finished while this one waited, and the skipped ones."""
+        return (
+            tuple(r for r in (*self.ran, *self.finished_elsewhere) if not r.ok)
+            + self.skipped_failed
+        )
 
     @property
     def ok_count(self) -> int:
-        return self.skipped_ok + sum(1 for r in self.ran if r.ok)
+        done = (*self.ran, *self.finished_elsewhere)
+        return self.skipped_ok + sum(1 for r in done if r.ok)
 
     @property
     def all_ok(self) -> bool:
-        return not self.failures and not self.running_elsewhere
+        """No run in scope failed. Runs still held by another live orchestrator
+        (``--no-wait``) are not failures: that orchestrator reports them."""
+        return not self.failures

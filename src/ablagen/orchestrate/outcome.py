@@ -5,8 +5,10 @@ decides the status, so a run means the same thing on every backend:
 
 ============  ===============================================================
 timeout       the run passed ``--timeout`` and was killed
-crashed       killed by a signal (segfault, ``os.abort``, OOM killer), or its
-              worker process died
+oom           the run passed ``--max-memory`` and was killed (local backend), or
+              Ray's memory monitor killed its task
+crashed       killed by a signal (segfault, ``os.abort``; SIGKILL from outside,
+              most often the kernel's OOM killer), or its worker process died
 diverged      exit code 3, or the result says ``"status": "diverged"``, or a
               final metric or loss in the result is NaN/inf
 failed        any other non-zero exit, a result with ``"status": "failed"``,
@@ -43,6 +45,9 @@ class RawOutcome:
     timed_out: bool = False
     error: str | None = None  # a backend-level failure (worker died, task lost)
     backend: str = "local"
+    oom: bool = False  # killed for passing the memory limit
+    peak_memory_bytes: int | None = None  # highest memory seen, where measured
+    memory_limit_bytes: int | None = None  # the limit it ran under, if any
 
 
 def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
@@ -93,9 +98,19 @@ def _non_finite(result: dict[str, Any]) -> str | None:
 
 def _signal_name(code: int) -> str:
     try:
-        return signal.Signals(-code).name
+        name = signal.Signals(-code).name
     except ValueError:
         return f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return f"{name} (out of memory?)"  # most often the kernel's OOM killer
+    return name
+
+
+def gigabytes(size: int | None) -> str:
+    """A memory size for people: MB below 1 GB, else GB (10^6 and 10^9 bytes)."""
+    if size is None:
+        return "?"
+    return f"{size / 1e6:.0f} MB" if size < 1e9 else f"{size / 1e9:.2f} GB"
 
 
 def classify(raw: RawOutcome, log_tail: str) -> RunRecord:
@@ -103,7 +118,13 @@ def classify(raw: RawOutcome, log_tail: str) -> RunRecord:
     result, result_problem = _parse_result(raw.result_text)
     code = raw.exit_code
     reason: str | None = None
-    if raw.timed_out:
+    if raw.oom:
+        status = "oom"
+        reason = (
+            f"out of memory: killed at {gigabytes(raw.peak_memory_bytes)}, over the"
+            f" {gigabytes(raw.memory_limit_bytes)} limit (--max-memory)"
+        )
+    elif raw.timed_out:
         status, reason = "timeout", f"killed after the {raw.wall_time_s:.1f} s timeout"
     elif raw.error is not None:
         status, reason = "crashed", raw.error
@@ -151,4 +172,5 @@ def classify(raw: RawOutcome, log_tail: str) -> RunRecord:
         error_tail=error_tail,
         extra={"backend": raw.backend},
         script=raw.spec.script,
+        peak_memory_bytes=raw.peak_memory_bytes,
     )

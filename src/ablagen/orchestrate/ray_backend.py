@@ -16,12 +16,14 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ablagen.errors import BackendError
+from ablagen.fsutil import writing
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import RawOutcome
 
@@ -194,6 +196,10 @@ class RayBackend:
         self._pending: dict[Any, RunSpec] = {}
         self._task: Any = None
         self.jobs = options.jobs or 0
+        # only an explicit --max-memory: the cluster's nodes are not this machine
+        self.memory_limit = (
+            None if options.max_memory_gb is None else options.memory_limit_bytes(1)
+        )
 
     @property
     def capacity(self) -> int:
@@ -201,7 +207,10 @@ class RayBackend:
 
     def describe(self) -> str:
         where = self.options.ray_address or "a local instance"
-        return f"ray ({where}), up to {self.jobs} run{'s' * (self.jobs > 1)} at once"
+        line = f"ray ({where}), up to {self.jobs} run{'s' * (self.jobs > 1)} at once"
+        if self.memory_limit is not None:
+            line += f", {self.memory_limit / 1e9:.2f} GB memory reserved per run"
+        return line
 
     def __enter__(self) -> RayBackend:
         ray, options = self.ray, self.options
@@ -212,8 +221,14 @@ class RayBackend:
         if pickler is not None and hasattr(pickler, "register_pickle_by_value"):
             # nodes need no ablagen
             pickler.register_pickle_by_value(sys.modules[__name__])
+        resources: dict[str, Any] = {}
+        if self.memory_limit is not None:
+            resources["memory"] = self.memory_limit  # Ray schedules by it
         self._task = ray.remote(
-            num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run, max_retries=0
+            num_cpus=options.cpus_per_run,
+            num_gpus=options.gpus_per_run,
+            max_retries=0,
+            **resources,
         )(_run_task)
         if not self.jobs:
             cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -237,27 +252,43 @@ class RayBackend:
         )
         self._pending[ref] = spec
 
-    def next_done(self) -> RawOutcome:
+    def next_done(self, timeout: float | None = None) -> RawOutcome | None:
         ray = self.ray
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            done, _ = ray.wait(list(self._pending), num_returns=1, timeout=0.5)
+            wait = (
+                0.5
+                if deadline is None
+                else max(0.0, min(0.5, deadline - time.monotonic()))
+            )
+            done, _ = ray.wait(list(self._pending), num_returns=1, timeout=wait)
             if done:
                 break
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
         ref = done[0]
         spec = self._pending.pop(ref)
         try:
             reply = ray.get(ref)
         except ray.exceptions.RayError as exc:
+            oom = isinstance(exc, getattr(ray.exceptions, "OutOfMemoryError", ()))
             return RawOutcome(
                 spec,
                 None,
                 0.0,
-                error=f"the Ray task failed: {type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:300]}",
+                error=(
+                    None
+                    if oom
+                    else f"the Ray task failed: {type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:300]}"
+                ),
                 backend=self.name,
+                oom=oom,
+                memory_limit_bytes=self.memory_limit,
             )
         log_file = self.study_dir / spec.log_path
-        log_file.write_text(reply["log"], encoding="utf-8")
+        with writing(log_file, "the run log"):
+            log_file.write_text(reply["log"], encoding="utf-8")
         return RawOutcome(
             spec,
             reply["exit_code"],

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: every status a run can end in; "running" only while a worker holds it
-STATUSES = ("ok", "failed", "diverged", "timeout", "crashed")
+STATUSES = ("ok", "failed", "diverged", "timeout", "crashed", "oom")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class RunRecord:
     script: str | None = None  # the script's file name in the study directory
     attempts: int = 0  # how many times this run was started
     finished_at: float | None = None  # unix time the outcome was stored
+    #: the run's peak memory (bytes, proportional set size of the run's processes)
+    #: where the backend watched it; an ``oom`` run's is the peak that got it killed
+    peak_memory_bytes: int | None = None
 
     @property
     def ok(self) -> bool:

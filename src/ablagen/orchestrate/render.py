@@ -20,6 +20,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from ablagen.orchestrate.options import RunSummary
+from ablagen.orchestrate.outcome import gigabytes
 from ablagen.orchestrate.records import RunRecord
 from ablagen.orchestrate.runner import Progress
 from ablagen.orchestrate.status import StudyStatus
@@ -30,6 +31,7 @@ STYLE = {
     "diverged": "magenta",
     "timeout": "yellow",
     "crashed": "red bold",
+    "oom": "red bold",
     "running": "cyan",
     "pending": "dim",
 }
@@ -67,6 +69,16 @@ def _finished_line(ev: Progress) -> str:
     )
 
 
+def _waiting_line(ev: Progress) -> str:
+    assert ev.spec is not None
+    return f"waiting for {ev.spec.label}: another orchestrator is running it"
+
+
+def _elsewhere_line(ev: Progress) -> str:
+    assert ev.record is not None
+    return f"{ev.record.status:<8} {_run_line(ev.record)} (run by another orchestrator)"
+
+
 def _start_line(ev: Progress) -> str:
     skipped = []
     if ev.skipped_ok:
@@ -88,6 +100,10 @@ class PlainProgress:
             print(_start_line(ev), file=self.stream, flush=True)
         elif ev.event == "finished":
             print(_finished_line(ev), file=self.stream, flush=True)
+        elif ev.event == "waiting":
+            print(_waiting_line(ev), file=self.stream, flush=True)
+        elif ev.event == "elsewhere":
+            print(_elsewhere_line(ev), file=self.stream, flush=True)
 
     def close(self) -> None:
         """Nothing to tear down."""
@@ -143,6 +159,11 @@ class RichProgress:
                     f"[{style}]{ev.record.status}[/] {escape(_run_line(ev.record))}",
                     highlight=False,
                 )
+        elif ev.event in ("waiting", "elsewhere"):
+            line = _waiting_line(ev) if ev.event == "waiting" else _elsewhere_line(ev)
+            (self.bar.console if self.bar else self.console).print(
+                escape(line), highlight=False
+            )
         elif ev.event == "end":
             self.close()
 
@@ -170,13 +191,33 @@ def print_summary(summary: RunSummary, console: Console, quiet: bool = False) ->
         parts.append(f"{summary.skipped_ok} already ok")
     if summary.skipped_failed:
         parts.append(f"{len(summary.skipped_failed)} failed before (not retried)")
+    if summary.finished_elsewhere:
+        ok_there = sum(1 for r in summary.finished_elsewhere if r.ok)
+        parts.append(
+            f"{len(summary.finished_elsewhere)} run by another orchestrator"
+            f" ({ok_there} ok)"
+        )
     if summary.running_elsewhere:
         parts.append(
-            f"{len(summary.running_elsewhere)} running in another orchestrator"
+            f"{len(summary.running_elsewhere)} still running in another orchestrator"
         )
     console.print(
         f"{escape(', '.join(parts))} in {summary.wall_time_s:.1f} s", highlight=False
     )
+    holders: dict[str, list[str]] = {}
+    for held in summary.running_elsewhere:
+        holders.setdefault(held.holder, []).append(held.spec.label)
+    for holder, labels in holders.items():
+        shown = ", ".join(labels[:6]) + (
+            f" and {len(labels) - 6} more" if len(labels) > 6 else ""
+        )
+        console.print(
+            escape(
+                f"  {holder} holds {shown}; `ablagen status {summary.study_dir}` shows their outcome"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
     if quiet:
         return
     for rec in summary.failures:
@@ -204,6 +245,8 @@ def status_table(status: StudyStatus) -> Table:
             text = f"[{STYLE.get(cell.status, '')}]{cell.status}[/]"
             if cell.status == "ok" and cell.record is not None:
                 text += f" {headline(cell.record.result)}".rstrip()
+            elif cell.status == "oom" and cell.record is not None:
+                text += f" at {gigabytes(cell.record.peak_memory_bytes)}"
             cells.append(text)
         table.add_row(
             escape(variant.id),

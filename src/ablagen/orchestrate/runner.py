@@ -6,11 +6,25 @@ crashed) is skipped and reported unless ``retry_failed``; a regenerated script h
 a new hash, so it runs again. Runs left ``running`` by an orchestrator that is gone
 are reset first. Ctrl-C / SIGTERM stop the runs in flight and give their rows back;
 an outcome is never half-stored (a signal waits until the write is committed).
+
+A run another live orchestrator holds is waited for (``wait``, the default): its
+outcome is reported when that orchestrator stores it, and the run is taken over if
+that orchestrator dies or gives it back. With ``wait=False`` it is listed with its
+holder and left alone.
+
+I/O faults stop the call as data, not a traceback: when an outcome cannot be stored
+(full disk, read-only or unwritable store), or a run died of a full disk (its log
+says ``[Errno 28]``), the runs in flight are stopped and put back to pending, and a
+:class:`~ablagen.fsutil.WriteError` names the path and the fix. What was stored
+before stays; the same command resumes once there is room.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -24,10 +38,11 @@ from pathlib import Path
 from types import FrameType
 
 from ablagen.errors import StudyError
-from ablagen.fsutil import sha256_file
+from ablagen.fsutil import WriteError, io_fix, sha256_file, writing
 from ablagen.orchestrate.backends import Backend, get_backend
 from ablagen.orchestrate.options import (
     FAILED_STATUSES,
+    HeldRun,
     RunOptions,
     RunSpec,
     RunSummary,
@@ -51,7 +66,9 @@ class Progress:
     """One progress event for ``run_study(progress=...)``.
 
     ``event``: "start" (once, before any run), "started" (a run was handed to the
-    backend; ``spec`` set), "finished" (``record`` set), "end" (once, ``summary`` set).
+    backend; ``spec`` set), "finished" (``record`` set), "waiting" (a run another
+    live orchestrator holds is waited for; ``spec`` set), "elsewhere" (such a run's
+    outcome, stored by that orchestrator; ``record`` set), "end" (once, ``summary`` set).
     Counts refer to the runs this call executes (``total``), not the skipped ones.
     """
 
@@ -70,6 +87,13 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 TMP_PREFIX = "ablagen-run-"  # + pid: per-run scratch (result JSON) in the system temp
+WAIT_POLL_S = 0.5  # how often runs held by another orchestrator are looked at
+_NO_SPACE = re.compile(
+    r"\[Errno (?:28|122)\][^\n]*|No space left on device[^\n]*|disk is full"
+)
+_NO_SPACE_PATH = re.compile(
+    r"(?:No space left on device|Disk quota exceeded): '([^']+)'"
+)
 
 
 def resolve_seeds(manifest: Manifest, options: RunOptions) -> tuple[int, ...]:
@@ -228,9 +252,14 @@ def run_study(
                 _Tally(len(todo), skipped_ok, len(skipped_failed), backend.name),
             )
             if todo:
-                (study / LOGS_DIR).mkdir(exist_ok=True)
+                with writing(study / LOGS_DIR, "the log folder"):
+                    (study / LOGS_DIR).mkdir(exist_ok=True)
                 with backend:
-                    session.execute(todo)
+                    session.execute(todo, wait=options.wait)
+            held = [
+                HeldRun(spec, *(store.holder(spec) or ("?", 0)))
+                for spec in session.elsewhere
+            ]
     summary = RunSummary(
         study_dir=str(study),
         backend=options.backend,
@@ -239,8 +268,9 @@ def run_study(
         ran=tuple(session.tally.ran),
         skipped_ok=skipped_ok,
         skipped_failed=tuple(skipped_failed),
-        running_elsewhere=tuple(session.elsewhere),
+        running_elsewhere=tuple(held),
         wall_time_s=time.monotonic() - started,
+        finished_elsewhere=tuple(session.done_elsewhere),
     )
     notify(session.tally.event("end", summary=summary))
     return summary
@@ -276,6 +306,23 @@ def _partition(
     return todo, skipped_failed, skipped_ok
 
 
+def disk_fault(record: RunRecord, study: Path) -> WriteError | None:
+    """A run that died of a full disk (its log says so), as the fault to report."""
+    if record.ok or not record.error_tail:
+        return None
+    found = _NO_SPACE.search(record.error_tail)
+    if found is None:
+        return None
+    path = _NO_SPACE_PATH.search(record.error_tail)
+    where = Path(path.group(1)) if path else study
+    return WriteError(
+        f"{record.variant_id} seed={record.seed} stopped on a full disk"
+        f" ({found.group(0).strip()[:160]})",
+        io_fix(errno.ENOSPC, where),
+        errno.ENOSPC,
+    )
+
+
 @dataclass
 class _Session:
     """One call's running state: claims runs, feeds the backend, stores outcomes."""
@@ -287,42 +334,97 @@ class _Session:
     notify: ProgressCallback
     tally: _Tally
     elsewhere: list[RunSpec] = field(default_factory=list)
+    done_elsewhere: list[RunRecord] = field(default_factory=list)
     jobs: int = 0
 
-    def execute(self, todo: list[RunSpec]) -> None:
-        """Run ``todo`` on the started backend, at most ``capacity`` at a time."""
+    def execute(self, todo: list[RunSpec], wait: bool = True) -> None:
+        """Run ``todo`` on the started backend, at most ``capacity`` at a time; with
+        ``wait``, then wait for the runs another orchestrator held."""
         self.jobs = self.backend.capacity
         self.tally.backend = self.backend.describe()
         self.notify(self.tally.event("start"))
         signals = _Signals()
         pending = deque(todo)
         inflight: dict[tuple[str, int, str, str], RunSpec] = {}
+        waiting: dict[tuple[str, int, str, str], RunSpec] = {}
         with signals.installed():
             try:
-                while pending or inflight:
+                while pending or inflight or waiting:
                     while pending and len(inflight) < self.jobs:
                         spec = pending.popleft()
                         with signals.deferred():
                             if self._start(spec):
                                 inflight[spec.key] = spec
+                            elif wait:
+                                waiting[spec.key] = spec
+                                self.notify(self.tally.event("waiting", spec=spec))
+                            else:
+                                self.elsewhere.append(spec)
+                    if waiting and len(inflight) < self.jobs:
+                        pending.extend(self._look_at(waiting))
+                        if pending:
+                            continue
                     if not inflight:
+                        if waiting:
+                            time.sleep(WAIT_POLL_S)
+                            continue
                         break
-                    raw = self.backend.next_done()
+                    raw = self.backend.next_done(WAIT_POLL_S if waiting else None)
+                    if raw is None:
+                        continue
                     with signals.deferred():
                         record = classify(
                             raw, read_tail(self.study / raw.spec.log_path)
                         )
+                        fault = disk_fault(record, self.study)
+                        if fault is not None:
+                            raise fault
                         record = self._finish(raw.spec, record)
                         inflight.pop(raw.spec.key, None)
                     self.tally.ran.append(record)
                     self.tally.running = len(inflight)
                     self.notify(self.tally.event("finished", record=record))
+            except WriteError as exc:
+                raise self._put_back(exc, inflight) from exc
             finally:
                 signals.critical = True  # a second Ctrl-C must not cut this short
                 self.backend.close()
                 if inflight:
-                    self.store.release(inflight.values(), self.owner)
+                    with contextlib.suppress(WriteError):  # else: stale, reset later
+                        self.store.release(inflight.values(), self.owner)
                 signals.critical = False
+
+    def _put_back(
+        self, exc: WriteError, inflight: dict[tuple[str, int, str, str], RunSpec]
+    ) -> WriteError:
+        """The fault, saying which runs go back to pending (the caller releases them)."""
+        if not inflight:
+            return exc
+        labels = ", ".join(s.label for s in list(inflight.values())[:3])
+        more = f" and {len(inflight) - 3} more" if len(inflight) > 3 else ""
+        return WriteError(
+            f"{exc.problem}; stopped, and put {labels}{more} back to pending",
+            exc.fix,
+            exc.errno,
+        )
+
+    def _look_at(
+        self, waiting: dict[tuple[str, int, str, str], RunSpec]
+    ) -> list[RunSpec]:
+        """Runs another orchestrator held: report the finished ones, return the ones
+        to take over (given back, or their orchestrator died)."""
+        take = []
+        for key, spec in list(waiting.items()):
+            record = self.store.get(spec)
+            if record is not None and record.status != "running":
+                del waiting[key]
+                self.done_elsewhere.append(record)
+                self.notify(self.tally.event("elsewhere", record=record))
+            elif not self.store.held_alive(spec, self.owner):
+                del waiting[key]
+                self.tally.total += 1
+                take.append(spec)
+        return take
 
     def _finish(self, spec: RunSpec, record: RunRecord) -> RunRecord:
         """Store the outcome; a shared run stores one record per member, its own last."""
@@ -345,9 +447,16 @@ class _Session:
 
     def _start(self, spec: RunSpec) -> bool:
         if not self.store.claim(spec, self.owner, self.backend.name):
-            self.elsewhere.append(spec)
             self.tally.total -= 1
             return False
+        log = self.study / spec.log_path
+        try:
+            with writing(log, "the run log"):
+                log.open("ab").close()  # fails here, not inside the run, if it cannot
+        except WriteError:
+            with contextlib.suppress(WriteError):
+                self.store.release([spec], self.owner)
+            raise
         self.backend.submit(spec)
         self.tally.running += 1
         self.notify(self.tally.event("started", spec=spec))

@@ -40,7 +40,7 @@ from ablagen.studydir import load_manifest
 
 STATUS_SCHEMA = 1
 CELL_STATUSES = (*STATUSES, "running", "pending")
-_SEVERITY = ("running", "crashed", "timeout", "diverged", "failed", "pending")
+_SEVERITY = ("running", "crashed", "oom", "timeout", "diverged", "failed", "pending")
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ def _cell_json(cell: Cell) -> dict[str, Any]:
         "wall_time_s": round(rec.wall_time_s, 3),
         "exit_code": rec.exit_code,
         "log": rec.log_path,
+        "peak_memory_bytes": rec.peak_memory_bytes,
         "final": (
             {k: _finite(v) for k, v in final.items()}
             if isinstance(final, dict)

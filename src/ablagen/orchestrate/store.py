@@ -9,12 +9,13 @@ One row per run key (variant id, seed, run arguments, script sha256)::
       args_json     TEXT NOT NULL,     -- canonical JSON of the arguments beyond --seed/--out
       script_sha256 TEXT NOT NULL,     -- hash of the script file that ran
       script        TEXT NOT NULL,     -- its file name in the study directory
-      status        TEXT NOT NULL,     -- running | ok | failed | diverged | timeout | crashed
+      status        TEXT NOT NULL,     -- running | ok | failed | diverged | timeout | crashed | oom
       result_json   TEXT,              -- the script's result JSON, NULL if it wrote none
       wall_time_s   REAL NOT NULL DEFAULT 0,
       log_path      TEXT,              -- relative to the study directory
       exit_code     INTEGER,           -- negative: killed by that signal
       error_tail    TEXT,              -- last lines of the log for any status but ok
+      peak_memory_bytes INTEGER,       -- the run's peak memory, where the backend measured it
       attempts      INTEGER NOT NULL DEFAULT 0,
       backend       TEXT,
       started_at    REAL, finished_at REAL,                    -- unix times
@@ -30,6 +31,13 @@ reused, or an older session of this very process) are reset by
 :meth:`ResultStore.reset_stale`, which :func:`~ablagen.orchestrate.run_study` calls
 on start: a first attempt's row is deleted, a retried one gets its old status back.
 
+A write that fails (full disk, read-only filesystem, permissions) raises
+:class:`~ablagen.fsutil.WriteError` naming the database and the fix, and the
+transaction is rolled back. Reading never writes: on a full disk, where SQLite cannot
+create the WAL index of a cleanly closed store, a reader opens it immutable.
+Schema 2 added the ``oom`` status and ``peak_memory_bytes``; a schema-1 store is
+migrated when an orchestrator opens it for writing, and read as it is otherwise.
+
 Reading API (what ranking and reports use)::
 
     with ResultStore(study_dir, readonly=True) as store:
@@ -39,6 +47,8 @@ Reading API (what ranking and reports use)::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -49,12 +59,16 @@ from pathlib import Path
 from typing import Any
 
 from ablagen.errors import StudyError
+from ablagen.fsutil import WriteError, io_fix
 from ablagen.orchestrate.options import RunSpec, args_json
 from ablagen.orchestrate.owner import Owner
 from ablagen.orchestrate.records import STATUSES, RunRecord
 from ablagen.studydir import RESULTS_DB, Manifest, load_manifest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+WAL_LIMIT_BYTES = 1 << 20
+LOW_SPACE_BYTES = 1 << 20  # less free than this and a failed write means "disk full"
+READABLE_SCHEMAS = ("1", "2")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,12 +80,13 @@ CREATE TABLE IF NOT EXISTS runs (
   script_sha256 TEXT NOT NULL,
   script TEXT NOT NULL,
   status TEXT NOT NULL CHECK (status IN
-    ('running', 'ok', 'failed', 'diverged', 'timeout', 'crashed')),
+    ('running', 'ok', 'failed', 'diverged', 'timeout', 'crashed', 'oom')),
   result_json TEXT,
   wall_time_s REAL NOT NULL DEFAULT 0,
   log_path TEXT,
   exit_code INTEGER,
   error_tail TEXT,
+  peak_memory_bytes INTEGER,
   attempts INTEGER NOT NULL DEFAULT 0,
   backend TEXT,
   started_at REAL,
@@ -89,8 +104,65 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 
 _COLUMNS = (
     "variant_id, seed, args_json, script_sha256, script, status, result_json, wall_time_s,"
-    " log_path, exit_code, error_tail, attempts, backend, finished_at"
+    " log_path, exit_code, error_tail, attempts, backend, finished_at, peak_memory_bytes"
 )
+_COLUMNS_V1 = _COLUMNS.replace("peak_memory_bytes", "NULL")
+#: columns a schema-1 ``runs`` table has (copied over by the migration)
+_V1_COPY = (
+    "id, variant_id, seed, args_json, script_sha256, script, status, result_json,"
+    " wall_time_s, log_path, exit_code, error_tail, attempts, backend, started_at,"
+    " finished_at, owner_host, owner_pid, owner_started, owner_token, prev_status"
+)
+_MIGRATE_1_TO_2 = f"""
+ALTER TABLE runs RENAME TO runs_v1;
+DROP INDEX IF EXISTS runs_variant_seed;
+DROP INDEX IF EXISTS runs_status;
+{_SCHEMA}
+INSERT INTO runs ({_V1_COPY}) SELECT {_V1_COPY} FROM runs_v1;
+DROP TABLE runs_v1;
+UPDATE meta SET value = '2' WHERE key = 'schema';
+"""
+
+
+def _sqlite_errno(exc: sqlite3.Error, path: Path) -> int | None:
+    """The OS error behind a failed SQLite write, as far as it can be told."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL") or "disk is full" in str(exc):
+        return errno.ENOSPC
+    if name.startswith("SQLITE_READONLY"):
+        return errno.EROFS if _fs_readonly(path) else errno.EACCES
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "disk I/O" in str(exc):
+        if _free_bytes(path) < LOW_SPACE_BYTES:
+            return errno.ENOSPC  # e.g. SQLITE_IOERR_SHMSIZE: no room for the WAL index
+        if not os.access(path.parent, os.W_OK):
+            return errno.EACCES
+        return errno.EIO
+    return None
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
+def _fs_readonly(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def store_write_error(exc: sqlite3.Error, path: Path) -> WriteError | None:
+    """A failed write to the store as a one-line WriteError; None if not an I/O fault."""
+    code = _sqlite_errno(exc, path)
+    if code is None:
+        return None
+    return WriteError(
+        f"cannot write the result store {path} ({exc})", io_fix(code, path), code
+    )
 
 
 class ResultStore:
@@ -111,6 +183,7 @@ class ResultStore:
                 f"study directory {str(self.study_dir)!r} does not exist",
                 "create it with `ablagen generate MODEL --out DIR`",
             )
+        self._columns = _COLUMNS
         try:
             self._conn = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -124,33 +197,71 @@ class ResultStore:
             conn.executescript(_SCHEMA)
             return conn
         if self.readonly:
-            conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=30,
-                isolation_level=None,
-            )
+            conn = self._connect_readonly()
         else:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-            with self._transaction(conn):
+            # a small WAL: checkpoint every 128 pages, give back room past 1 MiB
+            conn.execute("PRAGMA wal_autocheckpoint=128")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            with self._transaction(conn, self.path):
                 conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
-                    (str(SCHEMA_VERSION),),
+                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
                 )
+                schema = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'schema'"
+                ).fetchone()
+                if schema is not None and schema[0] == "1":
+                    for statement in _MIGRATE_1_TO_2.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                elif schema is None or schema[0] == str(SCHEMA_VERSION):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is not None and row[0] != str(SCHEMA_VERSION):
+        if row is not None and (
+            row[0] not in READABLE_SCHEMAS
+            or not self.readonly
+            and row[0] != str(SCHEMA_VERSION)
+        ):
             conn.close()
             raise StudyError(
                 f"{self.path} has result schema {row[0]}, this ablagen reads {SCHEMA_VERSION}",
                 "move the file away to start a fresh store, or use the ablagen that wrote it",
             )
+        if row is not None and row[0] == "1":
+            self._columns = _COLUMNS_V1
         return conn
 
-    def _corrupt(self, exc: Exception) -> StudyError:
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Open for reading only. A cleanly closed WAL store has no ``-wal``/``-shm``
+        files and SQLite must create the index to read it; where it cannot (a full or
+        read-only disk), every committed row is in the main file: read it immutable."""
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(
+                f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None
+            )
+            conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise  # rows may live in the WAL only: an immutable read would miss them
+        return sqlite3.connect(
+            f"{uri}?immutable=1", uri=True, timeout=30, isolation_level=None
+        )
+
+    def _corrupt(self, exc: Exception) -> StudyError | WriteError:
         if isinstance(exc, sqlite3.OperationalError):  # cannot open, read-only, locked
+            if not self.readonly and (fault := store_write_error(exc, self.path)):
+                return fault
             return StudyError(
                 f"cannot use the result store {self.path} ({exc})",
                 "check that the study directory is writable and on a local disk",
@@ -162,14 +273,25 @@ class ResultStore:
 
     @staticmethod
     @contextmanager
-    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-        conn.execute("BEGIN IMMEDIATE")
+    def _transaction(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+        """One ``BEGIN IMMEDIATE`` transaction; an I/O fault becomes a WriteError."""
         try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            fault = store_write_error(exc, path)
+            if fault is None:
+                raise
+            raise fault from exc
 
     def close(self) -> None:
         self._conn.close()
@@ -201,7 +323,7 @@ class ResultStore:
             wanted = [values] if isinstance(values, str) else list(values)
             where.append(f"{column} IN ({', '.join('?' * len(wanted))})")
             params += wanted
-        sql = f"SELECT {_COLUMNS} FROM runs"
+        sql = f"SELECT {self._columns} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         try:
@@ -250,7 +372,7 @@ class ResultStore:
     def get(self, spec: RunSpec) -> RunRecord | None:
         """The stored row of one planned run, if any."""
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM runs WHERE variant_id = ? AND seed = ? AND args_json = ?"
+            f"SELECT {self._columns} FROM runs WHERE variant_id = ? AND seed = ? AND args_json = ?"
             " AND script_sha256 = ?",
             spec.key,
         ).fetchone()
@@ -264,6 +386,25 @@ class ResultStore:
         ):
             counts[status] = n
         return counts
+
+    def holder(self, spec: RunSpec) -> tuple[str, int] | None:
+        """(host, pid) of the orchestrator holding a ``running`` run, else None."""
+        row = self._conn.execute(
+            "SELECT owner_host, owner_pid FROM runs WHERE variant_id = ? AND seed = ?"
+            " AND args_json = ? AND script_sha256 = ? AND status = 'running'",
+            spec.key,
+        ).fetchone()
+        return None if row is None or row[1] is None else (str(row[0]), int(row[1]))
+
+    def held_alive(self, spec: RunSpec, owner: Owner) -> bool:
+        """Whether a live orchestrator other than ``owner`` holds this run (read only)."""
+        row = self._conn.execute(
+            "SELECT owner_host, owner_pid, owner_started, owner_token FROM runs"
+            " WHERE variant_id = ? AND seed = ? AND args_json = ? AND script_sha256 = ?"
+            " AND status = 'running'",
+            spec.key,
+        ).fetchone()
+        return row is not None and row[3] != owner.token and owner.holds_alive(*row)
 
     def running_owners(self) -> list[tuple[RunSpec, tuple[Any, ...]]]:
         rows = self._conn.execute(
@@ -291,7 +432,7 @@ class ResultStore:
         stale = [
             spec for spec, held in self.running_owners() if not owner.holds_alive(*held)
         ]
-        with self._transaction(conn):
+        with self._transaction(conn, self.path):
             for spec in stale:
                 self._unclaim(conn, spec.key)
         return len(stale)
@@ -299,7 +440,7 @@ class ResultStore:
     def claim(self, spec: RunSpec, owner: Owner, backend: str) -> bool:
         """Mark a run ``running`` for ``owner``; False if a live orchestrator holds it."""
         conn = self._writable()
-        with self._transaction(conn):
+        with self._transaction(conn, self.path):
             row = conn.execute(
                 "SELECT status, owner_host, owner_pid, owner_started, owner_token FROM runs"
                 " WHERE variant_id = ? AND seed = ? AND args_json = ? AND script_sha256 = ?",
@@ -346,7 +487,7 @@ class ResultStore:
             args_json(record.args),
             record.script_sha256,
         )
-        with self._transaction(conn):
+        with self._transaction(conn, self.path):
             conn.execute(
                 "INSERT INTO runs (variant_id, seed, args_json, script_sha256, script, status,"
                 " attempts, started_at) VALUES (?, ?, ?, ?, ?, 'running', 1, ?)"
@@ -356,6 +497,7 @@ class ResultStore:
             conn.execute(
                 "UPDATE runs SET status = ?, result_json = ?, wall_time_s = ?, log_path = ?,"
                 " exit_code = ?, error_tail = ?, backend = COALESCE(?, backend), finished_at = ?,"
+                " peak_memory_bytes = ?,"
                 " owner_host = NULL, owner_pid = NULL, owner_started = NULL, owner_token = NULL,"
                 " prev_status = NULL WHERE variant_id = ? AND seed = ? AND args_json = ?"
                 " AND script_sha256 = ?",
@@ -368,11 +510,12 @@ class ResultStore:
                     record.error_tail,
                     record.extra.get("backend"),
                     now,
+                    record.peak_memory_bytes,
                     *key,
                 ),
             )
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM runs WHERE variant_id = ? AND seed = ? AND args_json = ?"
+                f"SELECT {self._columns} FROM runs WHERE variant_id = ? AND seed = ? AND args_json = ?"
                 " AND script_sha256 = ?",
                 key,
             ).fetchone()
@@ -381,7 +524,7 @@ class ResultStore:
     def release(self, specs: Iterable[RunSpec], owner: Owner) -> None:
         """Give back runs ``owner`` claimed but never finished (an interrupted run)."""
         conn = self._writable()
-        with self._transaction(conn):
+        with self._transaction(conn, self.path):
             for spec in specs:
                 held = conn.execute(
                     "SELECT 1 FROM runs WHERE variant_id = ? AND seed = ? AND args_json = ?"
@@ -418,6 +561,7 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         attempts,
         backend,
         finished,
+        peak,
     ) = row
     return RunRecord(
         variant_id=variant_id,
@@ -434,4 +578,5 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         script=script or None,
         attempts=int(attempts or 0),
         finished_at=finished,
+        peak_memory_bytes=None if peak is None else int(peak),
     )

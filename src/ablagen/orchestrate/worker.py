@@ -9,8 +9,9 @@ serves one run at a time over a JSON-lines protocol on its socket::
 
     -> {"ready": true, "pid": 123, "preloaded": ["torch", ...]}
     <- {"script": ABS, "argv": [...], "cwd": DIR, "log": ABS, "timeout": S|null,
-        "threads": N|null, "learn": PATH|null}
-    -> {"exit_code": 0, "wall_time_s": 1.2, "timed_out": false}
+        "threads": N|null, "learn": PATH|null, "max_memory": BYTES|null, "env": {...}}
+    -> {"exit_code": 0, "wall_time_s": 1.2, "timed_out": false,
+        "peak_memory_bytes": N|null, "oom": false}
 
 Each run is a fresh fork of the worker (no state leaks between runs) that becomes
 its own process group, points fds 0/1/2 at /dev/null and the run's log, sets
@@ -20,6 +21,14 @@ script with ``runpy.run_path(script, run_name="__main__")``: the code path of
 kills the run's whole process group. EOF on the socket (the orchestrator closed
 it or died, even by ``kill -9``) or SIGTERM kills the running child's group and
 ends the worker; the zygote ends when its workers have.
+
+Memory: while a run lasts, the worker samples the proportional set size (PSS,
+``/proc/PID/smaps_rollup``) of the run's process and its descendants: shared pages
+(the preloaded torch) are split among the processes sharing them, so the sum is
+what the run takes from the machine. It samples every 0.1 s, every 0.02 s past half
+of ``max_memory``, and kills the run's group once the sum passes ``max_memory``
+(``"oom": true``); ``peak_memory_bytes`` is the highest sum seen. Without
+``/proc`` nothing is measured (``null``).
 
 With ``learn``, the child lists the installed modules the script imported lazily
 (an optimizer pulls in torch._dynamo and sympy: ~1 s) and the worker imports them
@@ -42,6 +51,51 @@ import time
 from typing import Any
 
 _child_pid: int | None = None
+POLL_S = 0.1  # memory sampling period
+POLL_NEAR_S = 0.02  # ... once past half of the limit
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (``/proc/PID/task/TID/children``)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    todo += [int(c) for c in fh.read().split()]
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _pss(pid: int) -> int:
+    """One process's proportional set size in bytes (RSS where PSS is unknown)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _memory(pid: int) -> int | None:
+    """The memory of the run rooted at ``pid``: PSS summed over its process tree."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    return sum(_pss(p) for p in _descendants(pid))
 
 
 def _kill_group(pid: int) -> None:
@@ -138,6 +192,7 @@ def _child(req: dict[str, Any], channel: int) -> None:
             errors="backslashreplace",
             line_buffering=True,
         )
+        os.environ.update(req.get("env") or {})  # e.g. CUDA_VISIBLE_DEVICES of its GPU
         os.chdir(req["cwd"])
         script = req["script"]
         sys.argv = [script, *req["argv"]]  # runpy sets argv[0] to the script's path
@@ -169,23 +224,49 @@ def _child(req: dict[str, Any], channel: int) -> None:
         os._exit(code)
 
 
-def _wait(pid: int, deadline: float | None, channel: int) -> tuple[bool, bool]:
-    """Wait until the child exits (not reaped), the deadline passes or the channel closes.
+class _Watch:
+    """A run's memory samples: the peak, and whether it passed the limit."""
+
+    def __init__(self, pid: int, limit: int | None) -> None:
+        self.pid, self.limit = pid, limit
+        self.peak: int | None = None
+        self.over = False
+
+    def sample(self) -> None:
+        used = _memory(self.pid)
+        if used is None:
+            return
+        self.peak = used if self.peak is None else max(self.peak, used)
+        if self.limit is not None and used > self.limit:
+            self.over = True
+
+    def period(self) -> float:
+        near = self.limit is not None and (self.peak or 0) > self.limit // 2
+        return POLL_NEAR_S if near else POLL_S
+
+
+def _wait(
+    pid: int, deadline: float | None, channel: int, watch: _Watch
+) -> tuple[bool, bool]:
+    """Wait until the child exits (not reaped), the deadline passes, the channel
+    closes or the run passes its memory limit (``watch.over``).
 
     Returns (exited, orphaned): orphaned means the orchestrator is gone.
     """
     pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
     try:
         while True:
+            watch.sample()
+            if watch.over:
+                return False, False
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False, False
+            wait = watch.period() if left is None else min(left, watch.period())
             if pidfd is not None:
-                ready, _, _ = select.select([channel, pidfd], [], [], left)
+                ready, _, _ = select.select([channel, pidfd], [], [], wait)
             else:
-                ready, _, _ = select.select(
-                    [channel], [], [], 0.01 if left is None else min(left, 0.01)
-                )
+                ready, _, _ = select.select([channel], [], [], min(wait, 0.01))
                 if (
                     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
                     is not None
@@ -212,10 +293,12 @@ def _run(req: dict[str, Any], channel: int) -> dict[str, Any]:
     with contextlib.suppress(OSError):  # the child already did, or already exited
         os.setpgid(pid, pid)
     timeout = req.get("timeout")
+    limit = req.get("max_memory")
+    watch = _Watch(pid, None if limit is None else int(limit))
     exited, orphaned = _wait(
-        pid, None if timeout is None else start + float(timeout), channel
+        pid, None if timeout is None else start + float(timeout), channel, watch
     )
-    _kill_group(pid)  # the timed-out run, or what it left behind
+    _kill_group(pid)  # the timed-out or oversized run, or what it left behind
     _, status = os.waitpid(pid, 0)
     _child_pid = None
     wall = time.monotonic() - start
@@ -224,7 +307,9 @@ def _run(req: dict[str, Any], channel: int) -> dict[str, Any]:
     return {
         "exit_code": os.waitstatus_to_exitcode(status),
         "wall_time_s": wall,
-        "timed_out": not exited,
+        "timed_out": not exited and not watch.over,
+        "oom": watch.over and not exited,
+        "peak_memory_bytes": watch.peak,
     }
 
 
