@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ablagen.codegen.screen import SCREEN_METRIC
 from ablagen.codegen.study import generate_study
 from ablagen.codegen.writer import add_scripts
 from ablagen.errors import ConfigError
@@ -31,7 +32,13 @@ from ablagen.hybrid import (
 from ablagen.orchestrate import RunSummary, run_study
 from ablagen.ranking import ImportanceRow, load_records
 from ablagen.report import RankOutputs, rank_and_write, write_report
-from ablagen.study.options import STUDY_MODES, STUDY_TRAIN, StudyOptions
+from ablagen.study.options import (
+    SCREENS,
+    STUDY_MODES,
+    STUDY_TRAIN,
+    VERIFIERS,
+    StudyOptions,
+)
 from ablagen.studydir import ABLATION_KINDS, ARM_KIND, BASELINE_ID
 
 __all__ = [
@@ -39,9 +46,12 @@ __all__ = [
     "STUDY_TRAIN",
     "StudyOptions",
     "StudyOutcome",
+    "check_screen_metric",
     "compare_rankings",
     "run_full_study",
     "spearman",
+    "stage_dirs",
+    "top_overlap",
 ]
 
 
@@ -72,7 +82,21 @@ def run_full_study(
         )
     if opts.generate.mode == "two-stage":
         return _two_stage(opts, step, progress)
+    if opts.generate.mode == "screen":  # a screen has no accuracy to rank on
+        opts = replace(opts, rank=replace(opts.rank, metric=SCREEN_METRIC))
     return _one_study(opts, step, progress, extra_sections)
+
+
+def check_screen_metric(mode: str, screen: str, metric: str | None) -> None:
+    """A metric asked for (``metric``; None: the default) that a Taylor screen cannot
+    rank on: one line, exit 2. The screen estimates loss changes, not accuracy."""
+    taylor = mode == "screen" or (mode == "two-stage" and screen == "taylor")
+    if taylor and metric is not None and metric != SCREEN_METRIC:
+        raise ConfigError(
+            f"the taylor screen estimates changes of the validation loss, not {metric}",
+            f"drop --metric (screens rank on {SCREEN_METRIC}), or use --screen knockout "
+            "to rank on exact knockouts",
+        )
 
 
 def _one_study(
@@ -80,9 +104,10 @@ def _one_study(
     step: Step,
     progress,
     extra_sections: Sequence[tuple[str, str]] = (),
-    screen: tuple[ImportanceRow, ...] | None = None,
+    screen: tuple[str, str, tuple[ImportanceRow, ...]] | None = None,
 ) -> StudyOutcome:
-    """Generate, run, rank, arms, report; ``screen``: compare with a knockout screen."""
+    """Generate, run, rank, arms, report; ``screen``: (its name, the name of this
+    study's verdict, its rows): the report compares the two rankings."""
     step("generate: one script per variant")
     generated = generate_study(opts.generate)
     study, manifest = generated.out, generated.manifest
@@ -99,8 +124,11 @@ def _one_study(
     ranked = rank_and_write(study, manifest, opts.rank)
     sections = list(extra_sections)
     if screen is not None:
-        section = compare_rankings(screen, ranked.ranking.rows)
-        sections.append(("Knockout screen versus retraining", section))
+        name, verdict, rows = screen
+        section = compare_rankings(
+            rows, ranked.ranking.rows, name, verdict, opts.retrain_top
+        )
+        sections.append((f"{name.capitalize()} screen versus {verdict}", section))
     arm_runs, arms = None, []
     if opts.with_arms:
         step("hybrid: ablated, perturbed and importance-guided arms")
@@ -145,17 +173,33 @@ def _one_study(
 
 
 def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
-    """Knockout screen of every component, then retrain the top K and the K most uncertain.
+    """Screen every component, then verify the top K and the K most uncertain.
 
-    The screen lives in ``OUT/knockout``, the retrain study (with the arms) in
-    ``OUT/retrain``; the retrain report shows both rankings side by side.
+    ``--screen taylor`` estimates every ablation with ``screen.py`` (in ``OUT/screen``,
+    ranked on val_loss), ``--screen knockout`` scores them exactly with
+    ``knockout.py`` (``OUT/knockout``); the chosen ones are then knocked out exactly
+    (``--verify knockout``: ``OUT/exact``) or retrained (``OUT/retrain``, with the
+    arms). The verifier's report shows both rankings side by side.
     """
-    out = opts.generate.out
-    step(f"stage 1: knockout screen in {out / 'knockout'}")
+    if opts.screen not in SCREENS or opts.verify not in VERIFIERS:
+        raise ConfigError(
+            f"unknown two-stage pair --screen {opts.screen} --verify {opts.verify}",
+            f"use --screen {' or '.join(SCREENS)} and --verify {' or '.join(VERIFIERS)}",
+        )
+    if opts.screen == opts.verify:
+        raise ConfigError(
+            "--screen knockout --verify knockout would check exact knockouts with themselves",
+            "use --screen taylor --verify knockout, or --verify retrain",
+        )
+    first, second = stage_dirs(opts)
+    mode = "screen" if opts.screen == "taylor" else "knockout"
+    rank = replace(opts.rank, metric=SCREEN_METRIC) if mode == "screen" else opts.rank
+    step(f"stage 1: {opts.screen} screen in {first}")
     screen = _one_study(
         replace(
             opts,
-            generate=replace(opts.generate, mode="knockout", out=out / "knockout"),
+            generate=replace(opts.generate, mode=mode, out=first),
+            rank=rank,
             with_arms=False,
         ),
         step,
@@ -165,17 +209,27 @@ def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
     chosen = _retrain_choice(rows, opts.retrain_top)
     if not chosen:
         raise ConfigError(
-            "the knockout screen ranked no component",
+            f"the {opts.screen} screen ranked no component",
             "check the screen's report for failed variants",
         )
-    step(f"stage 2: retrain {len(chosen)} variants in {out / 'retrain'}")
-    retrain = replace(
+    step(f"stage 2: verify {len(chosen)} variants by {opts.verify} in {second}")
+    verify = replace(
         opts,
         generate=replace(
-            opts.generate, mode="retrain", out=out / "retrain", components=chosen
+            opts.generate, mode=opts.verify, out=second, components=chosen
         ),
     )
-    return _one_study(retrain, step, progress, screen=rows)
+    verdict = "retraining" if opts.verify == "retrain" else "exact knockout"
+    return _one_study(verify, step, progress, screen=(opts.screen, verdict, rows))
+
+
+def stage_dirs(opts: StudyOptions) -> tuple[Path, Path]:
+    """Where a two-stage study keeps its screen and its verification."""
+    out = opts.generate.out
+    return (
+        out / ("screen" if opts.screen == "taylor" else "knockout"),
+        out / ("retrain" if opts.verify == "retrain" else "exact"),
+    )
 
 
 def _retrain_choice(rows, k: int) -> tuple[str, ...]:
@@ -206,15 +260,27 @@ def spearman(a: list[float], b: list[float]) -> float | None:
     return None if math.isnan(rho) else rho
 
 
-def compare_rankings(screen_rows, retrain_rows) -> str:
-    """Markdown: both rankings of the retrained variants and their rank correlation."""
+def top_overlap(screen: list[str], verified: list[str], k: int) -> int:
+    """How many of the verifier's top ``k`` the screen also puts in its top ``k``."""
+    return len(set(screen[:k]) & set(verified[:k]))
+
+
+def compare_rankings(
+    screen_rows,
+    verify_rows,
+    screen_name: str = "screen",
+    verdict: str = "verifier",
+    k: int | None = None,
+) -> str:
+    """Markdown: both rankings of the verified variants, their Spearman rho and the
+    top-K overlap (the screen ranks every component; the verifier, the chosen ones)."""
     screen = {r.variant: r for r in screen_rows}
     lines = [
-        "| variant | knockout rank | knockout importance | retrain rank | retrain importance |",
+        f"| variant | {screen_name} rank | {screen_name} importance | {verdict} rank | {verdict} importance |",
         "|---|---:|---:|---:|---:|",
     ]
     pairs = []
-    for row in retrain_rows:
+    for row in verify_rows:
         other = screen.get(row.variant)
         if other is None:
             continue
@@ -223,9 +289,15 @@ def compare_rankings(screen_rows, retrain_rows) -> str:
             f"| {row.variant} | {other.rank} | {other.mean:+.4f} | {row.rank} | {row.mean:+.4f} |"
         )
     rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-    verdict = "n/a (fewer than 2 variants)" if rho is None else f"{rho:+.3f}"
+    verdict_rho = "n/a (fewer than 2 variants)" if rho is None else f"{rho:+.3f}"
+    verified = [r.variant for r in verify_rows if r.variant in screen]
+    in_order = sorted(verified, key=lambda v: screen[v].rank)
+    k = min(k or max(1, len(verified) // 2), max(1, len(verified)))
+    both = top_overlap(in_order, verified, k)
     return (
-        f"Spearman rank correlation of the two importances: **{verdict}** over {len(pairs)} variants.\n\n"
+        f"Spearman rank correlation of the two importances: **{verdict_rho}** over {len(pairs)} variants; "
+        f"top-{k} overlap: **{both}/{k}** (of the {verdict}'s {k} most important, "
+        f"those the {screen_name} screen also ranks in its top {k} of these).\n\n"
         + "\n".join(lines)
         + "\n"
     )

@@ -26,6 +26,7 @@ from ablagen.codegen.plan import (
     script_names,
 )
 from ablagen.codegen.prepare import Prepared, prepare
+from ablagen.codegen.screen import render_screen
 from ablagen.codegen.writer import check_out, write_study
 from ablagen.fsutil import sha256_bytes
 from ablagen.loading import LoadedModel
@@ -89,6 +90,16 @@ def generate_study(opts: GenerateOptions) -> GeneratedStudy:
             opts.templates is not None,
         )
         files.update(knockout_files)
+    if opts.mode == "screen":  # one screen.py estimates every variant
+        screen_files, entries = render_screen(
+            prepared.env,
+            prepared.base,
+            specs,
+            loaded,
+            inventory,
+            opts.templates is not None,
+        )
+        files.update(screen_files)
     manifest = Manifest(
         ablagen_version=__version__,
         mode=opts.mode,

@@ -21,7 +21,11 @@ from ablagen.orchestrate.options import RunOptions
 
 #: study modes: retrain every variant; screen them on one trained model; or screen,
 #: then retrain only the most important and the most uncertain ones
-STUDY_MODES = ("retrain", "knockout", "two-stage")
+STUDY_MODES = ("retrain", "knockout", "screen", "two-stage")
+
+#: two-stage: what ranks every component first, and what checks the chosen ones
+SCREENS = ("taylor", "knockout")
+VERIFIERS = ("knockout", "retrain")
 
 #: the training settings of ``ablagen study`` (its CLI defaults): longer than a bare
 #: ``ablagen generate``, with a cosine schedule and early stopping
@@ -69,4 +73,6 @@ class StudyOptions:
     arms: ArmOptions = field(default_factory=ArmOptions)
     rank: RankOptions = field(default_factory=RankOptions)
     with_arms: bool = True
-    retrain_top: int = 5  # two-stage: retrain the K most important and K widest
+    retrain_top: int = 5  # two-stage: verify the K most important and K widest
+    screen: str = "taylor"  # two-stage: taylor (screen.py) | knockout (knockout.py)
+    verify: str = "retrain"  # two-stage: knockout (exact) | retrain

@@ -1,0 +1,119 @@
+"""Screen mode: ``baseline.py`` as in retrain mode, plus one ``screen.py`` for all.
+
+``screen.py`` trains the baseline once (or loads it from ``--checkpoint``) exactly as
+``knockout.py`` does, then estimates every planned ablation's change of the
+validation loss from forward and backward passes with the embedded screen
+(:mod:`ablagen.screen`). Its manifest entries are shaped like knockout mode's (one
+shared script, ``extra={"knockout": True}``, one record per entry), so ``ablagen run``,
+``rank``, the report and the noise scales take a screen as they take a knockout
+study; the variants carry ``val_loss`` only (the screen estimates no accuracy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+import ablagen.ablate
+import ablagen.knockout_engine
+import ablagen.screen
+from ablagen.analysis import Inventory
+from ablagen.codegen.context import AblationSpec, ScriptContext
+from ablagen.codegen.embed import embed_package
+from ablagen.codegen.env import TOP_TEMPLATE
+from ablagen.codegen.knockout import DEFAULT_MAX_BATCH_MB, _component, knockout_kwargs
+from ablagen.codegen.render import render_script
+from ablagen.errors import ConfigError
+from ablagen.fsutil import sha256_bytes
+from ablagen.loading import LoadedModel
+from ablagen.screen import MAX_CLASSES
+from ablagen.studydir import BASELINE_ID, VariantEntry
+
+SCREEN_SCRIPT = "screen.py"
+SCREEN_TEMPLATE = "screen.py.j2"
+DEFAULT_CURVATURE = "ggn"
+
+#: the metric a screen estimates (it has no accuracy of the variants)
+SCREEN_METRIC = "val_loss"
+
+
+def screen_block_source() -> str:
+    """``ablagen.screen`` with the knockout engine and operators it uses, ready to paste."""
+    return embed_package(
+        ablagen.screen,
+        "screen",
+        needs=(ablagen.ablate, ablagen.knockout_engine),
+    )
+
+
+def render_screen(
+    env: jinja2.Environment,
+    base: dict[str, Any],
+    specs: list[AblationSpec],
+    loaded: LoadedModel,
+    inventory: Inventory,
+    custom_templates: bool,
+) -> tuple[dict[str, bytes], list[VariantEntry]]:
+    """``screen.py`` and the manifest entries (baseline first) that all point to it."""
+    fix = "provide --templates DIR with your own screen.py.j2, or use --mode knockout"
+    if len(loaded.example_inputs) != 1 and not custom_templates:
+        raise ConfigError(
+            f"screen mode feeds the model one tensor, but {loaded.path}'s model takes "
+            f"{len(loaded.example_inputs)} inputs",
+            fix,
+        )
+    if not inventory.traced and not custom_templates:
+        raise ConfigError(
+            f"screen mode needs a torch.fx graph, and torch.fx could not trace {loaded.path}'s model",
+            "use --mode knockout (hooks on one copy per ablation) or --mode retrain",
+        )
+    rows = []
+    for s in specs:
+        fields = list(knockout_kwargs(_component(inventory, s), s).items())
+        rows.append({"variant_id": s.variant_id, "method": s.method, "fields": fields})
+    ctx = ScriptContext(
+        script_name=SCREEN_SCRIPT,
+        variant_id=BASELINE_ID,  # the script's own training run is the baseline
+        title=f"Screen of {loaded.ref.label}: trained once, {len(specs)} ablations estimated.",
+        description=_DESCRIPTION,
+        ablations=(),
+        extra={
+            "knockouts": rows,
+            "engine_source": screen_block_source(),  # its imports are hoisted
+            "max_batch_mb": DEFAULT_MAX_BATCH_MB,
+            "curvature": DEFAULT_CURVATURE,
+            "ggn_classes": MAX_CLASSES,
+        },
+        **base,
+    )
+    data = render_script(_screen_environment(env), ctx).encode("utf-8")
+    digest, extra = sha256_bytes(data), {"knockout": True}
+    entries = [
+        VariantEntry(BASELINE_ID, None, "baseline", None, SCREEN_SCRIPT, digest, extra)
+    ]
+    entries += [
+        VariantEntry(
+            s.variant_id, s.component_id, s.kind, s.method, SCREEN_SCRIPT, digest, extra
+        )
+        for s in specs
+    ]
+    return {SCREEN_SCRIPT: data}, entries
+
+
+_DESCRIPTION = (
+    "Trains the baseline exactly like baseline.py (same code, seed and weights), or",
+    "loads it from --checkpoint FILE if FILE exists (else saves it there once trained),",
+    "then estimates every ablation in KNOCKOUTS from forward and backward passes over",
+    "the validation data: to first order, an ablation that replaces an output a by a'",
+    "changes the loss by (a' - a) . dL/da; CURVATURE adds the Gauss-Newton term.",
+    "Estimates, not measurements: verify the top ones with knockout.py or retraining.",
+    'Besides the baseline run\'s fields, the JSON result holds "variants":',
+    "{id: {status, final: {val_loss, val_acc: null}, params_effective}}.",
+)
+
+
+def _screen_environment(env: jinja2.Environment) -> jinja2.Environment:
+    """``env`` with its top template name standing for ``screen.py.j2``."""
+    top = jinja2.DictLoader({TOP_TEMPLATE: '{% include "' + SCREEN_TEMPLATE + '" %}'})
+    return env.overlay(loader=jinja2.ChoiceLoader([top, env.loader]))
