@@ -278,8 +278,7 @@ def write_report(
     noise: NoiseScales | None = None,
     link_plots: bool = True,
 ) -> Path:
-    """Write ``report.md`` (config, ranking, failures, plots, noise scales, commands)
-    and ``report.html`` (the same, one self-contained page; :mod:`ablagen.html_report`).
+    """Write ``report.md`` (config, ranking, failures, plots, noise scales, commands).
 
     Plots are linked (unless ``link_plots=False``) when their PNG exists; each
     ``(title, markdown)`` in ``extra_sections`` is appended as a section.
@@ -315,20 +314,6 @@ def write_report(
     ]
     path = study / REPORT_MD
     atomic_write_text(path, "\n\n".join(body) + "\n")
-    from ablagen.html_report import write_html_report  # report.html, same content
-
-    write_html_report(
-        study,
-        manifest,
-        ranking,
-        records,
-        title=str(title),
-        intro=intro,
-        sections=list(extra_sections),
-        commands=commands.splitlines(),
-        plots=[name for name in names if (study / name).is_file()],
-        noise=noise,
-    )
     return path
 
 

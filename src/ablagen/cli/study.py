@@ -95,6 +95,7 @@ def hybrid(
 
 @app.command()
 def study(
+    ctx: typer.Context,
     model: ModelArg,
     out: Annotated[
         Path | None,
@@ -103,13 +104,25 @@ def study(
     mode: Annotated[
         str,
         typer.Option(
-            help="retrain: train every variant | knockout: ablate a trained baseline | two-stage: knockout screen, then retrain the top ones."
+            help="retrain: train every variant | knockout: ablate a trained baseline | screen: estimate every ablation from gradients | two-stage: screen, then verify the top ones."
         ),
     ] = _GEN.mode,
+    screen: Annotated[
+        str,
+        typer.Option(
+            help="two-stage: taylor (gradient estimates, screen.py) | knockout (exact, knockout.py)."
+        ),
+    ] = _STUDY.screen,
+    verify: Annotated[
+        str,
+        typer.Option(
+            help="two-stage: knockout (exact, on one trained model) | retrain (each variant trained)."
+        ),
+    ] = _STUDY.verify,
     retrain_top: Annotated[
         int,
         typer.Option(
-            help="two-stage: retrain the K most important and the K most uncertain."
+            help="two-stage: verify the K most important and the K most uncertain."
         ),
     ] = _STUDY.retrain_top,
     seeds: Annotated[
@@ -159,7 +172,10 @@ def study(
     from ablagen.loading import split_model_spec
     from ablagen.orchestrate import parse_seeds
     from ablagen.orchestrate.render import PlainProgress, RichProgress
-    from ablagen.pipeline import run_full_study
+    from ablagen.pipeline import check_screen_metric, run_full_study
+
+    given = getattr(ctx.get_parameter_source("metric"), "name", "DEFAULT")
+    check_screen_metric(mode, screen, None if given == "DEFAULT" else metric)
 
     train = replace(
         STUDY_TRAIN,
@@ -193,6 +209,8 @@ def study(
         rank=RankOptions(metric=metric),
         with_arms=arms,
         retrain_top=retrain_top,
+        screen=screen,
+        verify=verify,
     )
     console = Console(highlight=False)
     progress = (
@@ -202,7 +220,9 @@ def study(
     )
     out_dir = generate.out
     studies = (
-        [out_dir / "knockout", out_dir / "retrain"] if mode == "two-stage" else [out_dir]
+        [out_dir / "knockout", out_dir / "retrain"]
+        if mode == "two-stage"
+        else [out_dir]
     )
     callback = tracked(progress, track, studies, console)
     try:

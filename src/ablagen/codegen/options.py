@@ -16,7 +16,7 @@ from typing import Any
 
 from ablagen.codegen.context import DataSpec, TrainConfig
 
-MODES = ("retrain", "knockout")
+MODES = ("retrain", "knockout", "screen")
 
 _DATA = DataSpec(dataset="synthetic")  # the split's defaults live on DataSpec
 
