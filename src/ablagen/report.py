@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ablagen import noise_scales as noise_mod
 from ablagen import ranking as ranking_mod
+from ablagen.errors import StudyError
 from ablagen.fsutil import atomic_write_bytes, atomic_write_text
 from ablagen.noise_scales import NoiseScales
 from ablagen.orchestrate.records import RunRecord
@@ -340,6 +341,19 @@ class RankOutputs:
     records: tuple[RunRecord, ...]  # the store's records the ranking was made from
 
 
+def study_metric(manifest: Manifest, metric: str) -> str:
+    """The metric to rank on: ``metric``, except that a screen (which estimates the
+    validation loss and no accuracy) ranks on val_loss, the metric it has."""
+    if manifest.mode != "screen" or metric == "val_loss":
+        return metric
+    if metric == "val_acc":  # the default: take the screen's own
+        return "val_loss"
+    raise StudyError(
+        f"a screen study estimates val_loss only, not {metric}",
+        "rank it with --metric val_loss, or verify it with a knockout study",
+    )
+
+
 def rank_and_write(
     study_dir: str | Path, manifest: Manifest, options: RankOptions = RankOptions()
 ) -> RankOutputs:
@@ -348,7 +362,10 @@ def rank_and_write(
     study = Path(study_dir)
     records = ranking_mod.load_records(study)
     ranking = ranking_mod.rank(
-        manifest, records, options.metric, study=_study_label(study)
+        manifest,
+        records,
+        study_metric(manifest, options.metric),
+        study=_study_label(study),
     )
     noise = noise_mod.noise_scales(
         manifest, ranking, options.min_scale, options.max_scale, options.temperature
