@@ -57,7 +57,8 @@ _NOT_METRICS = ("schema", "seed", "epochs")
 # --------------------------------------------------------------------------- records
 def higher_is_better(metric: str) -> bool:
     name = metric.lower()
-    return not ("loss" in name or "error" in name or name in LOWER_IS_BETTER)
+    lower = ("loss", "error", "ppl", "perplexity")
+    return not (any(word in name for word in lower) or name in LOWER_IS_BETTER)
 
 
 def metric_value(record: RunRecord, metric: str) -> float | None:

@@ -59,9 +59,30 @@ def generate(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="digits | wine | breast_cancer | synthetic | file (the model file's build_data())."
+            help="digits | wine | breast_cancer | synthetic | build_data (or file) | build_datasets | build_loaders | folder:DIR | csv:FILE | text:FILE. [default: the model file's build_data(), build_datasets() or build_loaders(), else its DATASET, else synthetic]"
         ),
     ] = _GEN.dataset,
+    target: Annotated[
+        str | None, typer.Option(help="csv:FILE: the target column.")
+    ] = _GEN.target,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            help="folder:DIR: resize images to SIZE or HEIGHT,WIDTH. [default: the model's input]"
+        ),
+    ] = _GEN.image_size,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="text:FILE: byte (every byte a token) | word (split on whitespace). [default: byte]"
+        ),
+    ] = _GEN.tokenizer,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Streamed data: DataLoader workers. [default: min(4, CPUs / 2), decided when the script runs]"
+        ),
+    ] = _GEN.num_workers,
     val_fraction: Annotated[
         float, typer.Option(help="Built-in data: share held out for validation.")
     ] = _GEN.val_fraction,
@@ -113,8 +134,20 @@ def generate(
         int, typer.Option(rich_help_panel=TRAIN)
     ] = _TRAIN.warmup_epochs,
     task: Annotated[
-        str, typer.Option(rich_help_panel=TRAIN, help="classification | regression")
+        str,
+        typer.Option(
+            rich_help_panel=TRAIN,
+            help="classification | regression | multilabel | tokens | lm",
+        ),
     ] = _TRAIN.task,
+    target_ppl: Annotated[
+        float,
+        typer.Option(rich_help_panel=TRAIN, help="lm: perplexity for 'epochs to target'."),
+    ] = _TRAIN.target_ppl,
+    ignore_index: Annotated[
+        int,
+        typer.Option(rich_help_panel=TRAIN, help="tokens / lm: target value not scored."),
+    ] = _TRAIN.ignore_index,
     target_acc: Annotated[
         float,
         typer.Option(rich_help_panel=TRAIN, help="Accuracy for 'epochs to target'."),
@@ -160,8 +193,8 @@ def generate(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, l1=l1, grad_clip=grad_clip, scheduler=scheduler,
         step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs, noise=noise, sigma=sigma,
-        noise_schedule=noise_schedule, task=task, target_acc=target_acc,
-        stop_at_target=stop_at_target, patience=patience,
+        noise_schedule=noise_schedule, task=task, target_acc=target_acc, target_ppl=target_ppl,
+        ignore_index=ignore_index, stop_at_target=stop_at_target, patience=patience,
     )  # fmt: skip
     ids = tuple(i.strip() for c in components or () for i in c.split(",") if i.strip())
     opts = GenerateOptions(
@@ -174,6 +207,10 @@ def generate(
         input_shape=input_shape,
         mode=mode,
         dataset=dataset,
+        target=target,
+        image_size=image_size,
+        tokenizer=tokenizer,
+        num_workers=num_workers,
         val_fraction=val_fraction,
         split_seed=split_seed,
         dropout=dropout,

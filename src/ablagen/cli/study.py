@@ -143,6 +143,20 @@ def study(
     ] = _GEN.methods,
     neuron_groups: NeuronGroupsOpt = _GEN.neuron_groups,
     dataset: Annotated[str | None, typer.Option(help="See generate.")] = _GEN.dataset,
+    target: Annotated[str | None, typer.Option(help="See generate.")] = _GEN.target,
+    image_size: Annotated[
+        str | None, typer.Option(help="See generate.")
+    ] = _GEN.image_size,
+    tokenizer: Annotated[str | None, typer.Option(help="See generate.")] = _GEN.tokenizer,
+    num_workers: Annotated[
+        int | None, typer.Option(help="See generate.")
+    ] = _GEN.num_workers,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="classification | regression | multilabel | tokens | lm (lm ranks by val_ppl unless --metric is given)."
+        ),
+    ] = STUDY_TRAIN.task,
     epochs: Annotated[int, typer.Option(help="Epochs per run.")] = STUDY_TRAIN.epochs,
     lr: Annotated[float, typer.Option()] = STUDY_TRAIN.lr,
     optimizer: Annotated[str, typer.Option()] = STUDY_TRAIN.optimizer,
@@ -184,7 +198,10 @@ def study(
         optimizer=optimizer,
         scheduler=scheduler,
         patience=patience,
+        task=task,
     )
+    if metric == _RANK.metric and task in ("lm", "regression"):
+        metric = "val_ppl" if task == "lm" else "val_loss"  # these tasks have no accuracy
     generate = GenerateOptions(
         model=model,
         out=out or Path("studies") / split_model_spec(model)[0].stem,
@@ -193,6 +210,10 @@ def study(
         neuron_groups=neuron_groups,
         mode=mode,
         dataset=dataset,
+        target=target,
+        image_size=image_size,
+        tokenizer=tokenizer,
+        num_workers=num_workers,
         train=train,
     )
     opts = StudyOptions(

@@ -14,8 +14,21 @@ from ablagen.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "cyclic", "warmup")
-TASKS = ("classification", "regression")
-DATASETS = ("build_data", "digits", "wine", "breast_cancer", "synthetic")
+TASKS = ("classification", "regression", "multilabel", "tokens", "lm")
+#: sources named by --dataset alone; folder:DIR, csv:FILE and text:FILE take a path
+DATASETS = (
+    "build_data",
+    "build_datasets",
+    "build_loaders",
+    "digits",
+    "wine",
+    "breast_cancer",
+    "synthetic",
+)
+FILE_DATASETS = ("folder", "csv", "text")
+#: sources the scripts stream through a DataLoader (the rest are in-memory tensors)
+STREAMED = ("build_datasets", "build_loaders", "folder")
+TOKENIZERS = ("byte", "word")
 
 #: scikit-learn loader and feature count of the bundled datasets
 SKLEARN_DATASETS = {
@@ -53,6 +66,8 @@ class TrainConfig:
     noise_schedule: str = "constant"
     task: str = "classification"
     target_acc: float = 0.9
+    target_ppl: float = 10.0  # lm: "epochs to target" is the first epoch at this val perplexity
+    ignore_index: int = -100  # tokens and lm: labels with this value are not scored
     stop_at_target: bool = False
     patience: int | None = None  # None: no early stopping
 
@@ -73,6 +88,7 @@ class TrainConfig:
             ("--grad-clip", self.grad_clip >= 0, "give 0 (off) or a positive norm"),
             ("--sigma", self.sigma >= 0, "give 0 (no noise) or a positive std"),
             ("--target-acc", 0 <= self.target_acc <= 1, "give an accuracy in [0, 1]"),
+            ("--target-ppl", self.target_ppl >= 1, "give a perplexity of 1 or more"),
             (
                 "--patience",
                 self.patience is None or self.patience >= 1,
@@ -99,18 +115,69 @@ class TrainConfig:
         """Read back what :meth:`to_manifest` wrote."""
         return cls(**data)
 
+    @property
+    def scores_accuracy(self) -> bool:
+        """Whether the task has an accuracy (count_correct): not regression, not lm."""
+        return self.task in ("classification", "multilabel", "tokens")
+
 
 @dataclass(frozen=True)
 class DataSpec:
+    """Where a study's data comes from, resolved at generate time (ablagen.data).
+
+    ``path`` (folder, csv, text) is relative to the study directory; ``columns``,
+    ``classes`` and ``vocab`` are what the generator read from the files and wrote
+    into the scripts, so every variant sees the same features, labels and tokens.
+    """
+
     dataset: str
     val_fraction: float = 0.2
     split_seed: int = 0
     synthetic_samples: int = 512
     token_range: int | None = None  # integer inputs: draw tokens from [0, token_range)
+    path: str | None = None  # folder:DIR, csv:FILE, text:FILE
+    target: str | None = None  # csv: the target column
+    columns: tuple[str, ...] = ()  # csv: the feature columns, in order
+    classes: tuple[str, ...] = ()  # csv and folder classification: label names, in order
+    image_size: tuple[int, int] | None = None  # folder: (height, width) after resizing
+    tokenizer: str | None = None  # text: byte | word
+    vocab: tuple[str, ...] = ()  # text: the tokens (byte: one latin-1 char per byte)
+    has_val_dir: bool = False  # folder: DIR/train and DIR/val, no split
+    num_workers: int | None = None  # streamed: None picks a value for the machine
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the scripts stream batches through a DataLoader."""
+        return self.dataset in STREAMED
 
     @property
     def needs_sklearn(self) -> bool:
         return self.dataset in SKLEARN_DATASETS
+
+    @property
+    def uses_split(self) -> bool:
+        """Whether the scripts split the data themselves, by VAL_FRACTION and SPLIT_SEED."""
+        own = ("build_data", "build_datasets", "build_loaders", "text")
+        return self.dataset not in own and not self.has_val_dir
+
+    @property
+    def vocab_literal(self) -> str:
+        """The text vocabulary as the scripts write it: bytes, or a list of words."""
+        if self.tokenizer == "byte":
+            return repr("".join(self.vocab).encode("latin-1"))
+        return repr(list(self.vocab))
+
+    @property
+    def requirements(self) -> str:
+        """What the scripts need besides torch (the header says it)."""
+        if self.needs_sklearn:
+            return " and scikit-learn"
+        return " and Pillow" if self.dataset == "folder" else ""
+
+    @property
+    def spec(self) -> str:
+        """The --dataset value that names this source again."""
+        return f"{self.dataset}:{self.path}" if self.path else self.dataset
 
     @property
     def loader(self) -> str:
@@ -120,6 +187,19 @@ class DataSpec:
     def summary(self) -> str:
         if self.dataset == "build_data":
             return "the model file's build_data()"
+        if self.dataset in ("build_datasets", "build_loaders"):
+            return f"the model file's {self.dataset}(), streamed through DataLoaders"
+        if self.dataset == "folder":
+            split = (
+                "its train/ and val/ folders"
+                if self.has_val_dir
+                else f"{self.val_fraction:g} held out (split seed {self.split_seed})"
+            )
+            return f"the image folder {self.path} streamed through DataLoaders, {split}"
+        if self.dataset == "csv":
+            return f"the CSV file {self.path} (target {self.target}) in memory, {self.val_fraction:g} held out"
+        if self.dataset == "text":
+            return f"the text file {self.path}, {self.tokenizer} tokens in memory, the last {self.val_fraction:g} held out"
         if self.dataset == "synthetic":
             return f"{self.synthetic_samples} seeded synthetic samples, {self.val_fraction:g} held out"
         return f"scikit-learn's {self.dataset}, {self.val_fraction:g} held out (split seed {self.split_seed})"
@@ -130,8 +210,12 @@ class DataSpec:
 
     @classmethod
     def from_manifest(cls, data: dict[str, Any]) -> DataSpec:
-        """Read back what :meth:`to_manifest` wrote."""
-        return cls(**data)
+        """Read back what :meth:`to_manifest` wrote (JSON lists become tuples again)."""
+        fields = dict(data)
+        for name in ("columns", "classes", "vocab", "image_size"):
+            if isinstance(fields.get(name), list):
+                fields[name] = tuple(fields[name])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -143,6 +227,8 @@ class ModelInfo:
     expression: str  # builds a fresh model, e.g. "DigitsCNN()"
     sample_shape: tuple[int, ...]  # one input sample, no batch dimension
     num_outputs: int  # the model output's last dimension
+    output: str = ""  # picks the prediction from the model's return value ("": a tensor)
+    output_note: str = ""  # what the model returns, said in the script
 
     @property
     def imports_copy(self) -> bool:

@@ -35,7 +35,11 @@ class GenerateOptions:
     input_shape: str | None = None
     mode: str = "retrain"
     # None: build_data() if the file has it, else its DATASET, else synthetic
-    dataset: str | None = None
+    dataset: str | None = None  # also folder:DIR, csv:FILE, text:FILE
+    target: str | None = None  # csv: the target column
+    image_size: str | None = None  # folder: "32" or "24,32" (default: the model's input)
+    tokenizer: str | None = None  # text: byte (default) | word
+    num_workers: int | None = None  # streamed data: None picks one for the machine
     val_fraction: float = _DATA.val_fraction
     split_seed: int = _DATA.split_seed
     dropout: float | None = None
@@ -113,7 +117,17 @@ class StudyConfig:
             neuron_groups=self.neuron_groups,
             input_shape=self.input_shape,
             mode=self.mode,
-            dataset=self.data.dataset,
+            dataset=(
+                f"{self.data.dataset}:{(study / self.data.path).resolve()}"
+                if self.data.path
+                else self.data.dataset
+            ),
+            target=self.data.target,
+            image_size=(
+                ",".join(map(str, self.data.image_size)) if self.data.image_size else None
+            ),
+            tokenizer=self.data.tokenizer,
+            num_workers=self.data.num_workers,
             val_fraction=self.data.val_fraction,
             split_seed=self.data.split_seed,
             dropout=self.dropout,

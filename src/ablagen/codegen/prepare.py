@@ -19,17 +19,13 @@ import torch
 from ablagen import __version__
 from ablagen.analysis import Inventory, analyze
 from ablagen.codegen.command import regenerate_command
-from ablagen.codegen.context import (
-    DATASETS,
-    SKLEARN_DATASETS,
-    DataSpec,
-    ModelInfo,
-    ScriptContext,
-)
+from ablagen.codegen.context import DataSpec, ModelInfo, ScriptContext
 from ablagen.codegen.env import make_environment
 from ablagen.codegen.options import MODES, GenerateOptions, StudyConfig, relative_to
 from ablagen.codegen.plan import parse_kinds, parse_methods
 from ablagen.codegen.render import render_script
+from ablagen.data import check_task, output_access, resolve_data
+from ablagen.data.sources import check_fits
 from ablagen.errors import ConfigError
 from ablagen.loading import LoadedModel, load_model
 from ablagen.source import embed_model_source
@@ -100,10 +96,11 @@ def prepare(opts: GenerateOptions, command: str | None = None) -> Prepared:
     env = make_environment(opts.templates)
     loaded = load_model(opts.model, opts.input_shape)
     inventory = analyze(loaded, opts.neuron_groups)
-    data = _data_spec(opts, loaded)
-    model = _model_info(opts, loaded, data)
+    data, batch = resolve_data(opts, loaded, opts.out)
+    model = _model_info(opts, loaded, data, batch)
     config = StudyConfig(
-        command=command or regenerate_command(opts, model.path),
+        command=command
+        or regenerate_command(replace(opts, dataset=data.spec), model.path),
         kinds=parse_kinds(opts.kinds),
         methods=parse_methods(opts.methods) or (),
         components=opts.components,
@@ -120,63 +117,14 @@ def prepare(opts: GenerateOptions, command: str | None = None) -> Prepared:
     return Prepared(opts, env, loaded, inventory, model, config)
 
 
-def _data_spec(opts: GenerateOptions, loaded: LoadedModel) -> DataSpec:
-    dataset = opts.dataset
-    if dataset is None:
-        default = getattr(loaded.module, "DATASET", None)
-        dataset = (
-            "build_data"
-            if loaded.has_build_data
-            else default if isinstance(default, str) else "synthetic"
-        )
-    if dataset == "file":
-        dataset = "build_data"
-    if dataset not in DATASETS:
-        raise ConfigError(
-            f"unknown dataset {dataset!r}", f"use one of: {', '.join(DATASETS)}, file"
-        )
-    if dataset == "build_data" and not loaded.has_build_data:
-        raise ConfigError(
-            f"{loaded.path} has no build_data()",
-            "define it, or pick a built-in --dataset",
-        )
-    if not 0 < opts.val_fraction < 1:
-        raise ConfigError(
-            f"bad --val-fraction {opts.val_fraction}", "give a share in (0, 1)"
-        )
-    if len(loaded.example_inputs) != 1 and dataset != "build_data":
-        raise ConfigError(
-            f"{loaded.path}'s model takes {len(loaded.example_inputs)} inputs",
-            "the built-in loop feeds one tensor: provide --templates with your own loop",
-        )
-    sample = loaded.example_inputs[0][0]
-    if dataset in SKLEARN_DATASETS:
-        features = SKLEARN_DATASETS[dataset][1]
-        if sample.numel() != features:
-            raise ConfigError(
-                f"dataset {dataset} has {features} features per sample but the model takes "
-                f"{tuple(sample.shape)} = {sample.numel()} values",
-                "pick another --dataset (e.g. synthetic) or fix INPUT_SHAPE",
-            )
-    token_range = None
-    if not sample.is_floating_point():
-        vocab = [
-            m.num_embeddings
-            for m in loaded.model.modules()
-            if isinstance(m, torch.nn.Embedding)
-        ]
-        token_range = min(vocab) if vocab else int(loaded.example_inputs[0].max()) + 1
-    return DataSpec(
-        dataset, opts.val_fraction, opts.split_seed, token_range=token_range
-    )
-
-
 def _model_info(
-    opts: GenerateOptions, loaded: LoadedModel, data: DataSpec
+    opts: GenerateOptions,
+    loaded: LoadedModel,
+    data: DataSpec,
+    batch: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> ModelInfo:
-    wanted = {loaded.ref.name} | (
-        {"build_data"} if data.dataset == "build_data" else set()
-    )
+    user_data = ("build_data", "build_datasets", "build_loaders")
+    wanted = {loaded.ref.name} | ({data.dataset} if data.dataset in user_data else set())
     constants = {}
     if opts.dropout is not None:
         if not 0 <= opts.dropout < 1:
@@ -189,9 +137,28 @@ def _model_info(
         wanted.add("DROPOUT")
         constants["DROPOUT"] = repr(float(opts.dropout))
     embedded = embed_model_source(loaded.path, wanted, constants)
-    with torch.no_grad():
-        output = loaded.model(*loaded.example_inputs)
-    first = output[0] if isinstance(output, (tuple, list)) else output
+    if batch is None:
+        with torch.no_grad():
+            output = loaded.model(*loaded.example_inputs)
+        where = f"{loaded.path} on its example input"
+    else:
+        where = f"{loaded.path} on the {data.spec} data"
+        output = check_fits(loaded, batch[0], data.spec)
+    access = output_access(output, str(loaded.path))
+    first = access.prediction
+    check_task(opts.train.task, first, None if batch is None else batch[1], where)
+    if data.classes and opts.train.task == "classification" and first.shape[-1] < len(data.classes):
+        raise ConfigError(
+            f"{data.spec} has {len(data.classes)} classes but the model in {loaded.path} "
+            f"scores {first.shape[-1]}",
+            f"give the model {len(data.classes)} outputs",
+        )
+    if data.vocab and first.shape[-1] < len(data.vocab):
+        raise ConfigError(
+            f"{data.spec} has {len(data.vocab)} tokens but the model in {loaded.path} "
+            f"scores {first.shape[-1]}",
+            f"give the model's output layer {len(data.vocab)} outputs",
+        )
     return ModelInfo(
         path=relative_to(loaded.path, opts.out),
         label=loaded.ref.label,
@@ -200,4 +167,6 @@ def _model_info(
         expression=loaded.ref.expression,
         sample_shape=tuple(loaded.example_inputs[0].shape[1:]),
         num_outputs=int(first.shape[-1]) if first.dim() else 1,
+        output=access.suffix,
+        output_note=access.note,
     )
