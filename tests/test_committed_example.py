@@ -53,11 +53,18 @@ def test_committed_example_uses_a_scheduler_and_early_stopping():
 
 @pytest.mark.slow
 def test_every_committed_script_runs_one_epoch(tmp_path):
+    """Each script runs with plain python, ablagen unimportable."""
     manifest = load_manifest(STUDY)
+
+    blocker = tmp_path / "no-ablagen" / "ablagen"  # shadows the installed package
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ImportError('scripts never import ablagen')"
+    )
 
     def run(entry):
         out = tmp_path / f"{entry.script}.json"
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(blocker.parent))
         proc = subprocess.run(
             [sys.executable, entry.script, "--epochs", "1", "--seed", "0", "--out", str(out)],
             cwd=STUDY, capture_output=True, text=True, env=env, timeout=300,

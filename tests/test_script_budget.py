@@ -7,6 +7,7 @@ from its baseline only in the docstring and the ablation section.
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
@@ -77,3 +78,31 @@ def test_noisy_scripts_fit_the_budget(model, tmp_path):
         block = sections(text)["gradient noise"]
         assert len(block) <= NOISE_BLOCK_BUDGET, script.name
         assert "laplace" not in text.lower() and "cosine" not in text.lower()
+
+
+def constants_never_read(script: str) -> list[str]:
+    """Module-level UPPER_CASE names assigned but never read anywhere in the script."""
+    tree = ast.parse(script)
+    assigned = {
+        target.id
+        for statement in tree.body
+        if isinstance(statement, ast.Assign)
+        for target in statement.targets
+        if isinstance(target, ast.Name) and target.id.isupper()
+    }
+    read = {
+        node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    }
+    return sorted(assigned - read)
+
+
+def test_every_config_value_is_read(plain_study, tmp_path):
+    noisy = generate(
+        EXAMPLES / "digits_cnn.py",
+        tmp_path / "noisy",
+        train=TrainConfig(epochs=2, sigma=0.01, noise="dropnoise", scheduler="step"),
+    )
+    for script in [*plain_study.glob("*.py"), *noisy.glob("*.py")]:
+        assert constants_never_read(script.read_text()) == [], script.name
