@@ -11,10 +11,22 @@ package and its ``knockout.py`` embeds it whole. Edit it here, never in a script
 - :mod:`.hooks`: :func:`ablate_output`, a module's output ablated by a forward hook,
   at every call or at one call site;
 - :mod:`.graph`: :func:`ablate_node`, a node of a traced graph edited (functional
-  calls, in-place ones made out of place first).
+  calls, in-place ones made out of place first);
+- :mod:`.heads`: ``HEAD_ABLATIONS`` (mask, mean of one attention head's slice) and
+  :func:`ablate_head`, applied at the input of the output projection;
+- :mod:`.calls`: :func:`ablate_call`, a functional call edited at run time, for
+  models torch.fx cannot trace (the calls torch.export found).
 """
 
+from .calls import CALL_NAMES, CallSiteHook, ablate_call
 from .graph import ablate_node, first_input, out_of_place
+from .heads import (
+    HEAD_ABLATIONS,
+    HeadAblation,
+    HeadMaskAblation,
+    HeadMeanAblation,
+    ablate_head,
+)
 from .hooks import OutputHook, ablate_output
 from .operators import (
     ABLATIONS,
@@ -26,10 +38,18 @@ from .operators import (
 )
 
 #: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
-EMBED_ORDER = ("operators", "hooks", "graph")
+EMBED_ORDER = ("operators", "hooks", "graph", "heads", "calls")
 
 __all__ = [
     "ABLATIONS",
+    "CALL_NAMES",
+    "CallSiteHook",
+    "HEAD_ABLATIONS",
+    "HeadAblation",
+    "HeadMaskAblation",
+    "HeadMeanAblation",
+    "ablate_call",
+    "ablate_head",
     "EMBED_ORDER",
     "Ablation",
     "IdentityAblation",

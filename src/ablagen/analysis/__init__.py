@@ -1,11 +1,13 @@
-"""torch.fx analysis: trace, propagate shapes, list the ablatable components."""
+"""Analysis: trace (torch.fx, then torch.export, then hooks), propagate shapes, list
+the ablatable components (layers, blocks, activations, neuron groups, heads)."""
 
-from ablagen.analysis.components import KINDS, METHODS, Component, Inventory
+from ablagen.analysis.components import KINDS, METHODS, TRACERS, Component, Inventory
 from ablagen.analysis.inventory import DEFAULT_MAX_UNITS, analyze, build_inventory
 
 __all__ = [
     "KINDS",
     "METHODS",
+    "TRACERS",
     "DEFAULT_MAX_UNITS",
     "Component",
     "Inventory",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-KINDS = ("layer", "block", "activation", "neuron")
+KINDS = ("layer", "block", "activation", "neuron", "head")
+#: how the inventory was read: torch.fx, torch.export (non-strict), forward hooks
+TRACERS = ("fx", "export", "hooks")
 METHODS = ("identity", "zero", "mean", "mask")
 
 Shape = tuple[int, ...]
@@ -18,7 +20,10 @@ class Component:
     ``id`` is stable across runs: a module's qualified name (``layer1.0.conv1``),
     ``name@k`` for the k-th call site of a module called more than once,
     ``fn.<node>`` for a functional activation call site (the torch.fx node name),
-    ``layer[a:b]`` / ``layer[i]`` for a group of a layer's output units.
+    ``layer[a:b]`` / ``layer[i]`` for a group of a layer's output units,
+    ``attention.heads[h]`` for head ``h`` of an attention module,
+    ``fn.<owner>.<op>@k`` for the k-th functional activation of that kind in module
+    ``owner``, found by torch.export where torch.fx could not trace.
     """
 
     id: str
@@ -35,23 +40,43 @@ class Component:
     param_owner: str | None = None  # module whose parameters carry this importance
     units: tuple[int, int] | None = None  # [start, stop) output units, neurons only
     unit_dim: int | None = None  # the output dimension holding the units
+    # heads: head ``head`` of ``num_heads``, split off the input of ``out_proj``
+    head: int | None = None
+    num_heads: int | None = None
+    out_proj: str | None = None
+    # functional calls found by torch.export: the op, and its index among that op's
+    # calls made directly by ``module`` (ablated by a call-site edit at run time)
+    call_op: str | None = None
+    call_index: int | None = None
+    # the parameter slices (name, dim, start, stop) this component's importance goes
+    # to, where they are not simply the owner's output units along dim 0
+    slices: tuple[tuple[str, int, int, int], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for key in ("input_shape", "output_shape", "methods", "units"):
             if data[key] is not None:
                 data[key] = list(data[key])
+        for key in _OPTIONAL:  # left out when unset: older manifests stay as they were
+            if data[key] is None:
+                del data[key]
+        if "slices" in data:
+            data["slices"] = [list(s) for s in data["slices"]]
         return data
+
+
+_OPTIONAL = ("head", "num_heads", "out_proj", "call_op", "call_index", "slices")
 
 
 @dataclass(frozen=True)
 class Inventory:
     model: str  # how the model was found, e.g. "class DigitsCNN"
-    traced: bool  # False: the hook-based fallback ran
+    traced: bool  # True: torch.fx traced it (the knockout engine's fast path applies)
     input_shapes: tuple[Shape, ...]
     components: tuple[Component, ...]
     parameters: tuple[tuple[str, Shape], ...]  # every trainable parameter
     warnings: tuple[str, ...] = field(default=())
+    tracer: str = "fx"  # one of TRACERS: which one read the graph
 
     def get(self, component_id: str) -> Component | None:
         for comp in self.components:
@@ -66,6 +91,7 @@ class Inventory:
         return {
             "model": self.model,
             "traced": self.traced,
+            "tracer": self.tracer,
             "input_shapes": [list(s) for s in self.input_shapes],
             "parameters": [[n, list(s)] for n, s in self.parameters],
             "warnings": list(self.warnings),

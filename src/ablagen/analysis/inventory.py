@@ -1,11 +1,14 @@
 """Build the component inventory of a model.
 
-The traced path runs ``torch.fx.symbolic_trace`` and ``ShapeProp`` and reads layers,
-activations (module and functional call sites) and residual adds off the graph; blocks
-(non-leaf submodules whose input and output shapes match) come from one hooked forward
-pass (:mod:`ablagen.analysis.observe`). Models that cannot be traced (data-dependent
-control flow) fall back to the hooked pass alone, with a warning saying what is not
-visible.
+Three tracers, in order. torch.fx: ``symbolic_trace`` and ``ShapeProp``; layers,
+activations (module and functional call sites) and residual adds are read off the
+graph; blocks (non-leaf submodules whose input and output shapes match) come from one
+hooked forward pass (:mod:`ablagen.analysis.observe`). torch.export (non-strict), for
+models fx cannot trace (Hugging Face's): the hooked pass lists the modules, the ATen
+graph adds functional activations and residual adds (:mod:`ablagen.analysis.export`).
+Models neither can capture fall back to the hooked pass alone, with one warning
+saying what is not visible. Attention heads (:mod:`ablagen.analysis.heads`) come
+from the module structure, whatever the tracer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ablagen.analysis.components import Component, Inventory, Shape
+from ablagen.analysis.export import export_graph, with_export_facts
+from ablagen.analysis.heads import AttentionSite, find_attention, head_ranges
 from ablagen.analysis.observe import Call, observe_calls
 from ablagen.analysis.ops import (
     ACTIVATION_FUNCTIONS,
@@ -54,20 +59,96 @@ def build_inventory(
         (n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad
     )
     shapes = tuple(tuple(t.shape) for t in inputs)
+    sites, problems = find_attention(model)
     try:
         graph = fx.symbolic_trace(model)
         ShapeProp(graph).propagate(*inputs)
-    except Exception as exc:  # any tracing failure means: use the fallback
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        warning = (
-            f"torch.fx could not trace {label} ({type(exc).__name__}: {reason[:120]}); "
-            "listed modules only: functional activations (F.relu, x.relu(), ...) and "
-            "residual adds are not visible"
+    except Exception as exc:  # any tracing failure means: try the next tracer
+        fx_error = exc
+    else:
+        comps = _with_heads(
+            model, _from_graph(model, graph, calls, neuron_groups), sites
         )
-        comps = list(_from_calls(model, calls, neuron_groups))
-        return Inventory(label, False, shapes, tuple(comps), parameters, (warning,))
-    comps = _from_graph(model, graph, calls, neuron_groups)
-    return Inventory(label, True, shapes, tuple(comps), parameters)
+        return Inventory(
+            label, True, shapes, tuple(comps), parameters, tuple(problems), "fx"
+        )
+    hooked = list(_from_calls(model, calls, neuron_groups))
+    try:
+        exported = export_graph(model, inputs)
+    except Exception as exc:  # neither tracer: the hook inventory, with one warning
+        warning = (
+            f"neither torch.fx nor torch.export could trace {label} "
+            f"({_reason(fx_error)}; {_reason(exc)}); listed modules only: functional "
+            "activations (F.relu, x.relu(), ...) and residual adds are not visible"
+        )
+        comps = _with_heads(model, hooked, sites)
+        warnings = (warning, *problems)
+        return Inventory(
+            label, False, shapes, tuple(comps), parameters, warnings, "hooks"
+        )
+    comps = _with_heads(model, with_export_facts(model, hooked, exported), sites)
+    return Inventory(
+        label, False, shapes, tuple(comps), parameters, tuple(problems), "export"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line[:100]}" if line else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def _head_components(model: nn.Module, site: AttentionSite) -> list[Component]:
+    shapes = dict(model.named_parameters())
+    comps = []
+    for head, start, stop in head_ranges(site):
+        slices = site.head_slices(head)
+        params = 0
+        for name, dim, a, b in slices:
+            tensor = shapes.get(name)
+            if tensor is not None:
+                params += tensor.numel() // tensor.shape[dim] * (b - a)
+        comps.append(
+            Component(
+                id=site.head_id(head),
+                kind="head",
+                op=site.op,
+                module=site.name,
+                call_site=None,
+                node=None,
+                input_shape=None,
+                output_shape=None,
+                params=params,
+                methods=("mask", "mean"),
+                param_owner=site.name,
+                units=(start, stop),
+                unit_dim=-1,
+                head=head,
+                num_heads=site.num_heads,
+                out_proj=site.out_proj,
+                slices=slices,
+            )
+        )
+    return comps
+
+
+def _with_heads(
+    model: nn.Module, comps: list[Component], sites: list[AttentionSite]
+) -> list[Component]:
+    """``comps`` with each attention module's heads just before its output projection
+    (they are its input), or after the attention module where the projection is not
+    listed on its own (``nn.MultiheadAttention``), else at the end."""
+    out = list(comps)
+    for site in sites:
+        heads = _head_components(model, site)
+        spot = next((i for i, c in enumerate(out) if c.id == site.out_proj), None)
+        if spot is None:
+            after = [i for i, c in enumerate(out) if c.module == site.name]
+            spot = after[-1] + 1 if after else len(out)
+        out[spot:spot] = heads
+    return out
 
 
 # --------------------------------------------------------------------------- traced

@@ -45,8 +45,33 @@ UNIT_LAYERS: dict[type[nn.Module], int] = {
 }
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored
+    transposed, ``(in, out)``; known by its ``nf`` (out features) and 2-d weight, so
+    that ablagen need not import transformers."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(getattr(module, "nf", None), int)
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and weight.shape[1] == module.nf
+    )
+
+
+def in_out_features(module: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` features of a Linear or a Conv1D, else None."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if is_conv1d(module):
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    return None
+
+
 def unit_count(module: nn.Module) -> tuple[int, int] | None:
     """``(units, dim)`` for a maskable layer, else None."""
+    if is_conv1d(module):
+        return int(module.nf), -1
     for cls, dim in UNIT_LAYERS.items():
         if type(module) is cls or isinstance(module, cls):
             units = (
@@ -59,7 +84,14 @@ def unit_count(module: nn.Module) -> tuple[int, int] | None:
 
 
 def is_activation_module(module: nn.Module) -> bool:
-    return isinstance(module, ACTIVATION_MODULES)
+    """A known activation class, or a module that behaves like one (see
+    :func:`ablagen.analysis.behaviour.acts_like_activation`): GELU variants,
+    QuickGELU, Swish, ... written as custom classes (Hugging Face's ``ACT2FN``)."""
+    if isinstance(module, ACTIVATION_MODULES):
+        return True
+    from ablagen.analysis.behaviour import acts_like_activation
+
+    return acts_like_activation(module)
 
 
 def own_params(module: nn.Module) -> int:

@@ -66,7 +66,9 @@ class TrainConfig:
     noise_schedule: str = "constant"
     task: str = "classification"
     target_acc: float = 0.9
-    target_ppl: float = 10.0  # lm: "epochs to target" is the first epoch at this val perplexity
+    target_ppl: float = (
+        10.0  # lm: "epochs to target" is the first epoch at this val perplexity
+    )
     ignore_index: int = -100  # tokens and lm: labels with this value are not scored
     stop_at_target: bool = False
     patience: int | None = None  # None: no early stopping
@@ -138,7 +140,9 @@ class DataSpec:
     path: str | None = None  # folder:DIR, csv:FILE, text:FILE
     target: str | None = None  # csv: the target column
     columns: tuple[str, ...] = ()  # csv: the feature columns, in order
-    classes: tuple[str, ...] = ()  # csv and folder classification: label names, in order
+    classes: tuple[
+        str, ...
+    ] = ()  # csv and folder classification: label names, in order
     image_size: tuple[int, int] | None = None  # folder: (height, width) after resizing
     tokenizer: str | None = None  # text: byte | word
     vocab: tuple[str, ...] = ()  # text: the tokens (byte: one latin-1 char per byte)
@@ -227,7 +231,9 @@ class ModelInfo:
     expression: str  # builds a fresh model, e.g. "DigitsCNN()"
     sample_shape: tuple[int, ...]  # one input sample, no batch dimension
     num_outputs: int  # the model output's last dimension
-    output: str = ""  # picks the prediction from the model's return value ("": a tensor)
+    output: str = (
+        ""  # picks the prediction from the model's return value ("": a tensor)
+    )
     output_note: str = ""  # what the model returns, said in the script
 
     @property
@@ -259,17 +265,25 @@ class AblationSpec:
     ablated_params: int  # parameters that no longer affect the output
     summary: str  # one line: what the ablation does
     docstring: str  # the ablate() docstring
+    out_proj: str | None = None  # head: the output projection whose input is split
+    head: int | None = None  # head: which one
+    num_heads: int | None = None  # head: of how many
+    call_op: str | None = None  # call: the functional activation (torch.export found)
+    call_index: int | None = None  # call: its index among the module's calls of it
 
     @property
     def operator_class(self) -> str:
         """The :mod:`ablagen.ablate` operator of this method (its registry entry)."""
-        from ablagen.ablate import ABLATIONS  # torch, only when scripts are written
+        from ablagen.ablate import ABLATIONS, HEAD_ABLATIONS  # torch, when writing
 
-        return ABLATIONS[self.method].__name__
+        registry = HEAD_ABLATIONS if self.template == "head" else ABLATIONS
+        return registry[self.method].__name__
 
     @property
     def operator(self) -> str:
         """The Python expression that builds this ablation's operator in a script."""
+        if self.template == "head":
+            return f"{self.operator_class}({self.num_heads}, {self.head})"
         if self.method == "mask" and self.units is not None:
             start, stop = self.units
             return f"{self.operator_class}({self.unit_dim}, {start}, {stop})"
@@ -312,7 +326,12 @@ class ScriptContext:
         from ablagen import ablate  # torch, only when scripts are written
         from ablagen.codegen.embed import extract_definitions
 
-        appliers = {"hook": ablate.ablate_output, "fx_node": ablate.ablate_node}
+        appliers = {
+            "hook": ablate.ablate_output,
+            "fx_node": ablate.ablate_node,
+            "head": ablate.ablate_head,
+            "call": ablate.ablate_call,
+        }
         names = [
             name
             for a in self.ablations

@@ -37,6 +37,12 @@ def knockout_kwargs(comp: Component, spec: AblationSpec) -> dict[str, Any]:
     """The engine's :class:`Knockout` fields for one planned ablation, defaults left out."""
     if comp.kind == "block":
         where: dict[str, Any] = {"module": comp.module, "block": True}
+    elif comp.kind == "head":  # at the input of the output projection
+        where = {"module": comp.module, "out_proj": comp.out_proj, "head": comp.head}
+        where["num_heads"] = comp.num_heads
+    elif comp.call_op is not None:  # a functional call torch.export found
+        where = {"module": comp.module, "call_op": comp.call_op}
+        where["call_index"] = comp.call_index
     else:  # a node where traced; the module (and call site) for hooks; neurons: every call
         where = {"module": comp.module, "node": comp.node, "call_site": comp.call_site}
         where.update(units=comp.units, unit_dim=comp.unit_dim)

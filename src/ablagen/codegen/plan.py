@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from ablagen.analysis import KINDS, METHODS, Component, Inventory
 from ablagen.codegen.context import AblationSpec
+from ablagen.analysis.heads import MARK_HINT, RECOGNISED
 from ablagen.errors import ComponentError
 
 #: the method a component gets when --methods is not given: remove it where the
@@ -23,6 +24,7 @@ KIND_ALIASES = {
     "blocks": "block",
     "activations": "activation",
     "neurons": "neuron",
+    "heads": "head",
 }
 DEFAULT_KINDS = ("layer", "block", "activation")
 
@@ -91,6 +93,12 @@ def plan_variants(
             dict.fromkeys(chosen),
             key=lambda cm: (order[cm[0].id], METHODS.index(cm[1])),
         )
+    if "head" in kinds and not inventory.of_kinds(("head",)):
+        raise ComponentError(
+            f"--kinds heads: {inventory.model} has no attention module ablagen "
+            f"recognises (it knows {RECOGNISED})",
+            MARK_HINT,
+        )
     pairs = []
     for comp in inventory.of_kinds(kinds):
         for m in (
@@ -127,6 +135,11 @@ SUMMARIES = {
     "zero": "its output is replaced by zeros",
     "mean": "its output is replaced by its mean over the batch",
 }
+HEAD_SUMMARIES = {
+    "mask": "its slice of the attention output is set to zero before {proj}",
+    "mean": "its slice of the attention output is replaced by its mean over the batch "
+    "and positions before {proj}",
+}
 
 
 def ablation_spec(comp: Component, method: str) -> AblationSpec:
@@ -139,9 +152,15 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
             else f"units {units[0]}..{units[1] - 1} are"
         )
         summary = f"output {span} set to zero"
+    elif comp.kind == "head":
+        summary = HEAD_SUMMARIES[method].format(proj=comp.out_proj)
     else:
         summary = SUMMARIES[method]
-    if comp.module is None:
+    if comp.kind == "head":
+        template = "head"
+    elif comp.call_op is not None:
+        template = "call"
+    elif comp.module is None:
         template = "fx_node"
     elif method == "identity" and comp.call_site is None:
         template = "replace_identity"
@@ -168,6 +187,11 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
         ablated_params=ablated,
         summary=summary,
         docstring=f"Ablate {comp.id} ({comp.op}){where}: {summary}.",
+        out_proj=comp.out_proj,
+        head=comp.head,
+        num_heads=comp.num_heads,
+        call_op=comp.call_op,
+        call_index=comp.call_index,
     )
 
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from ablagen.ablate import Ablation, ablate_output
+from ablagen.ablate import Ablation, ablate_call, ablate_head, ablate_output
 
 from .graph import _forward, functionalize
 from .records import Knockout
@@ -41,14 +41,16 @@ def activation_means(
         functionalize(gm, x_train[:2])
     keys: dict[str, Any] = {}
     for k in [k for k in knockouts if k.method == "mean"]:
-        try:  # a node name on the graph, else (module, call site) for a hook
+        try:  # a node name on the graph, else what a hook watches
             keys[k.variant_id] = (
                 resolve(list(gm.graph.nodes), k).nodes[0].name
-                if gm
-                else (k.module, k.call_site)
+                if gm and k.call_op is None
+                else _hook_key(k)
             )
         except LookupError:
-            continue  # that knockout fails for want of a mean, not the others
+            if k.head is None:
+                continue  # that knockout fails for want of a mean, not the others
+            keys[k.variant_id] = _hook_key(k)  # a head: watched by a hook
     sums: dict[Any, list[Any]] = {
         key: [0.0, 0, None] for key in keys.values()
     }  # sum, count, dtype
@@ -60,22 +62,40 @@ def activation_means(
             value.dtype,
         ]
 
-    hooked = copy.deepcopy(model) if sums and gm is None else None
-    for key in sums if hooked is not None else ():
+    hooked_keys = [key for key in sums if isinstance(key, tuple)]
+    hooked = copy.deepcopy(model) if hooked_keys else None
+    for key in hooked_keys:
         observe = _Observe(lambda output, key=key: add(key, output))
-        ablate_output(hooked, str(key[0]), observe, key[1])
+        if key[0] == "head":
+            observe.head = 0  # names the observer's slot on the model
+            ablate_head(hooked, str(key[1]), observe)
+        elif key[0] == "call":
+            ablate_call(hooked, str(key[1]), key[2], key[3], observe)
+        else:
+            ablate_output(hooked, str(key[1]), observe, key[2])
     model.eval()
     with torch.no_grad():
         for start in range(0, len(x_train) if sums else 0, batch_size):
+            batch = x_train[start : start + batch_size]
             if hooked is not None:
-                hooked(x_train[start : start + batch_size])
-            else:
+                hooked(batch)
+            if gm is not None and len(hooked_keys) < len(sums):
                 seen = lambda n, env: (
                     add(n.name, env[n]) if n.name in sums else None
                 )  # noqa: E731
-                _forward(gm, x_train[start : start + batch_size], seen)
+                _forward(gm, batch, seen)
     return {
         vid: (sums[key][0] / sums[key][1]).to(sums[key][2])
         for vid, key in keys.items()
         if sums[key][1]
     }
+
+
+def _hook_key(k: Knockout) -> tuple[Any, ...]:
+    """What a hook on the model watches for a mean: a head's projection input, a
+    functional call, or a module's output (at a call site)."""
+    if k.head is not None:
+        return ("head", k.out_proj)
+    if k.call_op is not None:
+        return ("call", k.module, k.call_op, int(k.call_index or 0))
+    return ("module", k.module, k.call_site)

@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import fx, nn
 
-from ablagen.ablate import ablate_node, ablate_output
+from ablagen.ablate import ablate_call, ablate_head, ablate_node, ablate_output
 
 from .graph import functionalize
 from .records import CorrectFn, Knockout, LossFn, Metrics, Score, _Tally
@@ -22,6 +22,13 @@ def ablated_copy(
     """A fresh copy of ``model`` with ``k`` applied: a forward hook, or (``via="graph"``)
     an edited graph, :func:`functionalize`-d on ``example`` when one is given."""
     op = ablation_for(k, mean)
+    if k.head is not None or k.call_op is not None:  # always at run time
+        ablated = copy.deepcopy(model)
+        if k.head is not None:
+            ablate_head(ablated, str(k.out_proj), op)
+        else:
+            ablate_call(ablated, str(k.module), k.call_op, int(k.call_index or 0), op)
+        return ablated
     if via == "hooks" or (via == "auto" and k.module is not None):
         ablated = copy.deepcopy(model)
         ablate_output(ablated, str(k.module), op, k.call_site)

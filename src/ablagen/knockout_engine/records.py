@@ -14,7 +14,9 @@ KNOCKOUT_METHODS = tuple(ABLATIONS)  # identity, zero, mean, mask
 class Knockout:
     """One ablation. ``node``: one torch.fx node (a call site or functional call);
     ``module`` + ``block``: a block, replaced at its output; ``module`` alone: every
-    call of that module, or only call number ``call_site``."""
+    call of that module, or only call number ``call_site``; ``head`` (with
+    ``out_proj``, ``num_heads``): one attention head, at the projection's input;
+    ``call_op``: a functional call inside ``module``, edited at run time."""
 
     variant_id: str
     method: str  # identity | zero | mean | mask
@@ -25,6 +27,11 @@ class Knockout:
     units: tuple[int, int] | None = None  # mask: output units [start, stop)
     unit_dim: int | None = None  # mask: the dimension that holds the units
     ablated_params: int = 0  # parameters that no longer affect the output
+    out_proj: str | None = None  # head: the output projection whose input is split
+    head: int | None = None  # head: which one (mask / mean its slice)
+    num_heads: int | None = None  # head: of how many
+    call_op: str | None = None  # a functional call in ``module`` (untraced models)
+    call_index: int | None = None  # ... the call_index-th call of call_op there
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,15 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from ablagen.ablate import ABLATIONS, Ablation, MaskAblation, MeanAblation, first_input
+from ablagen.ablate import (
+    ABLATIONS,
+    HEAD_ABLATIONS,
+    Ablation,
+    HeadMeanAblation,
+    MaskAblation,
+    MeanAblation,
+    first_input,
+)
 
 from .records import KNOCKOUT_METHODS, Knockout
 
@@ -47,6 +55,16 @@ def resolve(nodes: tuple[fx.Node, ...] | list[fx.Node], k: Knockout) -> Target:
                 f"block {k.module!r} has {len(outputs)} outputs and {len(inputs)} inputs, not 1 and 1"
             )
         return Target((outputs[0],), next(iter(inputs)) if inputs else None)
+    if k.head is not None:  # the projection's input, when nothing else reads it
+        proj = [n for n in nodes if n.op == "call_module" and n.target == k.out_proj]
+        source = first_input(proj[0]) if len(proj) == 1 else None
+        if source is None or len(source.users) != 1:
+            raise LookupError(
+                f"{k.out_proj!r} is not called once on a value only it reads"
+            )
+        return Target((source,), None)
+    if k.call_op is not None:
+        raise LookupError(f"{k.variant_id} is a run-time call-site edit")
     if k.node is not None:
         found = [n for n in nodes if n.name == k.node]
         if not found:
@@ -62,7 +80,10 @@ def resolve(nodes: tuple[fx.Node, ...] | list[fx.Node], k: Knockout) -> Target:
 
 
 def ablation_for(k: Knockout, mean: torch.Tensor | None) -> Ablation:
-    """The operator a knockout applies (``mean``: measured on the training data)."""
+    """The operator a knockout applies (``mean``: measured on the training data; for a
+    head, the mean of the projection's whole input, per position)."""
+    if k.head is not None:
+        return _head_ablation(k, mean)
     kind = ABLATIONS.get(k.method)
     if kind is None:
         raise ValueError(
@@ -77,3 +98,17 @@ def ablation_for(k: Knockout, mean: torch.Tensor | None) -> Ablation:
             raise ValueError(f"mask knockout {k.variant_id} names no units")
         return MaskAblation(k.unit_dim, *k.units)
     return kind()
+
+
+def _head_ablation(k: Knockout, mean: torch.Tensor | None) -> Ablation:
+    kind = HEAD_ABLATIONS.get(k.method)
+    if kind is None or k.num_heads is None:
+        raise ValueError(f"heads take mask or mean, not {k.method!r} ({k.variant_id})")
+    if kind is not HeadMeanAblation:
+        return kind(k.num_heads, k.head)
+    if mean is None:
+        raise ValueError(f"no mean activation was measured for {k.variant_id}")
+    rows = mean.reshape(-1, mean.shape[-1]).mean(dim=0)  # over the positions too
+    width = rows.shape[0] // k.num_heads
+    own = rows[k.head * width : (k.head + 1) * width].clone()
+    return HeadMeanAblation(k.num_heads, k.head, own).eval()
