@@ -20,6 +20,10 @@ from ablagen.ablate import Ablation, MaskAblation
 from ablagen.knockout_engine.values import _tensors
 
 
+class NotDifferentiable(ValueError):
+    """The output holds no floating-point tensor: no gradient can weigh its change."""
+
+
 def _unit_sums(value: torch.Tensor, grads: torch.Tensor, dim: int) -> torch.Tensor:
     """``-a . g`` summed over everything but the gradient row, the sample and ``dim``:
     ``(G, N, units)``."""
@@ -41,6 +45,9 @@ def products(
     of the output; None where no gradient reaches the output (the effect is 0 to every
     order the screen measures). ``cache`` keeps the mask's per-unit sums, by ``key``."""
     leaves = _tensors(value)
+    if not any(t.is_floating_point() or t.is_complex() for t in leaves):
+        kinds = ", ".join(sorted({str(t.dtype) for t in leaves})) or "no tensor"
+        raise NotDifferentiable(f"its output is not differentiable ({kinds})")
     if all(g is None for g in grads):
         return None
     if isinstance(op, MaskAblation) and isinstance(value, torch.Tensor):

@@ -11,7 +11,7 @@ from ablagen.knockout_engine.means import activation_means
 from ablagen.knockout_engine.records import CorrectFn, Knockout, LossFn, _Tally
 from ablagen.knockout_engine.targets import ablation_for, resolve
 
-from .estimates import products
+from .estimates import NotDifferentiable, products
 from .passes import forward_backward, prepare_graph
 from .records import CURVATURES, Estimate, ScreenReport
 
@@ -127,6 +127,7 @@ def screen_knockouts(
     groups = _groups(sites, facts.index, sizes, budget // 2)
     sums = {vid: [0.0, 0.0] for vid in live}
     errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     base, kept_peak, ggn = _Tally(), 0, False
     for start in range(0, len(x_val), chunk):
         x, y = x_val[start : start + chunk], y_val[start : start + chunk]
@@ -140,13 +141,16 @@ def screen_knockouts(
             kept_peak = max(kept_peak, _bytes(values) + _bytes(grads))
             cache: dict[Any, torch.Tensor] = {}
             for vid, node, source in sites:
-                if node not in group or vid in errors:
+                if node not in group or vid in errors or vid in skipped:
                     continue
                 try:
                     source_value = None if source is None else values[source]
                     u = products(
                         ops[vid], values[node], source_value, grads[node], cache, node
                     )
+                except NotDifferentiable as exc:  # skipped, with the reason
+                    skipped[vid] = f"{node.name}: {exc}; the screen skips it"
+                    continue
                 except Exception as exc:  # one bad estimate must not stop the others
                     errors[vid] = f"{type(exc).__name__}: {exc}"
                     continue
@@ -159,7 +163,9 @@ def screen_knockouts(
             sums[vid][1] += 0.5 * float(u[1:].double().square().sum())
     n = max(1, len(x_val))
     for vid in live:
-        if vid in errors:
+        if vid in skipped:
+            done[vid] = Estimate(vid, "skipped", None, error=skipped[vid])
+        elif vid in errors:
             done[vid] = Estimate(vid, "failed", None, error=errors[vid])
         else:
             first, second = sums[vid][0] / n, sums[vid][1] / n

@@ -1,0 +1,204 @@
+"""The screen's estimates against exact knockouts (torch), its curvature rows against
+torch's Hessian, its memory chunking, and its bad-input cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablagen.knockout_engine import Knockout, run_knockouts
+from ablagen.screen import ggn_rows, screen_knockouts
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return x + self.lin(x)
+
+
+class Linear(nn.Module):
+    """Linear all the way to a linear loss: first order is exact for every ablation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 6)
+        self.block = Block()
+        self.unused = nn.Linear(6, 3)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.block(self.b(self.a(x)))
+        self.unused(h)  # its output reaches no loss: every estimate of it is 0
+        return self.head(h)
+
+
+def linear_loss(output, y):
+    return (output * y).sum(dim=1).mean()
+
+
+def no_accuracy(output, y):
+    return 0.0, len(y)
+
+
+KNOCKOUTS = [
+    Knockout("a:zero", "zero", module="a"),
+    Knockout("a:mean", "mean", module="a"),
+    Knockout("b:identity", "identity", module="b"),
+    Knockout("a[0]:mask", "mask", module="a", units=(0, 3), unit_dim=1),
+    Knockout("a[1]:mask", "mask", module="a", units=(3, 6), unit_dim=1),
+    Knockout("b:mean", "mean", module="b"),
+    Knockout("block:identity", "identity", module="block", block=True),
+    Knockout("block:zero", "zero", module="block", block=True),
+    Knockout("head:zero", "zero", module="head"),
+]
+
+
+def _data(n=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def _exact(model, knockouts, x_train, x, y, loss_fn, correct_fn):
+    report = run_knockouts(model, knockouts, x_train, x, y, loss_fn, correct_fn)
+    return {
+        s.variant_id: s.metrics.loss - report.baseline.loss for s in report.scores
+    }, report.baseline.loss
+
+
+def test_each_estimate_matches_the_exact_change_on_a_linear_model():
+    torch.manual_seed(0)
+    model = Linear().double().eval()
+    x_train, _ = _data(80, 1)
+    x, y = _data()
+    exact, base = _exact(model, KNOCKOUTS, x_train, x, y, linear_loss, no_accuracy)
+    report = screen_knockouts(
+        model, KNOCKOUTS, x_train, x, y, linear_loss, no_accuracy, curvature="none"
+    )
+    assert report.baseline.loss == pytest.approx(base, abs=1e-12)
+    for k, est in zip(KNOCKOUTS, report.estimates):
+        assert est.status == "ok", est.error
+        assert est.delta_loss == pytest.approx(exact[k.variant_id], abs=1e-5), k
+        assert est.curvature == 0.0
+
+
+def test_a_component_the_loss_does_not_read_is_estimated_as_zero():
+    model = Linear().double().eval()
+    x, y = _data()
+    k = Knockout("unused:zero", "zero", module="unused")
+    (est,) = screen_knockouts(model, [k], x, x, y, linear_loss, no_accuracy).estimates
+    assert (est.status, est.delta_loss, est.first_order) == ("ok", 0.0, 0.0)
+
+
+class Curved(nn.Module):
+    """Logits linear in ``a``'s output, scored by cross-entropy: the Gauss-Newton term
+    is the exact second-order term of each knockout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.a(x))
+
+
+def test_ggn_rows_rebuild_the_cross_entropy_hessian():
+    z = torch.randn(3, 5, dtype=torch.float64)
+    rows = ggn_rows(z, max_classes=5)  # (K, N, C)
+    for n in range(3):
+        hessian = torch.autograd.functional.hessian(
+            lambda v: F.cross_entropy(v.unsqueeze(0), torch.tensor([1])), z[n]
+        )
+        rebuilt = torch.einsum("kc,kd->cd", rows[:, n], rows[:, n])
+        assert torch.allclose(rebuilt, hessian, atol=1e-10)
+
+
+def test_the_gauss_newton_term_is_the_second_order_term_of_small_knockouts():
+    """Knock out a sliver of ``a``'s output (one unit, scaled down): the exact change
+    and first + second order agree to third order, first order alone does not."""
+    torch.manual_seed(1)
+    model = Curved().double().eval()
+    with torch.no_grad():
+        model.a.weight.mul_(1e-3)
+        model.a.bias.mul_(1e-3)
+    x = torch.randn(40, 4, dtype=torch.float64)
+    y = torch.randint(0, 5, (40,))
+    ks = [
+        Knockout(f"a[{i}]:mask", "mask", module="a", units=(i, i + 1), unit_dim=1)
+        for i in range(8)
+    ]
+    exact, _ = _exact(model, ks, x, x, y, F.cross_entropy, no_accuracy)
+    report = screen_knockouts(
+        model, ks, x, x, y, F.cross_entropy, no_accuracy, max_classes=5
+    )
+    misses = []
+    for k, est in zip(ks, report.estimates):
+        second = abs(est.curvature)
+        assert est.delta_loss == pytest.approx(
+            exact[k.variant_id], abs=1e-3 * second + 1e-12
+        )
+        misses.append(abs(est.first_order - exact[k.variant_id]) / second)
+    assert max(misses) > 0.5  # first order alone misses the curvature
+
+
+def test_chunking_keeps_within_the_budget_and_changes_nothing():
+    torch.manual_seed(0)
+    model = Linear().double().eval()
+    x, y = _data(200)
+    wide = screen_knockouts(model, KNOCKOUTS, x, x, y, linear_loss, no_accuracy)
+    budget_mb = 0.004  # about 4 KB: a few samples, one group of outputs at a time
+    narrow = screen_knockouts(
+        model, KNOCKOUTS, x, x, y, linear_loss, no_accuracy, max_batch_mb=budget_mb
+    )
+    assert wide.stats["groups"] == 1 and narrow.stats["groups"] > 1
+    assert narrow.stats["chunk_samples"] < wide.stats["chunk_samples"]
+    assert narrow.stats["kept_peak_bytes"] <= budget_mb * 2**20
+    assert wide.stats["kept_peak_bytes"] > budget_mb * 2**20
+    for a, b in zip(wide.estimates, narrow.estimates):
+        assert b.delta_loss == pytest.approx(a.delta_loss, abs=1e-9)
+
+
+class Integer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        picked = h.argmax(dim=1)  # integer: no gradient
+        return h + picked.unsqueeze(1).to(h.dtype)
+
+
+def test_a_non_differentiable_output_is_skipped_with_its_name():
+    model = Integer().double().eval()
+    x, y = _data()
+    ks = [
+        Knockout("argmax:zero", "zero", node="argmax"),
+        Knockout("a:zero", "zero", module="a"),
+    ]
+    skipped, ok = screen_knockouts(
+        model, ks, x, x, y, linear_loss, no_accuracy
+    ).estimates
+    assert skipped.status == "skipped" and "argmax" in skipped.error
+    assert "not differentiable" in skipped.error
+    assert ok.status == "ok"
+
+
+def test_taylor_screen_with_val_acc_is_one_line_exit_2(tmp_path, capsys):
+    from conftest import EXAMPLES, run_cli
+
+    for mode in ("screen", "two-stage"):
+        out = tmp_path / mode
+        args = ["study", EXAMPLES / "digits_cnn.py", "--out", out, "--mode", mode]
+        code, stdout, stderr = run_cli([*args, "--metric", "val_acc"], capsys)
+        assert code == 2 and not out.exists()
+        assert "estimates changes of the validation loss, not val_acc" in stderr
+        assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
