@@ -119,7 +119,7 @@ def _param(value: Any) -> str:
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
     """``{"train": {"lr": 0.003}}`` -> ``{"train.lr": "0.003"}`` (lists as JSON)."""
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict):
         out: dict[str, str] = {}
         for key in sorted(value):
             out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value[key]))
@@ -192,7 +192,7 @@ def child_run(
     }
     params.update(flatten("args", record.args))
     params.update(flatten("config", manifest.config))
-    params.update(flatten("variant", entry.extra))
+    params.update(flatten("extra", entry.extra))  # e.g. an arm's sigma and noise
     tags = {
         "status": record.status,
         "error": error_text(record),
