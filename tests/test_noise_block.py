@@ -163,3 +163,59 @@ def test_annealed_matches_neelakantan() -> None:
     for step in (0, 1, 10):
         sigma = 0.1 * block["noise_factor"](step)
         assert math.isclose(sigma**2, 0.1**2 / (1 + step) ** 0.55)
+
+
+@pytest.mark.parametrize("kind", sorted(perturb.NOISE_KINDS))
+def test_slice_scales_are_the_librarys_bit_for_bit(kind: str) -> None:
+    """Per-unit scales along dim 1 (an attention head's columns of an output
+    projection) draw exactly the library's noise, and reach only those columns."""
+    block = noise_block(kind, "constant")
+    columns = torch.tensor([0.0] * 8 + [1.0] * 4 + [3.0] * 4)
+
+    net = model()
+    library = perturb.PerturbedOptimizer(
+        torch.optim.SGD(groups(net), lr=1e-2),
+        noise=kind,
+        sigma=0.1,
+        seed=7,
+        prefetch=False,
+    )
+    library.set_unit_scale(net[2].weight, columns, dim=1)
+    library.set_unit_scale(net[0].weight, torch.tensor([0.5] * 16))
+    expected = steps(net, library)
+
+    net = model()
+    optimizer = torch.optim.SGD(groups(net), lr=1e-2)
+    noise = block["GradientNoise"](optimizer, 0.1, 7, "cpu")
+    noise.set_unit_scale(net[2].weight, columns, 1)
+    noise.set_unit_scale(net[0].weight, torch.tensor([0.5] * 16))
+    got = steps(net, optimizer, noise.add_)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+
+def test_a_slice_scale_reaches_only_its_columns() -> None:
+    block = noise_block("gaussian", "constant")
+    columns = torch.tensor([0.0] * 8 + [1.0] * 4 + [3.0] * 4)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    grads = []
+    for sigma in (0.0, 0.1):
+        net = model()
+        optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+        noise = block["GradientNoise"](optimizer, sigma, 7, "cpu")
+        noise.set_unit_scale(net[2].weight, columns, 1)
+        nn.functional.cross_entropy(net(x), y).backward()
+        noise.add_()
+        grads.append(net[2].weight.grad.clone())
+    delta = (grads[1] - grads[0]).abs()  # net[2].weight is (3, 16)
+    assert torch.equal(delta[:, :8], torch.zeros(3, 8))  # scale 0: no noise
+    assert bool((delta[:, 8:] > 0).all())
+
+
+def test_slice_scale_checks_its_shape() -> None:
+    net = model()
+    library = perturb.PerturbedOptimizer(torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="along dim 1"):
+        library.set_unit_scale(net[2].weight, torch.ones(3), dim=1)
+    with pytest.raises(ValueError, match="out of range"):
+        library.set_unit_scale(net[2].weight, torch.ones(3), dim=2)

@@ -34,7 +34,7 @@ from ablagen.codegen.prepare import Prepared, prepare
 from ablagen.codegen.writer import add_scripts
 from ablagen.errors import StudyError
 from ablagen.fsutil import atomic_write_text, sha256_bytes
-from ablagen.noise_scales import NoiseScales, load_noise_scales
+from ablagen.noise_scales import NoiseScales, load_noise_scales, scale_values
 from ablagen.ranking import ImportanceRow, Ranking, load_ranking
 from ablagen.study.options import ArmOptions
 from ablagen.studydir import (
@@ -153,19 +153,19 @@ def energy_matched(
     energy, count = 0.0, 0
     for name, shape in parameters:
         numel = math.prod(shape)
-        scale = scales.get(name, 1.0)
-        units = scale if isinstance(scale, (list, tuple)) else [scale]
+        units = scale_values(scales.get(name, 1.0))
         energy += sum(u * u for u in units) * numel / len(units)
         count += numel
     rms = math.sqrt(energy / count) if count and energy else 1.0
-    return {
-        name: (
-            [round(u / rms, 6) for u in v]
-            if isinstance(v, (list, tuple))
-            else round(v / rms, 6)
-        )
-        for name, v in scales.items()
-    }
+
+    def rescaled(v: Any) -> Any:
+        if isinstance(v, dict):  # per unit along another dimension (heads, Conv1D)
+            return {"dim": v["dim"], "units": [round(u / rms, 6) for u in v["units"]]}
+        if isinstance(v, (list, tuple)):
+            return [round(u / rms, 6) for u in v]
+        return round(v / rms, 6)
+
+    return {name: rescaled(v) for name, v in scales.items()}
 
 
 def least_important(

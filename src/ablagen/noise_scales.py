@@ -24,6 +24,12 @@ Assignment to parameters (names and shapes from ``manifest.model["parameters"]``
 * Neuron groups (``fc1[0:8]``) give the owner layer's direct parameters
   (``fc1.weight``, ``fc1.bias``) a per-unit list of length ``shape[0]``; units no
   ranked group covers keep the scale the parameter gets otherwise.
+* Components with parameter slices (attention heads: their rows of q/k/v and their
+  columns of the output projection; ``Conv1D`` neuron groups: weight columns) give
+  exactly those slices their scale: a per-unit list along the slice's dimension,
+  written ``{"dim": d, "units": [...]}`` when ``d`` is not 0. A parameter sliced
+  along two dimensions (an output projection with ranked heads *and* ranked
+  output units) keeps the dimension of its most important slice.
 * Parameters of modules with no ranked component get ``default`` (1.0).
   Components whose variants all failed are unranked: default, not max.
 """
@@ -47,7 +53,7 @@ DEFAULT_MAX_SCALE = 2.0
 DEFAULT_TEMPERATURE = 1.0
 _DIGITS = 6  # scales are rounded so the JSON is short and stable
 
-Scale = float | tuple[float, ...]
+Scale = float | tuple[float, ...] | dict[str, Any]  # dict: {"dim": d, "units": (...)}
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,7 @@ class NoiseScales:
             "max": self.max_scale,
             "temperature": self.temperature,
             "components": self.components,
-            "parameters": {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in self.parameters.items()
-            },
+            "parameters": {k: _scale_json(v) for k, v in self.parameters.items()},
         }
 
     @classmethod
@@ -85,14 +88,35 @@ class NoiseScales:
             max_scale=data["max"],
             temperature=data["temperature"],
             components={k: dict(v) for k, v in data["components"].items()},
-            parameters={
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in data["parameters"].items()
-            },
+            parameters={k: _scale_read(v) for k, v in data["parameters"].items()},
         )
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def _scale_json(value: Scale) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {"dim": value["dim"], "units": list(value["units"])}
+    return value
+
+
+def _scale_read(value: Any) -> Scale:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return {"dim": int(value["dim"]), "units": tuple(value["units"])}
+    return value
+
+
+def scale_values(value: Any) -> list[float]:
+    """The numbers of one parameter's scale (one, one per unit, or per unit along a
+    dimension), each covering an equal share of the parameter's elements."""
+    if isinstance(value, dict):
+        return list(value["units"])
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def scale_for(
@@ -153,21 +177,32 @@ Owners = dict[str, float]  # module qualname -> importance (layers, blocks, acti
 UnitGroups = dict[
     str, list[tuple[int, int, float]]
 ]  # layer -> [(start, stop, importance)]
+SliceGroups = dict[
+    str, list[tuple[int, int, int, float]]
+]  # parameter -> [(dim, start, stop, importance)]
 
 
 def _attribute(
     manifest: Manifest, ranking: Ranking, importance: dict[str, float]
-) -> tuple[Owners, UnitGroups]:
-    """Give each ranked component's importance to its ``param_owner`` (max wins)."""
+) -> tuple[Owners, UnitGroups, SliceGroups]:
+    """Give each ranked component's importance to its ``param_owner`` (max wins),
+    its output units, or its parameter slices."""
     kinds = {row.component: row.kind for row in ranking.rows}
     owners: Owners = {}
     units: UnitGroups = {}
+    slices: SliceGroups = {}
     for comp_id, value in importance.items():
         comp = manifest.component(comp_id)
         if comp is None:
             # not in the inventory: a layer's or block's id is its module qualname
             owned = kinds[comp_id] in ("layer", "block")
             comp = {"kind": kinds[comp_id], "param_owner": comp_id if owned else None}
+        if comp.get("slices"):
+            for name, dim, start, stop in comp["slices"]:
+                slices.setdefault(str(name), []).append(
+                    (int(dim), int(start), int(stop), value)
+                )
+            continue
         owner = comp.get("param_owner")
         if not owner:
             continue
@@ -176,7 +211,7 @@ def _attribute(
             units.setdefault(owner, []).append((start, stop, value))
         else:
             owners[owner] = max(value, owners.get(owner, -math.inf))
-    return owners, units
+    return owners, units, slices
 
 
 def _parameters(manifest: Manifest) -> list[tuple[str, tuple[int, ...]]]:
@@ -205,21 +240,27 @@ def noise_scales(
     def to_scale(value: float) -> float:
         return scale_for(value, top, min_scale, max_scale, temperature)
 
-    owners, units = _attribute(manifest, ranking, importance)
+    owners, units, slices = _attribute(manifest, ranking, importance)
     parameters: dict[str, Scale] = {}
     for name, shape in _parameters(manifest):
         owner = _owner_of(name, owners)
         base = default if owner is None else to_scale(owners[owner])
         layer = name.rpartition(".")[0]
-        groups = units.get(layer)
-        if groups and shape:
-            per_unit = [base] * shape[0]
-            for start, stop, value in groups:
-                for unit in range(max(start, 0), min(stop, shape[0])):
-                    per_unit[unit] = to_scale(value)
-            parameters[name] = tuple(per_unit)
-        else:
+        groups = [(0, a, b, v) for a, b, v in units.get(layer, [])] + slices.get(
+            name, []
+        )
+        groups = [g for g in groups if g[0] < len(shape)]
+        if not groups:
             parameters[name] = base
+            continue
+        dim = max(groups, key=lambda g: g[3])[0]  # the most important slice's dim
+        per_unit = [base] * shape[dim]
+        for _, start, stop, value in (g for g in groups if g[0] == dim):
+            for unit in range(max(start, 0), min(stop, shape[dim])):
+                per_unit[unit] = to_scale(value)
+        parameters[name] = (
+            tuple(per_unit) if dim == 0 else {"dim": dim, "units": tuple(per_unit)}
+        )
     return NoiseScales(
         metric=ranking.metric,
         default=default,

@@ -5,12 +5,14 @@ Every attention implementation ablagen recognises concatenates its heads head-ma
 in the last dimension of the output projection's input, so head ``h`` of ``n`` is
 the slice ``[h*d, (h+1)*d)`` with ``d = width // n``. The operators below replace
 that slice; :func:`ablate_head` puts one in front of the projection: a forward
-pre-hook on it, or -- for ``nn.MultiheadAttention``, which calls its projection as
-``F.linear(x, out_proj.weight, ...)`` -- a torch-function mode that edits that one
-call while the attention module runs (it also turns off MHA's fused fast path).
+pre-hook on it, or -- for ``nn.MultiheadAttention``, whose functional forward
+projects inside -- a torch-function mode around the attention module that lifts the
+projection out of ``F.multi_head_attention_forward`` (it also turns off MHA's fused
+fast path).
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .operators import Ablation
@@ -76,18 +78,26 @@ HEAD_ABLATIONS = {op.name: op for op in (HeadMaskAblation, HeadMeanAblation)}
 
 
 class _ProjectionInput(torch.overrides.TorchFunctionMode):
-    """Applies ``op`` to the input of ``F.linear(x, weight, ...)`` for one weight."""
+    """Runs ``F.multi_head_attention_forward`` with an identity output projection (so
+    it returns the heads side by side), applies ``op``, then projects with the real
+    ``weight`` and bias: the same arithmetic, with the heads in reach."""
 
     def __init__(self, weight, op):
         super().__init__()
         self.weight, self.op = weight, op
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.linear and len(args) > 1:
-            if args[1] is self.weight:
-                args = (self.op.apply(args[0]),) + tuple(args[1:])
-        return func(*args, **kwargs)
+        kwargs = dict(kwargs or {})
+        if func is not F.multi_head_attention_forward or len(args) < 13:
+            return func(*args, **kwargs)
+        args = list(args)
+        weight, bias = args[11], args[12]
+        if weight is not self.weight:
+            return func(*args, **kwargs)
+        args[11] = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
+        args[12] = None
+        heads, attention = func(*args, **kwargs)
+        return F.linear(self.op.apply(heads), weight, bias), attention
 
 
 class _ProjectionHook:

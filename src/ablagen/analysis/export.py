@@ -13,6 +13,7 @@ call-site edit at run time (:func:`ablagen.ablate.ablate_call`).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -70,8 +71,14 @@ class ExportGraph:
 
 def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportGraph:
     """The model's ATen graph (raises whatever torch.export raises)."""
-    with torch.no_grad():
-        program = torch.export.export(_TensorOutputs(model), inputs, strict=False)
+    quiet = logging.getLogger("torch")  # a failed export logs; the inventory warns
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(_TensorOutputs(model), inputs, strict=False)
+    finally:
+        quiet.setLevel(level)
     return ExportGraph(tuple(program.graph.nodes))
 
 
@@ -104,12 +111,27 @@ def _in_activation(model: nn.Module, path: str) -> bool:
     return False
 
 
+def _upstream_layer(
+    graph: ExportGraph, node: fx.Node | None, layers: set[str]
+) -> str | None:
+    """The nearest layer that produced ``node`` (its parameters carry a call's
+    importance), following first inputs back."""
+    for _ in range(32):
+        if node is None or node.op != "call_function":
+            return None
+        owner = graph.owner(node)
+        if owner in layers:
+            return owner
+        node = next((a for a in node.args if isinstance(a, fx.Node)), None)
+    return None
+
+
 def functional_activations(
-    model: nn.Module, graph: ExportGraph, param_owner: dict[str, str | None]
-) -> Iterator[tuple[str, Component]]:
-    """``(owner, component)`` for each ATen activation op a module calls itself."""
+    model: nn.Module, graph: ExportGraph, layers: set[str]
+) -> Iterator[tuple[int, Component]]:
+    """``(node index, component)`` for each ATen activation op a module calls itself."""
     seen: Counter[tuple[str, str]] = Counter()
-    for node in graph.nodes:
+    for position, node in enumerate(graph.nodes):
         name = _op_name(node)
         base = name[:-1] if name and name.endswith("_") else name
         owner = graph.owner(node)
@@ -123,7 +145,7 @@ def functional_activations(
         in_shape, out_shape = _val_shape(first), _val_shape(node)
         same = in_shape is not None and in_shape == out_shape
         prefix = f"fn.{owner}." if owner else "fn."
-        yield owner, Component(
+        yield position, Component(
             id=f"{prefix}{base}@{index}",
             kind="activation",
             op=base,
@@ -138,10 +160,26 @@ def functional_activations(
                 _op_name(u) in _ADDS and not _in_activation(model, graph.owner(u) or "")
                 for u in node.users
             ),
-            param_owner=param_owner.get(owner),
+            param_owner=_upstream_layer(graph, first, layers),
             call_op=base,
             call_index=index,
         )
+
+
+#: ops that pass a value on unchanged in evaluation (a residual add reads through them)
+_PASS_THROUGH = frozenset({"dropout", "native_dropout", "clone", "alias", "contiguous"})
+
+
+def _readers(node: fx.Node) -> list[fx.Node]:
+    """The nodes that read ``node``'s value, looking through dropout and copies."""
+    found, todo = [], list(node.users)
+    while todo:
+        user = todo.pop()
+        if _op_name(user) in _PASS_THROUGH:
+            todo.extend(user.users)
+        else:
+            found.append(user)
+    return found
 
 
 def residual_feeders(
@@ -159,7 +197,7 @@ def residual_feeders(
                 last[module] = node
     feeders = set()
     for module, node in last.items():
-        for user in node.users:
+        for user in _readers(node):
             owner = graph.owner(user)
             if _op_name(user) in _ADDS and owner is not None:
                 if not _within(owner, module) and not _in_activation(model, owner):
@@ -171,26 +209,27 @@ def with_export_facts(
     model: nn.Module, comps: list[Component], graph: ExportGraph
 ) -> list[Component]:
     """The hook inventory ``comps`` with residual flags set and functional
-    activations inserted after the last component of the module that calls them."""
+    activations inserted in graph order (before the first module that starts later)."""
     modules = sorted({c.module for c in comps if c.module is not None})
     feeders = residual_feeders(model, graph, modules)
     comps = [
         replace(c, feeds_residual=True) if c.module in feeders else c for c in comps
     ]
-    layers = {c.module: c.param_owner for c in comps if c.kind == "layer"}
-    # a call's parameters: the nearest layer the owner holds, else the owner itself
-    owners: dict[str, str | None] = {}
-    for owner in {graph.owner(n) for n in graph.nodes} - {None}:
-        held = [m for m in layers if m and _within(m, owner)]
-        owners[str(owner)] = held[-1] if held else None
-    calls = list(functional_activations(model, graph, owners))
-    out: list[Component] = []
-    for comp in comps:
-        out.append(comp)
-    for owner, call in calls:
-        spot = max(
-            (i for i, c in enumerate(out) if c.module and _within(c.module, owner)),
-            default=len(out) - 1,
+    layers = {c.module for c in comps if c.kind == "layer" and c.module}
+    first: dict[str, int] = {}  # module -> index of the first node it runs
+    for position, node in enumerate(graph.nodes):
+        owner = graph.owner(node)
+        if owner is None:
+            continue
+        parts = owner.split(".") if owner else []
+        for cut in range(len(parts) + 1):
+            first.setdefault(".".join(parts[:cut]), position)
+    out = list(comps)
+    for position, call in functional_activations(model, graph, layers):
+        later = (
+            i
+            for i, c in enumerate(out)
+            if c.module and c.call_op is None and first.get(c.module, -1) > position
         )
-        out.insert(spot + 1, call)
+        out.insert(next(later, len(out)), call)  # before what runs after it
     return out

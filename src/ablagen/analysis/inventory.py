@@ -30,6 +30,7 @@ from ablagen.analysis.ops import (
     ADD_FUNCTIONS,
     ADD_METHODS,
     is_activation_module,
+    is_conv1d,
     own_params,
     unit_count,
 )
@@ -375,8 +376,14 @@ def _neurons(
     units, dim = info
     weight = getattr(module, "weight", None)
     per_unit = own_params(module) // units if weight is not None else 0
+    transposed = is_conv1d(module)  # weight (in, out): its units are columns
     for start, stop in neuron_ranges(units, groups):
         label = f"{name}[{start}]" if stop - start == 1 else f"{name}[{start}:{stop}]"
+        slices = None
+        if transposed:
+            slices = ((f"{name}.weight", 1, start, stop),)
+            if getattr(module, "bias", None) is not None:
+                slices += ((f"{name}.bias", 0, start, stop),)
         yield Component(
             id=label,
             kind="neuron",
@@ -391,6 +398,7 @@ def _neurons(
             param_owner=name,
             units=(start, stop),
             unit_dim=dim,
+            slices=slices,
         )
 
 

@@ -38,7 +38,11 @@ def _print_table(inventory) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{inventory.model}: {len(inventory.components)} components")
+    tracer = {"fx": "torch.fx", "export": "torch.export", "hooks": "forward hooks"}
+    table = Table(
+        title=f"{inventory.model}: {len(inventory.components)} components "
+        f"(read by {tracer.get(inventory.tracer, inventory.tracer)})"
+    )
     for column in (
         "id",
         "kind",

@@ -249,13 +249,16 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self,
         param: torch.Tensor | str,
         scale: float | Sequence[float] | torch.Tensor | None,
+        dim: int = 0,
     ) -> None:
-        """Multiply σ for one parameter: by one number, or by one per output unit.
+        """Multiply σ for one parameter: by one number, or by one per unit along ``dim``.
 
-        Per-unit scales have shape (param.shape[0],) and broadcast over dim 0: a
-        Linear weight (out, in), its bias (out,) and a conv weight
-        (out, in, kh, kw) all take shape (out,). ``param`` is the tensor, or its
-        name when ``param_names`` was given; ``scale=None`` removes the scale.
+        Per-unit scales have shape (param.shape[dim],) and broadcast over the other
+        dims: with dim 0 (output units) a Linear weight (out, in), its bias (out,)
+        and a conv weight (out, in, kh, kw) all take shape (out,); an attention
+        head's columns of an output projection (out, in) take dim 1, shape (in,).
+        ``param`` is the tensor, or its name when ``param_names`` was given;
+        ``scale=None`` removes the scale.
         """
         key = self._locate(param)
         self._reset_buckets()
@@ -264,19 +267,26 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             return
         tensor = self.param_groups[key[0]]["params"][key[1]]
         values = torch.as_tensor(scale).detach().to(tensor.device, tensor.dtype)
-        units = tuple(tensor.shape[:1])
+        if values.dim() > 0 and not -tensor.dim() <= dim < tensor.dim():
+            raise ValueError(
+                f"unit scale for {self._describe(key)}: dim {dim} is out of range "
+                f"for a parameter of shape {tuple(tensor.shape)}"
+            )
+        units = (tensor.shape[dim],) if values.dim() > 0 else ()
         if values.dim() > 0 and tuple(values.shape) != units:
             raise ValueError(
                 f"unit scale for {self._describe(key)} has shape "
                 f"{tuple(values.shape)}; expected one number or shape {units}, "
-                "one value per output unit"
+                f"one value per unit along dim {dim}"
             )
         if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
             raise ValueError(
                 f"unit scale for {self._describe(key)} must be finite, >= 0"
             )
         if values.dim() > 0:
-            values = values.reshape(units + (1,) * (tensor.dim() - 1))
+            shape = [1] * tensor.dim()
+            shape[dim] = -1
+            values = values.reshape(shape)
         self._scales[key] = values
 
     def perturb_grads(self) -> bool:
