@@ -412,3 +412,23 @@ def test_corrupt_image_fails_the_run_naming_the_file(tmp_path):
     broken.write_bytes(b"not a png")
     result = run(study / "baseline.py", "--num-workers", "0")
     assert result["status"] == "failed" and broken.name in result["error"]
+
+
+def test_knockout_mode_streams_and_adapts_outputs(tmp_path):
+    """Knockout mode on build_loaders() data with a tuple-returning model: its baseline
+    score equals baseline.py's own validation metrics."""
+    src = textwrap.dedent(LOADERS_MODEL).replace(
+        "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))",
+        "    return Pair()\n\n\nclass Pair(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.fc = nn.Linear(4, 2)\n\n"
+        "    def forward(self, x):\n        return self.fc(x), x",
+    )
+    path = tmp_path / "pair.py"
+    path.write_text(src)
+    study = generate(path, tmp_path / "ko", mode="knockout")
+    reference = run(study / "baseline.py")
+    result = run(study / "knockout.py")
+    assert result["status"] == "ok"
+    base = result["variants"]["baseline"]["final"]
+    assert base["val_loss"] == pytest.approx(reference["final"]["val_loss"], rel=1e-5)
+    assert base["val_acc"] == pytest.approx(reference["final"]["val_acc"])
