@@ -87,6 +87,7 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 TMP_PREFIX = "ablagen-run-"  # + pid: per-run scratch (result JSON) in the system temp
+Key = tuple[str, int, str, str]  # RunSpec.key
 WAIT_POLL_S = 0.5  # how often runs held by another orchestrator are looked at
 _NO_SPACE = re.compile(
     r"\[Errno (?:28|122)\][^\n]*|No space left on device[^\n]*|disk is full"
@@ -240,7 +241,7 @@ def run_study(
         with ResultStore(study) as store:
             owner = Owner.current()
             store.reset_stale(owner)
-            todo, skipped_failed, skipped_ok = _partition(
+            todo, skipped_failed, skipped_ok, seen = _partition(
                 store, specs, options.retry_failed
             )
             session = _Session(
@@ -250,6 +251,7 @@ def run_study(
                 owner,
                 notify,
                 _Tally(len(todo), skipped_ok, len(skipped_failed), backend.name),
+                seen=seen,
             )
             if todo:
                 with writing(study / LOGS_DIR, "the log folder"):
@@ -286,15 +288,21 @@ def _sweep_temp_dirs() -> None:
 
 def _partition(
     store: ResultStore, specs: list[RunSpec], retry_failed: bool
-) -> tuple[list[RunSpec], list[RunRecord], int]:
-    """Split the runs in scope: to run, failed before (not retried), count already ok.
+) -> tuple[list[RunSpec], list[RunRecord], int, dict[Key, float | None]]:
+    """Split the runs in scope: to run, failed before (not retried), count already
+    ok; and for each run to do, the ``finished_at`` it was planned with.
 
     A run another live orchestrator holds stays in the first list: ``claim`` then
-    refuses it and it is reported as running elsewhere.
+    refuses it and it is waited for (or reported as running elsewhere).
     """
     todo, skipped_failed, skipped_ok = [], [], 0
+    seen: dict[Key, float | None] = {}
     for spec in specs:
         record = store.get(spec)
+        if record is not None and record.status != "running":
+            seen[spec.key] = record.finished_at
+        else:
+            seen[spec.key] = None
         if record is None or record.status == "running":
             todo.append(spec)
         elif record.ok:
@@ -303,21 +311,23 @@ def _partition(
             skipped_failed.append(record)
         else:
             todo.append(spec)
-    return todo, skipped_failed, skipped_ok
+    return todo, skipped_failed, skipped_ok, seen
 
 
 def disk_fault(record: RunRecord, study: Path) -> WriteError | None:
     """A run that died of a full disk (its log says so), as the fault to report."""
     if record.ok or not record.error_tail:
         return None
-    found = _NO_SPACE.search(record.error_tail)
-    if found is None:
+    found = _NO_SPACE.findall(
+        record.error_tail
+    )  # the last: the error, not its source line
+    if not found:
         return None
-    path = _NO_SPACE_PATH.search(record.error_tail)
-    where = Path(path.group(1)) if path else study
+    paths = _NO_SPACE_PATH.findall(record.error_tail)
+    where = Path(paths[-1]) if paths else study
     return WriteError(
         f"{record.variant_id} seed={record.seed} stopped on a full disk"
-        f" ({found.group(0).strip()[:160]})",
+        f" ({found[-1].strip()[:160]})",
         io_fix(errno.ENOSPC, where),
         errno.ENOSPC,
     )
@@ -333,6 +343,8 @@ class _Session:
     owner: Owner
     notify: ProgressCallback
     tally: _Tally
+    #: the outcome time each run was planned with (see ResultStore.claim)
+    seen: dict[Key, float | None] = field(default_factory=dict)
     elsewhere: list[RunSpec] = field(default_factory=list)
     done_elsewhere: list[RunRecord] = field(default_factory=list)
     jobs: int = 0
@@ -355,6 +367,8 @@ class _Session:
                         with signals.deferred():
                             if self._start(spec):
                                 inflight[spec.key] = spec
+                            elif self._finished_elsewhere(spec):
+                                pass
                             elif wait:
                                 waiting[spec.key] = spec
                                 self.notify(self.tally.event("waiting", spec=spec))
@@ -408,6 +422,15 @@ class _Session:
             exc.errno,
         )
 
+    def _finished_elsewhere(self, spec: RunSpec) -> bool:
+        """Report a run another orchestrator stored an outcome for since planning."""
+        record = self.store.get(spec)
+        if record is None or record.status == "running":
+            return False
+        self.done_elsewhere.append(record)
+        self.notify(self.tally.event("elsewhere", record=record))
+        return True
+
     def _look_at(
         self, waiting: dict[tuple[str, int, str, str], RunSpec]
     ) -> list[RunSpec]:
@@ -415,11 +438,8 @@ class _Session:
         to take over (given back, or their orchestrator died)."""
         take = []
         for key, spec in list(waiting.items()):
-            record = self.store.get(spec)
-            if record is not None and record.status != "running":
+            if self._finished_elsewhere(spec):
                 del waiting[key]
-                self.done_elsewhere.append(record)
-                self.notify(self.tally.event("elsewhere", record=record))
             elif not self.store.held_alive(spec, self.owner):
                 del waiting[key]
                 self.tally.total += 1
@@ -446,7 +466,9 @@ class _Session:
         )
 
     def _start(self, spec: RunSpec) -> bool:
-        if not self.store.claim(spec, self.owner, self.backend.name):
+        if not self.store.claim(
+            spec, self.owner, self.backend.name, self.seen.get(spec.key)
+        ):
             self.tally.total -= 1
             return False
         log = self.study / spec.log_path

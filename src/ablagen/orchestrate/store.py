@@ -102,6 +102,8 @@ CREATE INDEX IF NOT EXISTS runs_variant_seed ON runs (variant_id, seed);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 """
 
+ANY = object()  # claim(seen=ANY): take the run whatever outcome it has
+
 _COLUMNS = (
     "variant_id, seed, args_json, script_sha256, script, status, result_json, wall_time_s,"
     " log_path, exit_code, error_tail, attempts, backend, finished_at, peak_memory_bytes"
@@ -437,17 +439,29 @@ class ResultStore:
                 self._unclaim(conn, spec.key)
         return len(stale)
 
-    def claim(self, spec: RunSpec, owner: Owner, backend: str) -> bool:
-        """Mark a run ``running`` for ``owner``; False if a live orchestrator holds it."""
+    def claim(
+        self,
+        spec: RunSpec,
+        owner: Owner,
+        backend: str,
+        seen: float | None | object = ANY,
+    ) -> bool:
+        """Mark a run ``running`` for ``owner``; False if a live orchestrator holds it,
+        or (``seen``: the ``finished_at`` the caller planned with, None for no outcome)
+        if another orchestrator stored an outcome for it since."""
         conn = self._writable()
         with self._transaction(conn, self.path):
             row = conn.execute(
-                "SELECT status, owner_host, owner_pid, owner_started, owner_token FROM runs"
+                "SELECT status, owner_host, owner_pid, owner_started, owner_token,"
+                " finished_at FROM runs"
                 " WHERE variant_id = ? AND seed = ? AND args_json = ? AND script_sha256 = ?",
                 spec.key,
             ).fetchone()
-            if row is not None and row[0] == "running" and owner.holds_alive(*row[1:]):
+            if row is not None and row[0] == "running" and owner.holds_alive(*row[1:5]):
                 return False
+            if row is not None and row[0] != "running" and seen is not ANY:
+                if row[5] != seen:
+                    return False  # finished elsewhere since it was planned
             owned = (
                 owner.host,
                 owner.pid,
