@@ -12,6 +12,7 @@ import typer
 from ablagen.cli.app import app
 from ablagen.cli.export import TrackOpt, tracked
 from ablagen.cli.options import ModelArg, NeuronGroupsOpt
+from ablagen.cli.run import MaxMemoryOpt
 from ablagen.codegen.options import GenerateOptions
 from ablagen.orchestrate.options import RunOptions
 from ablagen.study.options import (
@@ -175,6 +176,7 @@ def study(
         bool, typer.Option(help="Train the four arms after ranking.")
     ] = _STUDY.with_arms,
     backend: Annotated[str, typer.Option(help="local or ray.")] = _RUN.backend,
+    max_memory: MaxMemoryOpt = _RUN.max_memory_gb,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars.")
     ] = False,
@@ -220,7 +222,7 @@ def study(
         generate=generate,
         seeds=parse_seeds(seeds),
         arm_seeds=parse_seeds(arm_seeds),
-        run=RunOptions(jobs=jobs, backend=backend),
+        run=RunOptions(jobs=jobs, backend=backend, max_memory_gb=max_memory),
         arms=ArmOptions(
             sigma=sigma,
             noise=noise,
