@@ -16,6 +16,9 @@ knocked out on the digits validation set (359 samples), the model briefly traine
 agree within 1e-5. Prints a markdown table.
 
     python benchmarks/bench_knockout.py [--threads 1] [--scripts 16] [--epochs 1] [--repeat 2]
+
+With ``--gpt``: the same comparison for a transformer, every attention head and MLP
+neuron group of examples/tiny_gpt.py (benchmarks/knockout_gpt.py).
 """
 
 from __future__ import annotations
@@ -268,11 +271,20 @@ def main() -> None:
         default=2.0,
         help="a tight budget, to show the bound holds",
     )
+    parser.add_argument(
+        "--gpt",
+        action="store_true",
+        help="instead: every head and MLP neuron group of examples/tiny_gpt.py",
+    )
     parser.add_argument("--child", choices=["fast", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--saved", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.gpt:
+        from knockout_gpt import run as run_gpt
+
+        sys.exit(run_gpt(max(args.epochs, 2), max(args.repeat, 3)))
     if args.child:
         args.out.write_text(
             json.dumps(child(args.child, args.saved, args.max_batch_mb, args.repeat))

@@ -78,9 +78,9 @@ def _plan(facts: GraphFacts, members: list[tuple[Knockout, Target]]) -> _Plan:
             if node in targets
             else made
         )
-    stackable = all(n in facts.batched for n in order) and all(
-        n in facts.batched or n in facts.fixed for n in reads
-    )
+    stackable = all(
+        n in facts.batched or n in facts.shape_numbers for n in order
+    ) and all(n in facts.batched or n in facts.fixed for n in reads)
     size = facts.sample_bytes.get
     held = peak = sum(size(n, 0) for n in reads)
     last = {a: n for n in order for a in n.all_input_nodes}

@@ -69,6 +69,10 @@ class GraphFacts:
     sample_bytes: dict[fx.Node, int]  # bytes per sample of each batched value
     static_bytes: int  # bytes of the fixed values that are not parameters
     unsafe: str | None  # why cached values cannot be trusted, if they cannot
+    # numbers read off shapes -- the batch size (``x.size(0)``), or one the same at
+    # every batch size (``x.size(1)``): right for stacked copies too where they are
+    # recomputed from the stacked value (a subgraph node), not read from the cache
+    shape_numbers: frozenset[fx.Node] = frozenset()
 
     @property
     def volatile(self) -> frozenset[fx.Node]:
@@ -106,7 +110,10 @@ def _watch_writes(
 
 
 def _classify(two: Any, three: Any) -> str:
-    """ "batched" (per-sample rows along dim 0), "fixed" (no batch size in it) or "other"."""
+    """ "batched" (per-sample rows along dim 0), "fixed" (no batch size in it), "size"
+    (the batch size itself) or "other"."""
+    if type(two) is int and type(three) is int and (two, three) == (2, 3):
+        return "size"
     a, b = _leaves(two), _leaves(three)
     kinds = set() if len(a) == len(b) else {"other"}
     for x, y in zip(a, b):
@@ -183,8 +190,13 @@ def inspect_graph(gm: fx.GraphModule, x: torch.Tensor) -> GraphFacts:
     kinds = {node: _classify(two[node], three[node]) for node in nodes}
     batched = frozenset(n for n in nodes if kinds[n] == "batched")
     fixed = frozenset(n for n in nodes if kinds[n] == "fixed")
+    sizes = frozenset(
+        n
+        for n in nodes
+        if kinds[n] == "size" or (kinds[n] == "fixed" and not _tensors(two[n]))
+    )
     sample_bytes = {n: max(0, _nbytes(three[n]) - _nbytes(two[n])) for n in batched}
     static = sum(_nbytes(two[n]) for n in fixed if n.op != "get_attr")
     return GraphFacts(
-        gm, nodes, index, batched, fixed, mutates, sample_bytes, static, unsafe
+        gm, nodes, index, batched, fixed, mutates, sample_bytes, static, unsafe, sizes
     )
