@@ -432,3 +432,20 @@ def test_knockout_mode_streams_and_adapts_outputs(tmp_path):
     base = result["variants"]["baseline"]["final"]
     assert base["val_loss"] == pytest.approx(reference["final"]["val_loss"], rel=1e-5)
     assert base["val_acc"] == pytest.approx(reference["final"]["val_acc"])
+
+
+def test_tokens_task_replaces_the_sequence_taggers_custom_loss(tmp_path):
+    """examples/sequence_tagger with --task tokens trains exactly like its custom
+    loss.py.j2 (no label is IGNORE_INDEX there, so the two losses agree)."""
+    model = EXAMPLES / "sequence_tagger" / "model.py"
+    custom = generate(
+        model, tmp_path / "custom", templates=EXAMPLES / "sequence_tagger" / "templates"
+    )
+    builtin = generate(
+        model, tmp_path / "tokens", train=TrainConfig(epochs=1, task="tokens")
+    )
+    assert "ignore_index=IGNORE_INDEX" in (builtin / "baseline.py").read_text()
+    reference = run(custom / "baseline.py")
+    result = run(builtin / "baseline.py")
+    for key, value in reference["final"].items():
+        assert result["final"][key] == pytest.approx(value, rel=1e-6), key

@@ -2,8 +2,14 @@
 
 The task: tag every token of a sequence with 1 if the same token appeared earlier in
 the sequence, else 0. It needs memory, so ablating the GRU hurts. The model's output
-is one score per token and tag, (batch, time, tags), which the built-in loss (one
-label per sample) cannot train: ``templates/loss.py.j2`` overrides that one include.
+is one score per token and tag, (batch, time, tags): the built-in ``--task tokens``
+trains it (per-token cross-entropy, labels equal to ``--ignore-index`` skipped):
+
+    ablagen generate examples/sequence_tagger/model.py --task tokens \\
+        --out generated/sequence_tagger
+
+``templates/loss.py.j2`` shows the other way, a custom template overriding one include;
+it trains the same numbers (tests/test_data_sources.py checks it):
 
     ablagen generate examples/sequence_tagger/model.py \\
         --templates examples/sequence_tagger/templates --out generated/sequence_tagger
