@@ -8,7 +8,10 @@ neurons with
 
     ablagen study examples/tiny_gpt.py --kinds heads,neurons --mode knockout
 
-``TinyGPT(lm=True)`` returns (batch, time, vocab) scores for a language-model task.
+``build_lm()`` is the same network as a language model, trained on a text file:
+
+    ablagen study examples/tiny_gpt.py:build_lm --dataset text:corpus.txt --task lm \
+        --kinds heads --mode knockout
 """
 
 import torch
@@ -86,6 +89,12 @@ class TinyGPT(nn.Module):
             x = block(x)
         logits = self.head(self.ln_f(x))
         return logits if self.lm else logits[:, -1, :]
+
+
+def build_lm() -> TinyGPT:
+    """The same network as a language model: (batch, time, vocab) scores, for
+    ``--task lm`` on a text file (select it as ``examples/tiny_gpt.py:build_lm``)."""
+    return TinyGPT(lm=True)
 
 
 def example_input() -> torch.Tensor:

@@ -344,3 +344,10 @@ def test_a_heads_noise_scale_reaches_exactly_its_slices():
     assert scales["mha.out_proj.weight"]["units"][:8] == (mid,) * 8
     assert scales["mha.out_proj.weight"]["units"][8:] == (1.0,) * 8
     assert scales["marked.a.weight"] == 1.0  # unranked
+
+
+def test_every_kind_is_ranked():
+    from ablagen.analysis import KINDS
+    from ablagen.studydir import ABLATION_KINDS
+
+    assert set(ABLATION_KINDS) == set(KINDS)
