@@ -238,7 +238,6 @@ def test_knockout_of_heads_fast_equals_naive_equals_hand_written():
         assert abs(f.metrics.loss - n.metrics.loss) <= TOL, (f, n)
     # the hand-written reference for one head: zero its slice before proj
     attn = model.h[1].attn
-    captured = []
     handle = attn.proj.register_forward_pre_hook(
         lambda m, args: (args[0].clone().index_fill_(-1, torch.arange(16, 24), 0.0),)
     )
@@ -247,7 +246,6 @@ def test_knockout_of_heads_fast_equals_naive_equals_hand_written():
     handle.remove()
     score = next(s for s in fast.scores if s.variant_id == "h.1.attn.heads[2]:mask")
     assert abs(score.metrics.loss - loss) <= TOL
-    assert captured == []
 
 
 def test_head_mean_in_knockout_is_the_training_mean_over_positions():
@@ -351,3 +349,11 @@ def test_every_kind_is_ranked():
     from ablagen.studydir import ABLATION_KINDS
 
     assert set(ABLATION_KINDS) == set(KINDS)
+
+
+def test_embeddings_and_norms_are_layers():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.RMSNorm(8), nn.LayerNorm(8))
+    inventory = build_inventory(model, (torch.randint(0, 10, (2, 5)),), "m", None)
+    methods = {c.op: c.methods for c in inventory.components if c.kind == "layer"}
+    assert methods["Embedding"] == ("zero", "mean")  # int ids in, vectors out
+    assert methods["RMSNorm"][0] == methods["LayerNorm"][0] == "identity"

@@ -297,3 +297,38 @@ def test_gpt2_knockout_generates(tmp_path, capsys):
         "h.0.attn.heads[0]:mask",
         "h.0.attn.heads[1]:mask",
     ]
+
+
+@pytest.mark.slow
+def test_a_retrain_script_edits_a_call_torch_export_found(tmp_path, capsys):
+    """The script of a functional call of an untraceable model: ablate_call, run."""
+    model_file = tmp_path / "untraceable.py"
+    model_file.write_text(
+        "import torch\nimport torch.nn.functional as F\nfrom torch import nn\n\n"
+        "INPUT_SHAPE = (6,)\nDATASET = 'synthetic'\n\n\n"
+        "class Untraceable(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)\n\n"
+        "    def forward(self, x):\n"
+        "        if x.size(0) > 0:\n"
+        "            x = x * 1.0\n"
+        "        h = F.gelu(self.fc1(x))\n"
+        "        return self.fc2(F.silu(h) + h)\n"
+    )
+    out = tmp_path / "s"
+    code, _, err = run_cli(
+        ["generate", model_file, "--out", out, "--components", "fn.silu@0:zero",
+         "--epochs", "1"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    script = out / "fn_silu_0__zero.py"
+    text = script.read_text()
+    assert 'ablate_call(model, "", "silu", 0, ZeroAblation())' in text
+    run = subprocess.run(
+        [sys.executable, script.name, "--out", "r.json"],
+        cwd=out, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((out / "r.json").read_text())["status"] == "ok"
