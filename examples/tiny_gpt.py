@@ -94,7 +94,7 @@ class TinyGPT(nn.Module):
 def build_lm() -> TinyGPT:
     """The same network as a language model: (batch, time, vocab) scores, for
     ``--task lm`` on a text file (select it as ``examples/tiny_gpt.py:build_lm``)."""
-    return TinyGPT(lm=True)
+    return TinyGPT(vocab=96, length=96, lm=True)  # up to 96 distinct bytes
 
 
 def example_input() -> torch.Tensor:

@@ -357,3 +357,36 @@ def test_embeddings_and_norms_are_layers():
     methods = {c.op: c.methods for c in inventory.components if c.kind == "layer"}
     assert methods["Embedding"] == ("zero", "mean")  # int ids in, vectors out
     assert methods["RMSNorm"][0] == methods["LayerNorm"][0] == "identity"
+
+
+@pytest.mark.slow
+def test_tiny_gpt_trains_on_a_text_file_and_scores_its_heads(tmp_path, capsys):
+    """examples/tiny_gpt.py:build_lm with --task lm on a small text file, knockout."""
+    import json
+    import random
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    words = "the cat sat on a mat and the dog ran to the cat then a bird sang".split()
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(rng.choice(words) for _ in range(2000)))
+    out = tmp_path / "study"
+    code, _, err = run_cli(
+        ["generate", f"{EXAMPLES / 'tiny_gpt.py'}:build_lm", "--dataset",
+         f"text:{corpus}", "--task", "lm", "--kinds", "heads", "--mode", "knockout",
+         "--epochs", "1", "--out", out],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    run = subprocess.run(
+        [sys.executable, "knockout.py", "--out", "r.json"],
+        cwd=out, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((out / "r.json").read_text())
+    heads = {k: v for k, v in result["variants"].items() if ".heads[" in k}
+    assert len(heads) == 8 and all(v["status"] == "ok" for v in heads.values())
+    assert all("val_ppl" in v["final"] for v in heads.values())
