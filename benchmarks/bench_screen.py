@@ -1,15 +1,21 @@
 """The screen against exact knockout: accuracy per model and kind, and speed, in one run.
 
-For each model (examples/digits_cnn.py, examples/resnet_small.py; a model with
-attention where its file exists and trains on digits) the model is trained briefly
-(Adam, lr 3e-3, on the digits split the generated scripts use), every layer, block,
-activation and neuron group is knocked out exactly (``run_knockouts``) and estimated by
-the screen, first order only and with the Gauss-Newton term. Reported: Spearman rho
-of the estimated and the exact val_loss change, the exact top 10 found in the
-screen's top 10 / 20 / 30, rho per component kind, and the largest misses.
+For each model the model is trained briefly from a seeded start (Adam, lr 3e-3):
+examples/digits_cnn.py and examples/resnet_small.py on the digits split the
+generated scripts use, examples/tiny_gpt.py (attention) on its own copy task
+(``build_data()``: random token sequences, the label the token at position KEY).
+Every layer, block, activation and neuron group (and, for the GPT, every attention
+head) is knocked out exactly (``run_knockouts``) and estimated by the screen: first
+order only, and with the Gauss-Newton term of rank 1 and of rank 2 (the default).
+Reported: Spearman rho of the estimated and the exact val_loss change, the exact
+top 10 found in the screen's top 10 / 20 / 30, rho per component kind, and the
+largest misses.
 
-Speed (resnet_small, 214 components): the screen, the exact fast path and the naive
-loop (a fresh copy per knockout), best of --repeat, side by side in this process.
+Speed (resnet_small, 214 components; tiny_gpt): the screen, the exact fast path and
+the naive loop (a fresh copy per knockout), best of --repeat, side by side in this
+process, in wall-clock seconds and in this process's CPU seconds (on a busy shared
+machine the CPU time is the steadier of the two; with one thread they agree when
+the machine is quiet).
 
     python benchmarks/bench_screen.py [--epochs 3] [--repeat 3] [--threads 1]
 """
@@ -33,19 +39,33 @@ from bench_knockout import correct, digits  # noqa: E402
 from ablagen.analysis import analyze  # noqa: E402
 from ablagen.codegen.knockout import knockouts_for  # noqa: E402
 from ablagen.codegen.plan import ablation_spec, plan_variants  # noqa: E402
+from ablagen.errors import ComponentError  # noqa: E402
 from ablagen.knockout_engine import evaluate_naive, run_knockouts  # noqa: E402
 from ablagen.knockout_engine.means import activation_means  # noqa: E402
 from ablagen.loading import load_model  # noqa: E402
 from ablagen.pipeline import spearman  # noqa: E402
-from ablagen.screen import screen_knockouts  # noqa: E402
+from ablagen.screen import GGN_RANK, screen_knockouts  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
 MODELS = ("digits_cnn", "resnet_small", "tiny_gpt")
-KINDS = ("layer", "block", "activation", "neuron")
-CURVATURES = ("none", "ggn")
+KINDS = ("layer", "block", "activation", "neuron", "head")
+#: the screens compared: (label, curvature, Gauss-Newton rank)
+SCREENS = (
+    ("first order", "none", 0),
+    ("first order + GGN rank 1", "ggn", 1),
+    (f"first order + GGN rank {GGN_RANK} (default)", "ggn", GGN_RANK),
+)
+
+
+def model_data(name: str):
+    """The model's own data: the example's ``build_data()`` if it has one, else digits."""
+    loaded = load_model(str(EXAMPLES / f"{name}.py"))
+    build = getattr(sys.modules.get(type(loaded.model).__module__), "build_data", None)
+    return build() if build is not None else digits()
 
 
 def trained(name: str, epochs: int, data):
+    torch.manual_seed(0)  # the initial weights too: the same model in every run
     loaded = load_model(str(EXAMPLES / f"{name}.py"))
     model, (x_train, y_train, _, _) = loaded.model, data
     torch.manual_seed(0)
@@ -58,17 +78,23 @@ def trained(name: str, epochs: int, data):
             loss.backward()
             optimizer.step()
     inventory = analyze(loaded)
-    specs = [ablation_spec(c, m) for c, m in plan_variants(inventory, KINDS)]
+    try:  # heads where the model has attention ablagen recognises
+        planned = plan_variants(inventory, KINDS)
+    except ComponentError:
+        planned = plan_variants(inventory, KINDS[:-1])
+    specs = [ablation_spec(c, m) for c, m in planned]
     return model.eval(), specs, knockouts_for(inventory, specs)
 
 
-def best(fn, repeat: int):
-    times, out = [], None
+def best(fn, repeat: int) -> tuple[float, float]:
+    """The least wall-clock and the least CPU seconds of ``repeat`` calls."""
+    wall, cpu = [], []
     for _ in range(repeat):
-        started = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - started)
-    return min(times), out
+        started, used = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - used)
+    return min(wall), min(cpu)
 
 
 def accuracy(name, model, specs, knockouts, data) -> list[str]:
@@ -83,10 +109,10 @@ def accuracy(name, model, specs, knockouts, data) -> list[str]:
     }
     kind = {s.variant_id: s.kind for s in specs}
     rows = []
-    for curvature in CURVATURES:
+    for label, curvature, rank in SCREENS:
         report = screen_knockouts(
             model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct,
-            curvature=curvature,
+            curvature=curvature, ggn_rank=rank,
         )  # fmt: skip
         est = {e.variant_id: e.delta_loss for e in report.estimates if e.status == "ok"}
         ids = sorted(v for v in exact if v in est)
@@ -105,7 +131,6 @@ def accuracy(name, model, specs, knockouts, data) -> list[str]:
             f"{v} (exact #{true_order.index(v) + 1}, screen #{screen_order.index(v) + 1})"
             for v in misses
         )
-        label = "first order" if curvature == "none" else "first order + GGN"
         rows.append(
             f"| {name} | {label} | {len(ids)} | {rho:+.3f} | {found[0]}/10 | {found[1]}/10 | "
             f"{found[2]}/10 | {' | '.join(per_kind)} | {miss} |"
@@ -113,18 +138,20 @@ def accuracy(name, model, specs, knockouts, data) -> list[str]:
     return rows
 
 
-def speed(model, knockouts, data, repeat: int) -> list[str]:
+def speed(name, model, knockouts, data, repeat: int) -> list[str]:
     x_train, _, x_val, y_val = data
     args = (x_train, x_val, y_val, F.cross_entropy, correct)
     timed = {}
-    for curvature in CURVATURES:
-        timed[f"screen, {curvature}"] = best(
-            lambda: screen_knockouts(model, knockouts, *args, curvature=curvature),
+    for label, curvature, rank in SCREENS:
+        timed[f"screen, {label}"] = best(
+            lambda: screen_knockouts(
+                model, knockouts, *args, curvature=curvature, ggn_rank=rank
+            ),
             repeat,
-        )[0]
+        )
     timed["exact fast path"] = best(
         lambda: run_knockouts(model, knockouts, *args), repeat
-    )[0]
+    )
 
     def naive():
         means = activation_means(model, knockouts, x_train)
@@ -132,11 +159,12 @@ def speed(model, knockouts, data, repeat: int) -> list[str]:
             model, knockouts, means, x_val, y_val, F.cross_entropy, correct
         )
 
-    timed["naive loop"] = best(naive, max(1, repeat - 1))[0]
-    naive_s, fast_s = timed["naive loop"], timed["exact fast path"]
+    timed["naive loop"] = best(naive, max(1, repeat - 1))
+    naive_t, fast_t = timed["naive loop"], timed["exact fast path"]
     return [
-        f"| {what} | {s:.3f} | {naive_s / s:.1f}x | {fast_s / s:.1f}x |"
-        for what, s in timed.items()
+        f"| {name} | {what} | {w:.3f} | {naive_t[0] / w:.1f}x | {fast_t[0] / w:.1f}x "
+        f"| {c:.3f} | {naive_t[1] / c:.1f}x | {fast_t[1] / c:.1f}x |"
+        for what, (w, c) in timed.items()
     ]
 
 
@@ -147,30 +175,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = digits()
-    print(
-        f"torch {torch.__version__}, {args.threads} thread(s), {len(data[2])} validation samples\n"
-    )
+    print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
     print("| model | screen | components | Spearman rho | exact top 10 in screen top 10 | "
-          "top 20 | top 30 | rho: layers | blocks | activations | neurons | largest misses |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    resnet = None
+          "top 20 | top 30 | rho: layers | blocks | activations | neurons | heads | largest misses |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    timed = []
     for name in MODELS:
         if not (EXAMPLES / f"{name}.py").is_file():
             continue
         try:
+            data = model_data(name)
             model, specs, knockouts = trained(name, args.epochs, data)
-        except Exception as exc:  # a model that does not take the digits: say so
+        except Exception as exc:  # a model that does not train here: say so
             print(f"| {name} | not measured: {type(exc).__name__}: {str(exc)[:80]} |")
             continue
-        print("\n".join(accuracy(name, model, specs, knockouts, data)))
-        if name == "resnet_small":
-            resnet = (model, knockouts)
-    if resnet is not None:
-        print(f"\nresnet_small, {len(resnet[1])} components, best of {args.repeat}:\n")
-        print("| path | seconds | vs naive loop | vs exact fast path |")
-        print("|---|---:|---:|---:|")
-        print("\n".join(speed(*resnet, data, args.repeat)))
+        print("\n".join(accuracy(name, model, specs, knockouts, data)), flush=True)
+        if name != "digits_cnn":
+            timed.append((name, model, knockouts, data))
+    print(
+        f"\nspeed, best of {args.repeat}; ratios: the naive loop's or the fast "
+        "path's time over this path's\n"
+    )
+    print(
+        "| model | path | wall s | vs naive | vs fast path | CPU s | vs naive | vs fast path |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, model, knockouts, data in timed:
+        print(
+            f"| {name} | {len(knockouts)} components, {len(data[2])} validation samples | | | | | | |"
+        )
+        print("\n".join(speed(name, model, knockouts, data, args.repeat)), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError
 from ablagen.fsutil import sha256_bytes
 from ablagen.loading import LoadedModel
-from ablagen.screen import MAX_CLASSES
+from ablagen.screen import GGN_RANK
 from ablagen.studydir import BASELINE_ID, VariantEntry
 
 SCREEN_SCRIPT = "screen.py"
@@ -83,7 +83,7 @@ def render_screen(
             "engine_source": screen_block_source(),  # its imports are hoisted
             "max_batch_mb": DEFAULT_MAX_BATCH_MB,
             "curvature": DEFAULT_CURVATURE,
-            "ggn_classes": MAX_CLASSES,
+            "ggn_rank": GGN_RANK,
         },
         **base,
     )

@@ -21,7 +21,7 @@ the engine and this package (``EMBED_ORDER``). Edit it here, never in a script.
 from .estimates import products
 from .passes import forward_backward, ggn_rows, prepare_graph
 from .records import CURVATURES, Estimate, ScreenReport
-from .run import MAX_CLASSES, screen_knockouts
+from .run import GGN_RANK, screen_knockouts
 
 #: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
 EMBED_ORDER = ("records", "estimates", "passes", "run")
@@ -29,7 +29,7 @@ EMBED_ORDER = ("records", "estimates", "passes", "run")
 __all__ = [
     "CURVATURES",
     "EMBED_ORDER",
-    "MAX_CLASSES",
+    "GGN_RANK",
     "Estimate",
     "ScreenReport",
     "forward_backward",
