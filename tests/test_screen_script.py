@@ -82,3 +82,6 @@ def test_run_and_rank_take_a_screen_like_a_knockout_study(study, capsys):
         ["rank", study, "--metric", "train_loss", "--no-plots"], capsys
     )
     assert code == 2 and "estimates val_loss only" in err
+    code, _, err = run_cli(["rank", study, "--metric", "val_acc", "--no-plots"], capsys)
+    assert code == 2 and "not val_acc" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ _RANK = RankOptions()  # every default below is one of its field defaults
 
 @app.command()
 def rank(
+    ctx: typer.Context,
     study: Annotated[
         str,
         typer.Argument(
@@ -63,6 +64,8 @@ def rank(
     noise_scales.json, plots and report.md into the study directory."""
     from ablagen.report import rank_study
 
+    given = getattr(ctx.get_parameter_source("metric"), "name", "DEFAULT")
+    _screen_has_no_accuracy(study, metric, given != "DEFAULT")
     options = RankOptions(
         metric=metric,
         plots=not no_plots,
@@ -121,4 +124,20 @@ def _print_table(ranking) -> None:
         console.print(
             f"[yellow]not ranked[/yellow] {escape(f.variant)} ({statuses})",
             highlight=False,
+        )
+
+
+def _screen_has_no_accuracy(study: str, metric: str, given: bool) -> None:
+    """``--metric val_acc`` given on a screen study: one line, exit 2 (the default
+    val_acc stands for the screen's own val_loss; an explicit one is a mistake)."""
+    from ablagen.errors import StudyError
+    from ablagen.studydir import load_manifest
+
+    if metric != "val_acc" or not given:
+        return
+    if load_manifest(study).mode == "screen":
+        raise StudyError(
+            "a screen study estimates changes of the validation loss, not val_acc",
+            "rank it with --metric val_loss (the default for a screen), or verify it "
+            "with a knockout study",
         )
