@@ -149,7 +149,7 @@ def sweep_section(result: SweepResult, link: str | None = SWEEP_PNG) -> tuple[st
         "(from the sweep directory).",
         "",
         f"Per arm: the best lr of the mean curve and its value (95 % interval); the **LR window**, the width "
-        f"in decades of the lr range within {tol:g} {result.unit} of the arm's best (per seed, interpolated in "
+        f"in decades of the lr range within {tol:g} {'point(s)' if result.scale == 100 else result.metric} of the arm's best (per seed, interpolated in "
         f"log10 lr); the **worst-case drop**, best minus worst over the grid; the **seed variance**, averaged "
         f"over lrs. Each with its 95 % interval, then Δ against plain and the p-value of a paired test "
         f"(window and drop: paired t-test over seeds; variance: Wilcoxon signed-rank over lrs). "
