@@ -5,7 +5,7 @@ Every ablation variant of this study is compared with this run, seed by seed.
 Model:  ../../examples/digits_cnn.py (class DigitsCNN, sha256 1fb05a23d8aa4276)
 Run:    python baseline.py --epochs 8 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
-    ablagen generate ../../examples/digits_cnn.py --out . --epochs 8 --scheduler cosine --patience 3
+    ablagen generate ../../examples/digits_cnn.py --out . --dataset build_data --epochs 8 --scheduler cosine --patience 3
 
 Standalone: needs Python, torch, never ablagen. Writes a JSON
 result (per-epoch and final metrics, parameter counts, wall time) to --out and
@@ -34,6 +34,9 @@ LR = 0.003  # learning rate [--lr]
 WEIGHT_DECAY = 0.0  # L2 penalty
 TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
 STOP_AT_TARGET = False  # stop training once the target is reached
+CHECKPOINT_EVERY = (
+    1  # epochs between mid-run checkpoints, with --resume-from [--checkpoint-every]
+)
 PATIENCE = 3  # early stopping: epochs without val-loss gain (None: off)
 DIVERGENCE_FACTOR = 10.0  # diverged: train loss above this times its best
 SEED = 0  # model init, data order, dropout [--seed]
@@ -76,10 +79,6 @@ def build_data():
     split = int(0.8 * len(x))
     train, val = order[:split], order[split:]
     return x[train], y[train], x[val], y[val]
-
-
-SAMPLE_SHAPE = (1, 8, 8)  # one input sample, no batch dimension
-NUM_OUTPUTS = 10  # size of the model's last output dimension
 
 
 def new_model():
@@ -149,6 +148,49 @@ def evaluate(model, x, y, batch_size):
     return float(total_loss) / len(x), int(right) / y.numel()  # per label
 
 
+# -----------------------------------------------------------------------------
+# mid-run checkpoints: a killed run resumes from its last finished epoch
+
+
+class ResumeRefused(Exception):
+    """A --resume-from file of another script or model shape (exit 2)."""
+
+
+def save_run_state(path, epoch, parts, generators, progress):
+    """The model, optimizer, scheduler, RNGs and loop progress after ``epoch``, atomically."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    rng = [
+        torch.get_rng_state(),
+        random.getstate(),
+        *(g.get_state() for g in generators),
+    ]
+    state.update(variant=VARIANT, epoch=epoch, rng=rng, progress=progress)
+    save_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_run_state(path, parts, generators, fresh):
+    """(last finished epoch, progress) saved at ``path``; (0, fresh) when there is none."""
+    if not path or not os.path.exists(path):
+        return 0, fresh
+    try:
+        state = torch.load(path, weights_only=True)
+        if state["variant"] != VARIANT:
+            raise ValueError(state["variant"])
+        for name, part in parts.items():  # another model shape raises here
+            part.load_state_dict(state[name])
+    except Exception:
+        fix = "rerun with --restart to start again"
+        raise ResumeRefused(
+            f"{VARIANT}: {path} is not this run's checkpoint; {fix}"
+        ) from None
+    torch.set_rng_state(state["rng"][0])
+    random.setstate(state["rng"][1])
+    for generator, saved in zip(generators, state["rng"][2:]):
+        generator.set_state(saved)
+    print(f"resumed {VARIANT} after epoch {state['epoch']} from {path}", flush=True)
+    return state["epoch"], state["progress"]
+
+
 def train(args):
     """Train the (ablated) model; returns the metrics of the result JSON."""
     device = torch.device(args.device)
@@ -159,9 +201,13 @@ def train(args):
     optimizer = make_optimizer(model, args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
-    history, status, epochs_to_target, train_time = [], "ok", None, 0.0
-    best_train_loss, best_val_loss, stale_epochs = math.inf, math.inf, 0
-    for epoch in range(1, args.epochs + 1):
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    generators = [order]
+    fresh = ([], None, 0.0), (math.inf, math.inf, 0)
+    done, (run, bests) = load_run_state(args.resume_from, parts, generators, fresh)
+    (history, epochs_to_target, train_time), status = run, "ok"
+    best_train_loss, best_val_loss, stale_epochs = bests
+    for epoch in range(done + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         model.train()
@@ -214,6 +260,12 @@ def train(args):
             if PATIENCE and stale_epochs >= PATIENCE:
                 print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
                 break
+        if args.resume_from and epoch % (args.checkpoint_every or math.inf) == 0:
+            run = (history, epochs_to_target, train_time)
+            bests = (best_train_loss, best_val_loss, stale_epochs)
+            save_run_state(args.resume_from, epoch, parts, generators, (run, bests))
+    if args.resume_from and not args.keep_checkpoint:  # finished: nothing to resume
+        Path(args.resume_from).unlink(missing_ok=True)
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
     samples = len(x_train) * len(history)
@@ -233,7 +285,7 @@ def train(args):
 
 # -----------------------------------------------------------------------------
 # command line, determinism, result JSON
-EXIT_CODES = {"ok": 0, "failed": 1, "diverged": 3}
+EXIT_CODES = {"ok": 0, "failed": 1, "refused": 2, "diverged": 3}
 
 
 def parse_args(argv=None):
@@ -248,15 +300,24 @@ def parse_args(argv=None):
     parser.add_argument(
         "--checkpoint", default=None, help="save the trained weights here"
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--resume-from", default=None)  # mid-run checkpoint file
+    parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY)
+    parser.add_argument("--keep-checkpoint", action="store_true")  # once finished
+    parser.add_argument("--restart", action="store_true")  # drop --resume-from's file
+    args = parser.parse_args(argv)
+    if args.checkpoint_every < 0:
+        parser.error("--checkpoint-every must be 0 (no checkpoints) or more")
+    if args.restart and args.resume_from and os.path.exists(args.resume_from):
+        os.remove(args.resume_from)
+    return args
 
 
-def seed_everything(seed, device):
-    """Seed Python and torch; on CPU also ask torch for deterministic kernels."""
+def seed_everything(seed):
+    """Seed Python and torch: the same seed, the same run on CPU, where the kernels
+    are deterministic for a fixed thread count. (torch.use_deterministic_algorithms
+    changes no result here, and costs seconds: it imports the compiler stack.)"""
     random.seed(seed)
     torch.manual_seed(seed)
-    if device == "cpu":
-        torch.use_deterministic_algorithms(True)
 
 
 def peak_memory_bytes(device):
@@ -289,7 +350,7 @@ def jsonable(value):
 
 def main(argv=None):
     args = parse_args(argv)
-    seed_everything(args.seed, args.device)
+    seed_everything(args.seed)
     started = time.perf_counter()
     result = {
         "schema": 1,
@@ -301,6 +362,9 @@ def main(argv=None):
     }
     try:
         result.update(train(args))
+    except ResumeRefused as exc:  # a user error: one line, no traceback, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        result.update(status="refused", error=str(exc))
     except Exception as exc:  # the run failed: say so in the result, exit 1
         traceback.print_exc()
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,136 @@
+"""Mid-run checkpoints (--resume-from FILE, --checkpoint-every N): a run killed with
+SIGKILL mid-epoch resumes from its last finished epoch and ends bit-identical to a run
+never stopped (CPU); another run's checkpoint is refused (exit 2) until --restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ablagen.codegen.context import TrainConfig
+from scriptutil import generate
+
+#: slow enough per epoch that a kill lands mid-run; dropout and noise use RNG streams
+MODEL = """
+import torch
+from torch import nn
+
+INPUT_SHAPE = (32,)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 256)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(0.2)
+        self.fc2 = nn.Linear(256, 4)
+
+    def forward(self, x):
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+"""
+
+LOADERS = """
+
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def build_datasets():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 32, generator=g)
+    y = (x[:, :4].argmax(dim=1))
+    return TensorDataset(x[:1792], y[:1792]), TensorDataset(x[1792:], y[1792:])
+"""
+
+
+def _study(tmp_path: Path, streamed: bool, **train) -> Path:
+    model = tmp_path / "net.py"
+    model.write_text(
+        textwrap.dedent(MODEL) + (textwrap.dedent(LOADERS) if streamed else "")
+    )
+    config = TrainConfig(epochs=4, batch_size=16, scheduler="cosine", **train)
+    kwargs = {} if streamed else {"dataset": "synthetic"}
+    return generate(model, tmp_path / "s", train=config, **kwargs)
+
+
+def _run(script: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script.name, *args],
+        cwd=script.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _kill_after_first_checkpoint(script: Path, ckpt: Path, *args: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, script.name, "--resume-from", ckpt.name, *args],
+        cwd=script.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # mid-epoch 2: the checkpoint holds epoch 1
+    proc.wait()
+    assert ckpt.exists() and proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "streamed, train",
+    [(False, {"sigma": 0.01}), (True, {})],
+    ids=["in-memory-noisy", "streamed"],
+)
+def test_sigkill_then_resume_is_bit_identical(tmp_path, streamed, train):
+    study = _study(tmp_path, streamed, **train)
+    script = study / "baseline.py"
+    extra = ["--num-workers", "0"] if streamed else []
+    assert _run(script, "--out", "full.json", *extra).returncode == 0
+    ckpt = study / "run.ckpt"
+    _kill_after_first_checkpoint(script, ckpt, *extra)
+    resumed = _run(script, "--out", "resumed.json", "--resume-from", ckpt.name, *extra)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed baseline after epoch" in resumed.stdout
+    full = json.loads((study / "full.json").read_text())
+    again = json.loads((study / "resumed.json").read_text())
+    assert again["final"] == full["final"]  # bit for bit: floats compared exactly
+    assert [h["val_loss"] for h in again["history"]] == [
+        h["val_loss"] for h in full["history"]
+    ]
+    assert not ckpt.exists()  # a finished run deletes its checkpoint
+
+
+def test_another_runs_checkpoint_is_refused_until_restart(tmp_path):
+    study = _study(tmp_path, streamed=False)
+    ckpt = study / "run.ckpt"
+    variant = sorted(p for p in study.glob("*.py") if p.name != "baseline.py")[0]
+    args = ["--epochs", "1", "--checkpoint-every", "1", "--keep-checkpoint"]
+    assert _run(variant, "--resume-from", ckpt.name, *args).returncode == 0
+    assert ckpt.exists()
+    refused = _run(study / "baseline.py", "--resume-from", ckpt.name, "--out", "r.json")
+    assert refused.returncode == 2
+    result = json.loads((study / "r.json").read_text())
+    assert result["status"] == "refused" and "baseline:" in result["error"]
+    assert "--restart" in result["error"] and "Traceback" not in refused.stderr
+    restarted = _run(
+        study / "baseline.py", "--resume-from", ckpt.name, "--restart", "--epochs", "1"
+    )
+    assert restarted.returncode == 0 and "resumed" not in restarted.stdout
+
+
+def test_negative_checkpoint_every_is_one_line(tmp_path):
+    study = _study(tmp_path, streamed=False)
+    bad = _run(study / "baseline.py", "--checkpoint-every", "-1")
+    assert bad.returncode == 2
+    assert "--checkpoint-every must be 0" in bad.stderr.strip().splitlines()[-1]
