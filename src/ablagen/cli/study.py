@@ -188,7 +188,7 @@ def study(
     from ablagen.loading import split_model_spec
     from ablagen.orchestrate import parse_seeds
     from ablagen.orchestrate.render import PlainProgress, RichProgress
-    from ablagen.pipeline import check_screen_metric, run_full_study
+    from ablagen.pipeline import check_screen_metric, run_full_study, stage_dirs
 
     given = getattr(ctx.get_parameter_source("metric"), "name", "DEFAULT")
     check_screen_metric(mode, screen, None if given == "DEFAULT" else metric)
@@ -243,9 +243,7 @@ def study(
     )
     out_dir = generate.out
     studies = (
-        [out_dir / "knockout", out_dir / "retrain"]
-        if mode == "two-stage"
-        else [out_dir]
+        list(stage_dirs(opts)) if mode == "two-stage" else [out_dir]
     )
     callback = tracked(progress, track, studies, console)
     try:
