@@ -1,10 +1,12 @@
 """A generated script's start-up cost, against a bare ``import torch``, side by side.
 
 For each round, in one run: a bare ``python -c "import torch"`` process; the committed
-digits baseline (``generated/digits_cnn/baseline.py --epochs 1``); and the same script
-with the seeding it had before (``torch.use_deterministic_algorithms(True)``, which
-imports torch's compiler stack). Overhead = the script's wall time as a process, minus
-its own ``wall_time_s``, minus the bare import. Best of ``--rounds``.
+digits baseline (``generated/digits_cnn/baseline.py --epochs 1``); the same script
+ending with a plain ``sys.exit(main())`` (no ``gc.freeze()``: the interpreter's last
+garbage collection walks every object torch, sympy and scipy left, ~1 s); and that
+script with the seeding it had before too (``torch.use_deterministic_algorithms(True)``,
+which imports torch's compiler stack). Overhead = the script's wall time as a process,
+minus its own ``wall_time_s``, minus the bare import. Best of ``--rounds``.
 
     python benchmarks/bench_startup.py [--rounds 3]
 """
@@ -25,6 +27,7 @@ SCRIPT = ROOT / "generated" / "digits_cnn" / "baseline.py"
 OLD_SEEDING = (
     "    torch.manual_seed(seed)\n    torch.use_deterministic_algorithms(True)\n"
 )
+FREEZE = "    gc.freeze()  # skip the collector's last pass over torch's objects at exit\n"
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -42,46 +45,53 @@ def script_run(script: Path, out: Path) -> tuple[float, float]:
     return wall, json.loads(out.read_text())["wall_time_s"]
 
 
+def variant(text: str, old: str, new: str, what: str) -> str:
+    changed = text.replace(old, new, 1)
+    assert changed != text, f"{what} changed in the script: update the benchmark"
+    return changed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    names = ("now", "plain exit", "plain exit, old seeding")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "generated" / "digits_cnn"
         folder.mkdir(parents=True)
         (Path(tmp) / "examples").symlink_to(ROOT / "examples")
-        now = folder / "baseline.py"
-        now.write_text(SCRIPT.read_text())
-        before = folder / "baseline_old_seeding.py"
-        text = SCRIPT.read_text().replace(
-            "    torch.manual_seed(seed)\n", OLD_SEEDING, 1
-        )
-        assert (
-            text != SCRIPT.read_text()
-        ), "seed_everything changed: update the benchmark"
-        before.write_text(text)
-        rows: dict[str, list[tuple[float, float]]] = {
-            "bare": [],
-            "now": [],
-            "before": [],
-        }
+        text = SCRIPT.read_text()
+        plain = variant(text, FREEZE, "", "the gc.freeze() exit")
+        old = variant(plain, "    torch.manual_seed(seed)\n", OLD_SEEDING, "seeding")
+        scripts = {}
+        for name, body in zip(names, (text, plain, old)):
+            scripts[name] = folder / f"{name.replace(' ', '_').replace(',', '')}.py"
+            scripts[name].write_text(body)
+        rows: dict[str, list[tuple[float, float]]] = {"bare": []}
+        rows.update((name, []) for name in names)
+        finals = {}
         for _ in range(args.rounds):
             rows["bare"].append(
                 (timed([sys.executable, "-c", "import torch"], folder), 0.0)
             )
-            rows["now"].append(script_run(now, Path(tmp) / "now.json"))
-            rows["before"].append(script_run(before, Path(tmp) / "before.json"))
-        same = (
-            json.loads((Path(tmp) / "now.json").read_text())["final"]
-            == json.loads((Path(tmp) / "before.json").read_text())["final"]
-        )
+            for name in names:
+                out = Path(tmp) / f"{scripts[name].stem}.json"
+                rows[name].append(script_run(scripts[name], out))
+                finals[name] = json.loads(out.read_text())["final"]
     bare = min(wall for wall, _ in rows["bare"])
     print(f"bare `import torch` process: {bare:.2f} s (best of {args.rounds})")
     print("| script | process wall | own work | overhead beyond torch import |")
     print("|---|---:|---:|---:|")
-    for name in ("now", "before"):
-        wall, own = min(rows[name])
-        print(f"| {name} | {wall:.2f} s | {own:.2f} s | {wall - own - bare:.2f} s |")
+    overhead = {}
+    for name in names:
+        wall, own = min(rows[name], key=lambda row: row[0] - row[1])
+        overhead[name] = wall - own - bare
+        print(f"| {name} | {wall:.2f} s | {own:.2f} s | {overhead[name]:.2f} s |")
+    print(
+        f"exit saved by gc.freeze(): {overhead['plain exit'] - overhead['now']:.2f} s; "
+        f"seeding saved: {overhead['plain exit, old seeding'] - overhead['plain exit']:.2f} s"
+    )
+    same = all(final == finals["now"] for final in finals.values())
     print(f"final metrics identical: {same}")
 
 
