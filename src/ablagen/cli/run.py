@@ -63,7 +63,11 @@ def run(
         float, typer.Option("--cpus-per-run", help="Ray: CPUs per run.")
     ] = 1.0,
     gpus_per_run: Annotated[
-        float, typer.Option("--gpus-per-run", help="Ray: GPUs per run.")
+        float,
+        typer.Option(
+            "--gpus-per-run",
+            help="Ray: GPUs per run; a fraction shares a GPU (0.5: two runs per GPU, 0.25: four).",
+        ),
     ] = 0.0,
     only: Annotated[
         str | None, typer.Option("--only", help="Comma list of variant ids to run.")
@@ -83,6 +87,44 @@ def run(
     ] = "cpu",
     track: TrackOpt = None,
     max_memory: MaxMemoryOpt = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="Local, with --device cuda: comma list of GPU indices the runs are spread over"
+            " (each run sees one, via CUDA_VISIBLE_DEVICES) (default: every visible GPU).",
+            show_default=False,
+        ),
+    ] = None,
+    runs_per_gpu: Annotated[
+        int,
+        typer.Option(
+            "--runs-per-gpu",
+            help="Local, with --device cuda: most runs one GPU holds at once; --jobs defaults to GPUs x this.",
+        ),
+    ] = 1,
+    keep_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--keep-checkpoints",
+            help="Keep each finished run's mid-run checkpoint (runs/...) instead of deleting it.",
+        ),
+    ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Runs that start drop their mid-run checkpoint and train from epoch 1.",
+        ),
+    ] = False,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            "--checkpoint-every",
+            help="Epochs between mid-run checkpoints (0: none) (default: the script's, every epoch).",
+            show_default=False,
+        ),
+    ] = None,
     no_wait: Annotated[
         bool,
         typer.Option(
@@ -91,10 +133,12 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """Run the study's scripts (resuming: runs already ok are skipped). Exit 1 if any run is not ok."""
+    """Run the study's scripts (resuming: runs already ok are skipped, interrupted
+    ones continue from their last mid-run checkpoint). Exit 1 if any run is not ok."""
     from rich.console import Console
 
     from ablagen.orchestrate import RunOptions, parse_ids, parse_seeds, run_study
+    from ablagen.orchestrate.placement import parse_gpus
     from ablagen.orchestrate.render import PlainProgress, RichProgress, print_summary
 
     options = RunOptions(
@@ -111,6 +155,11 @@ def run(
         device=device,
         max_memory_gb=max_memory,
         wait=not no_wait,
+        gpus=parse_gpus(gpus) if gpus is not None else None,
+        runs_per_gpu=runs_per_gpu,
+        keep_checkpoints=keep_checkpoints,
+        restart=restart,
+        checkpoint_every=checkpoint_every,
     )
     console = Console(highlight=False)
     reporter = (

@@ -10,6 +10,9 @@ so the runs do not oversubscribe the machine; with one job torch keeps its defau
 Each run's memory is watched by its worker and capped at ``--max-memory`` (default:
 80% of the machine's memory divided by the jobs); a run past it is killed and
 stored as ``oom`` (see :mod:`.worker`).
+With ``--device cuda`` each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES`` in
+its runs' environment; see :mod:`.placement`): at most ``--runs-per-gpu`` runs share
+a GPU, and ``--jobs`` defaults to GPUs x runs per GPU.
 Results equal ``python script.py`` run with the same thread count (with fewer
 threads, float reductions may differ in the last bits). One thread per worker in
 the orchestrator feeds it runs and collects outcomes.
@@ -34,6 +37,7 @@ from typing import IO, Any
 from ablagen.errors import BackendError
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import RawOutcome, gigabytes, read_tail
+from ablagen.orchestrate.placement import place
 
 WORKER = Path(__file__).with_name("worker.py")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -215,6 +219,7 @@ class _SubprocessWorker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(request.get("env") or {})},
             )
             try:
                 code, timed_out = proc.wait(timeout=request["timeout"]), False
@@ -249,7 +254,11 @@ class LocalBackend:
         self.tmp = tmp
         self.timeout_s = options.timeout_s
         cores = usable_cpus()
-        self.jobs = options.jobs or cores
+        self.placement = place(options.device, options.gpus, options.runs_per_gpu)
+        if self.placement is None:
+            self.jobs = options.jobs or cores
+        else:  # one worker per GPU slot at most: no GPU above --runs-per-gpu
+            self.jobs = min(options.jobs or self.placement.slots, self.placement.slots)
         # one job: torch's own default, exactly as `python script.py` would run
         self.threads = max(1, cores // self.jobs) if self.jobs > 1 else None
         self.memory_limit = options.memory_limit_bytes(self.jobs)
@@ -274,6 +283,8 @@ class LocalBackend:
             where = "local, 1 warm worker"
         else:
             where = f"local, {self.jobs} warm workers x {self.threads} thread{'s' * (self.threads > 1)}"
+        if self.placement is not None:
+            where = f"{where}, {self.placement.describe()}"
         if self.memory_limit is None:
             return f"{where}, no memory limit"
         return f"{where}, at most {gigabytes(self.memory_limit)} memory per run"
@@ -288,7 +299,7 @@ class LocalBackend:
         for index, worker in enumerate(self._workers):
             thread = threading.Thread(
                 target=self._serve,
-                args=(worker,),
+                args=(worker, self._env(index)),
                 daemon=True,
                 name=f"ablagen-worker-{index}",
             )
@@ -304,7 +315,11 @@ class LocalBackend:
             self._counter += 1
             return self.tmp / f"result-{self._counter}.json"
 
-    def _serve(self, worker: _Worker | _SubprocessWorker) -> None:
+    def _env(self, index: int) -> dict[str, str]:
+        """What worker ``index``'s runs get on top of the environment (its GPU)."""
+        return {} if self.placement is None else self.placement.env(index)
+
+    def _serve(self, worker: _Worker | _SubprocessWorker, env: dict[str, str]) -> None:
         try:
             try:
                 worker.warm()  # imports run while the first runs are being claimed
@@ -319,13 +334,15 @@ class LocalBackend:
                 spec = self._todo.get()
                 if spec is None:
                     break
-                self._done.put(self._run(worker, spec))
+                self._done.put(self._run(worker, spec, env))
         except BaseException as exc:  # noqa: BLE001
             self._done.put(exc)  # handed to the main thread, raised there
         finally:
             worker.close()
 
-    def _run(self, worker: _Worker | _SubprocessWorker, spec: RunSpec) -> RawOutcome:
+    def _run(
+        self, worker: _Worker | _SubprocessWorker, spec: RunSpec, env: dict[str, str]
+    ) -> RawOutcome:
         out = self._out_path()
         request = {
             "script": str((self.study_dir / spec.script).resolve()),
@@ -336,6 +353,7 @@ class LocalBackend:
             "threads": self.threads,
             "learn": str(out.with_suffix(".modules.json")),
             "max_memory": self.memory_limit,
+            "env": env,
         }
         reply = worker.run(request)
         try:

@@ -72,6 +72,13 @@ class RunOptions:
     ``preload`` (local backend, library only): modules the warm workers import up
     front instead of the default torch, torch._dynamo, numpy, sklearn; the scripts'
     own top-level imports are always added.
+    ``gpus``, ``runs_per_gpu`` (local backend, ``device="cuda"``): the GPUs the
+    workers are pinned to (``None``: every visible one) and the most runs one GPU
+    holds at once (see :mod:`.placement`).
+    ``keep_checkpoints``, ``restart``, ``checkpoint_every``: what scripts that take
+    ``--resume-from`` are told (see :mod:`.checkpoints`): keep the checkpoint of a
+    finished run, drop an existing checkpoint and start over, save every N epochs
+    (``None``: the script's default; 0: never).
     """
 
     jobs: int | None = None
@@ -88,6 +95,11 @@ class RunOptions:
     preload: tuple[str, ...] | None = None
     max_memory_gb: float | None = None
     wait: bool = True  # wait for runs another live orchestrator holds
+    gpus: tuple[int, ...] | None = None
+    runs_per_gpu: int = 1
+    keep_checkpoints: bool = False
+    restart: bool = False
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.jobs is not None and self.jobs < 1:
@@ -127,6 +139,34 @@ class RunOptions:
             raise ConfigError(
                 f"unknown device {self.device!r}",
                 f"pass --device {' or '.join(DEVICES)}",
+            )
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        if self.runs_per_gpu < 1:
+            raise ConfigError(
+                f"--runs-per-gpu {self.runs_per_gpu} is not a positive number",
+                "pass --runs-per-gpu 1 or more",
+            )
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise ConfigError(
+                f"--checkpoint-every {self.checkpoint_every} is negative",
+                "pass a number of epochs >= 1 (0: no mid-run checkpoints)",
+            )
+        if self.gpus is not None and self.device != "cuda":
+            raise ConfigError(
+                f"--gpus {','.join(map(str, self.gpus))} needs CUDA runs",
+                "add --device cuda (or drop --gpus)",
+            )
+        if self.gpus_per_run > 1 and self.gpus_per_run != int(self.gpus_per_run):
+            raise ConfigError(
+                f"--gpus-per-run {self.gpus_per_run}: a fraction above 1 GPU",
+                "pass a share of one GPU (e.g. 0.5) or a whole number of GPUs",
+            )
+        if self.gpus is not None and self.backend != "local":
+            raise ConfigError(
+                f"--gpus is for the local backend, not {self.backend}",
+                "with --backend ray pass --gpus-per-run (e.g. 0.5: two runs per GPU)",
             )
 
     def memory_limit_bytes(self, jobs: int) -> int | None:
@@ -216,6 +256,10 @@ class RunSpec:
     #: every manifest entry this one run scores (a knockout.py run scores them all);
     #: empty for an ordinary one-variant script
     members: tuple[str, ...] = ()
+    #: its mid-run checkpoint (relative to the study), for scripts that take one
+    checkpoint: str | None = None
+    #: flags after ``args`` that are not part of the run's key (``--resume-from``...)
+    extra_argv: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int, str, str]:
@@ -236,7 +280,7 @@ class RunSpec:
         argv = ["--seed", str(self.seed)]
         for name in sorted(self.args):
             argv += [f"--{name.replace('_', '-')}", str(self.args[name])]
-        return argv + ["--out", out]
+        return argv + list(self.extra_argv) + ["--out", out]
 
 
 @dataclass(frozen=True)

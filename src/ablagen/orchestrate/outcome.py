@@ -11,7 +11,9 @@ crashed       killed by a signal (segfault, ``os.abort``; SIGKILL from outside,
               most often the kernel's OOM killer), or its worker process died
 diverged      exit code 3, or the result says ``"status": "diverged"``, or a
               final metric or loss in the result is NaN/inf
-failed        any other non-zero exit, a result with ``"status": "failed"``,
+failed        any other non-zero exit, a result with ``"status": "failed"`` (or
+              ``"refused"``: a checkpoint that is not the run's; the reason says
+              ``--retry-failed --restart``),
               or exit 0 without a readable JSON object at ``--out``
 ok            exit 0 with a result whose status is ``"ok"``
 ============  ===============================================================
@@ -142,6 +144,12 @@ def classify(raw: RawOutcome, log_tail: str) -> RunRecord:
         )
     elif result is not None and (bad := _non_finite(result)) is not None:
         status, reason = "diverged", f"{bad} is not finite"
+    elif result is not None and result.get("status") == "refused":
+        said = str(result.get("error") or "its checkpoint is not this run's")
+        status = "failed"  # a foreign or other-shape checkpoint at --resume-from
+        reason = (
+            f"{said.split('; ')[0]}; rerun with `ablagen run --retry-failed --restart`"
+        )
     elif code != 0:
         said = (result or {}).get("error") or (
             log_tail.strip().splitlines()[-1:] or [""]

@@ -6,6 +6,14 @@ else in a temporary directory, and returns (exit code, result JSON text, log tex
 wall time). The driver writes the log file and the record into the study's store.
 ``--ray-address`` joins an existing cluster (``auto`` finds a local one); without
 it a private local Ray instance is started and shut down at the end.
+
+GPUs: ``--gpus-per-run`` is each task's ``num_gpus``, and Ray sets the task's
+``CUDA_VISIBLE_DEVICES`` (the script inherits it). A fraction shares a GPU:
+``--gpus-per-run 0.5`` runs two at once per GPU, ``0.25`` four; Ray only counts the
+shares, so the runs sharing a GPU must fit in its memory together. Values above 1
+must be whole numbers (Ray's rule). Mid-run checkpoints resume when the node runs
+the script in the study directory (a shared or local study); in a temporary
+directory a checkpoint lasts only for that try.
 """
 
 from __future__ import annotations
@@ -134,6 +142,9 @@ def _run_task(
         else:
             cwd, path = tmp, os.path.join(tmp, script_name)
             Path(path).write_bytes(script)
+        if "--resume-from" in argv:  # in the study: resumable; in tmp: for this try
+            ckpt = Path(cwd, argv[argv.index("--resume-from") + 1])
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
         out = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "run.log")
         env = dict(

@@ -247,6 +247,9 @@ def status_table(status: StudyStatus) -> Table:
                 text += f" {headline(cell.record.result)}".rstrip()
             elif cell.status == "oom" and cell.record is not None:
                 text += f" at {gigabytes(cell.record.peak_memory_bytes)}"
+            if cell.resume is not None:
+                epoch = cell.resume.epoch
+                text += f", resumable at epoch {epoch}" if epoch else ", resumable"
             cells.append(text)
         table.add_row(
             escape(variant.id),
@@ -265,6 +268,8 @@ def print_status(status: StudyStatus, console: Console) -> None:
             f"{status.stale_runs} stored runs belong to older scripts (ignored)",
             highlight=False,
         )
+    if status.checkpoints or status.stale_checkpoints:
+        console.print(_checkpoint_line(status), highlight=False)
     if status.left:
         console.print(
             f"left to run: {len(status.left)}; run them with `ablagen run {escape(status.study_dir)}`",
@@ -275,3 +280,21 @@ def print_status(status: StudyStatus, console: Console) -> None:
             f"not ok: {len(status.not_ok)}; rerun them with `ablagen run {escape(status.study_dir)} --retry-failed`",
             highlight=False,
         )
+
+
+def _checkpoint_line(status: StudyStatus) -> str:
+    """Checkpoints' disk use: resumable runs, kept ones, older scripts' ones."""
+    total = sum(c.bytes for c in (*status.checkpoints, *status.stale_checkpoints))
+    n = len(status.resumable)
+    parts = [f"{n} resumable run{'s' * (n != 1)}"]
+    kept = len(status.checkpoints) - len(status.resumable)
+    if kept > 0:
+        parts.append(f"{kept} kept")
+    if status.stale_checkpoints:
+        parts.append(f"{len(status.stale_checkpoints)} of older scripts")
+    files = len(status.checkpoints) + len(status.stale_checkpoints)
+    size = f"{total / 1e3:.0f} kB" if total < 1e6 else gigabytes(total)
+    return (
+        f"checkpoints: {files} in {escape(status.study_dir)}/runs, {size}"
+        f" ({', '.join(parts)})"
+    )

@@ -39,6 +39,7 @@ from types import FrameType
 
 from ablagen.errors import StudyError
 from ablagen.fsutil import WriteError, io_fix, sha256_file, writing
+from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.backends import Backend, get_backend
 from ablagen.orchestrate.options import (
     FAILED_STATUSES,
@@ -136,10 +137,16 @@ def plan_runs(study: Path, manifest: Manifest, options: RunOptions) -> list[RunS
             entry = manifest.variant(
                 BASELINE_ID if BASELINE_ID in members else members[0]
             )
-        specs += [
-            RunSpec(entry.id, entry.script, entry.sha256, seed, dict(args), members)
-            for seed in seeds
-        ]
+        resumable = checkpoints.takes_checkpoints(study / entry.script)
+        for seed in seeds:
+            spec = RunSpec(
+                entry.id, entry.script, entry.sha256, seed, dict(args), members
+            )
+            if resumable:
+                path = checkpoints.checkpoint_path(spec)
+                extra = checkpoints.checkpoint_argv(path, options)
+                spec = replace(spec, checkpoint=path, extra_argv=extra)
+            specs.append(spec)
     return specs
 
 
@@ -252,6 +259,7 @@ def run_study(
                 notify,
                 _Tally(len(todo), skipped_ok, len(skipped_failed), backend.name),
                 seen=seen,
+                keep_checkpoints=options.keep_checkpoints,
             )
             if todo:
                 with writing(study / LOGS_DIR, "the log folder"):
@@ -348,6 +356,7 @@ class _Session:
     elsewhere: list[RunSpec] = field(default_factory=list)
     done_elsewhere: list[RunRecord] = field(default_factory=list)
     jobs: int = 0
+    keep_checkpoints: bool = False
 
     def execute(self, todo: list[RunSpec], wait: bool = True) -> None:
         """Run ``todo`` on the started backend, at most ``capacity`` at a time; with
@@ -395,6 +404,8 @@ class _Session:
                             raise fault
                         record = self._finish(raw.spec, record)
                         inflight.pop(raw.spec.key, None)
+                    if record.ok and not self.keep_checkpoints:
+                        checkpoints.finished(self.study, raw.spec)
                     self.tally.ran.append(record)
                     self.tally.running = len(inflight)
                     self.notify(self.tally.event("finished", record=record))
@@ -475,6 +486,10 @@ class _Session:
         try:
             with writing(log, "the run log"):
                 log.open("ab").close()  # fails here, not inside the run, if it cannot
+            if spec.checkpoint is not None:
+                folder = (self.study / spec.checkpoint).parent
+                with writing(folder, "the checkpoint folder"):
+                    folder.mkdir(parents=True, exist_ok=True)
         except WriteError:
             with contextlib.suppress(WriteError):
                 self.store.release([spec], self.owner)

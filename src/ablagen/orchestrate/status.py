@@ -22,6 +22,16 @@ stable ``--json`` form (``schema`` 1; keys are sorted when printed)::
 
 A variant's ``status`` is ``ok`` when every seed is ok, ``pending`` when none ran,
 else the first present of running, crashed, timeout, diverged, failed, pending.
+
+Mid-run checkpoints (see :mod:`.checkpoints`): a cell that is not ok and has a
+checkpoint of its current script is resumable; its JSON gains ``"resumable_epoch"``
+(the last saved epoch, ``null`` when the script wrote no note) and
+``"checkpoint"`` (the file). The top level gains their disk use::
+
+     "checkpoints": {"files": 3, "bytes": 120000, "stale_files": 1, "stale_bytes": 40000}
+
+``stale``: checkpoints of scripts no longer in the manifest (removed when the new
+script's run of that seed finishes).
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablagen.orchestrate import checkpoints
+from ablagen.orchestrate.checkpoints import Checkpoint
 from ablagen.orchestrate.options import RunOptions, args_json, check_seeds
 from ablagen.orchestrate.owner import Owner
 from ablagen.orchestrate.records import STATUSES, RunRecord
@@ -49,6 +61,8 @@ class Cell:
     seed: int
     status: str  # one of CELL_STATUSES
     record: RunRecord | None = None
+    #: the furthest checkpoint of this cell's current script, when it is not ok
+    resume: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,12 @@ class StudyStatus:
     seeds: tuple[int, ...]
     variants: tuple[VariantStatus, ...]
     stale_runs: int = 0
+    checkpoints: tuple[Checkpoint, ...] = ()
+    stale_checkpoints: tuple[Checkpoint, ...] = ()
+
+    @property
+    def resumable(self) -> tuple[Cell, ...]:
+        return tuple(c for c in self.cells if c.resume is not None)
 
     @property
     def cells(self) -> tuple[Cell, ...]:
@@ -105,6 +125,12 @@ class StudyStatus:
                 for c in self.not_ok
             ],
             "stale_runs": self.stale_runs,
+            "checkpoints": {
+                "files": len(self.checkpoints),
+                "bytes": sum(c.bytes for c in self.checkpoints),
+                "stale_files": len(self.stale_checkpoints),
+                "stale_bytes": sum(c.bytes for c in self.stale_checkpoints),
+            },
             "variants": [
                 {
                     "id": v.id,
@@ -122,11 +148,17 @@ def _finite(value: Any) -> Any:
 
 
 def _cell_json(cell: Cell) -> dict[str, Any]:
+    resume = (
+        {}
+        if cell.resume is None
+        else {"resumable_epoch": cell.resume.epoch, "checkpoint": cell.resume.path}
+    )
     rec = cell.record
     if rec is None:
-        return {"status": cell.status}
+        return {"status": cell.status, **resume}
     final = (rec.result or {}).get("final")
     return {
+        **resume,
         "status": cell.status,
         "args": rec.args,
         "wall_time_s": round(rec.wall_time_s, 3),
@@ -198,15 +230,28 @@ def study_status(
             )
         ):
             latest[key] = rec
+    saved = checkpoints.scan(study)
+    scripts = {(Path(v.script).stem, v.sha256[:8]) for v in manifest.variants}
+    own = [c for c in saved if (c.stem, c.sha8) in scripts]
+    furthest: dict[tuple[str, int], Checkpoint] = {}
+    for ckpt in own:  # one per (script, seed): the furthest, whatever its arguments
+        held = furthest.get((ckpt.stem, ckpt.seed))
+        if held is None or (ckpt.epoch or 0) > (held.epoch or 0):
+            furthest[(ckpt.stem, ckpt.seed)] = ckpt
     variants = []
     for entry in manifest.variants:
         cells = []
         for seed in seeds:
             found = latest.get((entry.id, seed))
+            status = found.status if found else "pending"
+            resume = furthest.get((Path(entry.script).stem, seed))
             cells.append(
-                Cell(entry.id, seed, found.status if found else "pending", found)
+                Cell(entry.id, seed, status, found, None if status == "ok" else resume)
             )
         variants.append(
             VariantStatus(entry.id, entry.script, _variant_status(cells), tuple(cells))
         )
-    return StudyStatus(str(study), tuple(seeds), tuple(variants), stale)
+    stale_ckpts = tuple(c for c in saved if (c.stem, c.sha8) not in scripts)
+    return StudyStatus(
+        str(study), tuple(seeds), tuple(variants), stale, tuple(own), stale_ckpts
+    )
