@@ -158,8 +158,9 @@ class ResumeRefused(Exception):
     """A --resume-from file of another script or model shape (exit 2)."""
 
 
-def save_run_state(path, epoch, parts, generators, progress):
-    """The model, optimizer, scheduler, RNGs and loop progress after ``epoch``, atomically."""
+def save_run_state(args, epoch, parts, generators, progress):
+    """The model, optimizer, scheduler, RNGs and loop progress after ``epoch``, atomically;
+    then a note beside it that `ablagen status` reads (the epoch, without loading)."""
     state = {name: part.state_dict() for name, part in parts.items()}
     rng = [
         torch.get_rng_state(),
@@ -167,7 +168,9 @@ def save_run_state(path, epoch, parts, generators, progress):
         *(g.get_state() for g in generators),
     ]
     state.update(variant=VARIANT, epoch=epoch, rng=rng, progress=progress)
-    save_atomic(path, lambda tmp: torch.save(state, tmp))
+    save_atomic(args.resume_from, lambda tmp: torch.save(state, tmp))
+    note = json.dumps({"epoch": epoch, "variant": VARIANT, "seed": args.seed})
+    save_atomic(f"{args.resume_from}.json", lambda tmp: Path(tmp).write_text(note))
 
 
 def load_run_state(path, parts, generators, fresh):
@@ -265,9 +268,10 @@ def train(args):
         if args.resume_from and epoch % (args.checkpoint_every or math.inf) == 0:
             run = (history, epochs_to_target, train_time)
             bests = (best_train_loss, best_val_loss, stale_epochs)
-            save_run_state(args.resume_from, epoch, parts, generators, (run, bests))
+            save_run_state(args, epoch, parts, generators, (run, bests))
     if args.resume_from and not args.keep_checkpoint:  # finished: nothing to resume
-        Path(args.resume_from).unlink(missing_ok=True)
+        for path in (args.resume_from, f"{args.resume_from}.json"):  # then its note
+            Path(path).unlink(missing_ok=True)
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
     samples = len(x_train) * len(history)
@@ -309,8 +313,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
         parser.error("--checkpoint-every must be 0 (no checkpoints) or more")
-    if args.restart and args.resume_from and os.path.exists(args.resume_from):
-        os.remove(args.resume_from)
+    if args.restart and args.resume_from:
+        for path in (args.resume_from, f"{args.resume_from}.json"):  # then its note
+            Path(path).unlink(missing_ok=True)
     return args
 
 
@@ -363,6 +368,7 @@ def main(argv=None):
         "error": None,
     }
     try:
+        result["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else None
         result.update(train(args))
     except ResumeRefused as exc:  # a user error: one line, no traceback, exit 2
         print(f"error: {exc}", file=sys.stderr)

@@ -362,6 +362,7 @@ def main(argv=None):
         "error": None,
     }
     try:
+        result["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else None
         result.update(train(args))
     except Exception as exc:  # the run failed: say so in the result, exit 1
         traceback.print_exc()
