@@ -1,0 +1,1 @@
+"""CUDA checks: python -m pytest -q tests/gpu (skipped without CUDA)."""

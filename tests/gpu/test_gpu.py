@@ -1,0 +1,279 @@
+"""The CUDA checks, in one module: ``python -m pytest -q tests/gpu`` on a GPU machine
+(a minute or two); skipped without CUDA.
+
+- the generated loop makes no host sync per step: under
+  ``torch.cuda.set_sync_debug_mode("warn")`` an epoch of twice the steps syncs no
+  more often than one of half (the loop reads its sums once per epoch);
+- a generated script runs on the GPU end to end, records the GPU's name, and, if
+  the scripts take ``--amp``, trains in bf16 and fp16;
+- the perturbed optimizer on CUDA: bit-identical to torch.optim at sigma 0, one
+  seeded generator per device (and per GPU with two), reproducible noise, the
+  fused non-finite check skipping a step;
+- with two GPUs, ``ablagen run --device cuda`` puts runs on both, one GPU each.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+MODEL = """
+import torch
+from torch import nn
+
+INPUT_SHAPE = (32,)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 256)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(256, 4)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    from scriptutil import generate
+
+    from ablagen.codegen.context import TrainConfig
+
+    root = tmp_path_factory.mktemp("gpu")
+    model = root / "net.py"
+    model.write_text(textwrap.dedent(MODEL))
+    train = TrainConfig(epochs=3, batch_size=32, sigma=0.01)
+    return generate(
+        model, root / "s", train=train, dataset="synthetic", components=("fc1",)
+    )
+
+
+def _syncs(script: Path, batch_size: int) -> int:
+    """Host syncs ``torch.cuda`` reports during one epoch of the script's loop."""
+    from scriptutil import load_script
+
+    module = load_script(script)
+    argv = ["--device", "cuda", "--epochs", "1", "--batch-size", str(batch_size)]
+    args = module.parse_args(argv)
+    module.seed_everything(args.seed)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            module.train(args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def test_the_loop_makes_no_host_sync_per_step(study):
+    few, many = _syncs(study / "baseline.py", 64), _syncs(study / "baseline.py", 16)
+    assert many <= few, (few, many)  # 4x the steps, no more syncs: none per step
+
+
+def _run(script: Path, *argv: str) -> dict:
+    out = script.parent / f"{script.stem}.{len(argv)}.json"
+    proc = subprocess.run(
+        [sys.executable, script.name, "--device", "cuda", "--out", out.name, *argv],
+        cwd=script.parent,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_a_generated_script_trains_on_the_gpu_and_names_it(study):
+    result = _run(study / "baseline.py")
+    assert result["status"] == "ok" and result["device"] == "cuda"
+    assert result["gpu"] == torch.cuda.get_device_name()
+    assert result["peak_memory_bytes"] > 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_when_the_scripts_take_amp(study, precision):
+    script = study / "baseline.py"
+    if '"--amp"' not in script.read_text():
+        pytest.skip("the generated scripts have no --amp option yet")
+    result = _run(script, "--amp", precision)
+    assert result["status"] == "ok"
+    assert all(v == v for v in result["final"].values() if isinstance(v, float))
+
+
+# -- the perturbed optimizer's CUDA paths ------------------------------------------
+
+
+def _model(device: str | list[str]) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    if isinstance(device, str):
+        return model.to(device)
+    model[0].to(device[0])
+    model[2].to(device[1])
+    return model
+
+
+class _Split(nn.Module):
+    """Two layers on two GPUs (model parallel): a bucket, a generator, per device."""
+
+    def __init__(self, inner: nn.Module, devices: list[str]) -> None:
+        super().__init__()
+        self.inner, self.devices = inner, devices
+
+    def forward(self, x):
+        h = self.inner[1](self.inner[0](x.to(self.devices[0])))
+        return self.inner[2](h.to(self.devices[1]))
+
+
+def _train(model, opt, steps: int = 5, bad_step: int | None = None):
+    gen = torch.Generator().manual_seed(1)
+    out_device = next(model.parameters()).device
+    for step in range(steps):
+        x = torch.randn(32, 8, generator=gen).to(out_device)
+        y = torch.randint(0, 3, (32,), generator=gen)
+        opt.zero_grad()
+        output = model(x)
+        nn.functional.cross_entropy(output, y.to(output.device)).backward()
+        if step == bad_step:
+            next(model.parameters()).grad[0, 0] = float("inf")
+        opt.step()
+    return [p.detach().cpu().clone() for p in model.parameters()]
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("base", ["sgd", "adam"])
+def test_sigma_zero_is_bit_identical_to_torch_optim_on_cuda(base):
+    from ablagen.perturb import PerturbedOptimizer
+
+    def make(model):
+        if base == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    plain = _model("cuda")
+    wrapped = _model("cuda")
+    reference = _train(plain, make(plain))
+    assert _same(reference, _train(wrapped, PerturbedOptimizer(make(wrapped), sigma=0)))
+
+
+def test_noise_comes_from_a_seeded_generator_on_the_gpu():
+    from ablagen.perturb import PerturbedOptimizer
+
+    def run(seed: int):
+        model = _model("cuda")
+        opt = PerturbedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), sigma=0.05, seed=seed
+        )
+        return _train(model, opt), opt
+
+    first, opt = run(0)
+    again, _ = run(0)
+    other, _ = run(1)
+    assert _same(first, again) and not _same(first, other)
+    generators = list(opt._generators.values())
+    assert generators and all(g.device.type == "cuda" for g in generators)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_one_generator_per_gpu_with_a_model_split_over_two():
+    from ablagen.perturb import PerturbedOptimizer
+
+    devices = ["cuda:0", "cuda:1"]
+
+    def run():
+        model = _Split(_model(devices), devices)
+        opt = PerturbedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), sigma=0.05
+        )
+        return _train(model, opt), opt
+
+    first, opt = run()
+    again, _ = run()
+    assert _same(first, again)
+    assert {str(g.device) for g in opt._generators.values()} == set(devices)
+
+
+def test_the_fused_non_finite_check_skips_the_step_on_cuda():
+    from ablagen.perturb import PerturbedOptimizer
+
+    model = _model("cuda")
+    opt = PerturbedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), sigma=0.05)
+    before = _train(model, opt, steps=2)
+    model_b = _model("cuda")
+    opt_b = PerturbedOptimizer(
+        torch.optim.SGD(model_b.parameters(), lr=0.1), sigma=0.05
+    )
+    after = _train(model_b, opt_b, steps=3, bad_step=2)  # the third step: inf
+    assert opt_b.skipped_steps == 1 and opt.skipped_steps == 0
+    assert _same(before, after)  # the bad step changed nothing
+    assert all(torch.isfinite(p).all() for p in after)
+
+
+# -- placement over two GPUs -------------------------------------------------------
+
+PROBE = """
+import argparse, json, os, time
+import torch
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--device", default="cpu")
+parser.add_argument("--out", default=None)
+args = parser.parse_args()
+x = torch.ones(1024, device=args.device) * args.seed
+time.sleep(0.5)
+result = {
+    "schema": 1, "variant": VARIANT, "status": "ok", "seed": args.seed,
+    "final": {"val_acc": float(x.mean()) * 0 + 0.5},
+    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    "device_count": torch.cuda.device_count(),
+    "bus": torch.cuda.get_device_properties(0).pci_bus_id,
+}
+with open(args.out, "w") as fh:
+    json.dump(result, fh)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_runs_are_placed_on_both_gpus_one_each(tmp_path):
+    from conftest_orchestrate import write_manifest
+
+    from ablagen.orchestrate import RunOptions, run_study
+    from ablagen.orchestrate.store import ResultStore
+
+    study = tmp_path / "study"
+    study.mkdir()
+    ids = ["baseline", "a:zero", "b:zero", "c:zero"]
+    for vid in ids:
+        (study / f"{vid.replace(':', '__')}.py").write_text(
+            f"VARIANT = {vid!r}\n" + PROBE
+        )
+    write_manifest(study, ids)
+    summary = run_study(study, RunOptions(device="cuda", gpus=(0, 1), seeds=(0,)))
+    assert summary.all_ok and summary.jobs == 2
+    with ResultStore(study, readonly=True) as store:
+        runs = [r.result for r in store.records(status="ok")]
+    assert all(r["device_count"] == 1 for r in runs)  # each run sees one GPU
+    buses = {torch.cuda.get_device_properties(i).pci_bus_id for i in (0, 1)}
+    assert {r["bus"] for r in runs} == buses  # and both GPUs were used
