@@ -246,9 +246,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="write the JSON result here")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--lr", type=float, default=LR)
-    parser.add_argument(
-        "--checkpoint", default=None, help="save the trained weights here"
-    )
+    parser.add_argument("--checkpoint", default=None, help="save the weights here")
     return parser.parse_args(argv)
 
 
