@@ -1,4 +1,17 @@
-"""The Ray backend: each run is a Ray task that runs ``python script.py`` in a subprocess.
+"""The Ray backend: warm Ray actors, one per worker slot, run the scripts.
+
+Each slot is an actor (``--cpus-per-run``/``--gpus-per-run``/``--max-memory`` are its
+Ray resources) that starts :mod:`.worker` -- the local pool's warm worker, shipped as
+text, so a node needs no ablagen -- with one worker: it imports torch (and the
+scripts' other top-level imports) once, and every run is a fresh fork of it
+executing the script with ``runpy``, exactly as in the local backend. So a run
+costs a fork, not a Python start plus imports, and its metrics, timeouts, kills,
+memory limit (``oom``, peak memory) and learned lazy imports are the local pool's.
+The worker is a child process of the actor, not the actor itself: forking a
+process that runs Ray's gRPC threads is unsafe. An actor that dies (node lost,
+killed) fails its run as a Ray error and is replaced by a fresh one. A cluster
+that cannot start warm actors falls back, with one warning line saying why, to
+Ray tasks that each run ``python script.py`` in a subprocess:
 
 The task gets the script's bytes (so a worker node needs no copy of the study),
 runs it in the study directory when that exists on the node with the same script,
@@ -32,12 +45,14 @@ from typing import Any
 
 from ablagen.errors import BackendError
 from ablagen.fsutil import writing
+from ablagen.orchestrate import ray_warm
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import RawOutcome
 
 CONNECT_TIMEOUT_S = 5.0
 CONNECT_RETRIES = 5  # one a second
 LOG_LIMIT = 1 << 20  # bytes of a run's log sent back to the driver (its end)
+ACTOR_START_S = 60.0  # a warm actor not up by then: fall back to fresh processes
 
 
 def _import_ray() -> Any:
@@ -193,20 +208,32 @@ def _run_task(
 
 
 class RayBackend:
-    """Runs each script as a Ray task with ``--cpus-per-run``/``--gpus-per-run``."""
+    """Runs each script on a warm actor (see :mod:`.ray_warm`), or as a fresh-process
+    Ray task where warm actors cannot start; ``--cpus-per-run``/``--gpus-per-run``."""
 
     name = "ray"
 
     def __init__(
         self, study_dir: Path, options: RunOptions, tmp: Path, scripts: list[Path]
     ) -> None:
+        from ablagen.orchestrate.local import BASE_PRELOAD, preload_modules
+
         self.ray = _import_ray()
         self.study_dir = study_dir
         self.options = options
+        self.preload = preload_modules(
+            scripts, BASE_PRELOAD if options.preload is None else options.preload
+        )
         self._started_ray = False
-        self._pending: dict[Any, RunSpec] = {}
+        self._pending: dict[Any, tuple[RunSpec, int | None]] = {}
         self._task: Any = None
+        self._actor_class: Any = None
+        self._slots: list[Any] = []  # warm actors; empty: fresh-process tasks
+        self._free: list[int] = []
+        self._retired: dict[int, Any] = {}  # busy actors of a fallback, by slot
+        self.warm_failure: str | None = None  # why the runs are not warm
         self.jobs = options.jobs or 0
+        self.threads = max(1, int(options.cpus_per_run))
         # only an explicit --max-memory: the cluster's nodes are not this machine
         self.memory_limit = (
             None if options.max_memory_gb is None else options.memory_limit_bytes(1)
@@ -218,7 +245,8 @@ class RayBackend:
 
     def describe(self) -> str:
         where = self.options.ray_address or "a local instance"
-        line = f"ray ({where}), up to {self.jobs} run{'s' * (self.jobs > 1)} at once"
+        how = "warm actors" if self._slots else "fresh processes"
+        line = f"ray ({where}), up to {self.jobs} run{'s' * (self.jobs > 1)} at once, {how}"
         if self.memory_limit is not None:
             line += f", {self.memory_limit / 1e9:.2f} GB memory reserved per run"
         return line
@@ -232,19 +260,57 @@ class RayBackend:
         if pickler is not None and hasattr(pickler, "register_pickle_by_value"):
             # nodes need no ablagen
             pickler.register_pickle_by_value(sys.modules[__name__])
-        resources: dict[str, Any] = {}
+            pickler.register_pickle_by_value(ray_warm)
+        resources: dict[str, Any] = {
+            "num_cpus": options.cpus_per_run,
+            "num_gpus": options.gpus_per_run,
+        }
         if self.memory_limit is not None:
             resources["memory"] = self.memory_limit  # Ray schedules by it
-        self._task = ray.remote(
-            num_cpus=options.cpus_per_run,
-            num_gpus=options.gpus_per_run,
-            max_retries=0,
-            **resources,
-        )(_run_task)
+        self._task = ray.remote(max_retries=0, **resources)(_run_task)
+        self._actor_class = ray.remote(max_restarts=0, **resources)(ray_warm.WarmSlot)
         if not self.jobs:
             cpus = float(ray.cluster_resources().get("CPU", 1))
             self.jobs = max(1, int(cpus // options.cpus_per_run))
+        self._start_slots()
         return self
+
+    def _new_actor(self) -> Any:
+        return self._actor_class.remote(
+            ray_warm.WORKER.read_text(encoding="utf-8"), self.preload, self.threads
+        )
+
+    def _start_slots(self) -> None:
+        """One warm actor per slot; on failure, one warning line and fresh processes."""
+        ray = self.ray
+        self._slots = [self._new_actor() for _ in range(self.jobs)]
+        try:
+            ray.get([slot.ping.remote() for slot in self._slots], timeout=ACTOR_START_S)
+        except Exception as exc:  # noqa: BLE001 - any reason: the tasks still work
+            if isinstance(exc, getattr(ray.exceptions, "GetTimeoutError", ())):
+                why = f"they did not start within {ACTOR_START_S:.0f} s"
+            else:
+                why = f"{type(exc).__name__}: {_one_line(exc)}"
+            self._fall_back(why)
+            return
+        self._free = list(range(self.jobs))
+
+    def _fall_back(self, why: str) -> None:
+        self.warm_failure = why
+        sys.stderr.write(
+            f"warning: Ray cannot start warm workers ({why[:300]}); "
+            "each run starts a fresh python process\n"
+        )
+        sys.stderr.flush()
+        # their resources go to the tasks: idle actors now, busy ones once back
+        busy = {slot for _, slot in self._pending.values()}
+        for index, actor in enumerate(self._slots):
+            if index in busy:
+                self._retired[index] = actor
+            else:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor)
+        self._slots, self._free = [], []
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -252,16 +318,23 @@ class RayBackend:
     def submit(self, spec: RunSpec) -> None:
         script = (self.study_dir / spec.script).read_bytes()
         argv = spec.argv("")[:-2]  # the task adds its own --out
-        threads = max(1, int(self.options.cpus_per_run))
+        study = str(self.study_dir.resolve())
+        if self._slots and self._free:
+            index = self._free.pop()
+            ref = self._slots[index].run.remote(
+                spec.script,
+                script,
+                study,
+                argv,
+                self.options.timeout_s,
+                self.memory_limit,
+            )
+            self._pending[ref] = (spec, index)
+            return
         ref = self._task.remote(
-            spec.script,
-            script,
-            str(self.study_dir.resolve()),
-            argv,
-            self.options.timeout_s,
-            threads,
+            spec.script, script, study, argv, self.options.timeout_s, self.threads
         )
-        self._pending[ref] = spec
+        self._pending[ref] = (spec, None)
 
     def next_done(self, timeout: float | None = None) -> RawOutcome | None:
         ray = self.ray
@@ -274,15 +347,28 @@ class RayBackend:
             )
             done, _ = ray.wait(list(self._pending), num_returns=1, timeout=wait)
             if done:
-                break
+                ref = done[0]
+                spec, slot = self._pending.pop(ref)
+                outcome = self._outcome(ref, spec, slot)
+                if outcome is not None:
+                    return outcome
+                continue  # resubmitted as a fresh-process task
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-        ref = done[0]
-        spec = self._pending.pop(ref)
+
+    def _outcome(self, ref: Any, spec: RunSpec, slot: int | None) -> RawOutcome | None:
+        ray = self.ray
         try:
             reply = ray.get(ref)
+            if slot in self._retired:  # fallen back meanwhile: free its resources
+                with contextlib.suppress(Exception):
+                    ray.kill(self._retired.pop(slot))
         except ray.exceptions.RayError as exc:
-            oom = isinstance(exc, getattr(ray.exceptions, "OutOfMemoryError", ()))
+            if slot is not None and self._slots:
+                self._restart(slot)  # the actor died with its run: a fresh one
+            oom = isinstance(
+                exc, getattr(ray.exceptions, "OutOfMemoryError", ())
+            ) or "OutOfMemory" in str(exc)
             return RawOutcome(
                 spec,
                 None,
@@ -290,32 +376,62 @@ class RayBackend:
                 error=(
                     None
                     if oom
-                    else f"the Ray task failed: {type(exc).__name__}: "
-                    f"{' '.join(str(exc).split())[:300]}"
+                    else f"the Ray task failed: {type(exc).__name__}: {_one_line(exc)}"
                 ),
                 backend=self.name,
                 oom=oom,
                 memory_limit_bytes=self.memory_limit,
             )
+        if slot is not None and self._slots:
+            self._free.append(slot)
+        if slot is not None and "warm_failed" in reply:  # its worker could not start
+            if self.warm_failure is None:
+                self._fall_back(reply["warm_failed"])
+            self.submit(spec)
+            return None
         log_file = self.study_dir / spec.log_path
         with writing(log_file, "the run log"):
             log_file.write_text(reply["log"], encoding="utf-8")
         return RawOutcome(
             spec,
-            reply["exit_code"],
-            float(reply["wall_time_s"]),
-            result_text=reply["result"],
-            timed_out=bool(reply["timed_out"]),
+            reply.get("exit_code"),
+            float(reply.get("wall_time_s") or 0.0),
+            result_text=reply.get("result"),
+            timed_out=bool(reply.get("timed_out")),
+            error=reply.get("error"),
             backend=self.name,
+            oom=bool(reply.get("oom")),
+            peak_memory_bytes=reply.get("peak_memory_bytes"),
+            memory_limit_bytes=self.memory_limit,
         )
 
+    def _restart(self, slot: int) -> None:
+        with contextlib.suppress(Exception):
+            self.ray.kill(self._slots[slot])
+        self._slots[slot] = self._new_actor()
+        self._free.append(slot)
+
     def close(self) -> None:
-        for ref in list(self._pending):
-            with contextlib.suppress(
-                self.ray.exceptions.RayError, ValueError, TypeError
-            ):
-                self.ray.cancel(ref, force=True)
+        ray = self.ray
+        for ref, (_, slot) in list(self._pending.items()):
+            if slot is None:
+                with contextlib.suppress(
+                    ray.exceptions.RayError, ValueError, TypeError
+                ):
+                    ray.cancel(ref, force=True)
+        busy = {slot for _, slot in self._pending.values()}
         self._pending.clear()
+        idle = [a for i, a in enumerate(self._slots) if i not in busy]
+        with contextlib.suppress(Exception):  # tidy: the worker ends, its folder goes
+            ray.get([a.shutdown.remote() for a in idle], timeout=10)
+        for actor in [*self._slots, *self._retired.values()]:  # runs die with them
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self._slots, self._free, self._retired = [], [], {}
         if self._started_ray:
             self._started_ray = False
-            self.ray.shutdown()
+            ray.shutdown()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
