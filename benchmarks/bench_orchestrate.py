@@ -3,6 +3,12 @@
 Run alone: ``python benchmarks/bench_orchestrate.py [--study DIR | --synthetic N]
 [--model FILE] [--epochs 1] [--jobs 2] [--json PATH]``.
 
+``--overhead`` instead measures issue 20's figures side by side, in one run, on the
+same study: a generated script's start-up beyond a bare ``import torch`` process
+(``bench_startup``'s measure, best of 3); ``ablagen run --backend local`` against
+``--backend ray`` (warm actors) with the ``ray.init`` time measured on its own
+(goal: ray <= local + ray.init + 2 s), with whether both gave the same metrics.
+
 The study: ``--study DIR`` (copied, so its own store is untouched), else a
 synthetic one of N tiny torch scripts (``--synthetic N``), else one generated
 with ``ablagen generate MODEL`` (default ``examples/digits_cnn.py``; a synthetic
@@ -164,7 +170,7 @@ def run_naive(
 
 
 def run_orchestrator(
-    study: Path, epochs: int, jobs: int
+    study: Path, epochs: int, jobs: int, backend: str = "local"
 ) -> tuple[float, dict[str, dict]]:
     (study / RESULTS_DB).unlink(missing_ok=True)
     shutil.rmtree(study / LOGS_DIR, ignore_errors=True)
@@ -180,6 +186,8 @@ def run_orchestrator(
             str(jobs),
             "--epochs",
             str(epochs),
+            "--backend",
+            backend,
             "--quiet",
         ],
         check=False,  # exit 1 when a run failed: still timed
@@ -190,6 +198,54 @@ def run_orchestrator(
     rows = conn.execute("SELECT variant_id, result_json FROM runs").fetchall()
     conn.close()
     return wall, {vid: json.loads(text) if text else {} for vid, text in rows}
+
+
+RAY_INIT = """
+import logging, sys, time
+import ray
+start = time.perf_counter()
+ray.init(address="local", num_cpus=int(sys.argv[1]), include_dashboard=False,
+         logging_level=logging.ERROR, log_to_driver=False)
+print(time.perf_counter() - start)
+ray.shutdown()
+"""
+
+
+def overhead(study: Path, epochs: int, jobs: int) -> dict[str, float | bool]:
+    """Issue 20's figures side by side: start-up, local vs Ray wall time."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_startup
+
+    bare = min(
+        bench_startup.timed([sys.executable, "-c", "import torch"], study)
+        for _ in range(3)
+    )
+    runs = [
+        bench_startup.script_run(study / "baseline.py", study.parent / "s.json")
+        for _ in range(3)
+    ]
+    startup = min(wall - own for wall, own in runs) - bare
+    init = float(
+        subprocess.run(
+            [sys.executable, "-c", RAY_INIT, str(jobs)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[-1]
+    )
+    local_wall, local = run_orchestrator(study, epochs, jobs, "local")
+    ray_wall, ray = run_orchestrator(study, epochs, jobs, "ray")
+    finals = {v: r.get("final") for v, r in local.items()}
+    return {
+        "bare_torch_import_s": round(bare, 2),
+        "script_startup_beyond_torch_s": round(startup, 2),
+        "local_wall_s": round(local_wall, 2),
+        "ray_wall_s": round(ray_wall, 2),
+        "ray_init_s": round(init, 2),
+        "ray_minus_local_minus_init_s": round(ray_wall - local_wall - init, 2),
+        "same_metrics": bool(finals)
+        and finals == {v: r.get("final") for v, r in ray.items()},
+    }
 
 
 def train_time(results: dict[str, dict]) -> float:
@@ -218,6 +274,11 @@ def main() -> None:
         help="OMP_NUM_THREADS for the loop (default: unset, torch uses every core)",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="issue 20: script start-up, local vs ray wall time, side by side",
+    )
     opts = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-orchestrate-") as tmp:
@@ -239,6 +300,23 @@ def main() -> None:
             synthetic_study(study, 24)
             source = "synthetic, 24 scripts"
         n = len(load_manifest(study).variants)
+        if opts.overhead:
+            numbers = overhead(study, opts.epochs, opts.jobs)
+            print(f"study: {source} ({n} variants, --epochs {opts.epochs})")
+            print(
+                f"script start-up beyond a bare torch import: "
+                f"{numbers['script_startup_beyond_torch_s']:.2f} s (goal <= 0.6 s; "
+                f"bare import {numbers['bare_torch_import_s']:.2f} s)"
+            )
+            print(
+                f"--jobs {opts.jobs}: local {numbers['local_wall_s']:.2f} s, "
+                f"ray {numbers['ray_wall_s']:.2f} s, ray.init {numbers['ray_init_s']:.2f} s: "
+                f"ray - local - init = {numbers['ray_minus_local_minus_init_s']:.2f} s "
+                f"(goal <= 2 s); same metrics: {numbers['same_metrics']}"
+            )
+            if opts.json:
+                opts.json.write_text(json.dumps(numbers, indent=2) + "\n")
+            return
         naive_wall, naive_results = run_naive(
             study, opts.epochs, Path(tmp) / "naive", opts.naive_threads
         )
