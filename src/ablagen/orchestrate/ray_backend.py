@@ -422,8 +422,9 @@ class RayBackend:
         busy = {slot for _, slot in self._pending.values()}
         self._pending.clear()
         idle = [a for i, a in enumerate(self._slots) if i not in busy]
-        with contextlib.suppress(Exception):  # tidy: the worker ends, its folder goes
-            ray.get([a.shutdown.remote() for a in idle], timeout=10)
+        if idle:  # (never ray.get([]) after a shutdown: it starts a new Ray)
+            with contextlib.suppress(Exception):  # tidy: worker ends, folder goes
+                ray.get([a.shutdown.remote() for a in idle], timeout=5)
         for actor in [*self._slots, *self._retired.values()]:  # runs die with them
             with contextlib.suppress(Exception):
                 ray.kill(actor)

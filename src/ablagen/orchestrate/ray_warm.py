@@ -72,6 +72,7 @@ class WarmSlot:
                 stderr=err,
                 env=env,
                 cwd=self.dir,
+                start_new_session=True,  # the zygote and its worker: one group
             )
         theirs.close()
         self.sock, self.rfile, self.ready = ours, ours.makefile("rb"), False
@@ -174,5 +175,10 @@ class WarmSlot:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def shutdown(self) -> None:
+        """End the worker now: it may be importing what its last run imported lazily
+        (seconds) before it reads the closed socket; the zygote need not wait."""
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, 9)  # an idle worker: no run of it is lost
         self._stop_worker()
         shutil.rmtree(self.dir, ignore_errors=True)
