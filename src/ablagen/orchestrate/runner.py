@@ -5,7 +5,8 @@ is already ``ok`` in the store is skipped; a failed one (failed, diverged, timeo
 crashed) is skipped and reported unless ``retry_failed``; a regenerated script has
 a new hash, so it runs again. Runs left ``running`` by an orchestrator that is gone
 are reset first. A script that takes ``--resume-from`` is given a checkpoint under
-``runs/`` (see :mod:`.checkpoints`), so a run cut short resumes mid-run. Ctrl-C / SIGTERM stop the runs in flight and give their rows back;
+``runs/`` (see :mod:`.checkpoints`), so a run cut short resumes mid-run.
+Ctrl-C / SIGTERM stop the runs in flight and give their rows back;
 an outcome is never half-stored (a signal waits until the write is committed).
 
 A run another live orchestrator holds is waited for (``wait``, the default): its
