@@ -25,6 +25,7 @@ from ablagen.ablate import (
     ZeroAblation,
     ablate_node,
     ablate_output,
+    skip_node,
 )
 from ablagen.codegen.embed import extract_definitions
 from ablagen.knockout_engine import KNOCKOUT_METHODS
@@ -208,6 +209,26 @@ def test_cut_fx_code_edits_the_graph_like_the_library():
     ns["ablate_node"](theirs, relu, ns["IdentityAblation"]())
     assert torch.equal(ours(X), theirs(X))
     assert torch.allclose(ours(X), model.b(torch.tanh(model.a(X))), atol=1e-6)
+
+
+@pytest.mark.parametrize("prefix", ["relu", "tanh"])  # functional, then in place
+def test_a_skipped_node_edits_the_graph_like_identity_and_carries_no_operator(prefix):
+    code = extract_definitions(ablagen.ablate, ("skip_node",))
+    for absent in ("class ", "out_of_place", "ablate_node("):
+        assert absent not in code
+    ns = _standalone(code)
+    model = _model(Functional)
+    ours, cut, identity = (fx.symbolic_trace(copy.deepcopy(model)) for _ in range(3))
+    name = next(n.name for n in ours.graph.nodes if n.name.startswith(prefix))
+    skip_node(ours, name)
+    ns["skip_node"](cut, name)
+    ablate_node(identity, name, IdentityAblation())
+    assert ours.code == cut.code == identity.code
+    hidden = model.a(X)  # relu skipped: tanh of it; tanh_ skipped: relu of it
+    expected = model.b(torch.tanh(hidden) if prefix == "relu" else torch.relu(hidden))
+    assert torch.allclose(ours(X), expected, atol=1e-6)
+    with pytest.raises(RuntimeError, match="regenerate"):
+        skip_node(ours, "nowhere")
 
 
 def test_extracting_an_unknown_name_says_which():

@@ -6,10 +6,8 @@ Model:  ../../examples/digits_cnn.py (class DigitsCNN, sha256 1fb05a23d8aa4276)
 Run:    python fn_relu__identity.py --epochs 8 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../../examples/digits_cnn.py --out . --dataset build_data --epochs 8 --scheduler cosine --patience 3
-
-Standalone: needs Python, torch, never ablagen. Writes a JSON
-result (per-epoch and final metrics, parameter counts, wall time) to --out and
-exits 0 (ok), 1 (failed) or 3 (diverged).
+Standalone (Python, torch; never ablagen): writes the JSON result
+(metrics per epoch, parameter counts, wall time) to --out; exit codes: EXIT_CODES.
 """
 
 import argparse
@@ -35,9 +33,7 @@ LR = 0.003  # learning rate [--lr]
 WEIGHT_DECAY = 0.0  # L2 penalty
 TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
 STOP_AT_TARGET = False  # stop training once the target is reached
-CHECKPOINT_EVERY = (
-    1  # epochs between mid-run checkpoints, with --resume-from [--checkpoint-every]
-)
+CHECKPOINT_EVERY = 1  # epochs between --resume-from checkpoints [--checkpoint-every]
 PATIENCE = 3  # early stopping: epochs without val-loss gain (None: off)
 DIVERGENCE_FACTOR = 10.0  # diverged: train loss above this times its best
 SEED = 0  # model init, data order, dropout [--seed]
@@ -94,82 +90,33 @@ ABLATED_PARAMS = 0  # parameters that no longer affect the output
 
 
 # ablation operators (from ablagen.ablate: the knockout engine runs them too)
-class Ablation(nn.Module):
-    """An ablation operator; ``passes_input``: the op is skipped, its input goes on."""
-
-    name = "ablation"
-    passes_input = False
-
-    def forward(self, output, source=None):
-        return self.apply(output, source)
+def first_input(node: torch.fx.Node):
+    """The first value a node reads: what goes on when the node is skipped (the knockout
+    engine's targets, :func:`skip_node`; :func:`ablate_node` finds it the same way)."""
+    return next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
 
 
-class IdentityAblation(Ablation):
-    """Skip the op: its input goes on in place of its output (only where shapes match)."""
-
-    name = "identity"
-    passes_input = True
-
-    def apply(self, output, source=None):
-        return source
-
-
-def out_of_place(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
-    """An in-place call (``F.relu(h, inplace=True)``, ``h.tanh_()``) made out of place,
-    and later readers of ``h`` made to read its result: an edit of it reaches them."""
-    name = getattr(node.target, "__name__", node.target)
-    trailing = isinstance(name, str) and name.endswith("_") and not name.endswith("__")
-    if node.kwargs.get("inplace"):
-        node.kwargs = {**node.kwargs, "inplace": False}
-    elif trailing and node.op == "call_method":
-        node.target = name[:-1]
-    elif trailing and node.op == "call_function" and hasattr(torch, name[:-1]):
-        node.target = getattr(torch, name[:-1])
-    else:
-        return node
-    source, after = node.args[0], False
-    for other in graph.nodes:
-        if after and source in other.all_input_nodes:
-            other.replace_input_with(source, node)
-        after = after or other is node
-    return node
-
-
-def ablate_node(
-    traced: torch.fx.GraphModule, name: str, op: Ablation, source=None
-) -> None:
-    """Ablate node ``name`` of ``traced`` with ``op``: identity drops the call, its users
-    read ``source`` (default: its first input); another op is called on its output."""
-    graph = traced.graph
-    found = [node for node in graph.nodes if node.name == name]
-    if not found:
-        raise RuntimeError(
-            f"torch.fx graph has no node {name!r}; regenerate this script"
-        )
-    node = out_of_place(graph, found[0])
-    if op.passes_input:
-        inputs = [arg for arg in node.args if isinstance(arg, torch.fx.Node)]
-        node.replace_all_uses_with(inputs[0] if source is None else source)
-        graph.erase_node(node)
-    else:
-        traced.add_submodule(f"ablation_{op.name}_{node.name}", op)
-        with graph.inserting_after(node):
-            new = graph.call_module(f"ablation_{op.name}_{node.name}", (node,))
-        node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+def skip_node(traced: torch.fx.GraphModule, name: str) -> None:
+    """Skip node ``name`` of ``traced``: its users read its first input instead. Identity
+    needs no operator, nor an in-place call made out of place: skipped, it changes
+    nothing (:func:`ablate_node` with identity and no ``source`` does the same)."""
+    node = next((node for node in traced.graph.nodes if node.name == name), None)
+    if node is None:
+        raise RuntimeError(f"no node {name!r} in the graph; regenerate the script")
+    node.replace_all_uses_with(first_input(node))
+    traced.graph.erase_node(node)
     traced.recompile()
 
 
 def ablate(model):
     """Ablate fn.relu (relu): it is skipped, its input passes straight through."""
     model = torch.fx.symbolic_trace(model)  # a functional call is ablated on the graph
-    ablate_node(model, "relu", IdentityAblation())
+    skip_node(model, "relu")
     return model
 
 
 # -----------------------------------------------------------------------------
 # data: the model file's build_data()
-
-
 def load_data():
     """(x_train, y_train, x_val, y_val) from the model file's own build_data()."""
     x_train, y_train, x_val, y_val = build_data()
@@ -178,18 +125,13 @@ def load_data():
 
 # -----------------------------------------------------------------------------
 # optimizer
-
-
 def make_optimizer(model, lr):
     """Adam over all parameters."""
-    params = model.parameters()
-    return torch.optim.Adam(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
 
 
 # -----------------------------------------------------------------------------
 # loss and accuracy: override this include to train another kind of model
-
-
 def loss_fn(output, target):
     """The mean cross-entropy of a batch."""
     return F.cross_entropy(output, target)
@@ -202,8 +144,6 @@ def count_correct(output, target):
 
 # -----------------------------------------------------------------------------
 # training loop
-
-
 @torch.no_grad()
 def evaluate(model, x, y, batch_size):
     """(mean loss, accuracy) on held-out data, in eval mode."""
@@ -219,23 +159,17 @@ def evaluate(model, x, y, batch_size):
 
 # -----------------------------------------------------------------------------
 # mid-run checkpoints: a killed run resumes from its last finished epoch
-
-
 class ResumeRefused(Exception):
     """A --resume-from file of another script or model shape (exit 2)."""
 
 
 def save_run_state(args, epoch, parts, generators, progress):
-    """The model, optimizer, scheduler, RNGs and loop progress after ``epoch``, atomically;
-    then a note beside it that `ablagen status` reads (the epoch, without loading)."""
+    """``parts``, RNGs and loop progress after ``epoch``, atomically; then a note beside
+    it that `ablagen status` reads (the epoch, without loading the checkpoint)."""
     state = {name: part.state_dict() for name, part in parts.items()}
-    rng = [
-        torch.get_rng_state(),
-        random.getstate(),
-        *(g.get_state() for g in generators),
-    ]
-    state.update(variant=VARIANT, epoch=epoch, rng=rng, progress=progress)
-    save_atomic(args.resume_from, lambda tmp: torch.save(state, tmp))
+    rng = [random.getstate(), *(g.get_state() for g in generators)]
+    state.update(epoch=epoch, rng=rng, progress=progress)
+    save_atomic(args.resume_from, lambda tmp: torch.save({VARIANT: state}, tmp))
     note = json.dumps({"epoch": epoch, "variant": VARIANT, "seed": args.seed})
     save_atomic(f"{args.resume_from}.json", lambda tmp: Path(tmp).write_text(note))
 
@@ -245,19 +179,14 @@ def load_run_state(path, parts, generators, fresh):
     if not path or not os.path.exists(path):
         return 0, fresh
     try:
-        state = torch.load(path, weights_only=True)
-        if state["variant"] != VARIANT:
-            raise ValueError(state["variant"])
+        state = torch.load(path, weights_only=True)[VARIANT]  # another run's: KeyError
         for name, part in parts.items():  # another model shape raises here
             part.load_state_dict(state[name])
     except Exception:
-        fix = "rerun with --restart to start again"
-        raise ResumeRefused(
-            f"{VARIANT}: {path} is not this run's checkpoint; {fix}"
-        ) from None
-    torch.set_rng_state(state["rng"][0])
-    random.setstate(state["rng"][1])
-    for generator, saved in zip(generators, state["rng"][2:]):
+        why = f"{VARIANT}: {path} is not this run's checkpoint"
+        raise ResumeRefused(f"{why}; rerun with --restart to start again") from None
+    random.setstate(state["rng"][0])
+    for generator, saved in zip(generators, state["rng"][1:]):
         generator.set_state(saved)
     print(f"resumed {VARIANT} after epoch {state['epoch']} from {path}", flush=True)
     return state["epoch"], state["progress"]
@@ -274,7 +203,7 @@ def train(args):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    generators = [order]
+    generators = [torch.default_generator, order]  # dropout; the data order
     fresh = ([], None, 0.0), (math.inf, math.inf, 0)
     done, (run, bests) = load_run_state(args.resume_from, parts, generators, fresh)
     (history, epochs_to_target, train_time), status = run, "ok"
@@ -290,9 +219,8 @@ def train(args):
             output = model(x_train[batch])
             loss = loss_fn(output, y_train[batch])
             optimizer.zero_grad(set_to_none=True)
-            objective = loss
-            if objective.requires_grad:  # False when the ablation cut every weight off
-                objective.backward()
+            if loss.requires_grad:  # False when the ablation cut every weight off
+                loss.backward()
             optimizer.step()
             total_loss += loss.detach() * len(batch)
             right += count_correct(output, y_train[batch])
@@ -301,21 +229,10 @@ def train(args):
         train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
         val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
         scheduler.step()
-        history.append(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-            }
-        )
-        print(
-            f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f} "
-            f"val loss {val_loss:.4f} val acc {val_acc:.4f}",
-            flush=True,
-        )
+        row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc)
+        history.append(dict(row, val_loss=val_loss, val_acc=val_acc))
+        print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}", end=" ")
+        print(f"val loss {val_loss:.4f} val acc {val_acc:.4f}", flush=True)
         exploded = train_loss > DIVERGENCE_FACTOR * best_train_loss
         if exploded or not math.isfinite(train_loss + val_loss):
             status = "diverged"
@@ -325,13 +242,11 @@ def train(args):
             epochs_to_target = epoch
             if STOP_AT_TARGET:
                 break
-        if val_loss < best_val_loss:
-            best_val_loss, stale_epochs = val_loss, 0
-        else:
-            stale_epochs += 1
-            if PATIENCE and stale_epochs >= PATIENCE:
-                print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
-                break
+        stale_epochs = 0 if val_loss < best_val_loss else stale_epochs + 1
+        best_val_loss = min(best_val_loss, val_loss)
+        if PATIENCE and stale_epochs >= PATIENCE:
+            print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
+            break
         if args.resume_from and epoch % (args.checkpoint_every or math.inf) == 0:
             run = (history, epochs_to_target, train_time)
             bests = (best_train_loss, best_val_loss, stale_epochs)
@@ -385,11 +300,9 @@ def parse_args(argv=None):
 
 
 def seed_everything(seed):
-    """Seed Python and torch: the same seed, the same run on CPU, where the kernels
-    are deterministic for a fixed thread count. (torch.use_deterministic_algorithms
-    changes no result here, and costs seconds: it imports the compiler stack.)"""
+    """Seed Python and torch: one seed, one run on CPU at a fixed thread count."""
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # use_deterministic_algorithms: no change here, slower
 
 
 def peak_memory_bytes(device):
@@ -409,29 +322,12 @@ def save_atomic(path, write):
     os.replace(tmp, path)
 
 
-def jsonable(value):
-    """NaN and infinities (a diverged run) become null: the result stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [jsonable(item) for item in value]
-    return value
-
-
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
     started = time.perf_counter()
-    result = {
-        "schema": 1,
-        "variant": VARIANT,
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "device": args.device,
-        "error": None,
-    }
+    run = {"seed": args.seed, "epochs": args.epochs, "device": args.device}
+    result = {"schema": 1, "variant": VARIANT, **run, "error": None}
     try:
         result["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else None
         result.update(train(args))
@@ -443,7 +339,8 @@ def main(argv=None):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     result["wall_time_s"] = time.perf_counter() - started
     if args.out:
-        text = json.dumps(jsonable(result), indent=2, sort_keys=True)
+        result = json.loads(json.dumps(result), parse_constant=lambda nan: None)  # null
+        text = json.dumps(result, indent=2, sort_keys=True)
         save_atomic(args.out, lambda path: Path(path).write_text(text))
     print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
     return EXIT_CODES[result["status"]]

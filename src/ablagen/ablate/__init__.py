@@ -11,7 +11,7 @@ package and its ``knockout.py`` embeds it whole. Edit it here, never in a script
 - :mod:`.hooks`: :func:`ablate_output`, a module's output ablated by a forward hook,
   at every call or at one call site;
 - :mod:`.graph`: :func:`ablate_node`, a node of a traced graph edited (functional
-  calls, in-place ones made out of place first);
+  calls, in-place ones made out of place first), or :func:`skip_node`, one skipped;
 - :mod:`.heads`: ``HEAD_ABLATIONS`` (mask, mean of one attention head's slice) and
   :func:`ablate_head`, applied at the input of the output projection;
 - :mod:`.calls`: :func:`ablate_call`, a functional call edited at run time, for
@@ -19,7 +19,7 @@ package and its ``knockout.py`` embeds it whole. Edit it here, never in a script
 """
 
 from .calls import CALL_NAMES, CallSiteHook, ablate_call
-from .graph import ablate_node, first_input, out_of_place
+from .graph import ablate_node, first_input, out_of_place, skip_node
 from .heads import (
     HEAD_ABLATIONS,
     HeadAblation,
@@ -61,4 +61,5 @@ __all__ = [
     "ablate_output",
     "first_input",
     "out_of_place",
+    "skip_node",
 ]

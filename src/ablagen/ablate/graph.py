@@ -30,21 +30,29 @@ def out_of_place(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
 
 def first_input(node: torch.fx.Node):
     """The first value a node reads: what goes on when the node is skipped (the knockout
-    engine's targets; :func:`ablate_node` finds it the same way)."""
+    engine's targets, :func:`skip_node`; :func:`ablate_node` finds it the same way)."""
     return next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
 
 
-def ablate_node(
-    traced: torch.fx.GraphModule, name: str, op: Ablation, source=None
-) -> None:
+def skip_node(traced: torch.fx.GraphModule, name: str) -> None:
+    """Skip node ``name`` of ``traced``: its users read its first input instead. Identity
+    needs no operator, nor an in-place call made out of place: skipped, it changes
+    nothing (:func:`ablate_node` with identity and no ``source`` does the same)."""
+    node = next((node for node in traced.graph.nodes if node.name == name), None)
+    if node is None:
+        raise RuntimeError(f"no node {name!r} in the graph; regenerate the script")
+    node.replace_all_uses_with(first_input(node))
+    traced.graph.erase_node(node)
+    traced.recompile()
+
+
+def ablate_node(traced: torch.fx.GraphModule, name: str, op: Ablation, source=None):
     """Ablate node ``name`` of ``traced`` with ``op``: identity drops the call, its users
     read ``source`` (default: its first input); another op is called on its output."""
     graph = traced.graph
     found = [node for node in graph.nodes if node.name == name]
     if not found:
-        raise RuntimeError(
-            f"torch.fx graph has no node {name!r}; regenerate this script"
-        )
+        raise RuntimeError(f"no node {name!r} in the graph; regenerate the script")
     node = out_of_place(graph, found[0])
     if op.passes_input:
         inputs = [arg for arg in node.args if isinstance(arg, torch.fx.Node)]

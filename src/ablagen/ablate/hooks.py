@@ -6,9 +6,8 @@ from .operators import Ablation
 
 
 class OutputHook:
-    """A forward hook: the output replaced by ``op.apply(output, input)`` at every call, or
-    at call ``call_site`` only, counted from zero at every forward (``reset``, a pre-hook
-    on the model). A class, not a closure: a deep copy of the model copies it too."""
+    """Output -> ``op.apply(output, input)`` at every call, or at call ``call_site`` only
+    (``reset``, a pre-hook, counts from 0 each forward); a class: deep copies copy it"""
 
     def __init__(self, op, call_site=None):
         self.op, self.call_site, self.calls = op, call_site, 0
@@ -24,10 +23,8 @@ class OutputHook:
 
 
 def ablate_output(model: nn.Module, name: str, op: Ablation, call_site=None):
-    """Ablate the output of ``model``'s submodule ``name`` with ``op`` (at one call site).
-
-    The operator joins the model as a submodule, so that its state follows ``.to()``
-    and ``.eval()``. Returns the hook's handle."""
+    """Ablate submodule ``name``'s output with ``op`` (at one call site); ``op`` joins the
+    model as a submodule, so its state follows ``.to()`` and ``.eval()``. The handle."""
     module = model.get_submodule(name)
     if op.passes_input and getattr(module, "inplace", False):
         module.inplace = False  # the skipped call must leave its input intact

@@ -272,6 +272,11 @@ class AblationSpec:
     call_index: int | None = None  # call: its index among the module's calls of it
 
     @property
+    def skips_node(self) -> bool:
+        """An identity on a graph node: the script skips it (``skip_node``)."""
+        return self.template == "fx_node" and self.method == "identity"
+
+    @property
     def operator_class(self) -> str:
         """The :mod:`ablagen.ablate` operator of this method (its registry entry)."""
         from ablagen.ablate import ABLATIONS, HEAD_ABLATIONS  # torch, when writing
@@ -336,7 +341,11 @@ class ScriptContext:
             name
             for a in self.ablations
             if a.template in appliers
-            for name in (a.operator_class, appliers[a.template].__name__)
+            for name in (
+                ("skip_node",)  # a skipped node needs no operator
+                if a.skips_node
+                else (a.operator_class, appliers[a.template].__name__)
+            )
         ]
         if not names:
             return ""

@@ -13,6 +13,7 @@ import ast
 import collections
 import functools
 import operator
+import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from ablagen.errors import ModelFileError, TemplateError
 from ablagen.source.imports import Imports, import_block, split_imports
 
 SECTION_MARK = "# ablagen:section"
+#: a section's banner (the rule and its title) sits right above its first statement,
+#: as black allows: the blank lines black would keep there only lengthen the script
+BANNER_GAP = re.compile(r"^(# -{77}\n(?:#[^\n]*\n)+)\n\n(?=\S)", re.MULTILINE)
 BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length=88)
 
 
@@ -140,7 +144,7 @@ def _template_frame(exc: BaseException) -> str:
 @functools.lru_cache(maxsize=4096)
 def _format_section(text: str) -> _Section:
     """Black-format one section; shared sections hit the cache after the first script."""
-    formatted = black.format_str(text, mode=BLACK_MODE)
+    formatted = BANNER_GAP.sub(r"\1", black.format_str(text, mode=BLACK_MODE))
     body = ast.parse(formatted).body
     first, last = (body[0], body[-1]) if body else (None, None)
     is_docstring = (

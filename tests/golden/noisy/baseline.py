@@ -6,10 +6,8 @@ Model:  ../models/reused.py (class Shared, sha256 2104763cb5af7401)
 Run:    python baseline.py --epochs 1 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../models/reused.py --out . --dataset synthetic --components relu@1:zero --epochs 1 --optimizer momentum --l1 0.0001 --grad-clip 1.0 --scheduler cyclic --noise dropnoise --sigma 0.01 --noise-schedule annealed
-
-Standalone: needs Python, torch, never ablagen. Writes a JSON
-result (per-epoch and final metrics, parameter counts, wall time) to --out and
-exits 0 (ok), 1 (failed) or 3 (diverged).
+Standalone (Python, torch; never ablagen): writes the JSON result
+(metrics per epoch, parameter counts, wall time) to --out; exit codes: EXIT_CODES.
 """
 
 import argparse
@@ -39,6 +37,8 @@ GRAD_CLIP = 1.0  # max global gradient norm
 SIGMA = 0.01  # std of the gradient noise delta before scales [--sigma]
 DROP_P = 0.5  # dropnoise: share of each gradient dropped
 NOISE_GAMMA = 0.55  # sigma_t^2 = SIGMA^2 / (1 + t)^NOISE_GAMMA (Neelakantan et al.)
+SAMPLE_SHAPE = (5,)  # one input sample of the model, no batch dimension
+NUM_OUTPUTS = 5  # size of the model's last output dimension
 VAL_FRACTION = 0.2  # share of the data held out for validation
 SPLIT_SEED = 0  # fixes the split: every variant sees the same data
 TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
@@ -51,8 +51,6 @@ DEVICE = "cpu"  # cpu | cuda [--device]
 
 # -----------------------------------------------------------------------------
 # model: embedded from ../models/reused.py; edit that file and regenerate
-
-
 class Shared(nn.Module):
     def __init__(self):
         super().__init__()
@@ -62,10 +60,6 @@ class Shared(nn.Module):
 
     def forward(self, x):
         return self.b(self.relu(self.a(self.relu(x))))
-
-
-SAMPLE_SHAPE = (5,)  # one input sample, no batch dimension
-NUM_OUTPUTS = 5  # size of the model's last output dimension
 
 
 def new_model():
@@ -110,18 +104,15 @@ def split(x, y):
 
 # -----------------------------------------------------------------------------
 # optimizer
-
-
 def make_optimizer(model, lr):
     """SGD with momentum over all parameters."""
-    params = model.parameters()
-    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
 
 
 # -----------------------------------------------------------------------------
 # gradient noise: theta <- theta - lr * (grad + delta), delta = sigma_t * scale * eps
-
-
 def unit_noise(flat, deltas, grads, params, generator):
     """Dropout on the gradient: eps = g * (m / (1 - DROP_P) - 1), m ~ Bernoulli(1 - DROP_P).
 
@@ -189,8 +180,6 @@ class GradientNoise:
 
 # -----------------------------------------------------------------------------
 # loss and accuracy: override this include to train another kind of model
-
-
 def loss_fn(output, target):
     """The mean cross-entropy of a batch."""
     return F.cross_entropy(output, target)
@@ -208,8 +197,6 @@ def l1_penalty(model):
 
 # -----------------------------------------------------------------------------
 # training loop
-
-
 @torch.no_grad()
 def evaluate(model, x, y, batch_size):
     """(mean loss, accuracy) on held-out data, in eval mode."""
@@ -268,21 +255,10 @@ def train(args):
         train_loss = float(total_loss) / len(x_train)
         train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
         val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
-        history.append(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-            }
-        )
-        print(
-            f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f} "
-            f"val loss {val_loss:.4f} val acc {val_acc:.4f}",
-            flush=True,
-        )
+        row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc)
+        history.append(dict(row, val_loss=val_loss, val_acc=val_acc))
+        print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}", end=" ")
+        print(f"val loss {val_loss:.4f} val acc {val_acc:.4f}", flush=True)
         exploded = train_loss > DIVERGENCE_FACTOR * best_train_loss
         if exploded or not math.isfinite(train_loss + val_loss):
             status = "diverged"
@@ -292,13 +268,11 @@ def train(args):
             epochs_to_target = epoch
             if STOP_AT_TARGET:
                 break
-        if val_loss < best_val_loss:
-            best_val_loss, stale_epochs = val_loss, 0
-        else:
-            stale_epochs += 1
-            if PATIENCE and stale_epochs >= PATIENCE:
-                print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
-                break
+        stale_epochs = 0 if val_loss < best_val_loss else stale_epochs + 1
+        best_val_loss = min(best_val_loss, val_loss)
+        if PATIENCE and stale_epochs >= PATIENCE:
+            print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
+            break
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
     samples = len(x_train) * len(history)
@@ -336,11 +310,9 @@ def parse_args(argv=None):
 
 
 def seed_everything(seed):
-    """Seed Python and torch: the same seed, the same run on CPU, where the kernels
-    are deterministic for a fixed thread count. (torch.use_deterministic_algorithms
-    changes no result here, and costs seconds: it imports the compiler stack.)"""
+    """Seed Python and torch: one seed, one run on CPU at a fixed thread count."""
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # use_deterministic_algorithms: no change here, slower
 
 
 def peak_memory_bytes(device):
@@ -360,29 +332,12 @@ def save_atomic(path, write):
     os.replace(tmp, path)
 
 
-def jsonable(value):
-    """NaN and infinities (a diverged run) become null: the result stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [jsonable(item) for item in value]
-    return value
-
-
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
     started = time.perf_counter()
-    result = {
-        "schema": 1,
-        "variant": VARIANT,
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "device": args.device,
-        "error": None,
-    }
+    run = {"seed": args.seed, "epochs": args.epochs, "device": args.device}
+    result = {"schema": 1, "variant": VARIANT, **run, "error": None}
     try:
         result["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else None
         result.update(train(args))
@@ -391,7 +346,8 @@ def main(argv=None):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     result["wall_time_s"] = time.perf_counter() - started
     if args.out:
-        text = json.dumps(jsonable(result), indent=2, sort_keys=True)
+        result = json.loads(json.dumps(result), parse_constant=lambda nan: None)  # null
+        text = json.dumps(result, indent=2, sort_keys=True)
         save_atomic(args.out, lambda path: Path(path).write_text(text))
     print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
     return EXIT_CODES[result["status"]]

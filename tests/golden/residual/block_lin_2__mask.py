@@ -6,10 +6,8 @@ Model:  ../models/residual.py (class ResNet, sha256 1a02e1564647e609)
 Run:    python block_lin_2__mask.py --epochs 1 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../models/residual.py --out . --dataset synthetic --components block:identity --components block.lin:zero --components fn.gelu:mean --components 'block.lin[2]:mask' --components out:zero --epochs 1
-
-Standalone: needs Python, torch, never ablagen. Writes a JSON
-result (per-epoch and final metrics, parameter counts, wall time) to --out and
-exits 0 (ok), 1 (failed) or 3 (diverged).
+Standalone (Python, torch; never ablagen): writes the JSON result
+(metrics per epoch, parameter counts, wall time) to --out; exit codes: EXIT_CODES.
 """
 
 import argparse
@@ -33,6 +31,8 @@ EPOCHS = 1  # passes over the training data [--epochs]
 BATCH_SIZE = 64  # [--batch-size]
 LR = 0.003  # learning rate [--lr]
 WEIGHT_DECAY = 0.0  # L2 penalty
+SAMPLE_SHAPE = (3, 6)  # one input sample of the model, no batch dimension
+NUM_OUTPUTS = 2  # size of the model's last output dimension
 VAL_FRACTION = 0.2  # share of the data held out for validation
 SPLIT_SEED = 0  # fixes the split: every variant sees the same data
 TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
@@ -45,8 +45,6 @@ DEVICE = "cpu"  # cpu | cuda [--device]
 
 # -----------------------------------------------------------------------------
 # model: embedded from ../models/residual.py; edit that file and regenerate
-
-
 class Block(nn.Module):
     def __init__(self):
         super().__init__()
@@ -64,10 +62,6 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         return self.out(self.block(x))
-
-
-SAMPLE_SHAPE = (3, 6)  # one input sample, no batch dimension
-NUM_OUTPUTS = 2  # size of the model's last output dimension
 
 
 def new_model():
@@ -108,9 +102,8 @@ class MaskAblation(Ablation):
 
 
 class OutputHook:
-    """A forward hook: the output replaced by ``op.apply(output, input)`` at every call, or
-    at call ``call_site`` only, counted from zero at every forward (``reset``, a pre-hook
-    on the model). A class, not a closure: a deep copy of the model copies it too."""
+    """Output -> ``op.apply(output, input)`` at every call, or at call ``call_site`` only
+    (``reset``, a pre-hook, counts from 0 each forward); a class: deep copies copy it"""
 
     def __init__(self, op, call_site=None):
         self.op, self.call_site, self.calls = op, call_site, 0
@@ -126,10 +119,8 @@ class OutputHook:
 
 
 def ablate_output(model: nn.Module, name: str, op: Ablation, call_site=None):
-    """Ablate the output of ``model``'s submodule ``name`` with ``op`` (at one call site).
-
-    The operator joins the model as a submodule, so that its state follows ``.to()``
-    and ``.eval()``. Returns the hook's handle."""
+    """Ablate submodule ``name``'s output with ``op`` (at one call site); ``op`` joins the
+    model as a submodule, so its state follows ``.to()`` and ``.eval()``. The handle."""
     module = model.get_submodule(name)
     if op.passes_input and getattr(module, "inplace", False):
         module.inplace = False  # the skipped call must leave its input intact
@@ -172,18 +163,13 @@ def split(x, y):
 
 # -----------------------------------------------------------------------------
 # optimizer
-
-
 def make_optimizer(model, lr):
     """Adam over all parameters."""
-    params = model.parameters()
-    return torch.optim.Adam(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
 
 
 # -----------------------------------------------------------------------------
 # loss and accuracy: override this include to train another kind of model
-
-
 def loss_fn(output, target):
     """The mean cross-entropy of a batch."""
     return F.cross_entropy(output, target)
@@ -196,8 +182,6 @@ def count_correct(output, target):
 
 # -----------------------------------------------------------------------------
 # training loop
-
-
 @torch.no_grad()
 def evaluate(model, x, y, batch_size):
     """(mean loss, accuracy) on held-out data, in eval mode."""
@@ -233,9 +217,8 @@ def train(args):
             output = model(x_train[batch])
             loss = loss_fn(output, y_train[batch])
             optimizer.zero_grad(set_to_none=True)
-            objective = loss
-            if objective.requires_grad:  # False when the ablation cut every weight off
-                objective.backward()
+            if loss.requires_grad:  # False when the ablation cut every weight off
+                loss.backward()
             optimizer.step()
             total_loss += loss.detach() * len(batch)
             right += count_correct(output, y_train[batch])
@@ -243,21 +226,10 @@ def train(args):
         train_loss = float(total_loss) / len(x_train)
         train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
         val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
-        history.append(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-            }
-        )
-        print(
-            f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f} "
-            f"val loss {val_loss:.4f} val acc {val_acc:.4f}",
-            flush=True,
-        )
+        row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc)
+        history.append(dict(row, val_loss=val_loss, val_acc=val_acc))
+        print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}", end=" ")
+        print(f"val loss {val_loss:.4f} val acc {val_acc:.4f}", flush=True)
         exploded = train_loss > DIVERGENCE_FACTOR * best_train_loss
         if exploded or not math.isfinite(train_loss + val_loss):
             status = "diverged"
@@ -267,13 +239,11 @@ def train(args):
             epochs_to_target = epoch
             if STOP_AT_TARGET:
                 break
-        if val_loss < best_val_loss:
-            best_val_loss, stale_epochs = val_loss, 0
-        else:
-            stale_epochs += 1
-            if PATIENCE and stale_epochs >= PATIENCE:
-                print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
-                break
+        stale_epochs = 0 if val_loss < best_val_loss else stale_epochs + 1
+        best_val_loss = min(best_val_loss, val_loss)
+        if PATIENCE and stale_epochs >= PATIENCE:
+            print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
+            break
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
     samples = len(x_train) * len(history)
@@ -310,11 +280,9 @@ def parse_args(argv=None):
 
 
 def seed_everything(seed):
-    """Seed Python and torch: the same seed, the same run on CPU, where the kernels
-    are deterministic for a fixed thread count. (torch.use_deterministic_algorithms
-    changes no result here, and costs seconds: it imports the compiler stack.)"""
+    """Seed Python and torch: one seed, one run on CPU at a fixed thread count."""
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # use_deterministic_algorithms: no change here, slower
 
 
 def peak_memory_bytes(device):
@@ -334,29 +302,12 @@ def save_atomic(path, write):
     os.replace(tmp, path)
 
 
-def jsonable(value):
-    """NaN and infinities (a diverged run) become null: the result stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [jsonable(item) for item in value]
-    return value
-
-
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
     started = time.perf_counter()
-    result = {
-        "schema": 1,
-        "variant": VARIANT,
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "device": args.device,
-        "error": None,
-    }
+    run = {"seed": args.seed, "epochs": args.epochs, "device": args.device}
+    result = {"schema": 1, "variant": VARIANT, **run, "error": None}
     try:
         result["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else None
         result.update(train(args))
@@ -365,7 +316,8 @@ def main(argv=None):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     result["wall_time_s"] = time.perf_counter() - started
     if args.out:
-        text = json.dumps(jsonable(result), indent=2, sort_keys=True)
+        result = json.loads(json.dumps(result), parse_constant=lambda nan: None)  # null
+        text = json.dumps(result, indent=2, sort_keys=True)
         save_atomic(args.out, lambda path: Path(path).write_text(text))
     print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
     return EXIT_CODES[result["status"]]
