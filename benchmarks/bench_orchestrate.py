@@ -7,7 +7,10 @@ Run alone: ``python benchmarks/bench_orchestrate.py [--study DIR | --synthetic N
 same study: a generated script's start-up beyond a bare ``import torch`` process
 (``bench_startup``'s measure, best of 3); ``ablagen run --backend local`` against
 ``--backend ray`` (warm actors) with the ``ray.init`` time measured on its own
-(goal: ray <= local + ray.init + 2 s), with whether both gave the same metrics.
+(goal: ray <= local + ray.init + 2 s), with whether both gave the same metrics;
+and the time from launching ``ablagen run --backend local`` to its first run's
+start with the pool started once the runs are planned (``ABLAGEN_PRESTART=0``, as
+before) and at once (the default), best of two each, alternating.
 
 The study: ``--study DIR`` (copied, so its own store is untouched), else a
 synthetic one of N tiny torch scripts (``--synthetic N``), else one generated
@@ -170,11 +173,16 @@ def run_naive(
 
 
 def run_orchestrator(
-    study: Path, epochs: int, jobs: int, backend: str = "local"
+    study: Path,
+    epochs: int,
+    jobs: int,
+    backend: str = "local",
+    env: dict[str, str] | None = None,
 ) -> tuple[float, dict[str, dict]]:
     (study / RESULTS_DB).unlink(missing_ok=True)
     shutil.rmtree(study / LOGS_DIR, ignore_errors=True)
     start = time.perf_counter()
+    LAUNCHED[study] = time.time()
     subprocess.run(
         [
             sys.executable,
@@ -192,12 +200,27 @@ def run_orchestrator(
         ],
         check=False,  # exit 1 when a run failed: still timed
         stdout=subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
     )
     wall = time.perf_counter() - start
     conn = sqlite3.connect(study / RESULTS_DB)
     rows = conn.execute("SELECT variant_id, result_json FROM runs").fetchall()
     conn.close()
     return wall, {vid: json.loads(text) if text else {} for vid, text in rows}
+
+
+LAUNCHED: dict[Path, float] = {}  # study -> unix time its last command was launched
+
+
+def first_run_start(study: Path) -> float:
+    """Seconds from launching the last command on ``study`` to its first run's fork
+    (a run's fork: its ``finished_at`` less the ``wall_time_s`` its worker measured)."""
+    conn = sqlite3.connect(study / RESULTS_DB)
+    (first,) = conn.execute(
+        "SELECT MIN(finished_at - wall_time_s) FROM runs"
+    ).fetchone()
+    conn.close()
+    return float(first) - LAUNCHED[study]
 
 
 RAY_INIT = """
@@ -233,10 +256,23 @@ def overhead(study: Path, epochs: int, jobs: int) -> dict[str, float | bool]:
             check=True,
         ).stdout.split()[-1]
     )
-    local_wall, local = run_orchestrator(study, epochs, jobs, "local")
+    # the pool started once the runs are planned (as before), then at once; twice
+    # each, alternating, best of two: the machine's load shifts between commands
+    late, early = [], []
+    for _ in range(2):
+        _, late_runs = run_orchestrator(
+            study, epochs, jobs, "local", {"ABLAGEN_PRESTART": "0"}
+        )
+        late.append(first_run_start(study))
+        local_wall, local = run_orchestrator(study, epochs, jobs, "local")
+        early.append(first_run_start(study))
     ray_wall, ray = run_orchestrator(study, epochs, jobs, "ray")
     finals = {v: r.get("final") for v, r in local.items()}
     return {
+        "first_run_starts_late_pool_s": round(min(late), 2),
+        "first_run_starts_early_pool_s": round(min(early), 2),
+        "early_pool_same_metrics": bool(finals)
+        and finals == {v: r.get("final") for v, r in late_runs.items()},
         "bare_torch_import_s": round(bare, 2),
         "script_startup_beyond_torch_s": round(startup, 2),
         "local_wall_s": round(local_wall, 2),
@@ -313,6 +349,12 @@ def main() -> None:
                 f"ray {numbers['ray_wall_s']:.2f} s, ray.init {numbers['ray_init_s']:.2f} s: "
                 f"ray - local - init = {numbers['ray_minus_local_minus_init_s']:.2f} s "
                 f"(goal <= 2 s); same metrics: {numbers['same_metrics']}"
+            )
+            print(
+                f"ablagen run to its first run's start: pool started once the runs are "
+                f"planned {numbers['first_run_starts_late_pool_s']:.2f} s, at once "
+                f"{numbers['first_run_starts_early_pool_s']:.2f} s; same metrics: "
+                f"{numbers['early_pool_same_metrics']}"
             )
             if opts.json:
                 opts.json.write_text(json.dumps(numbers, indent=2) + "\n")

@@ -30,6 +30,7 @@ from ablagen.hybrid import (
     write_arms_json,
 )
 from ablagen.orchestrate import RunSummary, run_study
+from ablagen.orchestrate.local import warm_pool
 from ablagen.ranking import ImportanceRow, load_records
 from ablagen.report import RankOutputs, rank_and_write, write_report
 from ablagen.study.options import (
@@ -109,17 +110,22 @@ def _one_study(
     """Generate, run, rank, arms, report; ``screen``: (its name, the name of this
     study's verdict, its rows): the report compares the two rankings."""
     step("generate: one script per variant")
-    generated = generate_study(opts.generate)
-    study, manifest = generated.out, generated.manifest
-    ablation_ids = tuple(
-        v.id
-        for v in manifest.variants
-        if v.kind in ABLATION_KINDS or v.id == BASELINE_ID
-    )
-    step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
-    ablation_runs = run_study(
-        study, replace(opts.run, seeds=opts.seeds, only=ablation_ids), progress=progress
-    )
+    # the pool's workers import torch while the scripts are generated
+    with warm_pool(opts.generate.out, opts.run) as warm:
+        generated = generate_study(opts.generate)
+        study, manifest = generated.out, generated.manifest
+        ablation_ids = tuple(
+            v.id
+            for v in manifest.variants
+            if v.kind in ABLATION_KINDS or v.id == BASELINE_ID
+        )
+        step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
+        ablation_runs = run_study(
+            study,
+            replace(opts.run, seeds=opts.seeds, only=ablation_ids),
+            progress=progress,
+            warm=warm,
+        )
     step("rank: importance with 95% intervals, noise scales")
     ranked = rank_and_write(study, manifest, opts.rank)
     sections = list(extra_sections)
@@ -132,20 +138,22 @@ def _one_study(
     arm_runs, arms = None, []
     if opts.with_arms:
         step("hybrid: ablated, perturbed and importance-guided arms")
-        scripts = render_arms(
-            generated.prepared, manifest, ranked.ranking, ranked.noise, opts.arms
-        )
-        manifest = add_scripts(study, manifest, scripts, ARM_KIND)
-        arm_ids = (
-            BASELINE_ID,
-            *(v.id for v in manifest.variants if v.kind == ARM_KIND),
-        )
-        step(f"run: {len(arm_ids)} arms x {len(opts.arm_seeds)} seeds")
-        arm_runs = run_study(
-            study,
-            replace(opts.run, seeds=opts.arm_seeds, only=arm_ids),
-            progress=progress,
-        )
+        with warm_pool(study, opts.run) as warm:  # warms while the arms render
+            scripts = render_arms(
+                generated.prepared, manifest, ranked.ranking, ranked.noise, opts.arms
+            )
+            manifest = add_scripts(study, manifest, scripts, ARM_KIND)
+            arm_ids = (
+                BASELINE_ID,
+                *(v.id for v in manifest.variants if v.kind == ARM_KIND),
+            )
+            step(f"run: {len(arm_ids)} arms x {len(opts.arm_seeds)} seeds")
+            arm_runs = run_study(
+                study,
+                replace(opts.run, seeds=opts.arm_seeds, only=arm_ids),
+                progress=progress,
+                warm=warm,
+            )
         arms = compare_arms(study, opts.arm_seeds)
         write_arms_json(study, arms)
         seeds = ",".join(map(str, opts.arm_seeds))

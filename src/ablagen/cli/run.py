@@ -135,11 +135,9 @@ def run(
 ) -> None:
     """Run the study's scripts (resuming: runs already ok are skipped, interrupted
     ones continue from their last mid-run checkpoint). Exit 1 if any run is not ok."""
-    from rich.console import Console
-
-    from ablagen.orchestrate import RunOptions, parse_ids, parse_seeds, run_study
+    from ablagen.orchestrate.local import warm_pool
+    from ablagen.orchestrate.options import RunOptions, parse_ids, parse_seeds
     from ablagen.orchestrate.placement import parse_gpus
-    from ablagen.orchestrate.render import PlainProgress, RichProgress, print_summary
 
     options = RunOptions(
         jobs=jobs,
@@ -161,6 +159,16 @@ def run(
         restart=restart,
         checkpoint_every=checkpoint_every,
     )
+    with warm_pool(study_dir, options) as warm:  # torch imports while we plan
+        _run(study_dir, options, quiet, track, warm)
+
+
+def _run(study_dir: str, options, quiet: bool, track, warm) -> None:
+    from rich.console import Console
+
+    from ablagen.orchestrate import run_study
+    from ablagen.orchestrate.render import PlainProgress, RichProgress, print_summary
+
     console = Console(highlight=False)
     reporter = (
         None
@@ -171,7 +179,7 @@ def run(
     )
     progress = tracked(reporter, track, [study_dir], console)
     try:
-        summary = run_study(study_dir, options, progress=progress)
+        summary = run_study(study_dir, options, progress=progress, warm=warm)
     except KeyboardInterrupt:
         typer.echo(
             f"interrupted: finished runs are stored; resume with `ablagen run {study_dir}`",

@@ -26,11 +26,15 @@ import importlib.util
 import json
 import os
 import queue
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,6 +84,170 @@ def preload_modules(
             continue
         keep.append(name)
     return keep
+
+
+def _sizing(options: RunOptions, placement: Any) -> tuple[int, int | None]:
+    """(workers, threads per worker: None keeps torch's default) for ``options``."""
+    cores = usable_cpus()
+    if placement is None:
+        jobs = options.jobs or cores
+    else:  # one worker per GPU slot at most: no GPU above --runs-per-gpu
+        jobs = min(options.jobs or placement.slots, placement.slots)
+    # one job: torch's own default, exactly as `python script.py` would run
+    return jobs, (max(1, cores // jobs) if jobs > 1 else None)
+
+
+def _worker_env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if threads is not None:
+        env.update(dict.fromkeys(THREAD_ENV, str(threads)))
+    return env
+
+
+#: ``ABLAGEN_PRESTART=0`` starts the pool only once the runs are planned, as before
+#: (kept for ``benchmarks/bench_orchestrate.py --overhead``, which times both)
+PRESTART_ENV = "ABLAGEN_PRESTART"
+
+
+class WarmStart:
+    """The local pool's zygote, started when a command starts, before the manifest
+    is hashed and the store opened (``ablagen study``: before generation).
+
+    It imports the base modules (torch: most of a pool's start) at once, then waits
+    on its stdin for the scripts' own top-level imports, known once the runs are
+    planned (:meth:`release`); only then does it fork its workers. The backend
+    adopts it only if it was started exactly as the backend would start one (same
+    environment, workers, base modules); otherwise, or if the command ends first
+    (bad input, nothing to run), it is killed: a single process that has forked
+    nothing, so nothing is left behind.
+    """
+
+    def __init__(
+        self,
+        study_dir: Path,
+        options: RunOptions,
+        base: list[str],
+        jobs: int,
+        threads: int | None,
+    ) -> None:
+        self.base, self.jobs = base, jobs
+        self.env = _worker_env(threads)
+        self.cwd = study_dir if study_dir.is_dir() else Path.cwd()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"ablagen-run-{os.getpid()}-"))
+        self.log_path = self.dir / "workers.log"
+        pairs = [socket.socketpair() for _ in range(jobs)]
+        theirs = [b.fileno() for _, b in pairs]
+        self.socks: list[socket.socket] | None = [a for a, _ in pairs]
+        try:
+            with open(self.log_path, "ab") as stderr:
+                self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(WORKER),
+                        ",".join(map(str, theirs)),
+                        *base,
+                        "-",
+                    ],
+                    pass_fds=theirs,
+                    stdin=subprocess.PIPE,
+                    stdout=stderr,
+                    stderr=stderr,
+                    env=self.env,
+                    cwd=self.cwd,
+                )
+        except OSError:
+            self.proc = None
+            self.close()
+            raise
+        finally:
+            for _, b in pairs:
+                b.close()
+
+    @classmethod
+    def begin(cls, study_dir: str | Path, options: RunOptions) -> WarmStart | None:
+        """Start one for a local CPU study, where it can be (None: the pool starts
+        as before, when the runs are planned; errors are left to that path)."""
+        if (
+            options.backend != "local"
+            or options.device != "cpu"
+            or options.gpus is not None
+            or not hasattr(os, "fork")
+            or os.environ.get(PRESTART_ENV) == "0"
+        ):
+            return None
+        base = preload_modules(
+            [], BASE_PRELOAD if options.preload is None else options.preload
+        )
+        try:
+            jobs, threads = _sizing(options, None)
+            return cls(Path(study_dir), options, base, jobs, threads)
+        except (OSError, ValueError):
+            return None
+
+    def matches(
+        self, env: dict[str, str], preload: list[str], jobs: int, cwd: Path
+    ) -> bool:
+        """Started as the backend would start its pool? (The zygote's cwd matters
+        only to relative PYTHONPATH entries; runs get their own cwd.)"""
+        relative = any(
+            p and not os.path.isabs(p)
+            for p in env.get("PYTHONPATH", "").split(os.pathsep)
+        )
+        return (
+            self.proc is not None
+            and self.proc.poll() is None
+            and self.socks is not None
+            and env == self.env
+            and jobs == self.jobs
+            and preload[: len(self.base)] == self.base
+            and (not relative or Path(cwd).resolve() == Path(self.cwd).resolve())
+        )
+
+    def release(self, zygotes: _Zygotes) -> list[socket.socket]:
+        """Hand the zygote the rest of ``zygotes.preload``; it imports them and forks
+        its workers. ``zygotes`` owns the process from here on."""
+        assert self.proc is not None and self.proc.stdin is not None
+        assert self.socks is not None
+        rest = zygotes.preload[len(self.base) :]
+        proc, socks, self.proc, self.socks = self.proc, self.socks, None, None
+        try:
+            proc.stdin.write(json.dumps(rest).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # it died: its workers' sockets read EOF, and are replaced
+            pass
+        zygotes.stderr_path = self.log_path
+        zygotes.procs.append(proc)
+        return socks
+
+    def cancel(self) -> None:
+        """Kill the zygote if it was not released (it has forked nothing)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        for sock in self.socks or ():
+            sock.close()
+        self.socks = None
+
+    def close(self) -> None:
+        """Cancel if unused; remove the log (the backend has stopped the pool)."""
+        self.cancel()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def warm_pool(study_dir: str | Path, options: RunOptions) -> Iterator[WarmStart | None]:
+    """A :class:`WarmStart` for the calls to ``run_study(..., warm=)`` inside."""
+    warm = WarmStart.begin(study_dir, options)
+    try:
+        yield warm
+    finally:
+        if warm is not None:
+            warm.close()
 
 
 class _Zygotes:
@@ -253,19 +421,13 @@ class LocalBackend:
         )
         self.tmp = tmp
         self.timeout_s = options.timeout_s
-        cores = usable_cpus()
         self.placement = place(options.device, options.gpus, options.runs_per_gpu)
-        if self.placement is None:
-            self.jobs = options.jobs or cores
-        else:  # one worker per GPU slot at most: no GPU above --runs-per-gpu
-            self.jobs = min(options.jobs or self.placement.slots, self.placement.slots)
-        # one job: torch's own default, exactly as `python script.py` would run
-        self.threads = max(1, cores // self.jobs) if self.jobs > 1 else None
+        self.jobs, self.threads = _sizing(options, self.placement)
         self.memory_limit = options.memory_limit_bytes(self.jobs)
-        env = dict(os.environ)
-        if self.threads is not None:
-            env.update(dict.fromkeys(THREAD_ENV, str(self.threads)))
-        self._zygotes = _Zygotes(env, self.preload, tmp, study_dir)
+        self._zygotes = _Zygotes(
+            _worker_env(self.threads), self.preload, tmp, study_dir
+        )
+        self._warm: WarmStart | None = None
         self._workers: list[_Worker | _SubprocessWorker] = []
         self._todo: queue.Queue[RunSpec | None] = queue.Queue()
         self._done: queue.Queue[RawOutcome | BaseException] = queue.Queue()
@@ -289,8 +451,23 @@ class LocalBackend:
             return f"{where}, no memory limit"
         return f"{where}, at most {gigabytes(self.memory_limit)} memory per run"
 
+    def adopt(self, warm: WarmStart) -> bool:
+        """Use ``warm`` (started before the runs were planned) for this pool if it
+        was started exactly as :meth:`__enter__` would start one; else stop it now."""
+        z = self._zygotes
+        if warm.matches(z.env, self.preload, self.jobs, z.cwd):
+            self._warm = warm
+            return True
+        warm.cancel()
+        return False
+
     def __enter__(self) -> LocalBackend:
-        if hasattr(os, "fork"):
+        if self._warm is not None:
+            self._workers = [
+                _Worker(self._zygotes, sock)
+                for sock in self._warm.release(self._zygotes)
+            ]
+        elif hasattr(os, "fork"):
             self._workers = [
                 _Worker(self._zygotes, sock) for sock in self._zygotes.spawn(self.jobs)
             ]

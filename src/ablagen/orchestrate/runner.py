@@ -229,12 +229,15 @@ def run_study(
     study_dir: str | Path,
     options: RunOptions | None = None,
     progress: ProgressCallback | None = None,
+    warm: object | None = None,
 ) -> RunSummary:
     """Run a study's scripts into its result store and return what happened.
 
     Bad input (not a study, corrupt manifest, unknown ``--only`` id, changed script,
     backend unavailable) raises an :class:`~ablagen.errors.AblagenError` before any
     run starts. Failing runs are data: they end up in the store and the summary.
+    ``warm``: a pool the caller started early (``local.warm_pool``), adopted by a
+    backend that can use it; the caller stops it if not.
     """
     options = options or RunOptions()
     started = time.monotonic()
@@ -247,6 +250,9 @@ def run_study(
     with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-") as tmp:
         scripts = sorted({study / s.script for s in specs})
         backend = factory(study, options, Path(tmp), scripts)
+        adopt = getattr(backend, "adopt", None)
+        if warm is not None and adopt is not None:
+            adopt(warm)
         with ResultStore(study) as store:
             owner = Owner.current()
             store.reset_stale(owner)

@@ -1,7 +1,10 @@
 """The warm workers of the local backend; standalone (stdlib only, no ablagen).
 
 Started as ``python worker.py FD[,FD...] MODULE...`` (the FDs are one end of a
-socketpair each, inherited from the orchestrator). This process -- the zygote --
+socketpair each, inherited from the orchestrator). A module list ending in ``-``
+(a pool started before the study's runs are planned, see ``local.WarmStart``)
+imports those, then reads one JSON list of further modules from stdin and goes
+on; EOF instead ends the zygote before it forks anything. This process -- the zygote --
 imports the given modules once (torch, numpy, ...: the ~2 s a fresh
 ``python script.py`` pays), then forks one worker per FD and waits for them. So
 ``--jobs N`` pays the imports once, and the workers share those pages. A worker
@@ -353,11 +356,8 @@ def _serve(channel: int, preloaded: list[str]) -> None:
     os._exit(0)
 
 
-def main(channels: list[int], modules: list[str]) -> None:
-    # python put this file's folder first; a run puts its script's folder there
-    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(__file__):
-        sys.path.pop(0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides on Ctrl-C
+def _preload(modules: list[str]) -> list[str]:
+    """Import ``modules`` in order; returns those that imported."""
     preloaded = []
     for name in modules:
         try:
@@ -368,6 +368,24 @@ def main(channels: list[int], modules: list[str]) -> None:
                 f"ablagen worker: not preloading {name}: {type(exc).__name__}: {exc}",
                 file=sys.stderr,
             )
+    return preloaded
+
+
+def main(channels: list[int], modules: list[str]) -> None:
+    # python put this file's folder first; a run puts its script's folder there
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(__file__):
+        sys.path.pop(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides on Ctrl-C
+    more = "-" in modules  # started early: the rest of the list comes on stdin
+    preloaded = _preload(modules[: modules.index("-")] if more else modules)
+    if more:
+        line = sys.stdin.readline()
+        if not line.strip():
+            os._exit(0)  # the orchestrator gave up on this pool before it forked
+        preloaded += _preload(json.loads(line))
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # as a zygote started with stdin on /dev/null
+        os.close(devnull)
     sys.stdout.flush()
     sys.stderr.flush()
     workers = []

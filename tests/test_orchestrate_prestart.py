@@ -1,0 +1,142 @@
+"""The local pool started when the command starts (issue 20, ``local.WarmStart``):
+adopted when it matches, killed otherwise, never left behind on bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest_orchestrate import make_study, make_torch_study
+
+from ablagen.cli import main
+from ablagen.orchestrate import RunOptions, run_study
+from ablagen.orchestrate.local import WORKER, WarmStart, warm_pool
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _worker_children() -> list[int]:
+    """Processes whose parent is this one and that run worker.py."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == os.getpid() and str(WORKER).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[WarmStart, subprocess.Popen]]:
+    """Every WarmStart begun, with its zygote process."""
+    started: list[tuple[WarmStart, subprocess.Popen]] = []
+    begin = WarmStart.begin.__func__
+
+    def spy(cls, study_dir, options):
+        warm = begin(cls, study_dir, options)
+        if warm is not None:
+            started.append((warm, warm.proc))
+        return warm
+
+    monkeypatch.setattr(WarmStart, "begin", classmethod(spy))
+    return started
+
+
+def test_a_prestarted_pool_runs_the_study_with_the_same_metrics(tmp_path: Path) -> None:
+    """Adopted (its zygote forks the workers) and bit-identical to a pool started late."""
+    cold_study = make_torch_study(tmp_path / "cold")
+    warm_study = make_torch_study(tmp_path / "warm")
+    options = RunOptions(jobs=2, seeds=(0, 1), epochs=1)
+    cold = run_study(cold_study, options)
+    with warm_pool(warm_study, options) as warm:
+        assert warm is not None and warm.proc is not None
+        zygote = warm.proc
+        summary = run_study(warm_study, options, warm=warm)
+        assert warm.proc is None  # released to the backend, which stopped it
+        assert zygote.poll() == 0  # ended on its own once its workers had
+    assert not warm.dir.exists()
+    assert summary.all_ok and cold.all_ok
+    key = lambda r: (r.variant_id, r.seed)  # noqa: E731
+    for a, b in zip(sorted(cold.ran, key=key), sorted(summary.ran, key=key)):
+        assert key(a) == key(b)
+        for field in ("history", "final", "weights_sum", "params_total"):
+            assert a.result[field] == b.result[field], field
+    assert _worker_children() == []
+
+
+def test_a_pool_started_otherwise_is_killed_and_replaced(tmp_path: Path) -> None:
+    """Started for other jobs than the backend's: killed at once, same outcome."""
+    study = make_study(tmp_path / "s", {"baseline": "ok", "a:zero": "ok"})
+    with warm_pool(study, RunOptions(jobs=2)) as warm:
+        assert warm is not None
+        zygote = warm.proc
+        summary = run_study(study, RunOptions(jobs=1), warm=warm)
+        assert zygote.returncode == -9 and warm.proc is None
+    assert summary.all_ok and len(summary.ran) == 2
+    assert _worker_children() == []
+
+
+def test_not_started_for_ray_cuda_or_when_switched_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert WarmStart.begin(tmp_path, RunOptions(backend="ray")) is None
+    assert WarmStart.begin(tmp_path, RunOptions(device="cuda")) is None
+    monkeypatch.setenv("ABLAGEN_PRESTART", "0")
+    assert WarmStart.begin(tmp_path, RunOptions()) is None
+
+
+def test_bad_input_exits_2_and_leaves_no_worker(
+    tmp_path: Path, spied, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pool was started, then the --only id turned out unknown: one line, exit 2,
+    the zygote killed before it forked a worker, its scratch folder gone."""
+    study = make_study(tmp_path / "s", {"baseline": "ok"})
+    assert main(["run", str(study), "--only", "nope", "-j", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert len(spied) == 1
+    warm, zygote = spied[0]
+    assert zygote.returncode == -9 and not warm.dir.exists()
+    assert _worker_children() == []
+    assert not (study / "logs").exists()
+
+
+def test_nothing_to_run_leaves_no_worker(tmp_path: Path, spied) -> None:
+    study = make_study(tmp_path / "s", {"baseline": "ok"})
+    assert main(["run", str(study), "-j", "1", "-q"]) == 0
+    assert main(["run", str(study), "-j", "1", "-q"]) == 0  # all ok already
+    assert [z.returncode for _, z in spied] == [0, -9]  # used, then unused: killed
+    assert _worker_children() == []
+
+
+def test_bad_input_from_a_shell_leaves_no_process(tmp_path: Path) -> None:
+    """As a user runs it: exit 2 and no worker.py process whose cwd is the study."""
+    study = make_study(tmp_path / "s", {"baseline": "ok"})
+    done = subprocess.run(
+        [sys.executable, "-m", "ablagen", "run", str(study), "--only", "nope"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    strays = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if str(WORKER).encode() in (entry / "cmdline").read_bytes() and (
+                Path(os.readlink(entry / "cwd")) == study.resolve()
+            ):
+                strays.append(entry.name)
+        except OSError:
+            continue
+    assert strays == []
