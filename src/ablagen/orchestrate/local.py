@@ -13,6 +13,9 @@ stored as ``oom`` (see :mod:`.worker`).
 With ``--device cuda`` each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES`` in
 its runs' environment; see :mod:`.placement`): at most ``--runs-per-gpu`` runs share
 a GPU, and ``--jobs`` defaults to GPUs x runs per GPU.
+Commands start the zygote early (:class:`WarmStart`: ``ablagen run`` before the
+manifest is hashed, ``ablagen study`` before generation), so torch imports while
+they plan; it forks its workers only once the backend adopts it.
 Results equal ``python script.py`` run with the same thread count (with fewer
 threads, float reductions may differ in the last bits). One thread per worker in
 the orchestrator feeds it runs and collects outcomes.
