@@ -11,21 +11,34 @@ against the plain arm::
     outcome.result.get("plain").figures["lr_window_decades"].estimate
 """
 
-from ablagen.sweep.analysis import SeriesResult, SweepResult, analyze_sweep
-from ablagen.sweep.generate import GeneratedSweep, generate_sweep
-from ablagen.sweep.options import (
-    ARMS,
-    SweepOptions,
-    parse_arms,
-    parse_floats,
-    parse_lrs,
-)
-from ablagen.sweep.report import (
-    study_sweep_sections,
-    sweep_section,
-    update_report,
-)
-from ablagen.sweep.run import SweepOutcome, run_sweep
+import importlib
+
+#: public name -> the submodule that defines it; imported on first use, so that the
+#: CLI (which needs only the options) does not load torch to start
+_WHERE = {
+    "SeriesResult": "analysis",
+    "SweepResult": "analysis",
+    "analyze_sweep": "analysis",
+    "GeneratedSweep": "generate",
+    "generate_sweep": "generate",
+    "ARMS": "options",
+    "SweepOptions": "options",
+    "parse_arms": "options",
+    "parse_floats": "options",
+    "parse_lrs": "options",
+    "study_sweep_sections": "report",
+    "sweep_section": "report",
+    "update_report": "report",
+    "SweepOutcome": "run",
+    "run_sweep": "run",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ablagen.sweep' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ablagen.sweep.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "ARMS",
