@@ -298,3 +298,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, source, needle):
     )
     assert code == 2 and needle in err and err.count("\n") == 1, err
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["knockout", "screen"])
+def test_long_runs_train_their_baseline_once_without_resume_code(tmp_path, mode):
+    """knockout.py and screen.py of a 3+ epoch study run (their baseline trains once,
+    start to end) and carry none of the retrain scripts' mid-run checkpoint code."""
+    from ablagen.codegen.context import TrainConfig
+
+    study = generate(
+        EXAMPLES / "digits_cnn.py", tmp_path / "s", mode=mode, train=TrainConfig(epochs=3)
+    )
+    script = study / f"{mode}.py"
+    assert "load_run_state" not in script.read_text()
+    assert "load_run_state" in (study / "baseline.py").read_text()
+    out = tmp_path / "r.json"
+    subprocess.run(
+        [sys.executable, script.name, "--epochs", "3", "--out", str(out)],
+        cwd=study, check=True, capture_output=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok" and len(result["history"]) == 3

@@ -315,6 +315,12 @@ class ScriptContext:
     extra: dict[str, Any] = field(default_factory=dict)  # free for user templates
 
     @property
+    def resumable(self) -> bool:
+        """Whether the script takes --resume-from (checkpoint.py.j2): a training script
+        (not knockout.py or screen.py, which train their baseline once) of 3+ epochs."""
+        return self.train.epochs >= 3 and "knockouts" not in self.extra
+
+    @property
     def adds_noise(self) -> bool:
         """Whether the script carries the gradient-noise block (noise.py.j2)."""
         return self.train.sigma > 0 or bool(self.noise_scales)
