@@ -217,7 +217,7 @@ def parse_args(argv=None):
 def seed_everything(seed):
     """Seed Python and torch: one seed, one run on CPU at a fixed thread count."""
     random.seed(seed)
-    torch.manual_seed(seed)  # use_deterministic_algorithms: no change here, slower
+    torch.manual_seed(seed)  # (use_deterministic_algorithms: same results, slow import)
 
 
 def peak_memory_bytes(device):
