@@ -12,7 +12,6 @@ stores one record per entry, :func:`ablagen.studydir.split_result` making them f
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -81,10 +80,6 @@ def render_knockout(
             f"{len(loaded.example_inputs)} inputs",
             "provide --templates DIR with your own knockout.py.j2, or use --mode retrain",
         )
-    rows = []
-    for s in specs:
-        fields = list(knockout_kwargs(_component(inventory, s), s).items())
-        rows.append({"variant_id": s.variant_id, "method": s.method, "fields": fields})
     ctx = ScriptContext(
         script_name=KNOCKOUT_SCRIPT,
         variant_id=BASELINE_ID,  # the script's own training run is the baseline
@@ -92,33 +87,43 @@ def render_knockout(
         description=_description(inventory.traced),
         ablations=(),
         extra={
-            "knockouts": rows,
+            "knockouts": knockout_rows(inventory, specs),
             "traced": inventory.traced,
             "engine_source": knockout_block_source(),  # its imports are hoisted
             "max_batch_mb": DEFAULT_MAX_BATCH_MB,
         },
         **base,
     )
-    data = render_script(_knockout_environment(env), ctx).encode("utf-8")
-    digest, extra = sha256_bytes(data), {"knockout": True}
-    entries = [
-        VariantEntry(
-            BASELINE_ID, None, "baseline", None, KNOCKOUT_SCRIPT, digest, extra
-        )
+    data = render_script(top_template_is(env, KNOCKOUT_TEMPLATE), ctx).encode("utf-8")
+    return {KNOCKOUT_SCRIPT: data}, shared_entries(KNOCKOUT_SCRIPT, data, specs)
+
+
+def knockout_rows(inventory: Inventory, specs: list[AblationSpec]) -> list[dict]:
+    """The KNOCKOUTS table of knockout.py and screen.py: one row per ablation."""
+    return [
+        {
+            "variant_id": s.variant_id,
+            "method": s.method,
+            "fields": list(knockout_kwargs(_component(inventory, s), s).items()),
+        }
+        for s in specs
     ]
+
+
+def shared_entries(
+    script: str, data: bytes, specs: list[AblationSpec]
+) -> list[VariantEntry]:
+    """The manifest entries (baseline first) of a study whose every entry is one
+    script run once per seed (knockout.py, screen.py): one record per entry."""
+    digest, extra = sha256_bytes(data), {"knockout": True}
+    entries = [VariantEntry(BASELINE_ID, None, "baseline", None, script, digest, extra)]
     for s in specs:
         entries.append(
             VariantEntry(
-                s.variant_id,
-                s.component_id,
-                s.kind,
-                s.method,
-                KNOCKOUT_SCRIPT,
-                digest,
-                extra,
+                s.variant_id, s.component_id, s.kind, s.method, script, digest, extra
             )
         )
-    return {KNOCKOUT_SCRIPT: data}, entries
+    return entries
 
 
 def _component(inventory: Inventory, spec: AblationSpec) -> Component:
@@ -148,9 +153,8 @@ def _description(traced: bool) -> tuple[str, ...]:
     )
 
 
-def _knockout_environment(env: jinja2.Environment) -> jinja2.Environment:
-    """``env`` with its top template name standing for ``knockout.py.j2``, so that
-    :func:`render_script` (which renders the top template) renders the knockout script.
-    """
-    top = jinja2.DictLoader({TOP_TEMPLATE: '{% include "' + KNOCKOUT_TEMPLATE + '" %}'})
+def top_template_is(env: jinja2.Environment, name: str) -> jinja2.Environment:
+    """``env`` with its top template name standing for ``name``, so that
+    :func:`render_script` (which renders the top template) renders that script."""
+    top = jinja2.DictLoader({TOP_TEMPLATE: '{% include "' + name + '" %}'})
     return env.overlay(loader=jinja2.ChoiceLoader([top, env.loader]))

@@ -21,11 +21,14 @@ import ablagen.screen
 from ablagen.analysis import Inventory
 from ablagen.codegen.context import AblationSpec, ScriptContext
 from ablagen.codegen.embed import embed_package
-from ablagen.codegen.env import TOP_TEMPLATE
-from ablagen.codegen.knockout import DEFAULT_MAX_BATCH_MB, _component, knockout_kwargs
+from ablagen.codegen.knockout import (
+    DEFAULT_MAX_BATCH_MB,
+    knockout_rows,
+    shared_entries,
+    top_template_is,
+)
 from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError
-from ablagen.fsutil import sha256_bytes
 from ablagen.loading import LoadedModel
 from ablagen.screen import GGN_RANK
 from ablagen.studydir import BASELINE_ID, VariantEntry
@@ -68,10 +71,6 @@ def render_screen(
             f"screen mode needs a torch.fx graph, and torch.fx could not trace {loaded.path}'s model",
             "use --mode knockout (hooks on one copy per ablation) or --mode retrain",
         )
-    rows = []
-    for s in specs:
-        fields = list(knockout_kwargs(_component(inventory, s), s).items())
-        rows.append({"variant_id": s.variant_id, "method": s.method, "fields": fields})
     ctx = ScriptContext(
         script_name=SCREEN_SCRIPT,
         variant_id=BASELINE_ID,  # the script's own training run is the baseline
@@ -79,7 +78,7 @@ def render_screen(
         description=_DESCRIPTION,
         ablations=(),
         extra={
-            "knockouts": rows,
+            "knockouts": knockout_rows(inventory, specs),
             "engine_source": screen_block_source(),  # its imports are hoisted
             "max_batch_mb": DEFAULT_MAX_BATCH_MB,
             "curvature": DEFAULT_CURVATURE,
@@ -87,18 +86,8 @@ def render_screen(
         },
         **base,
     )
-    data = render_script(_screen_environment(env), ctx).encode("utf-8")
-    digest, extra = sha256_bytes(data), {"knockout": True}
-    entries = [
-        VariantEntry(BASELINE_ID, None, "baseline", None, SCREEN_SCRIPT, digest, extra)
-    ]
-    entries += [
-        VariantEntry(
-            s.variant_id, s.component_id, s.kind, s.method, SCREEN_SCRIPT, digest, extra
-        )
-        for s in specs
-    ]
-    return {SCREEN_SCRIPT: data}, entries
+    data = render_script(top_template_is(env, SCREEN_TEMPLATE), ctx).encode("utf-8")
+    return {SCREEN_SCRIPT: data}, shared_entries(SCREEN_SCRIPT, data, specs)
 
 
 _DESCRIPTION = (
@@ -111,9 +100,3 @@ _DESCRIPTION = (
     'Besides the baseline run\'s fields, the JSON result holds "variants":',
     "{id: {status, final: {val_loss, val_acc: null}, params_effective}}.",
 )
-
-
-def _screen_environment(env: jinja2.Environment) -> jinja2.Environment:
-    """``env`` with its top template name standing for ``screen.py.j2``."""
-    top = jinja2.DictLoader({TOP_TEMPLATE: '{% include "' + SCREEN_TEMPLATE + '" %}'})
-    return env.overlay(loader=jinja2.ChoiceLoader([top, env.loader]))
