@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .operators import Ablation
+from .operators import Ablation, track_mean
 
 
 class HeadAblation(Ablation):
@@ -63,11 +63,7 @@ class HeadMeanAblation(HeadAblation):
         if self.training or self.running is None:
             mean = head_output.reshape(-1, head_output.shape[-1]).mean(dim=0)
             if self.training:
-                with torch.no_grad():
-                    old = mean.detach() if self.running is None else self.running
-                    self.running = (
-                        1 - self.momentum
-                    ) * old + self.momentum * mean.detach()
+                track_mean(self, mean)
         else:
             mean = self.running.to(head_output.dtype)
         return mean.expand_as(head_output)

@@ -102,14 +102,18 @@ class MeanAblation(Ablation):
         if self.training or self.running is None:
             mean = output.mean(dim=0)
             if self.training:
-                with torch.no_grad():
-                    old = mean.detach() if self.running is None else self.running
-                    self.running = (
-                        1 - self.momentum
-                    ) * old + self.momentum * mean.detach()
+                track_mean(self, mean)
         else:
             mean = self.running.to(output.dtype)
         return mean.expand_as(output).contiguous()
+
+
+def track_mean(op, mean):
+    """Fold a training batch's ``mean`` into ``op.running``, a running mean with
+    ``op.momentum`` like BatchNorm's statistics (the first batch starts it)."""
+    with torch.no_grad():
+        old = mean.detach() if op.running is None else op.running
+        op.running = (1 - op.momentum) * old + op.momentum * mean.detach()
 
 
 def out_of_place(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
