@@ -18,6 +18,7 @@ _TRAIN = TrainConfig()
 
 TRAIN = "Training (written into every script's config block)"
 NOISE = "Gradient noise (the perturbed update equations)"
+ACCEL = "Accelerators (each adds its code to the scripts only when set)"
 
 
 @app.command()
@@ -142,11 +143,15 @@ def generate(
     ] = _TRAIN.task,
     target_ppl: Annotated[
         float,
-        typer.Option(rich_help_panel=TRAIN, help="lm: perplexity for 'epochs to target'."),
+        typer.Option(
+            rich_help_panel=TRAIN, help="lm: perplexity for 'epochs to target'."
+        ),
     ] = _TRAIN.target_ppl,
     ignore_index: Annotated[
         int,
-        typer.Option(rich_help_panel=TRAIN, help="tokens / lm: target value not scored."),
+        typer.Option(
+            rich_help_panel=TRAIN, help="tokens / lm: target value not scored."
+        ),
     ] = _TRAIN.ignore_index,
     target_acc: Annotated[
         float,
@@ -162,6 +167,30 @@ def generate(
             help="Early stopping: epochs without val-loss gain. [default: off]",
         ),
     ] = _TRAIN.patience,
+    amp: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel=ACCEL,
+            help="Mixed precision: none | bf16 | fp16 (fp16: CUDA, with a GradScaler).",
+        ),
+    ] = _TRAIN.amp,
+    channels_last: Annotated[
+        bool,
+        typer.Option(rich_help_panel=ACCEL, help="Image models: channels-last memory."),
+    ] = _TRAIN.channels_last,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            rich_help_panel=ACCEL, help="torch.compile the model after the ablation."
+        ),
+    ] = _TRAIN.compile,
+    grad_accum: Annotated[
+        int,
+        typer.Option(
+            rich_help_panel=ACCEL,
+            help="Micro-batches of --batch-size per optimizer step (and noise draw).",
+        ),
+    ] = _TRAIN.grad_accum,
     noise: Annotated[
         str,
         typer.Option(
@@ -195,6 +224,7 @@ def generate(
         step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs, noise=noise, sigma=sigma,
         noise_schedule=noise_schedule, task=task, target_acc=target_acc, target_ppl=target_ppl,
         ignore_index=ignore_index, stop_at_target=stop_at_target, patience=patience,
+        amp=amp, channels_last=channels_last, compile=compile, grad_accum=grad_accum,
     )  # fmt: skip
     ids = tuple(i.strip() for c in components or () for i in c.split(",") if i.strip())
     opts = GenerateOptions(

@@ -15,6 +15,7 @@ from ablagen.errors import ConfigError
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "cyclic", "warmup")
 TASKS = ("classification", "regression", "multilabel", "tokens", "lm")
+AMPS = ("none", "bf16", "fp16")  # mixed precision of the forward passes (autocast)
 #: sources named by --dataset alone; folder:DIR, csv:FILE and text:FILE take a path
 DATASETS = (
     "build_data",
@@ -72,6 +73,11 @@ class TrainConfig:
     ignore_index: int = -100  # tokens and lm: labels with this value are not scored
     stop_at_target: bool = False
     patience: int | None = None  # None: no early stopping
+    # the accelerator options: each adds its code to the scripts only when set
+    amp: str = "none"  # autocast dtype: none | bf16 | fp16 (fp16 with a GradScaler)
+    channels_last: bool = False  # image models: NHWC weights and inputs
+    compile: bool = False  # torch.compile the model after the ablation
+    grad_accum: int = 1  # micro-batches per optimizer step
 
     def validate(self) -> TrainConfig:
         from ablagen import perturb
@@ -79,6 +85,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("task", self.task, TASKS)
+        _choice("mixed precision (--amp)", self.amp, AMPS)
         _choice("noise kind", self.noise, tuple(sorted(perturb.NOISE_KINDS)))
         _choice("noise schedule", self.noise_schedule, tuple(sorted(perturb.SCHEDULES)))
         checks = [
@@ -99,6 +106,11 @@ class TrainConfig:
             ("--step-size", self.step_size >= 1, "give at least 1 epoch"),
             ("--gamma", self.gamma > 0, "give a positive decay factor"),
             ("--warmup-epochs", self.warmup_epochs >= 1, "give at least 1 epoch"),
+            (
+                "--grad-accum",
+                self.grad_accum >= 1,
+                "give 1 (off) or more micro-batches",
+            ),
         ]
         for flag, ok, fix in checks:
             if not ok:
