@@ -155,12 +155,13 @@ def train(args):
             batch = permutation[begin : begin + args.batch_size]
             output = model(x_train[batch])
             loss = loss_fn(output, y_train[batch])
-            optimizer.zero_grad(set_to_none=True)
-            if loss.requires_grad:  # False when the ablation cut every weight off
-                loss.backward()
-            optimizer.step()
             total_loss += loss.detach() * len(batch)
             right += count_correct(output, y_train[batch])
+            if not loss.requires_grad:  # the ablation cut every weight off
+                continue
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         train_time += time.perf_counter() - start
         train_loss = float(total_loss) / len(x_train)
         train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
