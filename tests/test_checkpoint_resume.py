@@ -89,8 +89,12 @@ def _kill_after_first_checkpoint(script: Path, ckpt: Path, *args: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "streamed, train",
-    [(False, {"sigma": 0.01}), (True, {})],
-    ids=["in-memory-noisy", "streamed"],
+    [
+        (False, {"sigma": 0.01}),
+        (True, {}),
+        (False, {"sigma": 0.01, "amp": "bf16", "grad_accum": 2}),
+    ],
+    ids=["in-memory-noisy", "streamed", "bf16-grad-accum"],
 )
 def test_sigkill_then_resume_is_bit_identical(tmp_path, streamed, train):
     study = _study(tmp_path, streamed, **train)

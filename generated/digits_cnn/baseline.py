@@ -271,7 +271,7 @@ def parse_args(argv=None):
     parser.add_argument("--restart", action="store_true")  # drop --resume-from's file
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
-        parser.error("--checkpoint-every must be 0 (no checkpoints) or more")
+        parser.exit(2, "error: --checkpoint-every must be 0 (no checkpoints) or more\n")
     if args.restart and args.resume_from:
         for path in (args.resume_from, f"{args.resume_from}.json"):  # then its note
             Path(path).unlink(missing_ok=True)
