@@ -9,9 +9,11 @@ so the test checks which GPU every run saw and that no GPU held more than
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES
 from conftest_orchestrate import write_manifest
 
 from ablagen.cli import main
@@ -19,6 +21,8 @@ from ablagen.errors import ConfigError
 from ablagen.orchestrate import RunOptions, run_study
 from ablagen.orchestrate import placement
 from ablagen.orchestrate.store import ResultStore
+
+TABULAR = EXAMPLES / "tabular_mlp.py"  # a small model file for study and sweep
 
 #: a contract-following script that reports the GPU it was shown and its interval
 SCRIPT = """
@@ -127,18 +131,18 @@ def test_placement_maps_indices_to_the_outer_names():
     assert placement.place("cpu", None, 1, visible=lambda: ["0"]) is None
 
 
-@pytest.mark.parametrize(
-    "argv, says",
-    [
-        (["--gpus", "0"], "--gpus 0 needs CUDA runs; add --device cuda"),
-        (["--device", "cuda", "--gpus", "0,4"], "GPU 4 does not exist"),
-        (["--device", "cuda", "--runs-per-gpu", "0"], "--runs-per-gpu 0 is not"),
-        (["--checkpoint-every", "-1"], "--checkpoint-every -1 is negative"),
-        (["--device", "cuda", "--gpus", "0,x"], "bad --gpus '0,x'"),
-        (["--device", "cuda", "--gpus", "1,1"], "a GPU is listed twice"),
-        (["--gpus-per-run", "1.5", "--backend", "ray"], "a fraction above 1 GPU"),
-    ],
-)
+BAD_PLACEMENT = [
+    (["--gpus", "0"], "--gpus 0 needs CUDA runs; add --device cuda"),
+    (["--device", "cuda", "--gpus", "0,4"], "GPU 4 does not exist"),
+    (["--device", "cuda", "--runs-per-gpu", "0"], "--runs-per-gpu 0 is not"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1 is negative"),
+    (["--device", "cuda", "--gpus", "0,x"], "bad --gpus '0,x'"),
+    (["--device", "cuda", "--gpus", "1,1"], "a GPU is listed twice"),
+    (["--gpus-per-run", "1.5", "--backend", "ray"], "a fraction above 1 GPU"),
+]
+
+
+@pytest.mark.parametrize("argv, says", BAD_PLACEMENT)
 def test_bad_placement_input_is_one_line_exit_2(
     tmp_path, monkeypatch, capsys, argv, says
 ):
@@ -150,12 +154,87 @@ def test_bad_placement_input_is_one_line_exit_2(
     assert not (study / "logs").exists()  # nothing ran
 
 
+def _refused(argv: list[str], out: Path, capsys) -> str:
+    """``argv`` exits 2 with one line, no traceback and nothing written; the line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()  # refused before generating anything
+    return err
+
+
+@pytest.mark.parametrize("command", ["study", "sweep"])
+@pytest.mark.parametrize(
+    "argv, says", [*BAD_PLACEMENT, (["--device", "cuda"], "no CUDA GPU is visible")]
+)
+def test_study_and_sweep_refuse_bad_placement_before_writing(
+    tmp_path, monkeypatch, capsys, command, argv, says
+):
+    _fake(monkeypatch, [] if argv == ["--device", "cuda"] else ["0", "1"])
+    out = tmp_path / "out"
+    err = _refused(
+        [command, str(TABULAR), "--out", str(out), "--quiet", *argv], out, capsys
+    )
+    assert says in err, err
+
+
 def test_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     _fake(monkeypatch, [])
     study = _study(tmp_path, 1)
     assert main(["run", str(study), "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA GPU is visible" in err
+
+
+class _Stop(Exception):
+    """Ends a study or sweep once its runs' options reached the orchestrator."""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "command, where, extra",
+    [
+        ("study", "ablagen.pipeline", ["--kinds", "layer", "--no-arms"]),
+        ("sweep", "ablagen.sweep.run", ["--lrs", "0.01", "--arms", "plain"]),
+    ],
+)
+def test_study_and_sweep_spread_their_runs_over_the_gpus_asked_for(
+    tmp_path, monkeypatch, command, where, extra
+):
+    """``ablagen study``/``sweep --device cuda --gpus 1,2 --runs-per-gpu 2``: the
+    orchestrator gets those options, and with them (on this machine's faked GPUs)
+    runs land on GPUs 1 and 2 only, at most 2 at once on each."""
+    import importlib
+
+    _fake(monkeypatch, ["GPU-a", "GPU-b", "GPU-c"])
+    contract = _study(tmp_path, 8)  # scripts that report the GPU they were shown
+    module = importlib.import_module(where)
+    real_run_study = module.run_study
+    got = []
+
+    def orchestrator(study, options, **kwargs):
+        got.append(options)  # the generated scripts need CUDA: run contract ones
+        got.append(real_run_study(contract, replace(options, only=None, seeds=(0,))))
+        raise _Stop
+
+    monkeypatch.setattr(module, "run_study", orchestrator)
+    argv = [command, str(TABULAR), "--out", str(tmp_path / "out"), "--seeds", "0",
+            "--epochs", "3", "--quiet", "--device", "cuda", "--gpus", "1,2",
+            "--runs-per-gpu", "2", "--checkpoint-every", "2", "--keep-checkpoints",
+            "--gpus-per-run", "0.5", *extra]  # fmt: skip
+    with pytest.raises(_Stop):
+        main(argv)
+    options, summary = got
+    assert (options.device, options.gpus, options.runs_per_gpu) == ("cuda", (1, 2), 2)
+    assert (options.checkpoint_every, options.keep_checkpoints) == (2, True)
+    assert options.gpus_per_run == 0.5
+    assert summary.all_ok and summary.jobs == 4  # 2 GPUs x 2 runs
+    runs = _runs(contract)
+    seen = {r["cuda_visible_devices"] for r in runs}
+    assert len(runs) == 8 and seen == {"GPU-b", "GPU-c"}  # GPU 0 was not asked for
+    for name in seen:
+        spans = [r["interval"] for r in runs if r["cuda_visible_devices"] == name]
+        assert _most_at_once(spans) <= 2
 
 
 def test_option_errors_name_the_flag():

@@ -31,6 +31,7 @@ from ablagen.hybrid import (
 )
 from ablagen.orchestrate import RunSummary, run_study
 from ablagen.orchestrate.local import warm_pool
+from ablagen.orchestrate.placement import check_devices
 from ablagen.ranking import ImportanceRow, load_records
 from ablagen.report import RankOutputs, rank_and_write, write_report
 from ablagen.study.options import (
@@ -81,6 +82,8 @@ def run_full_study(
             f"unknown study mode {opts.generate.mode!r}",
             f"use one of: {', '.join(STUDY_MODES)}",
         )
+    # fp16 without CUDA, no GPU, an unknown --gpus index: refused before generating
+    check_devices(opts.run, opts.generate.train.amp)
     if opts.generate.mode == "two-stage":
         return _two_stage(opts, step, progress)
     if opts.generate.mode == "screen":  # a screen has no accuracy to rank on

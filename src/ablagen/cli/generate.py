@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
-from ablagen.cli.options import InputShapeOpt, ModelArg, NeuronGroupsOpt
+from ablagen.cli.options import (
+    AmpOpt,
+    ChannelsLastOpt,
+    CompileOpt,
+    GradAccumOpt,
+    InputShapeOpt,
+    ModelArg,
+    NeuronGroupsOpt,
+)
 from ablagen.codegen.context import TrainConfig
 from ablagen.codegen.options import GenerateOptions
 
@@ -18,7 +26,6 @@ _TRAIN = TrainConfig()
 
 TRAIN = "Training (written into every script's config block)"
 NOISE = "Gradient noise (the perturbed update equations)"
-ACCEL = "Accelerators (each adds its code to the scripts only when set)"
 
 
 @app.command()
@@ -167,30 +174,10 @@ def generate(
             help="Early stopping: epochs without val-loss gain. [default: off]",
         ),
     ] = _TRAIN.patience,
-    amp: Annotated[
-        str,
-        typer.Option(
-            rich_help_panel=ACCEL,
-            help="Mixed precision: none | bf16 | fp16 (fp16: CUDA, with a GradScaler).",
-        ),
-    ] = _TRAIN.amp,
-    channels_last: Annotated[
-        bool,
-        typer.Option(rich_help_panel=ACCEL, help="Image models: channels-last memory."),
-    ] = _TRAIN.channels_last,
-    compile: Annotated[
-        bool,
-        typer.Option(
-            rich_help_panel=ACCEL, help="torch.compile the model after the ablation."
-        ),
-    ] = _TRAIN.compile,
-    grad_accum: Annotated[
-        int,
-        typer.Option(
-            rich_help_panel=ACCEL,
-            help="Micro-batches of --batch-size per optimizer step (and noise draw).",
-        ),
-    ] = _TRAIN.grad_accum,
+    amp: AmpOpt = _TRAIN.amp,
+    channels_last: ChannelsLastOpt = _TRAIN.channels_last,
+    compile: CompileOpt = _TRAIN.compile,
+    grad_accum: GradAccumOpt = _TRAIN.grad_accum,
     noise: Annotated[
         str,
         typer.Option(

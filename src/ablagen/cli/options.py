@@ -28,3 +28,80 @@ NeuronGroupsOpt = Annotated[
         help="Split each layer's output units into K contiguous groups (default: one per unit up to 32 units, else 32 groups).",
     ),
 ]
+
+# -- where the runs go and what they save: `ablagen run`, `study` and `sweep` ---------
+# (defaults at each use: the RunOptions field of the same name)
+DEVICES = "Devices and checkpoints"
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", rich_help_panel=DEVICES, help="cpu or cuda, passed to every script."
+    ),
+]
+GpusOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpus",
+        rich_help_panel=DEVICES,
+        help="Local, with --device cuda: comma list of GPU indices the runs are spread over"
+        " (each run sees one, via CUDA_VISIBLE_DEVICES) (default: every visible GPU).",
+        show_default=False,
+    ),
+]
+RunsPerGpuOpt = Annotated[
+    int,
+    typer.Option(
+        "--runs-per-gpu",
+        rich_help_panel=DEVICES,
+        help="Local, with --device cuda: most runs one GPU holds at once; --jobs defaults to GPUs x this.",
+    ),
+]
+GpusPerRunOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-run",
+        rich_help_panel=DEVICES,
+        help="Ray: GPUs per run; a fraction shares a GPU (0.5: two runs per GPU, 0.25: four).",
+    ),
+]
+CheckpointEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-every",
+        rich_help_panel=DEVICES,
+        help="Epochs between mid-run checkpoints (0: none) (default: the script's, every epoch).",
+        show_default=False,
+    ),
+]
+KeepCheckpointsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-checkpoints",
+        rich_help_panel=DEVICES,
+        help="Keep each finished run's mid-run checkpoint (runs/...) instead of deleting it.",
+    ),
+]
+RestartOpt = Annotated[
+    bool,
+    typer.Option(
+        "--restart",
+        rich_help_panel=DEVICES,
+        help="Runs that start drop their mid-run checkpoint and train from epoch 1.",
+    ),
+]
+
+# -- the accelerator training options: `ablagen generate`, `study` and `sweep` --------
+# (defaults at each use: the TrainConfig field of the same name)
+ACCEL = "Accelerators (each adds its code to the scripts only when set)"
+AMP_HELP = "Mixed precision: none | bf16 | fp16 (fp16: CUDA, with a GradScaler)."
+CHANNELS_LAST_HELP = "Image models (N,C,H,W input): channels-last memory."
+COMPILE_HELP = "torch.compile the model after the ablation."
+GRAD_ACCUM_HELP = "Micro-batches of --batch-size per optimizer step (and noise draw)."
+
+AmpOpt = Annotated[str, typer.Option(rich_help_panel=ACCEL, help=AMP_HELP)]
+ChannelsLastOpt = Annotated[
+    bool, typer.Option(rich_help_panel=ACCEL, help=CHANNELS_LAST_HELP)
+]
+CompileOpt = Annotated[bool, typer.Option(rich_help_panel=ACCEL, help=COMPILE_HELP)]
+GradAccumOpt = Annotated[int, typer.Option(rich_help_panel=ACCEL, help=GRAD_ACCUM_HELP)]

@@ -10,6 +10,19 @@ import typer
 
 from ablagen.cli.app import app
 from ablagen.cli.export import TrackOpt, tracked
+from ablagen.cli.options import (
+    CheckpointEveryOpt,
+    DeviceOpt,
+    GpusOpt,
+    GpusPerRunOpt,
+    KeepCheckpointsOpt,
+    RestartOpt,
+    RunsPerGpuOpt,
+)
+from ablagen.orchestrate.options import RunOptions
+
+#: the defaults below are field defaults of RunOptions (stated nowhere else)
+_RUN = RunOptions()
 
 StudyArg = Annotated[
     str,
@@ -62,13 +75,7 @@ def run(
     cpus_per_run: Annotated[
         float, typer.Option("--cpus-per-run", help="Ray: CPUs per run.")
     ] = 1.0,
-    gpus_per_run: Annotated[
-        float,
-        typer.Option(
-            "--gpus-per-run",
-            help="Ray: GPUs per run; a fraction shares a GPU (0.5: two runs per GPU, 0.25: four).",
-        ),
-    ] = 0.0,
+    gpus_per_run: GpusPerRunOpt = _RUN.gpus_per_run,
     only: Annotated[
         str | None, typer.Option("--only", help="Comma list of variant ids to run.")
     ] = None,
@@ -82,49 +89,14 @@ def run(
         bool,
         typer.Option("--quiet", "-q", help="No progress; print the summary line only."),
     ] = False,
-    device: Annotated[
-        str, typer.Option("--device", help="cpu or cuda, passed to every script.")
-    ] = "cpu",
+    device: DeviceOpt = _RUN.device,
     track: TrackOpt = None,
     max_memory: MaxMemoryOpt = None,
-    gpus: Annotated[
-        str | None,
-        typer.Option(
-            "--gpus",
-            help="Local, with --device cuda: comma list of GPU indices the runs are spread over"
-            " (each run sees one, via CUDA_VISIBLE_DEVICES) (default: every visible GPU).",
-            show_default=False,
-        ),
-    ] = None,
-    runs_per_gpu: Annotated[
-        int,
-        typer.Option(
-            "--runs-per-gpu",
-            help="Local, with --device cuda: most runs one GPU holds at once; --jobs defaults to GPUs x this.",
-        ),
-    ] = 1,
-    keep_checkpoints: Annotated[
-        bool,
-        typer.Option(
-            "--keep-checkpoints",
-            help="Keep each finished run's mid-run checkpoint (runs/...) instead of deleting it.",
-        ),
-    ] = False,
-    restart: Annotated[
-        bool,
-        typer.Option(
-            "--restart",
-            help="Runs that start drop their mid-run checkpoint and train from epoch 1.",
-        ),
-    ] = False,
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option(
-            "--checkpoint-every",
-            help="Epochs between mid-run checkpoints (0: none) (default: the script's, every epoch).",
-            show_default=False,
-        ),
-    ] = None,
+    gpus: GpusOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = _RUN.runs_per_gpu,
+    keep_checkpoints: KeepCheckpointsOpt = _RUN.keep_checkpoints,
+    restart: RestartOpt = _RUN.restart,
+    checkpoint_every: CheckpointEveryOpt = _RUN.checkpoint_every,
     no_wait: Annotated[
         bool,
         typer.Option(
@@ -136,7 +108,7 @@ def run(
     """Run the study's scripts (resuming: runs already ok are skipped, interrupted
     ones continue from their last mid-run checkpoint). Exit 1 if any run is not ok."""
     from ablagen.orchestrate.local import warm_pool
-    from ablagen.orchestrate.options import RunOptions, parse_ids, parse_seeds
+    from ablagen.orchestrate.options import parse_ids, parse_seeds
     from ablagen.orchestrate.placement import parse_gpus
 
     options = RunOptions(

@@ -11,7 +11,20 @@ import typer
 
 from ablagen.cli.app import app
 from ablagen.cli.export import TrackOpt, tracked
-from ablagen.cli.options import ModelArg, NeuronGroupsOpt
+from ablagen.cli.options import (
+    AmpOpt,
+    ChannelsLastOpt,
+    CheckpointEveryOpt,
+    CompileOpt,
+    DeviceOpt,
+    GpusOpt,
+    GpusPerRunOpt,
+    GradAccumOpt,
+    KeepCheckpointsOpt,
+    ModelArg,
+    NeuronGroupsOpt,
+    RunsPerGpuOpt,
+)
 from ablagen.cli.run import MaxMemoryOpt
 from ablagen.codegen.options import GenerateOptions
 from ablagen.orchestrate.options import RunOptions
@@ -165,6 +178,10 @@ def study(
     patience: Annotated[
         int | None, typer.Option(help="Early stopping patience in epochs.")
     ] = STUDY_TRAIN.patience,
+    amp: AmpOpt = STUDY_TRAIN.amp,
+    channels_last: ChannelsLastOpt = STUDY_TRAIN.channels_last,
+    compile: CompileOpt = STUDY_TRAIN.compile,
+    grad_accum: GradAccumOpt = STUDY_TRAIN.grad_accum,
     metric: Annotated[
         str, typer.Option(help="Metric the ranking uses.")
     ] = _RANK.metric,
@@ -177,6 +194,12 @@ def study(
     ] = _STUDY.with_arms,
     backend: Annotated[str, typer.Option(help="local or ray.")] = _RUN.backend,
     max_memory: MaxMemoryOpt = _RUN.max_memory_gb,
+    device: DeviceOpt = _RUN.device,
+    gpus: GpusOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = _RUN.runs_per_gpu,
+    gpus_per_run: GpusPerRunOpt = _RUN.gpus_per_run,
+    checkpoint_every: CheckpointEveryOpt = _RUN.checkpoint_every,
+    keep_checkpoints: KeepCheckpointsOpt = _RUN.keep_checkpoints,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars.")
     ] = False,
@@ -187,6 +210,7 @@ def study(
 
     from ablagen.loading import split_model_spec
     from ablagen.orchestrate import parse_seeds
+    from ablagen.orchestrate.placement import parse_gpus
     from ablagen.orchestrate.render import PlainProgress, RichProgress
     from ablagen.pipeline import check_screen_metric, run_full_study, stage_dirs
 
@@ -201,6 +225,10 @@ def study(
         scheduler=scheduler,
         patience=patience,
         task=task,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+        grad_accum=grad_accum,
     )
     if metric == _RANK.metric and task in ("lm", "regression"):
         metric = "val_ppl" if task == "lm" else "val_loss"  # these tasks have no accuracy
@@ -222,7 +250,17 @@ def study(
         generate=generate,
         seeds=parse_seeds(seeds),
         arm_seeds=parse_seeds(arm_seeds),
-        run=RunOptions(jobs=jobs, backend=backend, max_memory_gb=max_memory),
+        run=RunOptions(
+            jobs=jobs,
+            backend=backend,
+            max_memory_gb=max_memory,
+            device=device,
+            gpus=parse_gpus(gpus) if gpus is not None else None,
+            runs_per_gpu=runs_per_gpu,
+            gpus_per_run=gpus_per_run,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+        ),
         arms=ArmOptions(
             sigma=sigma,
             noise=noise,

@@ -9,6 +9,18 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
+from ablagen.cli.options import (
+    AMP_HELP,
+    CHANNELS_LAST_HELP,
+    COMPILE_HELP,
+    GRAD_ACCUM_HELP,
+    CheckpointEveryOpt,
+    DeviceOpt,
+    GpusOpt,
+    GpusPerRunOpt,
+    KeepCheckpointsOpt,
+    RunsPerGpuOpt,
+)
 from ablagen.codegen.context import TrainConfig
 from ablagen.orchestrate.options import RunOptions
 from ablagen.sweep.options import ARM_HELP, ARMS, SweepOptions
@@ -96,6 +108,18 @@ def sweep(
     no_patience: Annotated[
         bool, typer.Option(rich_help_panel=TRAIN, help="Turn early stopping off.")
     ] = False,
+    amp: Annotated[
+        str | None, typer.Option(rich_help_panel=TRAIN, help=AMP_HELP)
+    ] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option(rich_help_panel=TRAIN, help=CHANNELS_LAST_HELP)
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option(rich_help_panel=TRAIN, help=COMPILE_HELP)
+    ] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option(rich_help_panel=TRAIN, help=GRAD_ACCUM_HELP)
+    ] = None,
     jobs: Annotated[
         int | None,
         typer.Option(
@@ -117,7 +141,12 @@ def sweep(
     retry_failed: Annotated[
         bool, typer.Option(rich_help_panel=RUN)
     ] = _RUN.retry_failed,
-    device: Annotated[str, typer.Option(rich_help_panel=RUN)] = _RUN.device,
+    device: DeviceOpt = _RUN.device,
+    gpus: GpusOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = _RUN.runs_per_gpu,
+    gpus_per_run: GpusPerRunOpt = _RUN.gpus_per_run,
+    checkpoint_every: CheckpointEveryOpt = _RUN.checkpoint_every,
+    keep_checkpoints: KeepCheckpointsOpt = _RUN.keep_checkpoints,
     plots: Annotated[bool, typer.Option(help="Write sweep.png.")] = _SWEEP.plots,
     force: Annotated[
         bool, typer.Option(help="Replace a sweep directory of another model.")
@@ -130,6 +159,7 @@ def sweep(
     from rich.console import Console
 
     from ablagen.orchestrate import parse_seeds
+    from ablagen.orchestrate.placement import parse_gpus
     from ablagen.orchestrate.render import PlainProgress, RichProgress
     from ablagen.sweep import parse_arms, parse_floats, parse_lrs, run_sweep
 
@@ -137,7 +167,8 @@ def sweep(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, l1=l1, grad_clip=grad_clip, scheduler=scheduler,
         step_size=step_size, gamma=gamma, warmup_epochs=warmup_epochs, task=task,
-        target_acc=target_acc, patience=patience,
+        target_acc=target_acc, patience=patience, amp=amp, channels_last=channels_last,
+        compile=compile, grad_accum=grad_accum,
     )  # fmt: skip
     train: dict[str, object] = {k: v for k, v in given.items() if v is not None}
     if no_patience:
@@ -162,6 +193,11 @@ def sweep(
             timeout_s=timeout,
             retry_failed=retry_failed,
             device=device,
+            gpus=parse_gpus(gpus) if gpus is not None else None,
+            runs_per_gpu=runs_per_gpu,
+            gpus_per_run=gpus_per_run,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
         ),
         plots=plots,
         force=force,

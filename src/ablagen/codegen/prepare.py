@@ -95,6 +95,7 @@ def prepare(opts: GenerateOptions, command: str | None = None) -> Prepared:
         )
     env = make_environment(opts.templates)
     loaded = load_model(opts.model, opts.input_shape)
+    _check_channels_last(opts, loaded)
     inventory = analyze(loaded, opts.neuron_groups)
     data, batch = resolve_data(opts, loaded, opts.out)
     model = _model_info(opts, loaded, data, batch)
@@ -115,6 +116,17 @@ def prepare(opts: GenerateOptions, command: str | None = None) -> Prepared:
         ),
     )
     return Prepared(opts, env, loaded, inventory, model, config)
+
+
+def _check_channels_last(opts: GenerateOptions, loaded: LoadedModel) -> None:
+    """--channels-last reorders 4-D (N,C,H,W) tensors: refuse any other input."""
+    sample = tuple(loaded.example_inputs[0].shape[1:])  # ModelInfo.sample_shape
+    if opts.train.channels_last and len(sample) != 3:
+        raise ConfigError(
+            f"--channels-last needs image input (N,C,H,W), but one sample of "
+            f"{loaded.path} has shape {sample}",
+            "drop --channels-last for this model",
+        )
 
 
 def _model_info(

@@ -13,16 +13,25 @@ GPU indices are torch's numbering as the orchestrator sees it (0 ..
 ``--gpus 1`` is physical GPU 3, and its workers get ``CUDA_VISIBLE_DEVICES=3``
 (UUIDs and MIG names pass through as written). :func:`visible_gpus` is looked up at
 call time, so tests replace it to fake a machine's GPUs.
+
+:func:`check_devices` is every device check of a study's runs at once (fp16 mixed
+precision needs CUDA; the GPUs asked for exist), so ``ablagen study`` and ``ablagen
+sweep`` refuse bad input before they write anything; ``run_study`` checks the
+study's recorded ``--amp`` against ``--device`` before any run starts.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from ablagen.codegen.context import TrainConfig
 from ablagen.errors import ConfigError
+from ablagen.orchestrate.options import RunOptions
 
 
 def _cuda_device_count() -> int:
@@ -116,3 +125,41 @@ def place(
             f"pass indices from 0 to {len(names) - 1}, e.g. --gpus {','.join(map(str, range(len(names))))}",
         )
     return Placement(chosen, tuple(names[g] for g in chosen), runs_per_gpu)
+
+
+def check_amp(amp: str, device: str, study: str | Path | None = None) -> None:
+    """fp16 mixed precision needs CUDA (bf16 runs on CPU too): one line otherwise.
+
+    ``study``: the study whose manifest recorded ``amp`` (the fix is then to
+    regenerate it); ``None``: ``amp`` is an option of this command.
+    """
+    if amp != "fp16" or device == "cuda":
+        return
+    said = f"{study} was generated with --amp fp16" if study else "--amp fp16"
+    fix = "regenerate it with --amp bf16" if study else "use --amp bf16"
+    raise ConfigError(
+        f"{said}, which needs CUDA, but the runs use --device {device}",
+        f"pass --device cuda, or {fix} (bf16 runs on CPU too)",
+    )
+
+
+def recorded_amp(config: Mapping[str, Any]) -> str:
+    """The ``--amp`` a study's manifest config records ("none" where it records no
+    training settings, as a hand-made or older study's manifest may not)."""
+    train = config.get("train")
+    if not isinstance(train, dict):
+        return "none"
+    try:
+        return TrainConfig.from_manifest(train).amp
+    except TypeError:  # not TrainConfig's fields: no recorded precision to check
+        return "none"
+
+
+def check_devices(options: RunOptions, amp: str = "none") -> Placement | None:
+    """Every device check of runs with ``options`` whose scripts train with ``amp``,
+    before anything is generated or run: fp16 needs CUDA; local CUDA runs need a
+    visible GPU and the ``--gpus`` asked for (see :func:`place`)."""
+    check_amp(amp, options.device)
+    if options.backend != "local":
+        return None
+    return place(options.device, options.gpus, options.runs_per_gpu)

@@ -53,6 +53,7 @@ from ablagen.orchestrate.options import (
 )
 from ablagen.orchestrate.outcome import classify, read_tail
 from ablagen.orchestrate.owner import Owner, pid_alive
+from ablagen.orchestrate.placement import check_amp, recorded_amp
 from ablagen.orchestrate.records import RunRecord
 from ablagen.orchestrate.store import ResultStore
 from ablagen.studydir import (
@@ -234,8 +235,9 @@ def run_study(
     """Run a study's scripts into its result store and return what happened.
 
     Bad input (not a study, corrupt manifest, unknown ``--only`` id, changed script,
-    backend unavailable) raises an :class:`~ablagen.errors.AblagenError` before any
-    run starts. Failing runs are data: they end up in the store and the summary.
+    fp16 scripts on CPU, backend unavailable) raises an
+    :class:`~ablagen.errors.AblagenError` before any run starts. Failing runs are
+    data: they end up in the store and the summary.
     ``warm``: a pool the caller started early (``local.warm_pool``), adopted by a
     backend that can use it; the caller stops it if not.
     """
@@ -243,6 +245,7 @@ def run_study(
     started = time.monotonic()
     study = Path(study_dir)
     manifest = load_manifest(study)
+    check_amp(recorded_amp(manifest.config), options.device, study)
     specs = plan_runs(study, manifest, options)
     factory = get_backend(options.backend)
     notify = progress or (lambda event: None)

@@ -26,6 +26,7 @@ from ablagen.fsutil import sha256_bytes
 from ablagen.hybrid import energy_matched
 from ablagen.loading import split_model_spec
 from ablagen.noise_scales import NOISE_SCALES_JSON, NoiseScales, load_noise_scales
+from ablagen.orchestrate.placement import check_devices
 from ablagen.ranking import IMPORTANCE_JSON
 from ablagen.studydir import (
     MANIFEST,
@@ -183,11 +184,14 @@ def _describe(point: Point, base: TrainConfig) -> tuple[str, ...]:
 
 
 def check_sweep(opts: SweepOptions) -> tuple[Target, tuple[str, ...]]:
-    """Every check that needs no model loaded: options, target, arms, size."""
+    """Every check that needs no model loaded: options, target, arms, size, and the
+    devices (fp16 needs CUDA; the GPUs asked for exist)."""
     opts.validate()
     target = resolve_target(opts.target)
     arms = choose_arms(opts, target)
     opts.check_size(arms)
+    amp = base_options(opts, target, sweep_dir(opts, target)).train.amp
+    check_devices(opts.run, amp)
     return target, arms
 
 
