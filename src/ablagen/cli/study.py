@@ -161,7 +161,9 @@ def study(
     image_size: Annotated[
         str | None, typer.Option(help="See generate.")
     ] = _GEN.image_size,
-    tokenizer: Annotated[str | None, typer.Option(help="See generate.")] = _GEN.tokenizer,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="See generate.")
+    ] = _GEN.tokenizer,
     num_workers: Annotated[
         int | None, typer.Option(help="See generate.")
     ] = _GEN.num_workers,
@@ -231,7 +233,8 @@ def study(
         grad_accum=grad_accum,
     )
     if metric == _RANK.metric and task in ("lm", "regression"):
-        metric = "val_ppl" if task == "lm" else "val_loss"  # these tasks have no accuracy
+        # these tasks have no accuracy
+        metric = "val_ppl" if task == "lm" else "val_loss"
     generate = GenerateOptions(
         model=model,
         out=out or Path("studies") / split_model_spec(model)[0].stem,
@@ -280,9 +283,7 @@ def study(
         else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
     )
     out_dir = generate.out
-    studies = (
-        list(stage_dirs(opts)) if mode == "two-stage" else [out_dir]
-    )
+    studies = list(stage_dirs(opts)) if mode == "two-stage" else [out_dir]
     callback = tracked(progress, track, studies, console)
     try:
         outcome = run_full_study(
