@@ -320,3 +320,4 @@ def test_long_runs_train_their_baseline_once_without_resume_code(tmp_path, mode)
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["status"] == "ok" and len(result["history"]) == 3
+    assert "gpu" in result and result["gpu"] is None  # named on CUDA, as baseline.py
