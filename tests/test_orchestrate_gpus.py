@@ -139,6 +139,7 @@ BAD_PLACEMENT = [
     (["--device", "cuda", "--gpus", "0,x"], "bad --gpus '0,x'"),
     (["--device", "cuda", "--gpus", "1,1"], "a GPU is listed twice"),
     (["--gpus-per-run", "1.5", "--backend", "ray"], "a fraction above 1 GPU"),
+    (["--device", "cuda", "--backend", "ray"], "at --gpus-per-run 0 Ray places no run"),
 ]
 
 
@@ -239,6 +240,6 @@ def test_study_and_sweep_spread_their_runs_over_the_gpus_asked_for(
 
 def test_option_errors_name_the_flag():
     with pytest.raises(ConfigError, match="--gpus is for the local backend"):
-        RunOptions(device="cuda", gpus=(0,), backend="ray")
+        RunOptions(device="cuda", gpus=(0,), backend="ray", gpus_per_run=1)
     assert RunOptions(gpus_per_run=0.25).gpus_per_run == 0.25  # Ray: a quarter GPU
     assert json.loads(json.dumps(RunOptions().script_args())) == {"device": "cpu"}

@@ -163,6 +163,12 @@ class RunOptions:
                 f"--gpus-per-run {self.gpus_per_run}: a fraction above 1 GPU",
                 "pass a share of one GPU (e.g. 0.5) or a whole number of GPUs",
             )
+        if self.backend == "ray" and self.device == "cuda" and not self.gpus_per_run:
+            raise ConfigError(
+                "--device cuda on Ray needs GPUs per run: at --gpus-per-run 0 Ray "
+                "places no run on a GPU",
+                "pass --gpus-per-run 1 (or 0.5: two runs per GPU)",
+            )
         if self.gpus is not None and self.backend != "local":
             raise ConfigError(
                 f"--gpus is for the local backend, not {self.backend}",
