@@ -321,3 +321,49 @@ def test_the_ablation_survives_torch_compile(make, variant):
     eager = run(eager_script, samples=256)
     for (a, b), (c, d) in zip(losses(compiled), losses(eager)):
         assert a == pytest.approx(c, rel=1e-4) and b == pytest.approx(d, rel=1e-4)
+
+
+STREAMED = '''
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+INPUT_SHAPE = (1, 6, 6)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+def build_datasets():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 1, 6, 6, generator=g)
+    y = x.flatten(1)[:, :3].argmax(dim=1)
+    return TensorDataset(x[:256], y[:256]), TensorDataset(x[256:], y[256:])
+'''
+
+
+def test_streamed_loop_takes_every_option(tmp_path):
+    """DataLoader batches: accumulation is one big batch there too, and bf16,
+    channels-last and accumulation run together."""
+    model = tmp_path / "net.py"
+    model.write_text(STREAMED)
+    train = TrainConfig(
+        epochs=2, optimizer="sgd", lr=0.2, amp="bf16", grad_accum=4, channels_last=True
+    )
+    generate(model, tmp_path / "s", train=train, num_workers=0)
+    module = load_script(tmp_path / "s" / "baseline.py")
+    plain = ["--amp", "none"]
+    big = run(module, *plain, "--batch-size", 64, "--grad-accum", 1)
+    accumulated = run(module, *plain, "--batch-size", 16, "--grad-accum", 4)
+    for (a, b), (c, d) in zip(losses(big), losses(accumulated)):
+        assert a == pytest.approx(c, rel=1e-5) and b == pytest.approx(d, rel=1e-5)
+    mixed = run(module, "--batch-size", 16)
+    assert mixed["status"] == "ok" and losses(mixed) != losses(accumulated)

@@ -93,8 +93,9 @@ def _kill_after_first_checkpoint(script: Path, ckpt: Path, *args: str) -> None:
         (False, {"sigma": 0.01}),
         (True, {}),
         (False, {"sigma": 0.01, "amp": "bf16", "grad_accum": 2}),
+        (False, {"sigma": 0.01, "noise_schedule": "adaptive"}),
     ],
-    ids=["in-memory-noisy", "streamed", "bf16-grad-accum"],
+    ids=["in-memory-noisy", "streamed", "bf16-grad-accum", "adaptive-noise"],
 )
 def test_sigkill_then_resume_is_bit_identical(tmp_path, streamed, train):
     study = _study(tmp_path, streamed, **train)
