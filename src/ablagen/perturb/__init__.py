@@ -8,6 +8,7 @@ them here, never in a script.
 - ``noise``: the noise kinds (a registry: ``register_noise``);
 - ``schedules``: σ_t over the steps (a registry: ``register_schedule``);
 - ``buffers``: the flat noise buffers and the side thread that fills them ahead;
+- ``divergence``: the divergence signal (losses judged on their device, lazily);
 - ``optimizer``: ``PerturbedOptimizer``, the wrapper around any torch.optim optimizer.
 """
 
@@ -40,7 +41,7 @@ from .schedules import (
     register_schedule,
 )
 
-EMBED_ORDER = ("registry", "noise", "schedules", "buffers", "optimizer")
+EMBED_ORDER = ("registry", "noise", "schedules", "buffers", "divergence", "optimizer")
 
 __all__ = [
     "NOISE_KINDS",

@@ -1,46 +1,14 @@
 """The optimizer: guard, clip, add δ_t, then the base optimizer's step."""
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from .buffers import _Bucket, _cores, _Prefetcher
+from .divergence import _Divergence
 from .noise import NoiseKind, make_noise
 from .schedules import ConstantSchedule, Schedule, make_schedule
-
-
-@dataclass
-class _Divergence:
-    """Flags a loss or gradient norm that is non-finite or exploded: above both
-    its first value and ``factor`` times its best (loss) or running mean (norm)."""
-
-    loss_factor: float
-    grad_factor: float | None
-    first_loss: float | None = None
-    best_loss: float = math.inf
-    first_norm: float | None = None
-    mean_norm: float = 0.0
-    reason: str | None = None
-
-    def observe_loss(self, loss: float) -> None:
-        if not math.isfinite(loss):
-            self._flag(f"loss is {loss}")
-            return
-        self.first_loss = loss if self.first_loss is None else self.first_loss
-        if loss > max(self.loss_factor * self.best_loss, self.first_loss):
-            self._flag(f"loss {loss:.4g} > {self.loss_factor}x its best")
-        self.best_loss = min(self.best_loss, loss)
-
-    def observe_grad_norm(self, norm: float) -> None:
-        self.first_norm = norm if self.first_norm is None else self.first_norm
-        if norm > max(self.grad_factor * self.mean_norm, self.first_norm) > 0:
-            self._flag(f"gradient norm {norm:.4g} > {self.grad_factor}x its mean")
-        self.mean_norm = 0.9 * (self.mean_norm or norm) + 0.1 * norm
-
-    def _flag(self, reason: str) -> None:
-        self.reason = self.reason or reason
 
 
 def _device_seed(seed: int, position: int, rank: int) -> int:
@@ -104,7 +72,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     buckets), so a run is identical with or without it. ``prefetch=None``
     turns it on when torch leaves a core free (``torch.get_num_threads()``
     below the cores this process may use). CUDA draws are asynchronous anyway.
-    ``observe_loss(loss)`` and ``diverged`` are a divergence signal for the loop.
+    ``observe_loss(loss)`` and ``diverged`` are a divergence signal for the loop:
+    observing is free of host syncs, reading ``diverged`` costs one.
     """
 
     def __init__(
@@ -194,7 +163,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             "skipped_steps": self.skipped_steps,
             "generators": {key: g.get_state() for key, g in self._generators.items()},
             "schedule": self.schedule.state_dict(),
-            "divergence": vars(self._divergence).copy(),
+            "divergence": self._divergence.state_dict(),
             "scales": dict(self._scales),
         }
         return {"base": self.base.state_dict(), "perturb": perturb}
@@ -215,31 +184,35 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 )
             self._generators[key].set_state(generator_state.cpu())
         self.schedule.load_state_dict(perturb["schedule"])
-        vars(self._divergence).update(perturb["divergence"])
+        self._divergence.load_state_dict(perturb["divergence"])
 
     # -- perturbation ---------------------------------------------------------
 
     @property
     def diverged(self) -> bool:
-        """True once the loss or the gradient norm went non-finite or exploded."""
+        """True once the loss or the gradient norm went non-finite or exploded
+        (reading it judges the losses observed since the last read: one host sync)."""
         return self._divergence.reason is not None
 
     @property
     def divergence_reason(self) -> str | None:
         return self._divergence.reason
 
-    def observe_loss(self, loss: float | torch.Tensor) -> bool:
-        """Feed a loss to the divergence signal; returns ``diverged``.
+    def observe_loss(self, loss: float | torch.Tensor) -> None:
+        """Feed a loss (one value: a number or a tensor) to the divergence signal.
 
-        A loss diverged when non-finite, or above both ``loss_explosion_factor``
-        times the best loss and the first loss seen. With ``grad_explosion_factor``
-        set, the gradient norm (seen in ``step``) likewise against that factor
-        times its mean; it is off by default because it costs a norm pass over
-        every gradient each step (unless clipping already takes one).
+        No host sync: a tensor is kept, detached, and judged on its device when
+        ``diverged`` or ``divergence_reason`` is read (one sync then), so a loop
+        can observe every step and read the signal once per epoch or per log line.
+        The verdict is the one judging each loss as it comes would give: a loss
+        diverged when non-finite, or above both ``loss_explosion_factor`` times the
+        best loss before it and the first loss seen. Do not change the tensor in
+        place afterwards. With ``grad_explosion_factor`` set, the gradient norm
+        (seen in ``step``) likewise against that factor times its mean; it is off
+        by default because it costs a norm pass over every gradient each step
+        (unless clipping already takes one).
         """
-        value = loss.detach() if isinstance(loss, torch.Tensor) else loss
-        self._divergence.observe_loss(float(value))
-        return self.diverged
+        self._divergence.observe_loss(loss)
 
     def current_sigma(self) -> float:
         """σ_t for the next step, before group and unit scales."""
