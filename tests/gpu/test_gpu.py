@@ -1,9 +1,14 @@
 """The CUDA checks, in one module: ``python -m pytest -q tests/gpu`` on a GPU machine
 (a minute or two); skipped without CUDA.
 
-- the generated loop makes no host sync per step: under
-  ``torch.cuda.set_sync_debug_mode("warn")`` an epoch of twice the steps syncs no
-  more often than one of half (the loop reads its sums once per epoch);
+- the generated loop makes no host sync per step (the digits CNN, in memory and
+  streamed, plain, with noise and clipping, bf16, gradient accumulation, compiled):
+  under ``torch.cuda.set_sync_debug_mode("warn")`` no sync is reported from inside
+  the step loop, and an epoch of 4x the steps makes the same syncs (the loop reads
+  its sums once per epoch). Mode "error" would stop at evaluation's legitimate
+  syncs, so each reported sync is attributed to its script line instead
+  (tests/hostreads.py; tests/test_no_host_sync.py checks the same on CPU, and this
+  recorder without a GPU);
 - a generated script runs on the GPU end to end, records the GPU's name, and, if
   the scripts take ``--amp``, trains in bf16 and fp16;
 - the perturbed optimizer on CUDA: bit-identical to torch.optim at sigma 0, one
@@ -18,12 +23,13 @@ import json
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from hostreads import assert_none_per_step, cuda_syncs, generate_digits, train_one_epoch
 
 pytestmark = [
     pytest.mark.gpu,
@@ -64,28 +70,67 @@ def study(tmp_path_factory) -> Path:
     )
 
 
-def _syncs(script: Path, batch_size: int) -> int:
-    """Host syncs ``torch.cuda`` reports during one epoch of the script's loop."""
-    from scriptutil import load_script
-
-    module = load_script(script)
-    argv = ["--device", "cuda", "--epochs", "1", "--batch-size", str(batch_size)]
-    args = module.parse_args(argv)
-    module.seed_everything(args.seed)
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            module.train(args)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+KNOWN = {  # loops known to sync per step, and why
+    "fp16": "GradScaler.step reads found_inf each step (unless the optimizer is fused)",
+    "adaptive": "the adaptive noise schedule reads the gradient norm each step (float)",
+}
 
 
-def test_the_loop_makes_no_host_sync_per_step(study):
-    few, many = _syncs(study / "baseline.py", 64), _syncs(study / "baseline.py", 16)
-    assert many <= few, (few, many)  # 4x the steps, no more syncs: none per step
+def _loop(name: str, source: str, *options: str):
+    known = KNOWN.get(name)
+    marks = [pytest.mark.xfail(strict=True, reason=known)] if known else []
+    return pytest.param(source, list(options), id=name, marks=marks)
+
+
+LOOPS = [
+    _loop("in_memory", "in_memory"),
+    _loop("noise-clip", "in_memory", "--sigma", "0.01", "--grad-clip", "1.0"),
+    _loop("bf16", "in_memory", "--amp", "bf16"),
+    _loop(
+        "bf16-accum-noise-channels_last",
+        "in_memory",
+        *("--amp", "bf16", "--grad-accum", "4", "--sigma", "0.01", "--channels-last"),
+    ),
+    _loop("compile", "in_memory", "--compile"),
+    _loop("streamed", "streamed"),
+    _loop(
+        "streamed-bf16-noise-clip",
+        "streamed",
+        *("--amp", "bf16", "--sigma", "0.01", "--grad-clip", "1.0"),
+    ),
+    _loop("fp16", "in_memory", "--amp", "fp16"),
+    _loop("adaptive", "in_memory", "--sigma", "0.01", "--noise-schedule", "adaptive"),
+]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The baseline script of a digits study, per (source, options), made once."""
+    cache = {}
+
+    def make(source: str, options: list[str]) -> Path:
+        key = (source, tuple(options))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("sync") / "study"
+            cache[key] = generate_digits(out, source, options)
+        return cache[key]
+
+    return make
+
+
+@pytest.mark.parametrize(("source", "options"), LOOPS)
+def test_the_step_loop_makes_no_cuda_sync(digits, source, options):
+    script = digits(source, options)
+    for batch_size in (64, 16):  # warm-up: lazy init, cuDNN, compile (one-off syncs)
+        train_one_epoch(script, batch_size, "cuda")
+
+    def syncs(batch_size: int):
+        with cuda_syncs(script) as events:
+            result = train_one_epoch(script, batch_size, "cuda")
+        assert result["status"] == "ok", result
+        return events
+
+    assert_none_per_step(script, syncs)
 
 
 def _run(script: Path, *argv: str) -> dict:
