@@ -158,8 +158,8 @@ def train(args):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        train_loss = float(total_loss) / len(x_train)  # waits for the epoch's last step
         train_time += time.perf_counter() - start
-        train_loss = float(total_loss) / len(x_train)
         train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
         val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
         row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc)
