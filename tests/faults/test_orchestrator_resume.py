@@ -54,10 +54,10 @@ TIMING = ("wall_time_s", "samples_per_s", "peak_memory_bytes")
 RUN = ["--jobs", "1", "--seeds", "0,1", "--quiet"]
 
 
-def _study(tmp_path: Path) -> Path:
+def _study(tmp_path: Path, epochs: int = 4) -> Path:
     model = tmp_path / "net.py"
     model.write_text(textwrap.dedent(MODEL))
-    train = TrainConfig(epochs=4, batch_size=16, scheduler="cosine")
+    train = TrainConfig(epochs=epochs, batch_size=16, scheduler="cosine")
     out = tmp_path / "study"
     return generate(model, out, train=train, dataset="synthetic", components=("fc1",))
 
@@ -82,7 +82,8 @@ def _first_note(study: Path) -> dict | None:
 
 
 def test_killed_study_resumes_mid_run_bit_identical(tmp_path, capsys):
-    study = _study(tmp_path)
+    # an epoch takes milliseconds: 40 of them leave the kill time to land mid-run
+    study = _study(tmp_path, epochs=40)
     reference = tmp_path / "reference"
     shutil.copytree(study, reference)
 
@@ -99,7 +100,7 @@ def test_killed_study_resumes_mid_run_bit_identical(tmp_path, capsys):
     proc.wait()
     assert wait_until(lambda: not session_pids(proc.pid), timeout=15)
     note = _first_note(study)
-    assert note is not None and 1 <= note["epoch"] < 4
+    assert note is not None and 1 <= note["epoch"] < 40
 
     assert main(["status", str(study), "--seeds", "0,1", "--json"]) == 0
     state = json.loads(capsys.readouterr().out)
