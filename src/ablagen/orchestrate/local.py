@@ -1,7 +1,8 @@
 """The local backend: warm worker processes (see :mod:`.worker`), one fork per run.
 
-One zygote process imports torch (and torch._dynamo, numpy, sklearn and the
-scripts' other top-level imports) once and forks ``jobs`` workers; every run is a
+One zygote process imports torch (and torch._dynamo, numpy, sklearn, the scripts'
+other top-level imports and the submodules of those packages they import inside
+functions, such as sklearn.datasets) once and forks ``jobs`` workers; every run is a
 fresh fork of a worker, so a run costs a fork, not a Python start plus imports.
 Workers also learn what a run imported lazily and import it for their next runs.
 Cores are split between workers: with ``jobs`` > 1 each gets ``max(1, cores //
@@ -53,15 +54,29 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 BASE_PRELOAD = ("torch", "torch._dynamo", "numpy", "sklearn")
 
 
+def _imported(node: ast.AST) -> list[str]:
+    """The modules an import statement names (none for a relative import)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        return [node.module]
+    return []
+
+
 def preload_modules(
     scripts: list[Path], base: tuple[str, ...] = BASE_PRELOAD
 ) -> list[str]:
-    """``base`` plus the installed modules the scripts import at top level.
+    """``base`` plus the installed modules the scripts import at top level, plus the
+    submodules of ``base``'s packages they import inside functions.
 
-    A module that lives in the study directory (or is not installed) is left to the
-    script, and so is anything not imported at module level.
+    Those submodules (``from sklearn.datasets import load_digits`` in a data
+    function) are the reason their package is preloaded, and every run would
+    import them; anything else imported inside a function is left to the script
+    (the workers learn it from the first run), and so is a module that lives in the
+    study directory or is not installed.
     """
     names: dict[str, None] = dict.fromkeys(base)
+    packages = {name.partition(".")[0] for name in base}
     roots = {p.resolve().parent for p in scripts}
     for script in scripts:
         try:
@@ -69,10 +84,15 @@ def preload_modules(
         except (OSError, SyntaxError, ValueError):
             continue
         for node in tree.body:
-            if isinstance(node, ast.Import):
-                names.update(dict.fromkeys(alias.name for alias in node.names))
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names[node.module] = None
+            names.update(dict.fromkeys(_imported(node)))
+        outer = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if id(node) not in outer:
+                names.update(
+                    (name, None)
+                    for name in _imported(node)
+                    if "." in name and name.partition(".")[0] in packages
+                )
     keep = []
     for name in names:
         top = name.partition(".")[0]

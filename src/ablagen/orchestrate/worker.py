@@ -25,13 +25,19 @@ kills the run's whole process group. EOF on the socket (the orchestrator closed
 it or died, even by ``kill -9``) or SIGTERM kills the running child's group and
 ends the worker; the zygote ends when its workers have.
 
-Memory: while a run lasts, the worker samples the proportional set size (PSS,
+Memory: while a run lasts, the worker watches the proportional set size (PSS,
 ``/proc/PID/smaps_rollup``) of the run's process and its descendants: shared pages
 (the preloaded torch) are split among the processes sharing them, so the sum is
-what the run takes from the machine. It samples every 0.1 s, every 0.02 s past half
+what the run takes from the machine. It looks every 0.1 s, every 0.02 s past half
 of ``max_memory``, and kills the run's group once the sum passes ``max_memory``
 (``"oom": true``); ``peak_memory_bytes`` is the highest sum seen. Without
-``/proc`` nothing is measured (``null``).
+``/proc`` nothing is measured (``null``). Reading PSS walks the run's page tables
+(5-20 ms for a process holding torch, taken from the runs' own cores), so each
+look first sums the resident set size (RSS, ``/proc/PID/statm``: one counter),
+which is never below PSS, and reads PSS only when it can matter: when the RSS sum
+is past ``max_memory`` (so the kill decision is the same as reading PSS every
+time), when it has grown since the last PSS read (a new peak is possible), and at
+least every 0.5 s (pages the run stops sharing raise its PSS, not its RSS).
 
 With ``learn``, the child lists the installed modules the script imported lazily
 (an optimizer pulls in torch._dynamo and sympy: ~1 s) and the worker imports them
@@ -56,6 +62,8 @@ from typing import Any
 _child_pid: int | None = None
 POLL_S = 0.1  # memory sampling period
 POLL_NEAR_S = 0.02  # ... once past half of the limit
+PSS_EVERY_S = 0.5  # PSS is read at least this often (else only when RSS says so)
+RSS_GROWTH = 1 << 22  # RSS growth (bytes) since the last PSS read that reads it again
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -94,11 +102,14 @@ def _pss(pid: int) -> int:
         return 0
 
 
-def _memory(pid: int) -> int | None:
-    """The memory of the run rooted at ``pid``: PSS summed over its process tree."""
-    if not os.path.isdir("/proc/self"):
-        return None
-    return sum(_pss(p) for p in _descendants(pid))
+def _rss(pid: int) -> int:
+    """One process's resident set size in bytes (0 if it is gone): an upper bound
+    of its PSS that costs one counter read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _kill_group(pid: int) -> None:
@@ -136,7 +147,8 @@ def _report(exc: BaseException, script: str) -> None:
 
 
 def _write_learned(path: str, before: set[str], local_dirs: tuple[str, ...]) -> None:
-    """Name the installed modules the script imported, for the worker to preload."""
+    """Name the installed modules the script imported, for the worker to preload
+    (no file when there are none: the worker has them all)."""
     names = []
     for name, module in list(sys.modules.items()):
         if name in before or name.startswith("__"):
@@ -147,8 +159,9 @@ def _write_learned(path: str, before: set[str], local_dirs: tuple[str, ...]) -> 
         ):
             continue  # the study's own modules stay the script's business
         names.append(name)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(names, fh)
+    if names:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(names, fh)
 
 
 def _learn(path: str) -> None:
@@ -167,6 +180,30 @@ def _learn(path: str) -> None:
                 importlib.import_module(name)
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+#: exit-time finalizers that only tidy the process's own state: torch.library
+#: registers one per operator library (~170 on import), which unregister the
+#: operators from the dispatcher at exit (~30 ms in all)
+IN_PROCESS_FINALIZERS = (("torch.library", "_del_library"),)
+
+
+def _drop_inherited_finalizers() -> None:
+    """Let the run's exit skip the in-process finalizers the worker's imports left.
+
+    ``weakref.finalize`` callbacks marked to run at exit belong to the modules the
+    worker imported; those in ``IN_PROCESS_FINALIZERS`` change nothing outside the
+    process, which ends right after them. Every other finalizer runs at the run's
+    exit as before, and so do the script's own (registered after this).
+    """
+    import weakref
+
+    for finalizer in list(getattr(weakref.finalize, "_registry", ())):
+        alive = finalizer.peek()  # (obj, func, args, kwargs); None once it ran
+        func = alive[1] if alive else None
+        name = (getattr(func, "__module__", None), getattr(func, "__qualname__", None))
+        if name in IN_PROCESS_FINALIZERS:
+            finalizer.atexit = False
 
 
 def _child(req: dict[str, Any], channel: int) -> None:
@@ -205,6 +242,7 @@ def _child(req: dict[str, Any], channel: int) -> None:
             torch.set_num_threads(int(req["threads"]))
         import runpy
 
+        _drop_inherited_finalizers()
         before = set(sys.modules)
         try:
             runpy.run_path(script, run_name="__main__")
@@ -228,23 +266,48 @@ def _child(req: dict[str, Any], channel: int) -> None:
 
 
 class _Watch:
-    """A run's memory samples: the peak, and whether it passed the limit."""
+    """A run's memory samples: the peak, and whether it passed the limit.
+
+    Each sample sums RSS over the run's processes (cheap, and never below their
+    PSS) and reads the PSS sum only on the first sample, when RSS is past the
+    limit (PSS decides the kill, so it is decided as if PSS were read every time),
+    when RSS grew by ``RSS_GROWTH`` since the last PSS read (a new peak is
+    likely), or ``PSS_EVERY_S`` after the last read. ``reads`` counts PSS reads.
+    """
 
     def __init__(self, pid: int, limit: int | None) -> None:
         self.pid, self.limit = pid, limit
         self.peak: int | None = None
         self.over = False
+        self.rss = 0  # the RSS sum of the last sample
+        self.reads = 0
+        self._read_rss = -1  # the RSS sum at the last PSS read
+        self._read_at = 0.0
 
     def sample(self) -> None:
-        used = _memory(self.pid)
-        if used is None:
+        if not os.path.isdir("/proc/self"):
             return
+        tree = _descendants(self.pid)
+        self.rss = sum(_rss(p) for p in tree)
+        now = time.monotonic()
+        if not (
+            (self.limit is not None and self.rss > self.limit)
+            or self.rss > self._read_rss + RSS_GROWTH
+            or now - self._read_at >= PSS_EVERY_S
+        ):
+            return  # PSS <= RSS <= limit: no kill; the peak waits for the next read
+        used = sum(_pss(p) for p in tree)
+        self.reads += 1
+        self._read_rss, self._read_at = self.rss, now
         self.peak = used if self.peak is None else max(self.peak, used)
         if self.limit is not None and used > self.limit:
             self.over = True
 
     def period(self) -> float:
-        near = self.limit is not None and (self.peak or 0) > self.limit // 2
+        # RSS >= PSS: at least as soon as the PSS peak would have said so
+        near = (
+            self.limit is not None and max(self.peak or 0, self.rss) > self.limit // 2
+        )
         return POLL_NEAR_S if near else POLL_S
 
 
