@@ -156,12 +156,15 @@ def sweep(
     ] = False,
 ) -> None:
     """Sweep learning rates x arms x seeds; write sweep.json, sweep.png and a report section."""
+    from dataclasses import replace
+
     from rich.console import Console
 
     from ablagen.orchestrate import parse_seeds
+    from ablagen.orchestrate.local import warm_pool
     from ablagen.orchestrate.placement import parse_gpus
     from ablagen.orchestrate.render import PlainProgress, RichProgress
-    from ablagen.sweep import parse_arms, parse_floats, parse_lrs, run_sweep
+    from ablagen.sweep import parse_arms, parse_floats, parse_lrs
 
     given = dict(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
@@ -208,15 +211,20 @@ def sweep(
         if quiet
         else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
     )
-    try:
-        outcome = run_sweep(
-            opts,
-            step=lambda line: console.print(f"[bold]ablagen sweep[/]: {line}"),
-            progress=progress,
-        )
-    finally:
-        if progress is not None:
-            progress.close()
+    # the pool's workers import torch while this process does (ablagen.sweep.run)
+    with warm_pool(out or Path.cwd(), replace(opts.run, seeds=opts.seeds)) as warm:
+        from ablagen.sweep import run_sweep
+
+        try:
+            outcome = run_sweep(
+                opts,
+                step=lambda line: console.print(f"[bold]ablagen sweep[/]: {line}"),
+                progress=progress,
+                warm=warm,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
     _print(outcome, console)
     # a diverged run is a result of the sweep (it scores the worst value), not a failure
     if any(r.status != "diverged" for r in outcome.runs.failures):

@@ -6,15 +6,22 @@ orchestrator skips every (arm, lr, seed) already stored; only new grid points ru
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ablagen.noise_scales import NoiseScales
 from ablagen.orchestrate import RunSummary, run_study
+from ablagen.orchestrate.local import WarmStart, warm_pool
 from ablagen.ranking import load_records
 from ablagen.sweep.analysis import SweepResult, analyze_sweep
-from ablagen.sweep.generate import GeneratedSweep, check_sweep, generate_sweep
+from ablagen.sweep.generate import (
+    GeneratedSweep,
+    check_sweep,
+    generate_sweep,
+    sweep_dir,
+)
 from ablagen.sweep.options import SweepOptions
 from ablagen.sweep.report import (
     REPORT_MD,
@@ -37,16 +44,24 @@ def run_sweep(
     step: Callable[[str], None] = lambda line: None,
     progress=None,
     noise: NoiseScales | None = None,
+    warm: WarmStart | None = None,
 ) -> SweepOutcome:
-    check_sweep(opts)  # bad input fails before the first step line
+    """``warm``: the local pool the caller started (``local.warm_pool``); without
+    one, a pool starts here and its workers import torch while the scripts are
+    generated."""
+    target, _ = check_sweep(opts)  # bad input fails before the first step line
     step("generate: one script per arm and learning rate")
-    generated = generate_sweep(opts, noise)
-    out = generated.out
-    step(
-        f"run: {len(generated.points)} scripts x {len(opts.seeds)} seeds "
-        f"({', '.join(generated.arms)}) in {out}"
-    )
-    runs = run_study(out, replace(opts.run, seeds=opts.seeds), progress=progress)
+    run = replace(opts.run, seeds=opts.seeds)
+    with contextlib.ExitStack() as stack:
+        if warm is None:
+            warm = stack.enter_context(warm_pool(sweep_dir(opts, target), run))
+        generated = generate_sweep(opts, noise)
+        out = generated.out
+        step(
+            f"run: {len(generated.points)} scripts x {len(opts.seeds)} seeds "
+            f"({', '.join(generated.arms)}) in {out}"
+        )
+        runs = run_study(out, run, progress=progress, warm=warm)
     step("analyse: curves, LR window, worst-case drop, seed variance")
     result = analyze_sweep(
         generated.manifest,
