@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
 import subprocess
 import sys
@@ -19,9 +20,11 @@ import weakref
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES
 from conftest_orchestrate import write_manifest
+from test_orchestrate_prestart import _worker_children, spied  # noqa: F401
 
-from ablagen.orchestrate import RunOptions, run_study, worker
+from ablagen.orchestrate import ResultStore, RunOptions, run_study, worker
 from ablagen.orchestrate.local import preload_modules
 
 pytestmark = pytest.mark.timeout(120)
@@ -236,3 +239,24 @@ def test_preload_adds_function_level_submodules_of_preloaded_packages(
     assert not {"email.mime", "json.decoder"} & set(mods)
     assert preload_modules([script], base=()) == ["torch"]
     assert json.dumps(mods)  # plain names, as the zygote reads them
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the warm pool forks")
+def test_the_sweep_command_starts_the_pool_first_and_leaves_none(
+    tmp_path: Path, spied
+) -> None:
+    """``ablagen sweep`` starts the pool before it imports torch and generates: the
+    pool is adopted (its zygote ends on its own); on bad input found after it
+    started, it is killed: exit 2, one line, nothing written, no worker left."""
+    from ablagen.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(EXAMPLES / "digits_cnn.py"), "--out", str(out), "-q"]
+    assert main([*argv, "--arms", "plain,hybrid"]) == 2  # hybrid needs a study
+    assert [z.returncode for _, z in spied] == [-9] and not out.exists()
+    tiny = ["--arms", "plain", "--lrs", "0.01", "--seeds", "0", "--epochs", "1"]
+    assert main([*argv, *tiny, "--jobs", "1", "--no-plots"]) == 0
+    assert [z.returncode for _, z in spied] == [-9, 0]
+    assert not spied[1][0].dir.exists() and _worker_children() == []
+    with ResultStore(out, readonly=True) as store:
+        assert [r.status for r in store.records()] == ["ok"]
