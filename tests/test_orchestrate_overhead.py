@@ -260,3 +260,34 @@ def test_the_sweep_command_starts_the_pool_first_and_leaves_none(
     assert not spied[1][0].dir.exists() and _worker_children() == []
     with ResultStore(out, readonly=True) as store:
         assert [r.status for r in store.records()] == ["ok"]
+
+
+def test_a_run_names_the_modules_it_imported_after_the_workers_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Learning walks only the entries after the worker's newest one: the same
+    names a full comparison with the worker's modules gives, in import order."""
+    site, study = tmp_path / "site", tmp_path / "study"
+    for folder, names in ((site, ("lib_a", "lib_b")), (study, ("own",))):
+        folder.mkdir()
+        for name in names:
+            (folder / f"{name}.py").write_text("")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(study))
+    for name in ("lib_a", "lib_b", "own"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = set(sys.modules)
+    last = next(reversed(sys.modules))
+    import lib_b  # noqa: F401
+    import own  # noqa: F401
+    import lib_a  # noqa: F401
+
+    out = tmp_path / "learned.json"
+    worker._write_learned(str(out), last, (str(study),))
+    reference = [n for n in sys.modules if n not in before and n != "own"]
+    assert json.loads(out.read_text()) == reference == ["lib_b", "lib_a"]
+    out.unlink()
+    worker._write_learned(str(out), next(reversed(sys.modules)), (str(study),))
+    assert not out.exists()  # nothing new: no file
+    worker._write_learned(str(out), "no such module", (str(study),))
+    assert not out.exists()  # the marker is gone: learn nothing rather than guess

@@ -135,6 +135,7 @@ class RichProgress:
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
+                refresh_per_second=4,  # redraws cost the runs CPU (10 by default)
             )
             self.bar.start()
             self.task = self.bar.add_task(
