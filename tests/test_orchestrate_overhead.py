@@ -291,3 +291,22 @@ def test_a_run_names_the_modules_it_imported_after_the_workers_last(
     assert not out.exists()  # nothing new: no file
     worker._write_learned(str(out), "no such module", (str(study),))
     assert not out.exists()  # the marker is gone: learn nothing rather than guess
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the warm pool forks")
+def test_run_study_starts_its_pool_first_and_leaves_none(tmp_path: Path, spied) -> None:
+    """Without a pool from the caller, run_study starts one before it reads the
+    study: adopted when there are runs, killed on bad input or nothing to run."""
+    from conftest_orchestrate import make_study
+
+    from ablagen.errors import StudyError
+
+    study = make_study(tmp_path / "s", {"baseline": "ok", "a:zero": "ok"})
+    options = RunOptions(jobs=2, preload=())
+    assert run_study(study, options).all_ok
+    assert run_study(study, options).ran == ()  # all ok already
+    with pytest.raises(StudyError):
+        run_study(tmp_path / "missing", options)
+    assert [z.returncode for _, z in spied] == [0, -9, -9]
+    assert all(not warm.dir.exists() for warm, _ in spied)
+    assert _worker_children() == []

@@ -54,6 +54,17 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 BASE_PRELOAD = ("torch", "torch._dynamo", "numpy", "sklearn")
 
 
+def _statements(body: list[ast.stmt]) -> Iterator[ast.AST]:
+    """Every statement in ``body`` and the blocks nested in it (no expressions:
+    an import is a statement)."""
+    for node in body:
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            inner = getattr(node, field, None)
+            if isinstance(inner, list):
+                yield from _statements(inner)
+
+
 def _imported(node: ast.AST) -> list[str]:
     """The modules an import statement names (none for a relative import)."""
     if isinstance(node, ast.Import):
@@ -86,7 +97,7 @@ def preload_modules(
         for node in tree.body:
             names.update(dict.fromkeys(_imported(node)))
         outer = {id(node) for node in tree.body}
-        for node in ast.walk(tree):
+        for node in _statements(tree.body):
             if id(node) not in outer:
                 names.update(
                     (name, None)

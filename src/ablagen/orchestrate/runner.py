@@ -239,9 +239,25 @@ def run_study(
     :class:`~ablagen.errors.AblagenError` before any run starts. Failing runs are
     data: they end up in the store and the summary.
     ``warm``: a pool the caller started early (``local.warm_pool``), adopted by a
-    backend that can use it; the caller stops it if not.
+    backend that can use it; the caller stops it if not. Without one, the local
+    pool starts here, first thing, so its workers import torch while the manifest
+    is read, the scripts hashed and the store opened.
     """
     options = options or RunOptions()
+    if warm is not None:
+        return _run_study(study_dir, options, progress, warm)
+    from ablagen.orchestrate.local import warm_pool
+
+    with warm_pool(study_dir, options) as own:
+        return _run_study(study_dir, options, progress, own)
+
+
+def _run_study(
+    study_dir: str | Path,
+    options: RunOptions,
+    progress: ProgressCallback | None,
+    warm: object | None,
+) -> RunSummary:
     started = time.monotonic()
     study = Path(study_dir)
     manifest = load_manifest(study)
