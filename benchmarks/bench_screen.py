@@ -6,7 +6,9 @@ generated scripts use, examples/tiny_gpt.py (attention) on its own copy task
 (``build_data()``: random token sequences, the label the token at position KEY).
 Every layer, block, activation and neuron group (and, for the GPT, every attention
 head) is knocked out exactly (``run_knockouts``) and estimated by the screen: first
-order only, and with the Gauss-Newton term of rank 1 and of rank 2 (the default).
+order only; with the Gauss-Newton term along the gradient (rank 1, no pass of its
+own); of rank 2 on every sample; and of rank 2 on the first half of the samples,
+rank 1 on the rest (the default, ``GGN_SHARE``).
 Reported: Spearman rho of the estimated and the exact val_loss change, the exact
 top 10 found in the screen's top 10 / 20 / 30, rho per component kind, and the
 largest misses.
@@ -44,16 +46,23 @@ from ablagen.knockout_engine import evaluate_naive, run_knockouts  # noqa: E402
 from ablagen.knockout_engine.means import activation_means  # noqa: E402
 from ablagen.loading import load_model  # noqa: E402
 from ablagen.pipeline import spearman  # noqa: E402
-from ablagen.screen import GGN_RANK, screen_knockouts  # noqa: E402
+from ablagen.screen import GGN_RANK, GGN_SHARE, screen_knockouts  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
 MODELS = ("digits_cnn", "resnet_small", "tiny_gpt")
 KINDS = ("layer", "block", "activation", "neuron", "head")
-#: the screens compared: (label, curvature, Gauss-Newton rank)
+#: the screens compared: (label, curvature, Gauss-Newton rank, share of the samples
+#: with the directions beyond the gradient)
 SCREENS = (
-    ("first order", "none", 0),
-    ("first order + GGN rank 1", "ggn", 1),
-    (f"first order + GGN rank {GGN_RANK} (default)", "ggn", GGN_RANK),
+    ("first order", "none", 1, 1.0),
+    ("+ GGN rank 1 (along the gradient)", "ggn", 1, 1.0),
+    (f"+ GGN rank {GGN_RANK}, every sample", "ggn", GGN_RANK, 1.0),
+    (
+        f"+ GGN rank {GGN_RANK}, share {GGN_SHARE:g} (default)",
+        "ggn",
+        GGN_RANK,
+        GGN_SHARE,
+    ),
 )
 
 
@@ -109,10 +118,10 @@ def accuracy(name, model, specs, knockouts, data) -> list[str]:
     }
     kind = {s.variant_id: s.kind for s in specs}
     rows = []
-    for label, curvature, rank in SCREENS:
+    for label, curvature, rank, share in SCREENS:
         report = screen_knockouts(
             model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct,
-            curvature=curvature, ggn_rank=rank,
+            curvature=curvature, ggn_rank=rank, ggn_share=share,
         )  # fmt: skip
         est = {e.variant_id: e.delta_loss for e in report.estimates if e.status == "ok"}
         ids = sorted(v for v in exact if v in est)
@@ -142,13 +151,14 @@ def speed(name, model, knockouts, data, repeat: int) -> list[str]:
     x_train, _, x_val, y_val = data
     args = (x_train, x_val, y_val, F.cross_entropy, correct)
     timed = {}
-    for label, curvature, rank in SCREENS:
+    for label, curvature, rank, share in SCREENS:
         timed[f"screen, {label}"] = best(
             lambda: screen_knockouts(
-                model, knockouts, *args, curvature=curvature, ggn_rank=rank
+                model, knockouts, *args, curvature=curvature, ggn_rank=rank,
+                ggn_share=share,
             ),
             repeat,
-        )
+        )  # fmt: skip
     timed["exact fast path"] = best(
         lambda: run_knockouts(model, knockouts, *args), repeat
     )

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablagen.knockout_engine import Knockout, run_knockouts
-from ablagen.screen import ggn_rows, screen_knockouts
+from ablagen.screen import ggn_directions, screen_knockouts
 
 
 class Block(nn.Module):
@@ -97,6 +97,17 @@ def test_a_component_the_loss_does_not_read_is_estimated_as_zero():
     assert (est.status, est.delta_loss, est.first_order) == ("ok", 0.0, 0.0)
 
 
+def test_with_every_knockout_skipped_the_baseline_is_still_measured():
+    model = Linear().double().eval()
+    x, y = _data()
+    k = Knockout("nope:zero", "zero", module="nope")  # no such module
+    report = screen_knockouts(model, [k], x, x, y, linear_loss, no_accuracy)
+    assert report.estimates[0].status == "skipped"
+    assert report.baseline.loss == pytest.approx(
+        linear_loss(model(x), y).item(), abs=1e-12
+    )
+
+
 class Curved(nn.Module):
     """Logits linear in ``a``'s output, scored by cross-entropy: the Gauss-Newton term
     is the exact second-order term of each knockout."""
@@ -110,15 +121,58 @@ class Curved(nn.Module):
         return self.head(self.a(x))
 
 
-def test_ggn_rows_rebuild_the_cross_entropy_hessian():
-    z = torch.randn(3, 5, dtype=torch.float64)
-    rows = ggn_rows(z, rank=5)  # (K, N, C)
-    for n in range(3):
-        hessian = torch.autograd.functional.hessian(
-            lambda v: F.cross_entropy(v.unsqueeze(0), torch.tensor([1])), z[n]
+def _ggn_case(classes=5, samples=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(samples, classes, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (samples,), generator=g)
+    zz = z.clone().requires_grad_(True)
+    (gz,) = torch.autograd.grad(F.cross_entropy(zz, y, reduction="sum"), zz)
+    hessians = [
+        torch.autograd.functional.hessian(
+            lambda v: F.cross_entropy(v.unsqueeze(0), y[n : n + 1]), z[n]
         )
-        rebuilt = torch.einsum("kc,kd->cd", rows[:, n], rows[:, n])
-        assert torch.allclose(rebuilt, hessian, atol=1e-10)
+        for n in range(samples)
+    ]
+    d = torch.randn(samples, classes, generator=g, dtype=torch.float64)
+    return z, gz, hessians, d
+
+
+def _ggn_term(z, gz, rank, d):
+    """``1/2 |R c|^2`` per sample, ``c`` the products of ``d`` with the directions."""
+    rows, maps, _ = ggn_directions(z, gz, rank)
+    basis = torch.cat([gz.unsqueeze(0), rows])  # (r, N, C)
+    c = torch.einsum("rnc,nc->nr", basis, d)
+    return 0.5 * torch.einsum("nkr,nr->nk", maps, c).square().sum(dim=1), basis
+
+
+def test_ggn_directions_give_the_cross_entropy_hessian_at_full_rank():
+    z, gz, hessians, d = _ggn_case()
+    got, basis = _ggn_term(z, gz, rank=5, d=d)
+    assert len(basis) == 5  # the gradient and all 4 eigenvectors of the range
+    for n, h in enumerate(hessians):
+        assert got[n].item() == pytest.approx((0.5 * d[n] @ h @ d[n]).item(), abs=1e-12)
+
+
+def test_ggn_directions_restrict_the_hessian_to_their_span():
+    """Rank 2 (the default): the gradient and the top eigenvector. The term is
+    ``1/2 d^T P H P d``, P the projection onto their span (from torch's QR), exact
+    for a change inside that span; the second row is H's top eigenvector."""
+    z, gz, hessians, d = _ggn_case(classes=6, samples=4, seed=1)
+    got, basis = _ggn_term(z, gz, rank=2, d=d)
+    assert len(basis) == 2 and torch.equal(basis[0], gz)
+    inside = 0.7 * gz - 1.3 * basis[1]
+    on_span, _ = _ggn_term(z, gz, rank=2, d=inside)
+    for n, h in enumerate(hessians):
+        top = torch.linalg.eigh(h)[1][:, -1]
+        assert abs(top @ basis[1, n]).item() == pytest.approx(1.0, abs=1e-9)
+        q, _ = torch.linalg.qr(basis[:, n].T)
+        p = q @ q.T
+        assert got[n].item() == pytest.approx(
+            (0.5 * d[n] @ p @ h @ p @ d[n]).item(), abs=1e-12
+        )
+        assert on_span[n].item() == pytest.approx(
+            (0.5 * inside[n] @ h @ inside[n]).item(), abs=1e-12
+        )
 
 
 def test_the_gauss_newton_term_is_the_second_order_term_of_small_knockouts():
@@ -136,8 +190,8 @@ def test_the_gauss_newton_term_is_the_second_order_term_of_small_knockouts():
         for i in range(8)
     ]
     exact, _ = _exact(model, ks, x, x, y, F.cross_entropy, no_accuracy)
-    report = screen_knockouts(
-        model, ks, x, x, y, F.cross_entropy, no_accuracy, ggn_rank=5
+    report = screen_knockouts(  # every direction, on every sample
+        model, ks, x, x, y, F.cross_entropy, no_accuracy, ggn_rank=5, ggn_share=1.0
     )
     misses = []
     for k, est in zip(ks, report.estimates):
@@ -153,10 +207,16 @@ def test_chunking_keeps_within_the_budget_and_changes_nothing():
     torch.manual_seed(0)
     model = Linear().double().eval()
     x, y = _data(200)
-    wide = screen_knockouts(model, KNOCKOUTS, x, x, y, linear_loss, no_accuracy)
+    units = [  # many knockouts on two outputs: their products need several groups
+        Knockout(f"{m}[{u}]:mask", "mask", module=m, units=(u, u + 1), unit_dim=1)
+        for m in ("a", "b")
+        for u in range(6)
+    ]
+    ks = KNOCKOUTS + units
+    wide = screen_knockouts(model, ks, x, x, y, linear_loss, no_accuracy)
     budget_mb = 0.004  # about 4 KB: a few samples, one group of outputs at a time
     narrow = screen_knockouts(
-        model, KNOCKOUTS, x, x, y, linear_loss, no_accuracy, max_batch_mb=budget_mb
+        model, ks, x, x, y, linear_loss, no_accuracy, max_batch_mb=budget_mb
     )
     assert wide.stats["groups"] == 1 and narrow.stats["groups"] > 1
     assert narrow.stats["chunk_samples"] < wide.stats["chunk_samples"]
@@ -164,6 +224,126 @@ def test_chunking_keeps_within_the_budget_and_changes_nothing():
     assert wide.stats["kept_peak_bytes"] > budget_mb * 2**20
     for a, b in zip(wide.estimates, narrow.estimates):
         assert b.delta_loss == pytest.approx(a.delta_loss, abs=1e-9)
+
+
+def _curved_case(samples=41, seed=2):
+    torch.manual_seed(seed)
+    model = Curved().double().eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (samples,), generator=g)
+    ks = [
+        Knockout("a:zero", "zero", module="a"),
+        Knockout("head:zero", "zero", module="head"),
+    ]
+    ks += [
+        Knockout(f"a[{i}]:mask", "mask", module="a", units=(i, i + 2), unit_dim=1)
+        for i in range(0, 8, 2)
+    ]
+    return model, ks, x, y
+
+
+def test_the_share_measures_the_excess_over_the_gradient_term_on_the_first_samples():
+    """With ``ggn_share`` < 1 the term is the rank-1 one (along the gradient) on every
+    sample, plus the rank-2 term's excess over it measured on the first samples only:
+    three screens with every direction on the samples they see give the same."""
+    model, ks, x, y = _curved_case()
+    half = 21  # ceil(0.5 * 41)
+
+    def curvature(rows, rank, **kw):
+        report = screen_knockouts(
+            model, ks, x[:rows], x[:rows], y[:rows], F.cross_entropy, no_accuracy,
+            ggn_rank=rank, **kw,
+        )  # fmt: skip
+        return report
+
+    shared = curvature(41, 2, ggn_share=0.5)
+    assert shared.stats["ggn_samples"] == half and shared.stats["gradient_rows"] == 2
+    every = curvature(41, 1)
+    rank2_half, rank1_half = curvature(half, 2, ggn_share=1.0), curvature(half, 1)
+    for got, a, b, c in zip(
+        shared.estimates, every.estimates, rank2_half.estimates, rank1_half.estimates
+    ):
+        assert got.first_order == pytest.approx(a.first_order, abs=1e-12)
+        want = a.curvature + b.curvature - c.curvature
+        assert got.curvature == pytest.approx(want, rel=1e-9, abs=1e-15)
+        assert abs(b.curvature - c.curvature) > 1e-6 * abs(c.curvature)  # an excess
+
+
+def test_chunking_changes_no_gauss_newton_estimate():
+    model, ks, x, y = _curved_case(samples=200)
+    wide = screen_knockouts(model, ks, x, x, y, F.cross_entropy, no_accuracy)
+    narrow = screen_knockouts(
+        model, ks, x, x, y, F.cross_entropy, no_accuracy, max_batch_mb=0.002
+    )
+    assert narrow.stats["chunk_samples"] < wide.stats["chunk_samples"] // 4
+    assert wide.curvature == narrow.curvature == "ggn"
+    for a, b in zip(wide.estimates, narrow.estimates):
+        assert b.first_order == pytest.approx(a.first_order, rel=1e-9, abs=1e-15)
+        assert b.curvature == pytest.approx(a.curvature, rel=1e-9, abs=1e-15)
+
+
+class Detached(nn.Module):
+    """``b`` reads ``a``'s output detached: a backward pass to ``a`` does not run
+    through ``b``, whose gradient then needs a call of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.head(h + self.b(h.detach()))
+
+
+def test_an_output_the_backward_pass_to_the_earliest_does_not_reach():
+    torch.manual_seed(0)
+    model = Detached().double().eval()
+    x_train, _ = _data(80, 1)
+    x, y = _data()
+    ks = [
+        Knockout("a:zero", "zero", module="a"),
+        Knockout("b:zero", "zero", module="b"),
+        Knockout("b[0]:mask", "mask", module="b", units=(0, 2), unit_dim=1),
+    ]
+    exact, _ = _exact(model, ks, x_train, x, y, linear_loss, no_accuracy)
+    report = screen_knockouts(model, ks, x_train, x, y, linear_loss, no_accuracy)
+    assert all(est.status == "ok" for est in report.estimates)
+    for k, est in zip(ks[1:], report.estimates[1:]):  # a's change also goes on detached
+        assert abs(exact[k.variant_id]) > 1e-3
+        assert est.delta_loss == pytest.approx(exact[k.variant_id], abs=1e-5), k
+
+
+class Indexed(nn.Module):
+    """An integer output first (no gradient), then an embedding it feeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(4, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        picked = x.argmax(dim=1)  # integer, from the input
+        return self.head(self.emb(picked)) + x[:, :2]
+
+
+def test_an_output_fed_only_by_an_integer_one():
+    torch.manual_seed(0)
+    model = Indexed().double().eval()
+    x, y = _data()
+    ks = [
+        Knockout("argmax:zero", "zero", node="argmax"),
+        Knockout("emb:zero", "zero", module="emb"),
+    ]
+    exact, _ = _exact(model, ks, x, x, y, linear_loss, no_accuracy)
+    skipped, est = screen_knockouts(
+        model, ks, x, x, y, linear_loss, no_accuracy
+    ).estimates
+    assert skipped.status == "skipped" and "argmax" in skipped.error
+    assert est.status == "ok" and abs(exact["emb:zero"]) > 1e-3
+    assert est.delta_loss == pytest.approx(exact["emb:zero"], abs=1e-5)
 
 
 class Integer(nn.Module):

@@ -30,7 +30,7 @@ from ablagen.codegen.knockout import (
 from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError
 from ablagen.loading import LoadedModel
-from ablagen.screen import GGN_RANK
+from ablagen.screen import GGN_RANK, GGN_SHARE
 from ablagen.studydir import BASELINE_ID, VariantEntry
 
 SCREEN_SCRIPT = "screen.py"
@@ -83,6 +83,7 @@ def render_screen(
             "max_batch_mb": DEFAULT_MAX_BATCH_MB,
             "curvature": DEFAULT_CURVATURE,
             "ggn_rank": GGN_RANK,
+            "ggn_share": GGN_SHARE,
         },
         **base,
     )

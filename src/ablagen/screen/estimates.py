@@ -12,9 +12,10 @@ the per-unit sums of ``-a . g`` (and, for means, of ``g``) are made once per out
 dimension and multiplied by a (units, knockouts) matrix. The same numbers, without
 one full-size tensor (or one Python call) per unit.
 
-The gradients arrive stacked, ``(G, N, ...)``: row 0 the loss gradient, rows 1.. the
-Gauss-Newton directions (:mod:`.passes`); the products come back as ``(G, N)``, or
-``(M, G, N)`` for M slices.
+The gradients arrive as ``(G, N, ...)`` rows (one at a time in a screen, G = 1:
+row 0 the loss gradient, rows 1.. the Gauss-Newton directions of :mod:`.passes`);
+the products come back as ``(G, N)``, or ``(M, G, N)`` for M knockouts
+(:class:`NodeTerms`: all of one output's).
 """
 
 from typing import Any
@@ -68,27 +69,167 @@ def _unit_sums(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.sum(dim=other) if other else t
 
 
+def _slice_matrices(
+    value: torch.Tensor, dim: int, slices: list[tuple[int, int, int, Any]]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(units, M)`` matrices of M slices along ``dim``: which units each zeroes, and
+    what each puts there instead (None: zeros only)."""
+    at = torch.arange(value.shape[dim], device=value.device).unsqueeze(1)
+    starts, stops = torch.tensor([s[1:3] for s in slices], device=value.device).T
+    picks = ((at >= starts) & (at < stops)).to(value.dtype)
+    if all(s[3] is None for s in slices):
+        return picks, None
+    fills = torch.zeros_like(picks)
+    for j, (_, start, stop, fill) in enumerate(slices):
+        if fill is not None:
+            fills[start:stop, j] = fill.to(fills.dtype)
+    return picks, fills
+
+
+class Scratch:
+    """One buffer, reused, for the products' full-size temporaries: the calls make
+    no large allocation of their own (memory freed and allocated again can go back
+    to the system in between and be faulted in afresh)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, like: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Room for a tensor of ``shape`` with ``like``'s dtype and device."""
+        numel = shape.numel()
+        held = self.buffer
+        if (
+            held is None
+            or held.numel() < numel
+            or held.dtype != like.dtype
+            or held.device != like.device
+        ):
+            held = self.buffer = like.new_empty(numel)
+        return held[:numel].view(shape)
+
+
+def _sliced(
+    value: torch.Tensor,
+    grads: torch.Tensor,
+    dim: int,
+    picks: torch.Tensor,
+    fills: torch.Tensor | None,
+    scratch: Scratch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M, G, N)``: the products of the slices of :func:`_slice_matrices`; and
+    ``(G, N)``: ``a . g`` over the whole output, which they sum on the way."""
+    room = None if scratch is None else scratch.take(grads, grads.shape)
+    units = _unit_sums(torch.mul(value.unsqueeze(0), grads, out=room), dim)
+    terms = -(units @ picks)
+    if fills is not None:
+        terms = terms + _unit_sums(grads, dim) @ fills
+    return terms.permute(2, 0, 1), units.sum(dim=2)
+
+
 def slice_products(
     value: torch.Tensor, grads: torch.Tensor, slices: list[tuple[int, int, int, Any]]
 ) -> torch.Tensor:
     """``(M, G, N)``: ``(a' - a) . g`` for M slice knockouts of one output (see
     :func:`slice_of`): per dimension, the unit sums times a (units, M) matrix."""
-    out = grads.new_zeros((len(slices), grads.shape[0], grads.shape[1]))
+    out = grads.new_empty((len(slices), grads.shape[0], grads.shape[1]))
     for dim in sorted({s[0] for s in slices}):
         mine = [i for i, s in enumerate(slices) if s[0] == dim]
-        units = value.shape[dim]
-        picks = grads.new_zeros((units, len(mine)))
-        fills = grads.new_zeros((units, len(mine)))
-        for j, i in enumerate(mine):
-            _, start, stop, fill = slices[i]
-            picks[start:stop, j] = 1
-            if fill is not None:
-                fills[start:stop, j] = fill.to(fills.dtype)
-        terms = -(_unit_sums(value.unsqueeze(0) * grads, dim) @ picks)
-        if bool(fills.any()):
-            terms = terms + _unit_sums(grads, dim) @ fills
-        out[mine] = terms.permute(2, 0, 1)
+        picks, fills = _slice_matrices(value, dim, [slices[i] for i in mine])
+        out[mine] = _sliced(value, grads, dim, picks, fills)[0]
     return out
+
+
+class NodeTerms:
+    """The products of every knockout acting at one output, ``(M, G, N)``.
+
+    Made once per output, from its first value (what is a slice depends on the
+    shape only): the slices' matrices are built here, once, and each call makes a
+    dimension's slices in one vectorized step, the other knockouts one at a time
+    (:func:`products`). ``entries``: (variant id, operator, the node whose value is
+    its source, or None). ``skipped`` says why, where the output cannot be weighed."""
+
+    def __init__(self, name: str, entries: list[tuple[str, Ablation, Any]], value: Any):
+        self.ids = [vid for vid, _, _ in entries]
+        self.skipped: str | None = None
+        try:
+            check_differentiable(value)
+        except NotDifferentiable as exc:
+            self.skipped = f"{name}: {exc}; the screen skips it"
+        self.others: list[tuple[int, str, Ablation, Any]] = []
+        by_dim: dict[int, list[tuple[int, tuple[int, int, int, Any]]]] = {}
+        for j, (vid, op, source) in enumerate(entries):
+            piece = slice_of(op, value)
+            if piece is None:
+                self.others.append((j, vid, op, source))
+            else:
+                by_dim.setdefault(piece[0], []).append((j, piece))
+        self.slices = [
+            (
+                dim,
+                [j for j, _ in mine],
+                *_slice_matrices(value, dim, [p for _, p in mine]),
+            )
+            for dim, mine in sorted(by_dim.items())
+        ]
+
+    def __call__(
+        self,
+        value: Any,
+        sources: dict[Any, Any],
+        grads: list[torch.Tensor | None],
+        failed: dict[str, tuple[str, str]],
+        scratch: Scratch | None = None,
+    ) -> torch.Tensor | None:
+        """The products with ``grads`` (one ``(G, N, ...)`` tensor or None per tensor
+        of the output); None where no gradient reaches the output (every estimate
+        0). A knockout that fails goes to ``failed``, its row left 0."""
+        if self.skipped or all(g is None for g in grads):
+            return None
+        g = next(g for g in grads if g is not None)
+        out = g.new_zeros((len(self.ids), g.shape[0], g.shape[1]))
+        # (G, N): a . g over the whole output, for the knockouts that pass input on
+        whole = None
+        for dim, rows, picks, fills in self.slices:
+            try:
+                out[rows], whole = _sliced(value, g, dim, picks, fills, scratch)
+            except Exception as exc:  # one bad estimate must not stop the others
+                for j in rows:
+                    failed[self.ids[j]] = ("failed", f"{type(exc).__name__}: {exc}")
+        for j, vid, op, source in self.others:
+            if vid in failed:
+                continue
+            try:
+                was = None if source is None else sources[source]
+                if op.passes_input and _like(was, value) and grads[0] is not None:
+                    whole = _dot(value, g) if whole is None else whole
+                    u = _dot(was, g) - whole  # (input - a) . g, a . g made once
+                else:
+                    u = products(op, value, was, grads, scratch)
+            except Exception as exc:
+                failed[vid] = ("failed", f"{type(exc).__name__}: {exc}")
+                continue
+            if u is not None:
+                out[j] = u
+        return out
+
+
+def _like(a: Any, b: Any) -> bool:
+    """Both tensors of one shape and dtype."""
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+    )
+
+
+def _dot(delta: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """``(G, N)``: each sample's ``delta`` (N, ...) dotted with its gradient rows
+    (G, N, ...)."""
+    n = delta.shape[0]
+    return torch.einsum(
+        "nd,gnd->gn", delta.reshape(n, -1), grads.reshape(grads.shape[0], n, -1)
+    )
 
 
 def products(
@@ -96,6 +237,7 @@ def products(
     value: Any,
     source: Any,
     grads: list[torch.Tensor | None],
+    scratch: Scratch | None = None,
 ) -> torch.Tensor | None:
     """``(G, N)``: ``(a' - a) . g`` per gradient row and sample, summed over every tensor
     of the output; None where no gradient reaches the output (the effect is 0 to every
@@ -117,7 +259,7 @@ def products(
             raise ValueError(
                 f"the replacement has shape {tuple(new.shape)}, the output {tuple(a.shape)}"
             )
-        delta = (new.to(a.dtype) - a).unsqueeze(0)
-        term = (delta * g).flatten(2).sum(dim=2)
+        room = None if scratch is None else scratch.take(a, a.shape)
+        term = _dot(torch.sub(new.to(a.dtype), a, out=room), g)
         total = term if total is None else total + term
     return total

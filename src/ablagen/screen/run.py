@@ -1,5 +1,6 @@
 """The entry point: every knockout's estimated loss change, in chunks within a memory budget."""
 
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -12,20 +13,21 @@ from ablagen.knockout_engine.means import activation_means
 from ablagen.knockout_engine.records import CorrectFn, Knockout, LossFn, _Tally
 from ablagen.knockout_engine.targets import ablation_for, resolve
 
-from .estimates import (
-    NotDifferentiable,
-    check_differentiable,
-    products,
-    slice_of,
-    slice_products,
-)
-from .passes import forward_backward, prepare_graph
+from .estimates import NodeTerms, Scratch
+from .passes import _detach, forward_pass, gradient_rows, prepare_graph, pull_back
 from .records import CURVATURES, Estimate, ScreenReport
 
-#: Gauss-Newton rows per sample: the top eigen-directions of its loss Hessian in the
-#: logits (exact from classes - 1 on). On digits_cnn and resnet_small, 2 rank as well
-#: as all 10 classes, at a quarter of the backward passes (benchmarks/bench_screen.py)
+#: directions per sample of the Gauss-Newton term: the loss gradient and the top
+#: GGN_RANK - 1 eigenvectors of its loss Hessian in the logits (exact from the number
+#: of classes on); gradient rows pulled back: GGN_RANK. On digits_cnn and resnet_small,
+#: 2 rank as well as all 10 classes (benchmarks/bench_screen.py)
 GGN_RANK = 2
+
+#: the share of the validation samples (the first ones) on which the Gauss-Newton
+#: directions beyond the gradient are pulled back; elsewhere the term is the one along
+#: the gradient (no pass of its own), plus the excess measured on the share. On the
+#: two CNN examples and the tiny GPT, a half ranks as well as all samples
+GGN_SHARE = 0.5
 
 #: one place a knockout acts: (variant id, the node replaced, the value that goes on
 #: instead for identity, else None)
@@ -87,17 +89,28 @@ def screen_knockouts(
     max_batch_mb: float = 256.0,
     curvature: str = "ggn",
     ggn_rank: int = GGN_RANK,
+    ggn_share: float = GGN_SHARE,
 ) -> ScreenReport:
     """Estimate every knockout's change of the mean validation loss (see the package doc).
 
     The validation data go through in chunks small enough that one pass's values fit
     half of ``max_batch_mb`` (``batch_size``: the batches of the mean activations'
-    pass). The outputs the knockouts replace are kept, with their gradients, for one
-    group of them at a time, each group within the other half: many components take
-    several passes per chunk, never more memory. Each node's knockouts are estimated
-    together (:func:`_node_terms`), and the sums stay tensors until the end."""
+    pass). The outputs the knockouts replace are kept, for one group of them at a
+    time, each group within the other half: many components take several passes per
+    chunk, never more memory. Their gradients are used as the backward pass makes
+    them (:func:`~.passes.pull_back`); each node's knockouts are estimated together
+    (:class:`~.estimates.NodeTerms`), and the sums stay tensors until the end.
+
+    The Gauss-Newton term (``curvature="ggn"``) is the one along the loss gradient on
+    every sample (it needs no pass of its own); its rank-``ggn_rank`` excess over that
+    is measured on the first ``ggn_share`` of the samples, where the other directions
+    are pulled back, and scaled up to all of them."""
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; use one of {CURVATURES}")
+    if curvature == "ggn" and ggn_rank < 1:
+        raise ValueError(f"ggn_rank must be at least 1, not {ggn_rank}")
+    if not 0 < ggn_share <= 1:
+        raise ValueError(f"ggn_share must be in (0, 1], not {ggn_share}")
     started = time.perf_counter()
     model.eval()
     wanted = [k for k in knockouts if k.method == "mean"]
@@ -123,62 +136,47 @@ def screen_knockouts(
             continue
         sites += mine
     live = [k.variant_id for k in knockouts if k.variant_id not in done]
-    rows = 1 + (ggn_rank if curvature == "ggn" else 0)
+    rows = ggn_rank if curvature == "ggn" else 1
     budget = int(max_batch_mb * 2**20)
     chunk, sizes = _chunking(facts, sites, rows, len(x_val), budget)
-    groups = _groups(sites, facts.index, sizes, budget // 2)
-    slot = {vid: i for i, vid in enumerate(live)}
-    on_node: dict[fx.Node, list[int]] = {}
-    for i, (_, node, _) in enumerate(sites):
-        on_node.setdefault(node, []).append(i)
-    seen = Counter(vid for vid, _, _ in sites)
-    shared = {vid for vid, count in seen.items() if count > 1}
-    first = torch.zeros(len(live), dtype=torch.float64)
-    second = torch.zeros(len(live), dtype=torch.float64)
-    failed: dict[str, tuple[str, str]] = {}  # vid -> (status, why)
-    base, kept_peak, ggn = _Tally(), 0, False
-    for start in range(0, len(x_val), chunk):
-        x, y = x_val[start : start + chunk], y_val[start : start + chunk]
-        joint: dict[str, torch.Tensor] = {}  # knockouts with several sites: (G, N)
+    groups = _groups(sites, facts.index, sizes, budget // 2) or [set()]  # the baseline
+    samples = len(x_val)
+    split = samples  # the samples before it get all the Gauss-Newton rows
+    classes = y_val.dim() == 1 and not y_val.is_floating_point()  # else no GGN term
+    if curvature == "ggn" and ggn_rank > 1 and classes:
+        split = max(1, math.ceil(ggn_share * samples))
+    screen = _Screen(live, sites, ops)
+    base, kept_peak, directions = _Tally(), 0, 0
+    for start, stop in _pieces(samples, split, chunk):
+        x, y = x_val[start:stop], y_val[start:stop]
+        rank = ggn_rank if start < split else 1
+        weight = samples / split if start < split else 1.0
+        maps = None
         for i, group in enumerate(groups):
-            z, values, grads = forward_backward(
-                facts, x, y, loss_fn, group, curvature, ggn_rank
-            )
+            z, kept = forward_pass(facts, x, group)
+            values = {n: _detach(v) for n, v in kept.items()}
             if i == 0:
-                base.add(z, y, loss_fn, correct_fn)
-            peak = _bytes(values) + _bytes(grads)
-            for node in sorted(group, key=facts.index.get):
-                ids, terms = _node_terms(
-                    node, on_node.get(node, []), sites, ops, values, grads, failed
-                )
-                if terms is None:
-                    continue
-                peak = max(peak, _bytes(values) + _bytes(grads) + _bytes(terms))
-                ggn = ggn or terms.shape[1] > 1
-                alone = [j for j, vid in enumerate(ids) if vid not in shared]
-                if alone:
-                    own = terms[alone].double()
-                    where = torch.tensor([slot[ids[j]] for j in alone])
-                    first.index_add_(0, where, own[:, 0].sum(dim=1))
-                    second.index_add_(0, where, 0.5 * own[:, 1:].square().sum((1, 2)))
-                for j, vid in enumerate(ids):
-                    if vid in shared:
-                        u = terms[j].double()
-                        joint[vid] = u if vid not in joint else joint[vid] + u
-            kept_peak = max(kept_peak, peak)
-            del values, grads
-        for vid, u in joint.items():
-            first[slot[vid]] += u[0].sum()
-            second[slot[vid]] += 0.5 * u[1:].square().sum()
-    n = max(1, len(x_val))
-    firsts, seconds = (first / n).tolist(), (second / n).tolist()
+                base.add(_detach(z), y, loss_fn, correct_fn)
+            start_at, cotangents, maps = gradient_rows(z, y, loss_fn, curvature, rank)
+            sited = {n: v for n, v in kept.items() if n in screen.on_node}
+            del z, kept
+            peak = screen.pass_terms(start_at, cotangents, sited, values, facts.nodes)
+            del start_at, cotangents, sited
+            if maps is not None:
+                directions = max(directions, len(maps[0][0]))
+            kept_peak = max(kept_peak, _bytes(values) + peak)
+            screen.add(maps, weight)
+            del values
+        screen.settle(maps, weight)
+    firsts, seconds = screen.means(samples)
     for vid in live:
-        if vid in failed:
-            status, why = failed[vid]
+        if vid in screen.failed:
+            status, why = screen.failed[vid]
             done[vid] = Estimate(vid, status, None, error=why)
         else:
-            f, c = firsts[slot[vid]], seconds[slot[vid]]
+            f, c = firsts[screen.slot[vid]], seconds[screen.slot[vid]]
             done[vid] = Estimate(vid, "ok", f + c, f, c)
+    ggn = directions > 0
     if curvature == "ggn" and not ggn and live:
         notes.append(
             "first order only: the Gauss-Newton term needs class logits (N, C) "
@@ -188,7 +186,8 @@ def screen_knockouts(
         "budget_bytes": budget,
         "chunk_samples": chunk,
         "groups": len(groups),
-        "gradient_rows": rows if ggn else 1,
+        "gradient_rows": max(1, directions),
+        "ggn_samples": split if ggn else 0,
         "kept_peak_bytes": kept_peak,
         "screen_time_s": time.perf_counter() - started,
     }
@@ -201,87 +200,155 @@ def screen_knockouts(
     )
 
 
+class _Screen:
+    """The running sums of a screen: per knockout, its first-order and Gauss-Newton
+    terms over the samples so far, from the products of each pass."""
+
+    def __init__(self, live: list[str], sites: list[Site], ops: dict[str, Ablation]):
+        self.slot = {vid: i for i, vid in enumerate(live)}
+        self.on_node: dict[fx.Node, list[Site]] = {}
+        for site in sites:
+            self.on_node.setdefault(site[1], []).append(site)
+        seen = Counter(vid for vid, _, _ in sites)
+        self.shared = {vid for vid, count in seen.items() if count > 1}
+        self.ops = ops
+        self.first = torch.zeros(len(live), dtype=torch.float64)
+        self.second = torch.zeros(len(live), dtype=torch.float64)
+        self.failed: dict[str, tuple[str, str]] = {}  # vid -> (status, why)
+        self.estimators: dict[fx.Node, NodeTerms] = {}
+        self.scratch = Scratch()
+        self.rows_of: dict[fx.Node, list[torch.Tensor]] = {}
+        self.joint: dict[str, torch.Tensor] = {}  # several sites: (G, N) per chunk
+
+    def pass_terms(
+        self,
+        start: Any,
+        cotangents: list[torch.Tensor | None],
+        sited: dict[fx.Node, Any],
+        values: dict[fx.Node, Any],
+        nodes: tuple[fx.Node, ...],
+    ) -> int:
+        """One backward call per cotangent; each node's products of them, kept for
+        :meth:`add`. Returns the bytes held on top of the values: the largest
+        gradient handed over, and the products (twice: they are stacked)."""
+        for node in sited.keys() - self.estimators.keys():
+            entries = [(vid, self.ops[vid], src) for vid, _, src in self.on_node[node]]
+            made = self.estimators[node] = NodeTerms(node.name, entries, values[node])
+            if made.skipped:
+                for vid, _, _ in entries:
+                    self.failed[vid] = ("skipped", made.skipped)
+        largest = 0
+
+        def consume(node: fx.Node, grads: list[torch.Tensor | None]) -> None:
+            nonlocal largest
+            largest = max(largest, _bytes(grads))
+            estimate = self.estimators[node]
+            terms = estimate(values[node], values, grads, self.failed, self.scratch)
+            if terms is not None:
+                self.rows_of.setdefault(node, []).append(terms)
+
+        pull_back(start, cotangents, sited, nodes, consume)
+        return largest + 2 * sum(_bytes(t) for t in self.rows_of.values())
+
+    def add(self, maps: Any, weight: float) -> None:
+        """Fold the products of a pass into the sums (those of knockouts with several
+        sites wait for :meth:`settle`)."""
+        ids, parts = [], []
+        for node, rows in self.rows_of.items():
+            terms = torch.cat(rows, dim=1)  # (M, G, N)
+            for j, vid in enumerate(self.estimators[node].ids):
+                if vid in self.shared:
+                    u = terms[j].double()
+                    self.joint[vid] = (
+                        u if vid not in self.joint else self.joint[vid] + u
+                    )
+                else:
+                    ids.append(self.slot[vid])
+                    parts.append(terms[j])
+        self.rows_of = {}
+        if parts:
+            own = torch.stack(parts).double()
+            where = torch.tensor(ids)
+            self.first.index_add_(0, where, own[:, 0].sum(dim=1))
+            self.second.index_add_(0, where, _curvature(own, maps, weight))
+
+    def settle(self, maps: Any, weight: float) -> None:
+        """The end of a chunk: the knockouts with several sites, their sites summed
+        per sample."""
+        for vid, u in self.joint.items():
+            self.first[self.slot[vid]] += u[0].sum()
+            self.second[self.slot[vid]] += _curvature(u.unsqueeze(0), maps, weight)[0]
+        self.joint = {}
+
+    def means(self, samples: int) -> tuple[list[float], list[float]]:
+        n = max(1, samples)
+        return (self.first / n).tolist(), (self.second / n).tolist()
+
+
+def _pieces(samples: int, split: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each pass: the samples before ``split`` and those after
+    it, each in balanced pieces of at most ``chunk``; none straddles ``split``."""
+    pieces = []
+    for begin, end in ((0, split), (split, samples)):
+        count = -(-(end - begin) // chunk)
+        for k in range(count):
+            pieces.append(
+                (
+                    begin + (end - begin) * k // count,
+                    begin + (end - begin) * (k + 1) // count,
+                )
+            )
+    return pieces
+
+
 def _chunking(
     facts, sites: list[Site], rows: int, samples: int, budget: int
 ) -> tuple[int, dict[fx.Node, int]]:
-    """Samples per pass, and the bytes per pass of each node to keep (its value, its
-    ``rows`` gradients, and its knockouts' ``(rows, N)`` products).
+    """Samples per pass, and the bytes per pass each node to keep adds to it (a copy
+    where the pass overwrites its value; its knockouts' ``(rows, N)`` products).
 
     A pass holds every node's value (and autograd what it saved): half the budget.
-    The kept nodes' gradients and products get the other half (their values are the
-    pass's own); the chunk is shrunk (down to 64 samples) until they fit in one
-    group, since every further group is one more forward and backward pass. The passes are not training batches: the chunk
-    depends on the memory budget alone, and no result depends on it."""
+    The gradients are used as the backward pass makes them and then dropped
+    (:func:`~.passes.pull_back`), so the other half holds the products, a gradient in
+    flight and one product's scratch; the chunk is shrunk (down to 64 samples) until
+    they fit in one group, since every further group is one more forward and
+    backward pass. The passes are not training batches: no result depends on the
+    chunk."""
     count: dict[fx.Node, int] = {}
     for _, node, source in sites:
         count[node] = count.get(node, 0) + 1
         if source is not None:
             count.setdefault(source, 0)
     sample = facts.sample_bytes
-    per_sample = {  # gradients and products; a value the pass overwrites: a copy
-        n: sample.get(n, 0) * (rows + (n in facts.volatile)) + 8 * rows * c
+    per_sample = {  # products; a value the pass overwrites: a copy
+        n: sample.get(n, 0) * (n in facts.volatile) + 8 * rows * c
         for n, c in count.items()
     }
     room = budget // 2
     passes = room // max(1, sum(sample.values()))
-    scratch = rows * max((sample.get(n, 0) for n in count), default=0)  # one product
-    together = room // max(1, sum(per_sample.values()) + scratch)
+    largest = max((sample.get(n, 0) for n in count), default=0)
+    together = room // max(1, sum(per_sample.values()) + 2 * largest)
     chunk = max(1, min(samples, passes, max(together, min(samples, 64))))
     return chunk, {n: b * chunk for n, b in per_sample.items()}
 
 
-def _node_terms(
-    node: fx.Node,
-    mine: list[int],
-    sites: list[Site],
-    ops: dict[str, Ablation],
-    values: dict[fx.Node, Any],
-    grads: dict[fx.Node, list[torch.Tensor | None]],
-    failed: dict[str, tuple[str, str]],
-) -> tuple[list[str], torch.Tensor | None]:
-    """The knockouts acting at ``node`` and their ``(M, G, N)`` products: the slices
-    of the output in one vectorized step, the rest one at a time. A knockout that
-    cannot be estimated goes to ``failed`` (skipped: with the node's name)."""
-    value, grad = values[node], grads[node]
-    ids: list[str] = []
-    parts: list[torch.Tensor] = []
-    slices, sliced = [], []
-    for i in mine:
-        vid, _, source = sites[i]
-        if vid in failed:
-            continue
-        try:
-            check_differentiable(value)
-        except NotDifferentiable as exc:
-            failed[vid] = ("skipped", f"{node.name}: {exc}; the screen skips it")
-            continue
-        if all(g is None for g in grad):
-            continue  # no gradient reaches it: its estimate is 0
-        piece = slice_of(ops[vid], value)
-        if piece is not None and len(grad) == 1:
-            slices.append(piece)
-            sliced.append(vid)
-            continue
-        try:
-            u = products(
-                ops[vid], value, None if source is None else values[source], grad
-            )
-        except Exception as exc:  # one bad estimate must not stop the others
-            failed[vid] = ("failed", f"{type(exc).__name__}: {exc}")
-            continue
-        if u is not None:
-            ids.append(vid)
-            parts.append(u.unsqueeze(0))
-    if slices:
-        try:
-            parts.append(slice_products(value, grad[0], slices))
-            ids += sliced
-        except Exception as exc:
-            for vid in sliced:
-                failed[vid] = ("failed", f"{type(exc).__name__}: {exc}")
-    if not parts:
-        return ids, None
-    return ids, torch.cat(parts) if len(parts) > 1 else parts[0]
+def _curvature(terms: torch.Tensor, maps: Any, weight: float) -> torch.Tensor:
+    """``(M,)``: the Gauss-Newton terms of M knockouts from their products ``terms``
+    (M, G, N) and ``maps = (R, r)`` of :func:`~.passes.ggn_directions` (None: zeros):
+    ``1/2 sum_n (r_n c_n0)^2`` along the gradient, plus ``weight`` times the excess of
+    ``1/2 sum_n |R_n c_n|^2`` over it (G > 1: the other directions were pulled back)."""
+    if maps is None:
+        return terms.new_zeros(len(terms))
+    full, along = maps
+    gradient = 0.5 * (terms[:, 0] * along).square().sum(dim=1)
+    if terms.shape[1] == 1:
+        return gradient
+    by = full.permute(1, 2, 0)  # (G, G, N): a few (M, G, N) products, no einsum
+    mixed = terms[:, None, 0] * by[None, :, 0]
+    for j in range(1, terms.shape[1]):
+        mixed = mixed + terms[:, None, j] * by[None, :, j]
+    total = 0.5 * mixed.square().sum(dim=(1, 2))
+    return total if weight == 1 else gradient + weight * (total - gradient)
 
 
 def _bytes(tree: Any) -> int:
