@@ -8,7 +8,7 @@ Every layer, block, activation and neuron group (and, for the GPT, every attenti
 head) is knocked out exactly (``run_knockouts``) and estimated by the screen: first
 order only; with the Gauss-Newton term along the gradient (rank 1, no pass of its
 own); of rank 2 on every sample; and of rank 2 on the first half of the samples,
-rank 1 on the rest (the default, ``GGN_SHARE``).
+rank 1 on the rest (the default, ``GGN_SHARE``), and the same of rank 3.
 Reported: Spearman rho of the estimated and the exact val_loss change, the exact
 top 10 found in the screen's top 10 / 20 / 30, rho per component kind, and the
 largest misses.
@@ -57,13 +57,9 @@ SCREENS = (
     ("first order", "none", 1, 1.0),
     ("+ GGN rank 1 (along the gradient)", "ggn", 1, 1.0),
     (f"+ GGN rank {GGN_RANK}, every sample", "ggn", GGN_RANK, 1.0),
-    (
-        f"+ GGN rank {GGN_RANK}, share {GGN_SHARE:g} (default)",
-        "ggn",
-        GGN_RANK,
-        GGN_SHARE,
-    ),
-)
+    (f"+ GGN rank {GGN_RANK}, share {GGN_SHARE:g} (default)", "ggn", GGN_RANK, GGN_SHARE),
+    (f"+ GGN rank 3, share {GGN_SHARE:g}", "ggn", 3, GGN_SHARE),
+)  # fmt: skip
 
 
 def model_data(name: str):
