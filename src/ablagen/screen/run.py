@@ -147,7 +147,8 @@ def screen_knockouts(
         split = max(1, math.ceil(ggn_share * samples))
     screen = _Screen(live, sites, ops)
     base, kept_peak, directions = _Tally(), 0, 0
-    for start, stop in _pieces(samples, split, chunk):
+    pieces = _pieces(samples, split, chunk)
+    for start, stop in pieces:
         x, y = x_val[start:stop], y_val[start:stop]
         rank = ggn_rank if start < split else 1
         weight = samples / split if start < split else 1.0
@@ -184,7 +185,7 @@ def screen_knockouts(
         )
     stats = {
         "budget_bytes": budget,
-        "chunk_samples": chunk,
+        "chunk_samples": max((stop - start for start, stop in pieces), default=0),
         "groups": len(groups),
         "gradient_rows": max(1, directions),
         "ggn_samples": split if ggn else 0,
