@@ -20,17 +20,21 @@ It is split in two, from the same run:
   numpy, sklearn, timed on their own), handing runs out and storing outcomes,
   and worker slots left idle when fewer runs than workers are left.
 
-``command_*``: unless ``--no-command``, the same sweep again in a fresh directory
-as ``ablagen sweep`` runs it, the pool started before the scripts are generated,
-timed from that start to the last stored outcome, generation included (so it
-counts the generation as overhead too). For scale, the same scripts are also
-started cold, one ``python SCRIPT`` each (the naive loop).
+``command_*``: unless ``--no-command``, the whole ``ablagen sweep`` command (CLI
+start, torch import, generation, the runs, analysis and report; ``--arms plain
+--no-plots``) in a subprocess, on a fresh directory, twice: as it runs by default
+(the pool started when the command starts) and with ``ABLAGEN_PRESTART=0`` (the
+pool started once the runs are planned, as before); ``(wall * jobs - sum of the
+scripts' own wall_time_s) / runs`` for each, everything but training counted. For
+scale, the same scripts are also started cold, one ``python SCRIPT`` each (the
+naive loop).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from ablagen.orchestrate import RunOptions, parse_seeds, run_study  # noqa: E402
 from ablagen.orchestrate import local  # noqa: E402
-from ablagen.orchestrate.local import warm_pool  # noqa: E402
 from ablagen.ranking import load_records  # noqa: E402
 from ablagen.sweep import SweepOptions, generate_sweep, parse_lrs  # noqa: E402
 
@@ -68,6 +71,25 @@ def _runs(out: Path) -> tuple[list[float], list[float]]:
     return [r.result["wall_time_s"] for r in records], [r.wall_time_s for r in records]
 
 
+def _command(
+    args: argparse.Namespace, out: Path, env: dict[str, str]
+) -> tuple[float, float]:
+    """(wall, overhead per run) of the whole ``ablagen sweep`` command."""
+    argv = [sys.executable, "-m", "ablagen", "sweep", str(ROOT / "examples" / "digits_cnn.py"),
+            "--arms", "plain", "--lrs", args.lrs, "--seeds", args.seeds, "--epochs",
+            str(args.epochs), "--jobs", str(args.jobs), "--out", str(out), "--no-plots",
+            "--quiet"]  # fmt: skip
+    paths = [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    started = time.perf_counter()
+    subprocess.run(
+        argv, check=True, capture_output=True,
+        env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(paths)},
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    train, _ = _runs(out)
+    return wall, (wall * args.jobs - sum(train)) / len(train)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lrs", default="1e-3,3e-3,1e-2")
@@ -79,41 +101,32 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
-    run_options = RunOptions(jobs=args.jobs, seeds=seeds)
     with tempfile.TemporaryDirectory() as tmp:
-
-        def options(out: Path) -> SweepOptions:
-            return SweepOptions(
-                target=str(ROOT / "examples" / "digits_cnn.py"),
-                lrs=parse_lrs(args.lrs),
-                arms=("plain",),
-                seeds=seeds,
-                out=out,
-                train={"epochs": args.epochs},
-            )
-
         out = Path(tmp) / "sweep"
+        opts = SweepOptions(
+            target=str(ROOT / "examples" / "digits_cnn.py"),
+            lrs=parse_lrs(args.lrs),
+            arms=("plain",),
+            seeds=seeds,
+            out=out,
+            train={"epochs": args.epochs},
+        )
         started = time.perf_counter()
-        generated = generate_sweep(options(out))
+        generated = generate_sweep(opts)
         generate_s = time.perf_counter() - started
         ready = _timed_ready()
         started = time.perf_counter()
-        summary = run_study(out, run_options)
+        summary = run_study(out, RunOptions(jobs=args.jobs, seeds=seeds))
         wall = time.perf_counter() - started
         pool_ready = max(ready) - started if ready else None
         train, held = _runs(out)
         runs = len(train)
         overhead = (wall * args.jobs - sum(train)) / runs
-        command = None
-        if not args.no_command:  # as `ablagen sweep` does it: the pool first
-            out2 = Path(tmp) / "sweep2"
-            started = time.perf_counter()
-            with warm_pool(out2, run_options) as warm:
-                generate_sweep(options(out2))
-                run_study(out2, run_options, warm=warm)
-            command = time.perf_counter() - started
-            train2, _ = _runs(out2)
-            command_overhead = (command * args.jobs - sum(train2)) / len(train2)
+        command: dict[str, tuple[float, float]] = {}
+        if not args.no_command:
+            for name, env in (("early", {}), ("late", {"ABLAGEN_PRESTART": "0"})):
+                out2 = Path(tmp) / f"sweep-{name}"
+                command[name] = _command(args, out2, env)
         naive = []
         for point in generated.points[: args.naive]:
             t0 = time.perf_counter()
@@ -145,13 +158,11 @@ def main() -> None:
         ),
         "outside_runs_s_per_run": round(overhead - in_run, 4),
         "pool_ready_s": None if pool_ready is None else round(pool_ready, 3),
-        "command_wall_s": None if command is None else round(command, 3),
-        "command_overhead_s_per_run": (
-            None if command is None else round(command_overhead, 3)
-        ),
-        "command_overhead_ratio": (
-            None if command is None else round(command_overhead / mean_train, 4)
-        ),
+        **{
+            f"command_{name}_pool_{key}": round(value, 3)
+            for name, (wall_s, per_run) in command.items()
+            for key, value in (("wall_s", wall_s), ("overhead_s_per_run", per_run))
+        },
         "naive_overhead_s_per_run": (
             round(sum(naive) / len(naive), 3) if naive else None
         ),
@@ -169,11 +180,10 @@ def main() -> None:
         f"the runs (the pool was ready after {report['pool_ready_s']} s); a cold "
         f"`python script.py` costs {report['naive_overhead_s_per_run']} s beyond training"
     )
-    if command is not None:
+    for name, (wall_s, per_run) in command.items():
         print(
-            f"as `ablagen sweep` runs it (pool started before generation, generation "
-            f"counted): {command_overhead:.3f} s per run = "
-            f"{command_overhead / mean_train:.1%}"
+            f"`ablagen sweep` ({name} pool), the whole command: {wall_s:.2f} s, "
+            f"{per_run:.3f} s per run beyond the scripts' own time"
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
