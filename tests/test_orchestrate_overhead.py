@@ -123,19 +123,16 @@ def test_the_watch_reads_a_real_process() -> None:
     """RSS is an upper bound of PSS on this kernel (what the gating relies on)."""
     if not Path("/proc/self/smaps_rollup").exists():
         pytest.skip("needs /proc/PID/smaps_rollup")
+    code = "import sys; b = bytearray(50_000_000); print('ready', flush=True); sys.stdin.read()"
     child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; b = bytearray(50_000_000); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
+        assert child.stdout.readline() == b"ready\n"  # its memory stays as it is
         watch = worker._Watch(child.pid, None)
         for _ in range(3):
             watch.sample()
-        assert 0 < watch.peak <= watch.rss
+        assert 50_000_000 < watch.peak <= watch.rss
         assert watch.reads >= 1
     finally:
         child.communicate(b"")
