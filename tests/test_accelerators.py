@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
@@ -17,9 +15,9 @@ from torch import nn
 
 from ablagen import perturb
 from ablagen.codegen.context import TrainConfig
-from ablagen.codegen.env import make_environment
 from conftest import EXAMPLES, MODELS, run_cli
 from scriptutil import generate, load_script
+from test_noise_block import noise_block
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +42,12 @@ def run(module, *flags, samples=None, seed=0):
     ``samples``, on that many training samples."""
     if samples is not None:
         load = module.load_data
-        module.load_data = lambda: (lambda x, y, *val: (x[:samples], y[:samples], *val))(
-            *load()
-        )
+
+        def first_samples():
+            x, y, *val = load()
+            return (x[:samples], y[:samples], *val)
+
+        module.load_data = first_samples
     torch.manual_seed(seed)
     return module.train(module.parse_args([str(flag) for flag in flags]))
 
@@ -65,7 +66,9 @@ def test_grad_accum_is_one_big_batch(make):
     accumulated = run(
         module, "--epochs", 2, "--batch-size", 16, "--grad-accum", 4, samples=256
     )
-    small = run(module, "--epochs", 2, "--batch-size", 16, "--grad-accum", 1, samples=256)
+    small = run(
+        module, "--epochs", 2, "--batch-size", 16, "--grad-accum", 1, samples=256
+    )
     for (a_train, a_val), (b_train, b_val) in zip(losses(big), losses(accumulated)):
         assert b_train == pytest.approx(a_train, rel=1e-5)
         assert b_val == pytest.approx(a_val, rel=1e-5)
@@ -173,21 +176,11 @@ def test_amp_fp16_loop_runs_with_a_grad_scaler(make):
 )
 def test_generate_refuses_bad_accelerator_options(flags, tmp_path, capsys):
     out = tmp_path / "s"
-    code, _, err = run_cli(["generate", MODELS / "mlp.py", "--out", out, *flags], capsys)
+    code, _, err = run_cli(
+        ["generate", MODELS / "mlp.py", "--out", out, *flags], capsys
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert flags[0] in err and not out.exists()
-
-
-def noise_block(**train: Any) -> dict[str, Any]:
-    """The noise block of a script generated with ``train``, run."""
-    ctx = SimpleNamespace(train=TrainConfig(**train), noise_scales=None)
-    env = make_environment()
-    source = "import math\nimport torch\n"
-    source += env.get_template("noise/config.py.j2").render(ctx=ctx)
-    source += env.get_template("noise.py.j2").render(ctx=ctx)
-    namespace: dict[str, Any] = {"__name__": "script"}
-    exec(compile(source, "<noise block>", "exec", dont_inherit=True), namespace)
-    return namespace
 
 
 def net() -> nn.Module:
@@ -199,7 +192,9 @@ def scaled_steps(model, optimizer, scaler, before_step, overflow_at=2):
     """Six GradScaler steps; at step ``overflow_at`` a gradient is inf (as fp16 overflows)."""
     data = torch.Generator().manual_seed(5)
     for step in range(6):
-        x, y = torch.randn(8, 6, generator=data), torch.randint(0, 3, (8,), generator=data)
+        x, y = torch.randn(8, 6, generator=data), torch.randint(
+            0, 3, (8,), generator=data
+        )
         scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
         if step == overflow_at:
             model[0].weight.grad[0, 0] = math.inf
@@ -212,8 +207,9 @@ def scaled_steps(model, optimizer, scaler, before_step, overflow_at=2):
 
 def test_skipped_fp16_step_draws_no_noise_like_the_library():
     """Script order (unscale, clip, noise, step) = the library under the scaler, bit for
-    bit; the overflowed step draws nothing, so the noise stream follows the steps taken."""
-    block = noise_block(sigma=0.1, amp="fp16")
+    bit; the overflowed step draws nothing, so the noise stream follows the steps taken.
+    """
+    block = noise_block("gaussian", "constant", amp="fp16")
     model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     noise = block["GradientNoise"](optimizer, 0.1, 7, "cpu")
@@ -323,7 +319,7 @@ def test_the_ablation_survives_torch_compile(make, variant):
         assert a == pytest.approx(c, rel=1e-4) and b == pytest.approx(d, rel=1e-4)
 
 
-STREAMED = '''
+STREAMED = """
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -347,7 +343,7 @@ def build_datasets():
     x = torch.randn(320, 1, 6, 6, generator=g)
     y = x.flatten(1)[:, :3].argmax(dim=1)
     return TensorDataset(x[:256], y[:256]), TensorDataset(x[256:], y[256:])
-'''
+"""
 
 
 def test_streamed_loop_takes_every_option(tmp_path):

@@ -308,7 +308,10 @@ def test_long_runs_train_their_baseline_once_without_resume_code(tmp_path, mode)
     from ablagen.codegen.context import TrainConfig
 
     study = generate(
-        EXAMPLES / "digits_cnn.py", tmp_path / "s", mode=mode, train=TrainConfig(epochs=3)
+        EXAMPLES / "digits_cnn.py",
+        tmp_path / "s",
+        mode=mode,
+        train=TrainConfig(epochs=3),
     )
     script = study / f"{mode}.py"
     assert "load_run_state" not in script.read_text()
@@ -321,3 +324,43 @@ def test_long_runs_train_their_baseline_once_without_resume_code(tmp_path, mode)
     result = json.loads(out.read_text())
     assert result["status"] == "ok" and len(result["history"]) == 3
     assert "gpu" in result and result["gpu"] is None  # named on CUDA, as baseline.py
+
+
+STREAMED = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+INPUT_SHAPE = (4,)
+
+
+def build_model():
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+
+
+def build_datasets():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+    return TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
+"""
+
+
+def test_streamed_data_knockout_runs_and_screen_is_refused(tmp_path, capsys):
+    model = tmp_path / "model.py"
+    model.write_text(textwrap.dedent(STREAMED))
+    screen = tmp_path / "screen"
+    code, _, err = run_cli(
+        ["generate", model, "--out", screen, "--mode", "screen"], capsys
+    )
+    assert code == 2 and "streams its batches" in err and err.count("\n") == 1, err
+    assert not screen.exists()
+    study = tmp_path / "knockout"
+    code, _, err = run_cli(
+        ["generate", model, "--out", study, "--mode", "knockout"], capsys
+    )
+    assert code == 0, err
+    done = subprocess.run(
+        [sys.executable, "knockout.py", "--epochs", "1", "--num-workers", "0"],
+        cwd=study, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -34,10 +34,13 @@ SCHEDULE_CONSTANTS: dict[str, dict[str, tuple[str, Any]]] = {
 }
 
 
-def noise_block(noise: str, schedule: str, **constants: Any) -> dict[str, Any]:
-    """The noise config and block a script with this kind and schedule carries, run."""
+def noise_block(
+    noise: str, schedule: str, amp: str = "none", **constants: Any
+) -> dict[str, Any]:
+    """The noise config and block a script with this kind and schedule (and mixed
+    precision) carries, run."""
     ctx = SimpleNamespace(
-        train=TrainConfig(sigma=0.1, noise=noise, noise_schedule=schedule),
+        train=TrainConfig(sigma=0.1, noise=noise, noise_schedule=schedule, amp=amp),
         noise_scales=None,
     )
     env = make_environment()
@@ -191,7 +194,6 @@ def test_slice_scales_are_the_librarys_bit_for_bit(kind: str) -> None:
     noise.set_unit_scale(net[0].weight, torch.tensor([0.5] * 16))
     got = steps(net, optimizer, noise.add_)
     assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
-
 
 
 def test_a_slice_scale_reaches_only_its_columns() -> None:
