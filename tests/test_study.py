@@ -206,3 +206,48 @@ def test_two_stage_retrains_the_top_and_the_most_uncertain():
     ]
     assert _retrain_choice(rows, 1) == ("a", "d")
     assert _retrain_choice(rows, 2) == ("a", "b", "d", "c")
+
+
+def _row(rank, variant, mean):
+    from ablagen.ranking import ImportanceRow
+
+    component, method = variant.split(":")
+    return ImportanceRow(rank, variant, component, "activation", method, mean, None,
+                         1, None, None, True, (0,), (mean,), 0.9, 0.9 - mean)  # fmt: skip
+
+
+def test_two_stage_ablated_arm_removes_the_least_important_of_the_whole_ranking():
+    """Issue #30.1: the screen and the verification disagree. The screen ranks six
+    components (f least important); its top 2 and its 2 widest (e, f) are verified:
+    f and e matter after all, b does not. The ablated arm removes the screen's
+    least important unverified components (d, c), never what verification found to
+    matter, nor the verification's own bottom (b, e) as it used to."""
+    from types import SimpleNamespace
+
+    from ablagen.hybrid import least_important, removal_order
+
+    screen = tuple(
+        _row(i + 1, f"{c}:identity", 0.6 - 0.1 * i) for i, c in enumerate("abcdef")
+    )
+    verified = (_row(1, "f:identity", 0.05), _row(2, "a:identity", 0.03),
+                _row(3, "e:identity", 0.01), _row(4, "b:identity", -0.01))  # fmt: skip
+    comps = {
+        c: SimpleNamespace(id=c, module=c, param_owner=None, methods=("identity",))
+        for c in "abcdef"
+    }
+    inventory = SimpleNamespace(get=comps.get)
+    order = removal_order(screen, verified)
+    assert [r.variant[0] for r in order] == list("faebcd")
+    removed = [c.id for c, _ in least_important(inventory, order, 2)]
+    assert removed == ["d", "c"]
+    assert [c.id for c, _ in least_important(inventory, verified, 2)] == [
+        "b",
+        "e",
+    ]  # the old choice
+    # with more to remove than the unverified: the harmless verified b, then by the screen
+    assert [c.id for c, _ in least_important(inventory, order, 4)] == [
+        "d",
+        "c",
+        "b",
+        "e",
+    ]

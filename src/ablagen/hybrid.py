@@ -63,21 +63,27 @@ def render_arms(
     ranking: Ranking,
     noise: NoiseScales,
     arm: ArmOptions = ArmOptions(),
+    removal: tuple[tuple[ImportanceRow, ...], str] | None = None,
 ) -> ArmScripts:
-    """The arm scripts and their manifest entries, rendered in memory."""
+    """The arm scripts and their manifest entries, rendered in memory.
+
+    ``removal``: the rows the ablated arm takes its least important components from
+    and what ranked them (a two-stage study: :func:`removal_order`); by default the
+    ranking's own rows, as importance.json lists them."""
     arm.validate()
+    rows, ranked_by = removal or (ranking.rows, "importance.json")
     label = prepared.loaded.ref.label
     noisy = replace(prepared.config.train, sigma=arm.sigma, noise=arm.noise).validate()
     specs = tuple(
         ablation_spec(c, m)
-        for c, m in least_important(prepared.inventory, ranking.rows, arm.ablate_bottom)
+        for c, m in least_important(prepared.inventory, rows, arm.ablate_bottom)
     )
     files: dict[str, bytes] = {}
     if specs:
         names = ", ".join(s.variant_id for s in specs)
         files["arm:ablated"] = prepared.render(
             ARMS["arm:ablated"], "arm:ablated", f"Ablated arm of {label}: its {len(specs)} least important components removed.",
-            (f"Removed together, as ranked by importance.json: {names}.",), ablations=specs,
+            (f"Removed together, as ranked by {ranked_by}: {names}.",), ablations=specs,
         )  # fmt: skip
     files["arm:perturbed"] = prepared.render(
         ARMS["arm:perturbed"], "arm:perturbed", f"Perturbed arm of {label}: uniform gradient noise.",
@@ -186,6 +192,24 @@ def least_important(
         chosen.append((comp, row.method))
         modules.append(module)
     return chosen
+
+
+def removal_order(
+    screen_rows: tuple[ImportanceRow, ...], verified_rows: tuple[ImportanceRow, ...]
+) -> tuple[ImportanceRow, ...]:
+    """A two-stage study's whole ranking, most important first, for the ablated arm.
+
+    The screen ranks every component; the verification measured some of them again,
+    exactly. A verified variant whose verified importance is positive was found to
+    matter: it goes first, in the verifier's order, so it is removed last. Every
+    other variant (unverified, or verified as harmless) keeps the screen's order;
+    the ablated arm takes its components from the bottom of that.
+    """
+    verified = {r.variant: r for r in verified_rows}
+    matters = [r for r in verified_rows if r.mean > 0]
+    found = {r.variant for r in matters}
+    rest = [verified.get(r.variant, r) for r in screen_rows if r.variant not in found]
+    return (*matters, *rest)
 
 
 def _nested(a: str, b: str) -> bool:

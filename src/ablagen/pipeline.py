@@ -26,6 +26,7 @@ from ablagen.hybrid import (
     ArmResult,
     arms_markdown,
     compare_arms,
+    removal_order,
     render_arms,
     write_arms_json,
 )
@@ -142,8 +143,19 @@ def _one_study(
     if opts.with_arms:
         step("hybrid: ablated, perturbed and importance-guided arms")
         with warm_pool(study, opts.run) as warm:  # warms while the arms render
+            removal = None
+            if screen is not None:  # the whole ranking: the screen, verified
+                removal = (
+                    removal_order(screen[2], ranked.ranking.rows),
+                    f"the {screen[0]} screen, corrected by {screen[1]}",
+                )
             scripts = render_arms(
-                generated.prepared, manifest, ranked.ranking, ranked.noise, opts.arms
+                generated.prepared,
+                manifest,
+                ranked.ranking,
+                ranked.noise,
+                opts.arms,
+                removal,
             )
             manifest = add_scripts(study, manifest, scripts, ARM_KIND)
             arm_ids = (
