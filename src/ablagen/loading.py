@@ -70,12 +70,29 @@ class LoadedModel:
     model: nn.Module
     ref: ModelRef
     example_inputs: tuple[torch.Tensor, ...]
-    input_from: str  # "example_input()" | "INPUT_SHAPE" | "--input-shape"
+    # "example_input()" | "INPUT_SHAPE" | "--input-shape" | where the data's sample
+    # shape came from ("one sample of build_data()", "DATASET = 'digits' (64 features)")
+    input_from: str
     has_build_data: bool
 
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(t.shape) for t in self.example_inputs]
+
+    @property
+    def input_note(self) -> str | None:
+        """One line when the example input was inferred from the data, else None."""
+        if self.input_from in _GIVEN:
+            return None
+        shape = tuple(self.example_inputs[0].shape[1:])
+        return (
+            f"input shape {shape} inferred from {self.input_from} "
+            "(set INPUT_SHAPE or pass --input-shape to choose another)"
+        )
+
+
+#: where an example input the user gave comes from (anything else was inferred)
+_GIVEN = ("example_input()", "INPUT_SHAPE", "--input-shape")
 
 
 def split_model_spec(spec: str) -> tuple[Path, str | None]:
@@ -102,9 +119,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def load_model(
-    spec: str, input_shape: str | tuple[int, ...] | None = None
+    spec: str,
+    input_shape: str | tuple[int, ...] | None = None,
+    dataset: str | None = None,
 ) -> LoadedModel:
-    """Import the model file, find the model and its example input, check a forward pass."""
+    """Import the model file, find the model and its example input, check a forward pass.
+
+    Without an example input, one sample of the data (``dataset``: ``--dataset``,
+    else the file's data functions or ``DATASET``) gives its shape."""
     path, name = split_model_spec(spec)
     source = _read_source(path)
     module = _import_file(path, source)
@@ -112,7 +134,7 @@ def load_model(
     model.eval()
     if isinstance(input_shape, str):
         input_shape = parse_shape(input_shape)
-    inputs, input_from = _example_inputs(module, path, input_shape)
+    inputs, input_from = _example_inputs(module, path, input_shape, model, dataset)
     _check_forward(model, inputs, input_from, path)
     return LoadedModel(
         path=path,
@@ -315,7 +337,11 @@ def _build(obj: Any, name: str, path: Path) -> tuple[ModelRef, nn.Module]:
 
 
 def _example_inputs(
-    module: ModuleType, path: Path, input_shape: tuple[int, ...] | None
+    module: ModuleType,
+    path: Path,
+    input_shape: tuple[int, ...] | None,
+    model: nn.Module | None = None,
+    dataset: str | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], str]:
     if input_shape is not None:
         return (_randn(input_shape),), "--input-shape"
@@ -347,10 +373,50 @@ def _example_inputs(
                 "set e.g. INPUT_SHAPE = (1, 8, 8) (one sample, no batch dimension)",
             )
         return (_randn(tuple(shape)),), "INPUT_SHAPE"
-    raise InputShapeError(
-        f"{path} gives no example input",
-        "define INPUT_SHAPE = (C, H, W) or example_input(), or pass --input-shape 1,8,8",
+    from ablagen.data.shapes import infer_sample_shape  # the data module reads ours
+
+    inferred = infer_sample_shape(
+        module, path, dataset, lambda s: model is not None and _runs(model, s)
     )
+    if inferred is not None:
+        return (_randn(inferred[0]),), inferred[1]
+    raise InputShapeError(
+        f"{path} gives no example input and no data to take one sample's shape from",
+        f"define INPUT_SHAPE (one sample, no batch dimension) or example_input(), "
+        f"or pass --input-shape{_shape_hint(model)}",
+    )
+
+
+def _runs(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    try:
+        with torch.no_grad():
+            model(_randn(shape))
+    except Exception:  # any failure: the model does not take this shape
+        return False
+    return True
+
+
+def _shape_hint(model: nn.Module | None) -> str:
+    """`` 30 (fc1 takes 30 features)``: what the model's first layer takes, if it says."""
+    first = next(
+        (
+            (name, m)
+            for name, m in (model.named_modules() if model is not None else ())
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        ),
+        None,
+    )
+    if first is None:
+        return " (one sample's shape, e.g. C,H,W or FEATURES)"
+    name, layer = first
+    if isinstance(layer, nn.Linear):
+        return f" {layer.in_features} ({name} takes {layer.in_features} features)"
+    dims = (
+        "L"
+        if isinstance(layer, nn.Conv1d)
+        else "H,W" if isinstance(layer, nn.Conv2d) else "D,H,W"
+    )
+    return f" {layer.in_channels},{dims} ({name} takes {layer.in_channels} channels)"
 
 
 def _randn(shape: tuple[int, ...]) -> torch.Tensor:
@@ -361,14 +427,51 @@ def _randn(shape: tuple[int, ...]) -> torch.Tensor:
 def _check_forward(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], input_from: str, path: Path
 ) -> None:
+    """One forward pass on the example input. When it fails on an input the model
+    file itself gives (``INPUT_SHAPE``, ``example_input()``, its data), the model is
+    broken, not the shape: the message names the layer that failed."""
+    entered: list[tuple[str, nn.Module, str]] = []  # modules not yet returned
+
+    def pre(name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            got = f" on input of shape {shapes[0]}" if len(shapes) == 1 else ""
+            entered.append((name, module, got))
+
+        return hook
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        if entered and entered[-1][1] is module:
+            entered.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(pre(name)))
+            handles.append(module.register_forward_hook(post))
     try:
         with torch.no_grad():
             model(*inputs)
     except Exception as exc:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = ""
+        if entered:
+            name, module, got = entered[-1]
+            where = f" in {name} ({type(module).__name__}){got}"
+        if input_from == "--input-shape":
+            raise InputShapeError(
+                f"the model in {path} fails on the input from --input-shape of shape "
+                f"{shapes} (batch first){where}: {msg}",
+                f"pass one sample's shape without the batch dimension: "
+                f"--input-shape{_shape_hint(model)}",
+            ) from exc
         raise InputShapeError(
-            f"the model in {path} fails on the input from {input_from} of shape {shapes} "
-            f"(batch first): {msg}",
-            "pass one sample's shape without the batch dimension, e.g. --input-shape 1,8,8",
+            f"the model in {path} fails on its own input ({input_from}, shape {shapes} "
+            f"batch first){where}: {msg}",
+            f"fix the model's forward or its layer sizes{' at ' + entered[-1][0] if entered else ''} "
+            f"so it runs on that input (or fix {input_from})",
         ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()

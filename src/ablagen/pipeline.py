@@ -117,6 +117,8 @@ def _one_study(
     # the pool's workers import torch while the scripts are generated
     with warm_pool(opts.generate.out, opts.run) as warm:
         generated = generate_study(opts.generate)
+        if generated.prepared.loaded.input_note:
+            step(generated.prepared.loaded.input_note)
         study, manifest = generated.out, generated.manifest
         ablation_ids = tuple(
             v.id

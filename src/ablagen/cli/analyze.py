@@ -26,6 +26,8 @@ def analyze(
 
     loaded = load_model(model, input_shape)
     inventory = build(loaded, neuron_groups)
+    if loaded.input_note:
+        typer.echo(f"note: {loaded.input_note}", err=True)
     for warning in inventory.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if as_json:

@@ -236,6 +236,8 @@ def generate(
         force=force,
     )
     study = generate_study(opts)
+    if study.prepared.loaded.input_note:
+        typer.echo(f"note: {study.prepared.loaded.input_note}", err=True)
     for warning in study.warnings:
         typer.echo(f"warning: {warning}", err=True)
     variants = len(study.manifest.variants) - 1

@@ -94,7 +94,7 @@ def prepare(opts: GenerateOptions, command: str | None = None) -> Prepared:
             f"unknown mode {opts.mode!r}", f"use one of: {', '.join(MODES)}"
         )
     env = make_environment(opts.templates)
-    loaded = load_model(opts.model, opts.input_shape)
+    loaded = load_model(opts.model, opts.input_shape, opts.dataset)
     _check_channels_last(opts, loaded)
     inventory = analyze(loaded, opts.neuron_groups)
     data, batch = resolve_data(opts, loaded, opts.out)

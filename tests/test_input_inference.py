@@ -1,0 +1,133 @@
+"""Issue #30: the example input inferred from the model file's data, and the hints
+when the model fails on an input: what the model file says, not a fixed 1,8,8."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from ablagen.errors import InputShapeError
+from ablagen.loading import load_model
+from conftest import run_cli
+
+CNN = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+{data}
+
+class Net(nn.Module):
+    def __init__(self, width=16, flat={flat}):
+        super(Net, self).__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, width, 3, padding=1)
+        self.fc = nn.Linear(flat, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        return self.fc(torch.flatten(x, 1))
+"""
+BUILD_DATA = """
+def build_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 1, 8, 8, generator=g)
+    y = torch.arange(20) % 10
+    return x[:16], y[:16], x[16:], y[16:]
+"""
+MLP = """
+import torch.nn as nn
+{data}
+
+class MLP(nn.Module):
+    def __init__(self):
+        super(MLP, self).__init__()
+        self.fc1 = nn.Linear(30, 16)
+        self.fc2 = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+"""
+
+
+def _write(tmp_path, name, template, **fields):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(template).format(**fields))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("template", "data", "flat", "shape", "source"),
+    [
+        (CNN, BUILD_DATA, 256, (1, 8, 8), "one sample of build_data()"),
+        (CNN, 'DATASET = "digits"', 256, (1, 8, 8), "DATASET = 'digits' (64 features)"),
+        (MLP, 'DATASET = "breast_cancer"', None, (30,), "DATASET = 'breast_cancer' (30 features)"),
+    ],
+)  # fmt: skip
+def test_input_shape_is_inferred_from_the_data(
+    tmp_path, template, data, flat, shape, source
+):
+    path = _write(tmp_path, "model.py", template, data=data, flat=flat)
+    loaded = load_model(str(path))
+    assert loaded.input_shapes == [(2, *shape)]
+    assert loaded.input_from == source
+    assert loaded.input_note.startswith(f"input shape {shape} inferred from {source}")
+
+
+def test_dataset_option_gives_the_shape(tmp_path):
+    path = _write(tmp_path, "model.py", MLP, data="")
+    assert load_model(str(path), dataset="breast_cancer").input_shapes == [(2, 30)]
+
+
+def test_a_given_input_is_not_inferred(tmp_path):
+    path = _write(
+        tmp_path, "model.py", MLP, data='DATASET = "breast_cancer"\nINPUT_SHAPE = (30,)'
+    )
+    loaded = load_model(str(path))
+    assert loaded.input_from == "INPUT_SHAPE" and loaded.input_note is None
+
+
+def test_no_data_no_shape_hint_names_the_first_layer(tmp_path, capsys):
+    path = _write(tmp_path, "mlp.py", MLP, data="")
+    code, _, err = run_cli(["analyze", path], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "--input-shape 30 (fc1 takes 30 features)" in err and "1,8,8" not in err
+    cnn = _write(tmp_path, "cnn.py", CNN, data="", flat=256)
+    code, _, err = run_cli(["analyze", cnn], capsys)
+    assert code == 2 and "--input-shape 1,H,W (conv1 takes 1 channels)" in err
+
+
+def test_generate_says_where_the_shape_came_from(tmp_path, capsys):
+    path = _write(tmp_path, "mlp.py", MLP, data='DATASET = "breast_cancer"')
+    code, _, err = run_cli(
+        ["generate", path, "--out", tmp_path / "s", "--kinds", "layers"], capsys
+    )
+    assert code == 0
+    assert (
+        "note: input shape (30,) inferred from DATASET = 'breast_cancer' (30 features)"
+        in err
+    )
+
+
+def test_a_broken_forward_on_the_files_own_input_names_the_layer(tmp_path, capsys):
+    """Issue #30.4: INPUT_SHAPE is right, the model's fc is not (it gets 256 features,
+    takes 128): the message says the model fails on its own input, in fc, and does
+    not ask for another --input-shape."""
+    path = _write(tmp_path, "cnn.py", CNN, data="INPUT_SHAPE = (1, 8, 8)", flat=128)
+    with pytest.raises(InputShapeError) as info:
+        load_model(str(path))
+    message = str(info.value)
+    assert "fails on its own input (INPUT_SHAPE" in message
+    assert "in fc (Linear) on input of shape (2, 256)" in message
+    assert "2x256 and 128x10" in message and "--input-shape" not in message
+    code, _, err = run_cli(["analyze", path], capsys)
+    assert code == 2 and err.count("\n") == 1 and "fix the model's forward" in err
+
+
+def test_a_wrong_input_shape_option_is_still_the_shape(tmp_path):
+    path = _write(tmp_path, "mlp.py", MLP, data="")
+    with pytest.raises(InputShapeError) as info:
+        load_model(str(path), "20")
+    message = str(info.value)
+    assert "from --input-shape" in message and "in fc1 (Linear)" in message
+    assert "--input-shape 30 (fc1 takes 30 features)" in message
