@@ -131,3 +131,26 @@ def test_a_wrong_input_shape_option_is_still_the_shape(tmp_path):
     message = str(info.value)
     assert "from --input-shape" in message and "in fc1 (Linear)" in message
     assert "--input-shape 30 (fc1 takes 30 features)" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [(BUILD_DATA, "build_data has 10 classes"), ('DATASET = "digits"', "digits has 10 classes")],
+)  # fmt: skip
+def test_too_few_outputs_for_the_datas_classes_is_refused_at_generate(
+    tmp_path, capsys, data, needle
+):
+    """Issue #30.5: a 5-output model on 10-class data used to generate fine, then every
+    run failed with 'Target 8 is out of bounds'."""
+    source = CNN.replace("nn.Linear(flat, 10)", "nn.Linear(flat, 5)")
+    path = _write(tmp_path, "cnn.py", source, data=data, flat=256)
+    out = tmp_path / "s"
+    code, _, err = run_cli(["generate", path, "--out", out], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert needle in err and "scores 5" in err and "give the model 10 outputs" in err
+    assert not out.exists()
+    fits = _write(tmp_path, "ok.py", CNN, data=data, flat=256)
+    code, _, err = run_cli(
+        ["generate", fits, "--out", out, "--kinds", "layers"], capsys
+    )
+    assert code == 0, err

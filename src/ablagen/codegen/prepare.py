@@ -25,6 +25,7 @@ from ablagen.codegen.options import MODES, GenerateOptions, StudyConfig, relativ
 from ablagen.codegen.plan import parse_kinds, parse_methods
 from ablagen.codegen.render import render_script
 from ablagen.data import check_task, output_access, resolve_data
+from ablagen.data.shapes import count_classes
 from ablagen.data.sources import check_fits
 from ablagen.errors import ConfigError
 from ablagen.loading import LoadedModel, load_model
@@ -159,11 +160,14 @@ def _model_info(
     access = output_access(output, str(loaded.path))
     first = access.prediction
     check_task(opts.train.task, first, None if batch is None else batch[1], where)
-    if data.classes and opts.train.task == "classification" and first.shape[-1] < len(data.classes):
+    classes = (
+        len(data.classes) if data.classes else count_classes(loaded.module, data.dataset)
+    )
+    if classes and opts.train.task == "classification" and first.shape[-1] < classes:
         raise ConfigError(
-            f"{data.spec} has {len(data.classes)} classes but the model in {loaded.path} "
-            f"scores {first.shape[-1]}",
-            f"give the model {len(data.classes)} outputs",
+            f"{data.spec} has {classes} classes but the model in {loaded.path} "
+            f"scores {first.shape[-1]} (every run would fail on a label >= {first.shape[-1]})",
+            f"give the model {classes} outputs",
         )
     if data.vocab and first.shape[-1] < len(data.vocab):
         raise ConfigError(
