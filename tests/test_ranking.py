@@ -16,6 +16,7 @@ from ablagen.ranking import (
     load_ranking,
     rank,
     select_records,
+    single_seed_note,
     write_importance,
 )
 from ablagen.studydir import Manifest, VariantEntry
@@ -176,7 +177,16 @@ def test_single_seed_has_no_interval() -> None:
     row = rank(MANIFEST, recs).row("conv1:zero")
     assert row is not None and row.n == 1
     assert row.std is None and row.ci_low is None and row.ci_high is None
-    assert row.ci_includes_zero
+    assert row.ci_includes_zero is None and row.mark == "–"  # no interval, no "≈0"
+
+
+def test_single_seed_note_only_when_a_variant_has_one_seed() -> None:
+    one = rank(MANIFEST, [r for r in study_records() if r.seed == 0])
+    note = single_seed_note(one, "runs/s")
+    assert note is not None and note.startswith("every variant ranked on one seed")
+    assert "--seeds 0,1,2" in note and "ablagen run runs/s" in note
+    assert single_seed_note(rank(MANIFEST, study_records())) is None
+    assert {r.mark for r in rank(MANIFEST, study_records()).rows} <= {"", "≈0"}
 
 
 def test_missing_metric_names_it_and_lists_available() -> None:

@@ -345,3 +345,29 @@ def test_cli_rank_reads_the_real_result_store(study: Path, capsys) -> None:
     ]
     assert data["rows"][0]["mean"] == pytest.approx(0.51)
     assert [f["variant"] for f in data["failed"]] == ["relu@0:identity"]
+
+
+def test_one_seed_gives_no_interval_and_suggests_seeds(
+    study: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A ranking over one seed marks no variant "≈0" -- not even conv1, whose
+    ablation costs half the accuracy: its significance column says "–" (no
+    interval), and the report, report.html, the CSV and `ablagen rank` say once that
+    more seeds give intervals."""
+    seed0 = [r for r in _records() if r.seed == 0]
+    monkeypatch.setattr(ablagen.ranking, "load_records", lambda study_dir: seed0)
+    assert main(["rank", str(study)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps the note
+    assert "│ 2 │ conv1:zero │ layer │ zero │ +0.5000 │ – │ 1 │ – │" in out
+    assert out.count("≈0") == 1  # the column's header only
+    assert "every variant ranked on one seed" in out and "--seeds 0,1,2" in out
+    report = (study / REPORT_MD).read_text(encoding="utf-8")
+    assert "| 2 | `conv1:zero` | layer | zero | +0.5000 | – | 1 | – |" in report
+    assert "| `fc1[0:4]:mask` | neuron | mask | +0.0000 | – | 1 | – |" in report
+    assert report.count("**Note:** Every variant ranked on one seed") == 1
+    html = (study / "report.html").read_text(encoding="utf-8")
+    assert "<td>–</td>" in html and "<td>≈0</td>" not in html
+    rows = list(csv.DictReader(io.StringIO((study / IMPORTANCE_CSV).read_text())))
+    assert {r["ci_includes_zero"] for r in rows if r["status"] == "ranked"} == {""}
+    data = json.loads((study / IMPORTANCE_JSON).read_text())
+    assert {r["ci_includes_zero"] for r in data["rows"]} == {None}

@@ -153,6 +153,7 @@ def importance_rows(ranking: Ranking) -> list[dict[str, Any]]:
             "high_key": _sort_key(r.ci_high),
             "n": r.n,
             "zero": r.ci_includes_zero,
+            "mark": r.mark,  # "≈0", "–" (one seed: no interval) or ""
             "bar": 0.0,
         }
         for r in ranking.rows

@@ -10,8 +10,9 @@ two rows; :mod:`ablagen.noise_scales` folds them per component by ``max``)::
 for every seed ``s`` with an ``ok`` result of both, so a positive importance
 always means "ablating it hurts". ``mean`` and ``std`` (ddof=1) of the d_s, and a
 two-sided Student-t interval ``mean ± t_{(1+c)/2, n-1} · std / sqrt(n)``. With
-``n == 1`` there is no spread: ``std`` and the interval are ``None`` and
-``ci_includes_zero`` is True (one seed proves nothing). Rows are sorted by mean
+``n == 1`` there is no spread: ``std``, the interval and ``ci_includes_zero`` are
+``None`` (one seed says nothing about significance either way: the tables show "–"
+and :func:`single_seed_note` suggests more seeds, never "≈0"). Rows are sorted by mean
 importance, descending, ties by variant id; rank 1 is the most important.
 
 A variant with any non-``ok`` run, or no ``ok`` run for a seed the baseline has,
@@ -142,11 +143,19 @@ class ImportanceRow:
     n: int
     ci_low: float | None  # None when n == 1
     ci_high: float | None
-    ci_includes_zero: bool
+    ci_includes_zero: bool | None  # None when n == 1: no interval
     seeds: tuple[int, ...]
     diffs: tuple[float, ...]  # the paired d_s, in seed order
     baseline_mean: float  # over the paired seeds
     variant_mean: float
+
+    @property
+    def mark(self) -> str:
+        """The tables' significance column: "–" without an interval (one seed), "≈0"
+        where the interval includes zero, else ""."""
+        if self.ci_includes_zero is None:
+            return NO_INTERVAL
+        return "≈0" if self.ci_includes_zero else ""
 
     def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -262,7 +271,11 @@ class Ranking:
                     r.n,
                     _num(r.ci_low),
                     _num(r.ci_high),
-                    str(r.ci_includes_zero).lower(),
+                    (
+                        ""
+                        if r.ci_includes_zero is None
+                        else str(r.ci_includes_zero).lower()
+                    ),
                     _num(r.baseline_mean),
                     _num(r.variant_mean),
                     "ranked",
@@ -311,6 +324,23 @@ CSV_COLUMNS = (
 
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.12g}"
+
+
+#: the significance column of a variant ranked on one seed: no interval, no verdict
+NO_INTERVAL = "–"
+
+
+def single_seed_note(ranking: Ranking, study: str = "STUDY") -> str | None:
+    """One line when some variant was ranked on a single seed (None otherwise)."""
+    single = sum(r.n == 1 for r in ranking.rows)
+    if not single:
+        return None
+    which = "every variant" if single == len(ranking.rows) else f"{single} variants"
+    return (
+        f"{which} ranked on one seed: no interval, so no verdict on significance "
+        f"({NO_INTERVAL}); rerun with `--seeds 0,1,2` (`ablagen run {study}` or "
+        "`ablagen study`) for intervals"
+    )
 
 
 def _check_metric(metric: str, sel: Selection) -> None:
@@ -432,7 +462,7 @@ def _score_variant(
         n=len(diffs),
         ci_low=low,
         ci_high=high,
-        ci_includes_zero=low is None or high is None or low <= 0.0 <= high,
+        ci_includes_zero=None if low is None or high is None else low <= 0.0 <= high,
         seeds=tuple(seed for seed, _ in paired),
         diffs=tuple(diffs),
         baseline_mean=math.fsum(base[seed] for seed, _ in paired) / len(paired),

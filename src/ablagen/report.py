@@ -24,7 +24,13 @@ from ablagen.errors import StudyError
 from ablagen.fsutil import atomic_write_bytes, atomic_write_text
 from ablagen.noise_scales import NoiseScales
 from ablagen.orchestrate.records import RunRecord
-from ablagen.ranking import Ranking, select_records
+from ablagen.ranking import (
+    NO_INTERVAL,
+    ImportanceRow,
+    Ranking,
+    select_records,
+    single_seed_note,
+)
 from ablagen.study.options import RankOptions
 from ablagen.studydir import BASELINE_ID, Manifest, load_manifest
 
@@ -152,6 +158,13 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
+def _interval(r: ImportanceRow) -> str:
+    """``[low, high]``, or "–" for a variant ranked on one seed (no interval)."""
+    if r.ci_low is None or r.ci_high is None:
+        return NO_INTERVAL
+    return f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+
+
 def ranking_markdown(ranking: Ranking) -> str:
     """The ranking table (every row) as markdown."""
     rows = [
@@ -161,9 +174,9 @@ def ranking_markdown(ranking: Ranking) -> str:
             r.kind,
             r.method,
             _fmt(r.mean),
-            f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
+            _interval(r),
             r.n,
-            "≈0" if r.ci_includes_zero else "",
+            r.mark,
         ]
         for r in ranking.rows
     ]
@@ -291,9 +304,12 @@ def write_report(
         f"Importance = {sign} on `{ranking.metric}` ({better} is better), paired by seed "
         f"over {len(ranking.baseline_seeds)} baseline seed(s); baseline mean "
         f"{ranking.baseline_mean:.4f}. Intervals are two-sided Student-t; "
-        "≈0 marks an interval that includes zero (or a single seed). "
-        f"{_runs_summary(records)}"
+        f"≈0 marks an interval that includes zero, {NO_INTERVAL} a variant ranked on one "
+        f"seed (no interval). {_runs_summary(records)}"
     )
+    note = single_seed_note(ranking, _study_label(study))
+    if note:
+        intro += f"\n\n**Note:** {note[0].upper()}{note[1:]}."
     names = (IMPORTANCE_PNG, CURVES_PNG) if link_plots else ()
     plots = [f"![{name}]({name})" for name in names if (study / name).is_file()]
     commands = "\n".join(reproduce_commands(study, manifest, ranking))

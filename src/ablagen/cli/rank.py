@@ -80,7 +80,7 @@ def rank(
     elif as_csv:
         typer.echo(out.ranking.to_csv(), nl=False)
     else:
-        _print_table(out.ranking)
+        _print_table(out.ranking, study)
         typer.echo("wrote " + ", ".join(p.name for p in out.files), err=True)
 
 
@@ -88,10 +88,12 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
-def _print_table(ranking) -> None:
+def _print_table(ranking, study: str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from ablagen.ranking import NO_INTERVAL, single_seed_note
 
     table = Table(
         title=f"importance on {ranking.metric} ({ranking.confidence:.0%} CI, paired by seed)"
@@ -104,7 +106,11 @@ def _print_table(ranking) -> None:
         )
     for r in ranking.rows:
         half = "" if r.ci_high is None else f" ± {r.ci_high - r.mean:.4f}"
-        ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        ci = (
+            NO_INTERVAL
+            if r.ci_low is None
+            else f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        )
         table.add_row(
             str(r.rank),
             escape(r.variant),
@@ -113,12 +119,15 @@ def _print_table(ranking) -> None:
             f"{r.mean:+.4f}{half}",
             ci,
             str(r.n),
-            "≈0" if r.ci_includes_zero else "",
+            r.mark,
         )
     console = Console()
     if not console.is_terminal:  # piped: never truncate ids
         console = Console(width=200)
     console.print(table)
+    note = single_seed_note(ranking, study)
+    if note:
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)
     for f in ranking.failed:
         statuses = ", ".join(f"seed {s}: {st}" for s, st in f.statuses)
         console.print(
