@@ -47,7 +47,9 @@ and exits with :data:`EXIT_OK`, :data:`EXIT_FAILED` or :data:`EXIT_DIVERGED`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,17 @@ def is_study_dir(path: Path) -> bool:
 def load_manifest(study_dir: str | Path) -> Manifest:
     """Read and validate ``study_dir/manifest.json``; every failure is a StudyError."""
     study = Path(study_dir)
+    if study.is_file():
+        made = (
+            f" (`ablagen study {study}` writes studies/{study.stem}, "
+            f"`ablagen generate {study}` generated/{study.stem})"
+            if study.suffix == ".py"
+            else ""
+        )
+        raise StudyError(
+            f"{str(study)!r} is a file, not a study directory",
+            f"point at the directory a study was written to{made}",
+        )
     if not study.is_dir():
         raise StudyError(
             f"study directory {str(study)!r} does not exist",
@@ -184,6 +197,26 @@ def load_manifest(study_dir: str | Path) -> Manifest:
                 "regenerate the study with `ablagen generate ... --force`",
             )
     return manifest
+
+
+def model_changed(study_dir: str | Path, manifest: Manifest) -> str | None:
+    """One line when the model file changed since the study was generated (its
+    hash is not the manifest's): the scripts embed the old model. None when it is
+    unchanged, or gone (the scripts still run what they embed)."""
+    study = Path(study_dir)
+    path = study / str(manifest.model.get("path", ""))
+    try:  # hashed as the loader hashes it: the text, newlines translated
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() == manifest.model.get("sha256"):
+        return None
+    command = manifest.config.get("command") or "ablagen generate MODEL --out . --force"
+    return (
+        f"{manifest.model['path']} changed since {study} was generated: its scripts "
+        f"still train the old model; regenerate with `cd {shlex.quote(str(study))} && "
+        f"{command}`"
+    )
 
 
 def split_result(

@@ -149,6 +149,7 @@ def _run(study_dir: str, options, quiet: bool, track, warm) -> None:
             RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
         )
     )
+    _warn_if_model_changed(study_dir)
     progress = tracked(reporter, track, [study_dir], console)
     try:
         summary = run_study(study_dir, options, progress=progress, warm=warm)
@@ -184,6 +185,7 @@ def status(
     from ablagen.orchestrate.render import print_status
 
     state = study_status(study_dir, parse_seeds(seeds) if seeds is not None else None)
+    _warn_if_model_changed(study_dir)
     if as_json:
         typer.echo(json.dumps(state.to_json(), indent=2, sort_keys=True))
         return
@@ -191,3 +193,16 @@ def status(
     if not console.is_terminal:
         console = Console(width=200, highlight=False)
     print_status(state, console)
+
+
+def _warn_if_model_changed(study_dir: str) -> None:
+    """One warning line on stderr when the model file changed since generate."""
+    from ablagen.errors import StudyError
+    from ablagen.studydir import load_manifest, model_changed
+
+    try:
+        changed = model_changed(study_dir, load_manifest(study_dir))
+    except StudyError:  # the command itself reports a bad study
+        return
+    if changed:
+        typer.echo(f"warning: {changed}", err=True)
