@@ -48,6 +48,7 @@ from ablagen.orchestrate.outcome import RawOutcome, gigabytes, read_tail
 from ablagen.orchestrate.placement import place
 
 WORKER = Path(__file__).with_name("worker.py")
+PARENT_ENV = "ABLAGEN_PARENT_PID"  # read (and dropped) by worker.py's zygote
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: always imported by the workers when installed. torch._dynamo (with sympy): every
 #: torch optimizer imports it on first use (torch._compile's lazy import), ~1 s a run
@@ -138,6 +139,13 @@ def _worker_env(threads: int | None) -> dict[str, str]:
     return env
 
 
+def _dies_with_us(env: dict[str, str]) -> dict[str, str]:
+    """A zygote's environment: it dies with this process (see :mod:`.worker`). Its
+    Popen runs in the main thread or a pool thread, which live as long as the pool
+    (the kernel's parent-death signal follows the thread that started it)."""
+    return {**env, PARENT_ENV: str(os.getpid())}
+
+
 #: ``ABLAGEN_PRESTART=0`` starts the pool only once the runs are planned, as before
 #: (kept for ``benchmarks/bench_orchestrate.py --overhead``, which times both)
 PRESTART_ENV = "ABLAGEN_PRESTART"
@@ -186,7 +194,7 @@ class WarmStart:
                     stdin=subprocess.PIPE,
                     stdout=stderr,
                     stderr=stderr,
-                    env=self.env,
+                    env=_dies_with_us(self.env),
                     cwd=self.cwd,
                 )
         except OSError:
@@ -313,7 +321,7 @@ class _Zygotes:
                         stdin=subprocess.DEVNULL,
                         stdout=stderr,
                         stderr=stderr,
-                        env=self.env,
+                        env=_dies_with_us(self.env),
                         cwd=self.cwd,
                     )
                 )

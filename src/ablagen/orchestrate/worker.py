@@ -25,6 +25,16 @@ kills the run's whole process group. EOF on the socket (the orchestrator closed
 it or died, even by ``kill -9``) or SIGTERM kills the running child's group and
 ends the worker; the zygote ends when its workers have.
 
+No process outlives its parent (Linux): the zygote (when started with
+``ABLAGEN_PARENT_PID``), each worker and each run ask the kernel for SIGKILL when
+their parent ends (``prctl(PR_SET_PDEATHSIG)``), so a ``kill -9`` of the
+orchestrator, or of its whole process group, ends them at once. What a run forks
+itself (DataLoader workers, subprocesses) is left to each worker's guard: a small
+fork of the worker, in a process group of its own so a group kill misses it, that
+holds the read end of a pipe only the worker writes; the worker names each run's
+process group on it, and when the pipe reads EOF (the worker is gone, however it
+ended) the guard kills the groups of the runs still in flight and exits.
+
 Memory: while a run lasts, the worker watches the proportional set size (PSS,
 ``/proc/PID/smaps_rollup``) of the run's process and its descendants: shared pages
 (the preloaded torch) are split among the processes sharing them, so the sum is
@@ -60,6 +70,9 @@ import time
 from typing import Any
 
 _child_pid: int | None = None
+_guard_fd: int | None = None  # the write end of this worker's guard pipe
+PARENT_ENV = "ABLAGEN_PARENT_PID"  # the zygote dies with this process
+PR_SET_PDEATHSIG = 1
 POLL_S = 0.1  # memory sampling period
 POLL_NEAR_S = 0.02  # ... once past half of the limit
 PSS_EVERY_S = 0.5  # PSS is read at least this often (else only when RSS says so)
@@ -110,6 +123,60 @@ def _rss(pid: int) -> int:
             return int(fh.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux
+    ``prctl(PR_SET_PDEATHSIG)``: the parent *thread* that forked or started it);
+    end now if ``parent`` is already gone. A no-op where prctl is missing."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the socket's EOF still ends us
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the request took effect
+        os._exit(1)
+
+
+def _start_guard() -> int | None:
+    """Fork this worker's guard; returns the write end of its pipe (None: no fork).
+
+    The guard leaves the worker's process group, closes every other descriptor
+    (the run sockets above all: the orchestrator must read EOF when the worker
+    dies), and reads ``+PGID`` / ``-PGID`` lines: the runs in flight. On EOF it
+    kills the groups still listed, so nothing a run forked outlives the worker.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.closerange(3, read)
+            os.closerange(read + 1, 1 << 16)
+            groups: set[int] = set()
+            buf = b""
+            while chunk := os.read(read, 4096):
+                *lines, buf = (buf + chunk).split(b"\n")
+                for line in lines:
+                    (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+            for group in groups:
+                _kill_group(group)
+        except BaseException:  # noqa: BLE001 - never return into the worker's code
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(read)
+    return write
+
+
+def _tell_guard(sign: str, pid: int) -> None:
+    if _guard_fd is not None:
+        with contextlib.suppress(OSError):  # the guard was killed: no guard then
+            os.write(_guard_fd, f"{sign}{pid}\n".encode())
 
 
 def _kill_group(pid: int) -> None:
@@ -231,10 +298,13 @@ def _child(req: dict[str, Any], channel: int) -> None:
     code = 1
     try:
         os.setpgid(0, 0)
+        die_with_parent(req["worker_pid"])
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         os.close(channel)
+        if _guard_fd is not None:  # else its children would keep the guard's pipe open
+            os.close(_guard_fd)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -371,12 +441,14 @@ def _run(req: dict[str, Any], channel: int) -> dict[str, Any]:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     start = time.monotonic()
+    req = dict(req, worker_pid=os.getpid())
     pid = os.fork()
     if pid == 0:
         _child(req, channel)
     _child_pid = pid
     with contextlib.suppress(OSError):  # the child already did, or already exited
         os.setpgid(pid, pid)
+    _tell_guard("+", pid)
     timeout = req.get("timeout")
     limit = req.get("max_memory")
     watch = _Watch(pid, None if limit is None else int(limit))
@@ -385,6 +457,7 @@ def _run(req: dict[str, Any], channel: int) -> dict[str, Any]:
     )
     _kill_group(pid)  # the timed-out or oversized run, or what it left behind
     _, status = os.waitpid(pid, 0)
+    _tell_guard("-", pid)
     _child_pid = None
     wall = time.monotonic() - start
     if orphaned:
@@ -417,7 +490,9 @@ def _send(channel: int, message: dict[str, Any]) -> None:
 
 def _serve(channel: int, preloaded: list[str]) -> None:
     """A worker: run requests until the channel closes. Never returns."""
+    global _guard_fd
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _guard_fd = _start_guard()
     _drop_inherited_finalizers()
     _send(channel, {"ready": True, "pid": os.getpid(), "preloaded": preloaded})
     buf = bytearray()
@@ -459,6 +534,9 @@ def main(channels: list[int], modules: list[str]) -> None:
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(__file__):
         sys.path.pop(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides on Ctrl-C
+    parent = os.environ.pop(PARENT_ENV, "")
+    if parent.isdigit():  # started by a thread that lives as long as the pool
+        die_with_parent(int(parent))
     more = "-" in modules  # started early: the rest of the list comes on stdin
     preloaded = _preload(modules[: modules.index("-")] if more else modules)
     if more:
@@ -471,10 +549,11 @@ def main(channels: list[int], modules: list[str]) -> None:
         os.close(devnull)
     sys.stdout.flush()
     sys.stderr.flush()
-    workers = []
+    workers, zygote = [], os.getpid()
     for channel in channels:
         pid = os.fork()
         if pid == 0:
+            die_with_parent(zygote)
             for other in channels:
                 if other != channel:
                     os.close(other)
