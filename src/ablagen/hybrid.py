@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ablagen.analysis import Component, Inventory
+from ablagen.codegen.context import AblationSpec
 from ablagen.codegen.options import StudyConfig
 from ablagen.codegen.plan import ablation_spec
 from ablagen.codegen.prepare import Prepared, prepare
@@ -74,9 +75,9 @@ def render_arms(
     rows, ranked_by = removal or (ranking.rows, "importance.json")
     label = prepared.loaded.ref.label
     noisy = replace(prepared.config.train, sigma=arm.sigma, noise=arm.noise).validate()
-    specs = tuple(
-        ablation_spec(c, m)
-        for c, m in least_important(prepared.inventory, rows, arm.ablate_bottom)
+    specs = counted_once(
+        prepared.inventory,
+        least_important(prepared.inventory, rows, arm.ablate_bottom),
     )
     files: dict[str, bytes] = {}
     if specs:
@@ -192,6 +193,32 @@ def least_important(
         chosen.append((comp, row.method))
         modules.append(module)
     return chosen
+
+
+def counted_once(
+    inventory: Inventory, chosen: list[tuple[Component, str]]
+) -> tuple[AblationSpec, ...]:
+    """The ablations of ``chosen``, removed together, each counting only the
+    parameters no earlier one cut off: zeroing ``conv2`` already cuts ``conv1``
+    off, so zeroing ``conv1`` too removes nothing more (ABLATED_PARAMS sums them)."""
+    numel = {n: math.prod(shape) for n, shape in inventory.parameters}
+    gone: set[str] = set()
+    specs = []
+    for comp, method in chosen:
+        spec = ablation_spec(comp, method)
+        if method == "zero" and comp.id in inventory.cuts:
+            names = set(inventory.cuts[comp.id])
+        elif method != "mask" and comp.call_site is None and comp.module:
+            prefix = comp.module + "."
+            names = {n for n in numel if n.startswith(prefix)}
+        else:  # a shared call site removes none of its own; neurons, part of them
+            names = set()
+        if names & gone:
+            left = sum(numel[n] for n in names - gone)
+            spec = replace(spec, ablated_params=left)
+        gone |= names
+        specs.append(spec)
+    return tuple(specs)
 
 
 def removal_order(

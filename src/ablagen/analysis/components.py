@@ -51,6 +51,10 @@ class Component:
     # the parameter slices (name, dim, start, stop) this component's importance goes
     # to, where they are not simply the owner's output units along dim 0
     slices: tuple[tuple[str, int, int, int], ...] | None = None
+    # parameters that no longer affect the output once this component outputs zeros:
+    # its own and those upstream that reach the output only through it; set where
+    # that is more than its own (None: its own, or none at a shared call site)
+    cut_params: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -65,7 +69,15 @@ class Component:
         return data
 
 
-_OPTIONAL = ("head", "num_heads", "out_proj", "call_op", "call_index", "slices")
+_OPTIONAL = (
+    "head",
+    "num_heads",
+    "out_proj",
+    "call_op",
+    "call_index",
+    "slices",
+    "cut_params",
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,9 @@ class Inventory:
     parameters: tuple[tuple[str, Shape], ...]  # every trainable parameter
     warnings: tuple[str, ...] = field(default=())
     tracer: str = "fx"  # one of TRACERS: which one read the graph
+    # component id -> the parameter names zeroing it cuts off (traced models; in
+    # memory only: several ablations removed together count their union once)
+    cuts: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
     def get(self, component_id: str) -> Component | None:
         for comp in self.components:

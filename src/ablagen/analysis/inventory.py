@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ablagen.analysis.components import Component, Inventory, Shape
+from ablagen.analysis.cuts import cut_off, live_parameters, parameter_users
 from ablagen.analysis.export import export_graph, with_export_facts
 from ablagen.analysis.heads import AttentionSite, find_attention, head_ranges
 from ablagen.analysis.observe import Call, observe_calls
@@ -70,8 +72,9 @@ def build_inventory(
         comps = _with_heads(
             model, _from_graph(model, graph, calls, neuron_groups), sites
         )
+        comps, cuts = _with_cuts(model, graph, comps)
         return Inventory(
-            label, True, shapes, tuple(comps), parameters, tuple(problems), "fx"
+            label, True, shapes, tuple(comps), parameters, tuple(problems), "fx", cuts
         )
     hooked = list(_from_calls(model, calls, neuron_groups))
     try:
@@ -91,6 +94,34 @@ def build_inventory(
     return Inventory(
         label, False, shapes, tuple(comps), parameters, tuple(problems), "export"
     )
+
+
+def _with_cuts(
+    model: nn.Module, graph: fx.GraphModule, comps: list[Component]
+) -> tuple[list[Component], dict[str, frozenset[str]]]:
+    """Each zeroable layer, activation and block with the parameters zeroing it cuts
+    off from the output (:mod:`ablagen.analysis.cuts`)."""
+    users = parameter_users(model, graph)
+    if not users:
+        return comps, {}
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    baseline = live_parameters(graph, users)
+    nodes = list(graph.graph.nodes)
+    out, cuts = [], {}
+    for comp in comps:
+        node = comp.node
+        if comp.kind == "block":
+            inside = [n.name for n in nodes if _within(_owner_module(n), comp.id)]
+            node = inside[-1] if inside else None
+        if node is None or comp.kind not in ("layer", "activation", "block"):
+            out.append(comp)
+            continue
+        cut = cut_off(graph, users, (node,), baseline)
+        cuts[comp.id] = cut
+        count = sum(numel[n] for n in cut)
+        own = 0 if comp.call_site is not None else comp.params
+        out.append(replace(comp, cut_params=count) if count > own else comp)
+    return out, cuts
 
 
 def _reason(exc: BaseException) -> str:

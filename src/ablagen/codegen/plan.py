@@ -169,6 +169,8 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
     parent, _, child = (comp.module or "").rpartition(".")
     shared = comp.call_site is not None
     ablated = 0 if shared and method != "mask" else comp.params
+    if method == "zero" and comp.cut_params is not None:
+        ablated = comp.cut_params  # and what reaches the output only through it
     where = f" at call site {comp.call_site}" if shared else ""
     return AblationSpec(
         variant_id=f"{comp.id}:{method}",

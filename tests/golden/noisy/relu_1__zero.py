@@ -70,7 +70,7 @@ def new_model():
 # -----------------------------------------------------------------------------
 # ablation: relu@1 (ReLU, activation) -- zero: its output is replaced by zeros
 VARIANT = "relu@1:zero"
-ABLATED_PARAMS = 0  # parameters that no longer affect the output
+ABLATED_PARAMS = 30  # parameters that no longer affect the output
 
 
 # ablation operators (from ablagen.ablate: the knockout engine runs them too)
