@@ -154,3 +154,19 @@ def test_too_few_outputs_for_the_datas_classes_is_refused_at_generate(
         ["generate", fits, "--out", out, "--kinds", "layers"], capsys
     )
     assert code == 0, err
+
+
+def test_a_wrong_name_suggests_models_not_data_functions(tmp_path, capsys):
+    """Issue #30.7: `:Nope` listed build_data among the models to pick."""
+    path = _write(
+        tmp_path,
+        "cnn.py",
+        CNN,
+        data=BUILD_DATA
+        + "\ndef example_input():\n    return torch.randn(2, 1, 8, 8)\n",
+        flat=256,
+    )
+    code, _, err = run_cli(["analyze", f"{path}:Nope"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "use one of: Net" in err
+    assert "build_data" not in err and "example_input" not in err

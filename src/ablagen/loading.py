@@ -280,10 +280,14 @@ def _outermost(names: list[str], module: ModuleType) -> list[str]:
     ]
 
 
+#: functions a model file defines for ablagen's other questions: never a model
+NOT_MODELS = ("example_input", "build_data", "build_datasets", "build_loaders")
+
+
 def _candidate_names(module: ModuleType) -> list[str]:
     out = []
     for n, v in vars(module).items():
-        if n.startswith("_"):
+        if n.startswith("_") or n in NOT_MODELS:
             continue
         is_cls = (
             inspect.isclass(v) and issubclass(v, nn.Module) and _defined_here(v, module)
