@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -156,8 +157,14 @@ def test_live_tracking_then_export_is_idempotent(study: Path, capsys) -> None:
     # export after live tracking: everything is already there
     assert main(["export", str(study), "--mlflow", "--tensorboard", "-q"]) == 0
     out = capsys.readouterr().out
-    assert "mlflow: 8 runs of 4 variants (12 unchanged)" in out
-    assert "tensorboard: 8 runs of 4 variants (12 unchanged)" in out
+    assert (
+        "mlflow: 8 runs of 4 variants, 12 entries with the variants' own (12 unchanged)"
+        in out
+    )
+    assert (
+        "tensorboard: 8 runs of 4 variants, 12 entries with the variants' own (12 unchanged)"
+        in out
+    )
     assert "4 runs not ok, exported with status and error: a:zero seed=0 failed" in out
     assert "c:zero seed=0 diverged: train_loss is not finite" in out
     check_mlflow(study, uri)
@@ -234,11 +241,17 @@ def test_export_without_a_tty_prints_plain_lines(study: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "\x1b" not in proc.stdout  # no colours or cursor moves in a pipe
-    assert (
-        lines[0]
-        == f"exporting 8 runs to tensorboard ({(study / 'tensorboard').resolve()})"
+    # the first line counts what the progress and the summary count (issue #30.7)
+    runs, variants, total = map(int, re.findall(r"\d+", lines[0].split(" to ")[0]))
+    assert lines[0] == (
+        f"exporting {runs} runs of {variants} variants, {total} entries with the "
+        f"variants' own to tensorboard ({(study / 'tensorboard').resolve()})"
     )
-    assert lines[1].startswith("[1/8] created   ")
+    assert runs + variants == total
+    assert lines[1].startswith(f"[{' ' * (len(str(total)) - 1)}1/{total}] ")
+    assert lines[-2].startswith(
+        f"tensorboard: {runs} runs of {variants} variants, {total} entries"
+    )
     assert "[6/8] created   a:zero seed=0 failed" in lines
     assert (
         lines[-1] == f"view: tensorboard --logdir {(study / 'tensorboard').resolve()}"

@@ -59,6 +59,15 @@ def optional_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def entries(runs: int, variants: int) -> str:
+    """``44 runs of 12 variants, 56 entries with the variants' own``: what an export
+    writes, counted as the progress and the summary count it."""
+    return (
+        f"{runs} runs of {variants} variants, "
+        f"{runs + variants} entries with the variants' own"
+    )
+
+
 class PlainExportProgress:
     """One line per target and per written run: for logs and pipes."""
 
@@ -68,7 +77,8 @@ class PlainExportProgress:
     def __call__(self, ev) -> None:
         if ev.event == "start":
             print(
-                f"exporting {ev.total} runs to {ev.tracker} ({ev.location})",
+                f"exporting {entries(ev.total - ev.variants, ev.variants)} "
+                f"to {ev.tracker} ({ev.location})",
                 file=self.stream,
                 flush=True,
             )
@@ -212,8 +222,8 @@ def print_export_summary(summary) -> None:
     for target in summary.targets:
         counts = ", ".join(f"{n} {a}" for a, n in sorted(target.counts.items()))
         typer.echo(
-            f"{target.kind}: {summary.runs} runs of {summary.variants} variants "
-            f"({counts}) in {target.location}"
+            f"{target.kind}: {entries(summary.runs, summary.variants)} ({counts}) "
+            f"in {target.location}"
         )
     if summary.not_ok:
         listed = "; ".join(

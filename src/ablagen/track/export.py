@@ -87,6 +87,7 @@ class ExportEvent:
     done: int = 0
     run: TrackedRun | None = None
     action: str = ""
+    variants: int = 0  # start: of the ``total`` entries, the variants' own runs
 
 
 @dataclass
@@ -168,7 +169,8 @@ def _sync(
 ) -> TargetSummary:
     notify = progress or (lambda event: None)
     summary = TargetSummary(kind, location)
-    notify(ExportEvent("start", kind, location, total=len(runs)))
+    parents = sum(1 for r in runs if r.parent_key is None)
+    notify(ExportEvent("start", kind, location, total=len(runs), variants=parents))
     for done, (run, action) in enumerate(sink.sync(runs), start=1):
         summary.counts[action] = summary.counts.get(action, 0) + 1
         notify(ExportEvent("run", kind, location, len(runs), done, run, action))
