@@ -19,6 +19,10 @@ counted by ``ablagen status`` and removed when the run of the new script finishe
 A finished run (ok) deletes its checkpoint (the script does, and the orchestrator
 makes sure) unless ``--keep-checkpoints``; a failed, crashed or killed run keeps it,
 so the next ``ablagen run`` (``--retry-failed`` for the failed ones) resumes it.
+
+A checkpoint has one user at a time: the run's process takes an exclusive ``flock``
+on ``FILE.lock`` before the script starts and holds it until the run and all it
+forked have ended (see :mod:`.worker`); a second run of the same file waits.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ablagen.orchestrate.options import RunOptions, RunSpec, args_hash8
 RUNS_DIR = "runs"
 RESUME_FLAG = b'"--resume-from"'
 NOTE_SUFFIX = ".json"  # the script's note beside the checkpoint
+LOCK_SUFFIX = ".lock"  # held (flock) by the run process using the checkpoint
 _NAME = re.compile(r"^seed(\d+)__([0-9a-f]{8})__([0-9a-f]{8})\.pt$")
 
 
@@ -50,6 +55,11 @@ def checkpoint_path(spec: RunSpec) -> str:
     stem = Path(spec.script).stem
     name = f"seed{spec.seed}__{args_hash8(spec.args)}__{spec.script_sha256[:8]}.pt"
     return f"{RUNS_DIR}/{stem}/{name}"
+
+
+def lock_path(path: str) -> str:
+    """The file a run holds (``flock``) while it uses checkpoint ``path``."""
+    return path + LOCK_SUFFIX
 
 
 def checkpoint_argv(path: str, options: RunOptions) -> tuple[str, ...]:
@@ -114,8 +124,9 @@ def scan(study: Path) -> list[Checkpoint]:
 
 
 def remove(study: Path, path: str) -> None:
-    """Delete a checkpoint and its note (the checkpoint first: a note alone is inert)."""
-    for name in (path, path + NOTE_SUFFIX):
+    """Delete a checkpoint, its note and its lock file (the checkpoint first: a note
+    alone is inert; the lock's last user has ended when the orchestrator calls this)."""
+    for name in (path, path + NOTE_SUFFIX, lock_path(path)):
         with contextlib.suppress(OSError):
             (study / name).unlink()
 

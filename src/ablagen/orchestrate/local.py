@@ -43,8 +43,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from ablagen.errors import BackendError
+from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
-from ablagen.orchestrate.outcome import RawOutcome, gigabytes, read_tail
+from ablagen.orchestrate.outcome import (
+    RawOutcome,
+    finished_result,
+    gigabytes,
+    read_tail,
+)
 from ablagen.orchestrate.placement import place
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -562,7 +568,9 @@ class LocalBackend:
     def _run(
         self, worker: _Worker | _SubprocessWorker, spec: RunSpec, env: dict[str, str]
     ) -> RawOutcome:
-        out = self._out_path()
+        # in the study, not the scratch dir: it outlives this process (see the runner)
+        out = (self.study_dir / spec.result_path).resolve()
+        out.unlink(missing_ok=True)
         request = {
             "script": str((self.study_dir / spec.script).resolve()),
             "argv": spec.argv(str(out)),
@@ -570,23 +578,29 @@ class LocalBackend:
             "log": str((self.study_dir / spec.log_path).resolve()),
             "timeout": self.timeout_s,
             "threads": self.threads,
-            "learn": str(out.with_suffix(".modules.json")),
+            "learn": str(self._out_path().with_suffix(".modules.json")),
             "max_memory": self.memory_limit,
             "env": env,
+            "lock": spec.checkpoint and checkpoints.lock_path(spec.checkpoint),
         }
         reply = worker.run(request)
         try:
             result_text: str | None = out.read_text(encoding="utf-8", errors="replace")
         except OSError:
             result_text = None
-        out.unlink(missing_ok=True)
+        code, error = reply.get("exit_code"), reply.get("error")
+        killed = error is not None or (code is not None and code < 0)
+        if killed and not reply.get("timed_out") and not reply.get("oom"):
+            done = finished_result(result_text)  # it died after its last write
+            if done is not None:
+                code, error = done[1], None
         return RawOutcome(
             spec=spec,
-            exit_code=reply.get("exit_code"),
+            exit_code=code,
             wall_time_s=float(reply.get("wall_time_s") or 0.0),
             result_text=result_text,
             timed_out=bool(reply.get("timed_out")),
-            error=reply.get("error"),
+            error=error,
             backend=self.name,
             oom=bool(reply.get("oom")),
             peak_memory_bytes=reply.get("peak_memory_bytes"),

@@ -281,6 +281,15 @@ class RunSpec:
         stem = Path(self.script).stem
         return f"logs/{stem}__seed{self.seed}__{args_hash8(self.args)}.log"
 
+    @property
+    def result_path(self) -> str:
+        """``logs/<stem>__seed<S>__<args8>__<sha8>.result.json``: the run's ``--out``
+        on the local backend, kept until its outcome is stored, so a run that finished
+        while its orchestrator died is stored by the next one, not run again."""
+        stem = Path(self.script).stem
+        name = f"{stem}__seed{self.seed}__{args_hash8(self.args)}__{self.script_sha256[:8]}"
+        return f"logs/{name}.result.json"
+
     def argv(self, out: str) -> list[str]:
         """Command-line arguments after the script path, per the script contract."""
         argv = ["--seed", str(self.seed)]

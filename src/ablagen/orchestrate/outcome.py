@@ -70,7 +70,20 @@ def read_tail(path: Path, chars: int = 64 * 1024) -> str:
         return ""
 
 
-def _parse_result(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
+#: the exit code a generated script gives each result status (its EXIT_CODES)
+EXIT_BY_STATUS = {"ok": 0, "failed": 1, "refused": 2, "diverged": 3}
+
+
+def finished_result(text: str | None) -> tuple[dict[str, Any], int] | None:
+    """A complete result (the script writes ``--out`` atomically at its very end) and
+    the exit code the script gives it; None if ``text`` is not one."""
+    result, _ = parse_result(text)
+    if result is None:
+        return None
+    return result, EXIT_BY_STATUS.get(str(result.get("status", "ok")), 1)
+
+
+def parse_result(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
     if text is None or not text.strip():
         return None, "the script wrote no result JSON to --out"
     try:
@@ -117,7 +130,7 @@ def gigabytes(size: int | None) -> str:
 
 def classify(raw: RawOutcome, log_tail: str) -> RunRecord:
     """Decide the run's status; the error tail is the log's tail plus the reason."""
-    result, result_problem = _parse_result(raw.result_text)
+    result, result_problem = parse_result(raw.result_text)
     code = raw.exit_code
     reason: str | None = None
     if raw.oom:

@@ -125,9 +125,11 @@ class WarmSlot:
             else:
                 cwd, path = tmp, os.path.join(tmp, script_name)
                 Path(path).write_bytes(script)
+            lock = None
             if "--resume-from" in argv:  # in the study: resumable; in tmp: this try
                 ckpt = Path(cwd, argv[argv.index("--resume-from") + 1])
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
+                lock = f"{ckpt}.lock"  # held by the run (see worker.py)
             out = os.path.join(tmp, "result.json")
             log_path = os.path.join(tmp, "run.log")
             request = {
@@ -140,6 +142,7 @@ class WarmSlot:
                 "learn": os.path.join(self.dir, "learn.json"),
                 "max_memory": max_memory,
                 "env": {"PYTHONUNBUFFERED": "1"},
+                "lock": lock,
             }
             try:
                 self._await_ready()

@@ -8,6 +8,10 @@ are reset first. A script that takes ``--resume-from`` is given a checkpoint und
 ``runs/`` (see :mod:`.checkpoints`), so a run cut short resumes mid-run.
 Ctrl-C / SIGTERM stop the runs in flight and give their rows back;
 an outcome is never half-stored (a signal waits until the write is committed).
+A run executes to its end at most once: on the local backend its ``--out`` is
+``spec.result_path`` in the study (the script writes it atomically, last), kept
+until the outcome is stored; a run that ended while its orchestrator died is
+stored from that file by the next call instead of running again.
 
 A run another live orchestrator holds is waited for (``wait``, the default): its
 outcome is reported when that orchestrator stores it, and the run is taken over if
@@ -51,7 +55,12 @@ from ablagen.orchestrate.options import (
     RunSummary,
     check_seeds,
 )
-from ablagen.orchestrate.outcome import classify, read_tail
+from ablagen.orchestrate.outcome import (
+    RawOutcome,
+    classify,
+    finished_result,
+    read_tail,
+)
 from ablagen.orchestrate.owner import Owner, pid_alive
 from ablagen.orchestrate.placement import check_amp, recorded_amp
 from ablagen.orchestrate.records import RunRecord
@@ -278,6 +287,10 @@ def _run_study(
             todo, skipped_failed, skipped_ok, seen = _partition(
                 store, specs, options.retry_failed
             )
+            for spec in specs:  # stored, but its orchestrator died before it tidied
+                if seen.get(spec.key) is not None:
+                    with contextlib.suppress(OSError):
+                        (study / spec.result_path).unlink(missing_ok=True)
             session = _Session(
                 study,
                 store,
@@ -349,6 +362,31 @@ def _partition(
     return todo, skipped_failed, skipped_ok, seen
 
 
+def finished_before(study: Path, spec: RunSpec, backend: str) -> RawOutcome | None:
+    """The outcome of a run that wrote its result file (``spec.result_path``, written
+    atomically at the script's end) but whose orchestrator died before storing it:
+    stored as it is, the run is not executed a second time. Only called once the run
+    is claimed, so no live orchestrator (and, its runs dying with it, no run) has it."""
+    try:
+        text = (study / spec.result_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    done = finished_result(text)
+    if done is None:  # not a finished script's result: run it again
+        return None
+    result, code = done
+    wall = result.get("wall_time_s")
+    return RawOutcome(
+        spec=spec,
+        exit_code=code,
+        wall_time_s=float(wall) if isinstance(wall, (int, float)) else 0.0,
+        result_text=text,
+        timed_out=False,
+        error=None,
+        backend=backend,
+    )
+
+
 def disk_fault(record: RunRecord, study: Path) -> WriteError | None:
     """A run that died of a full disk (its log says so), as the fault to report."""
     if record.ok or not record.error_tail:
@@ -401,7 +439,10 @@ class _Session:
                     while pending and len(inflight) < self.jobs:
                         spec = pending.popleft()
                         with signals.deferred():
-                            if self._start(spec):
+                            started = self._start(spec)
+                            if isinstance(started, RawOutcome):  # ran to its end before
+                                self._store(started, inflight)
+                            elif started:
                                 inflight[spec.key] = spec
                             elif self._finished_elsewhere(spec):
                                 pass
@@ -423,19 +464,7 @@ class _Session:
                     if raw is None:
                         continue
                     with signals.deferred():
-                        record = classify(
-                            raw, read_tail(self.study / raw.spec.log_path)
-                        )
-                        fault = disk_fault(record, self.study)
-                        if fault is not None:
-                            raise fault
-                        record = self._finish(raw.spec, record)
-                        inflight.pop(raw.spec.key, None)
-                    if record.ok and not self.keep_checkpoints:
-                        checkpoints.finished(self.study, raw.spec)
-                    self.tally.ran.append(record)
-                    self.tally.running = len(inflight)
-                    self.notify(self.tally.event("finished", record=record))
+                        self._store(raw, inflight)
             except WriteError as exc:
                 raise self._put_back(exc, inflight) from exc
             finally:
@@ -445,6 +474,25 @@ class _Session:
                     with contextlib.suppress(WriteError):  # else: stale, reset later
                         self.store.release(inflight.values(), self.owner)
                 signals.critical = False
+
+    def _store(
+        self, raw: RawOutcome, inflight: dict[tuple[str, int, str, str], RunSpec]
+    ) -> None:
+        """Store one outcome (called with signals deferred); then its result file
+        and, for an ok run, its checkpoint go."""
+        record = classify(raw, read_tail(self.study / raw.spec.log_path))
+        fault = disk_fault(record, self.study)
+        if fault is not None:
+            raise fault
+        record = self._finish(raw.spec, record)
+        inflight.pop(raw.spec.key, None)
+        with contextlib.suppress(OSError):
+            (self.study / raw.spec.result_path).unlink(missing_ok=True)
+        if record.ok and not self.keep_checkpoints:
+            checkpoints.finished(self.study, raw.spec)
+        self.tally.ran.append(record)
+        self.tally.running = len(inflight)
+        self.notify(self.tally.event("finished", record=record))
 
     def _put_back(
         self, exc: WriteError, inflight: dict[tuple[str, int, str, str], RunSpec]
@@ -503,12 +551,19 @@ class _Session:
             replace(record, status=status, result=own or record.result)
         )
 
-    def _start(self, spec: RunSpec) -> bool:
+    def _start(self, spec: RunSpec) -> bool | RawOutcome:
+        """Claim and submit a run: False if another orchestrator has it; its outcome
+        if it already ran to its end (see :func:`finished_before`)."""
         if not self.store.claim(
             spec, self.owner, self.backend.name, self.seen.get(spec.key)
         ):
             self.tally.total -= 1
             return False
+        done = finished_before(self.study, spec, self.backend.name)
+        if done is not None:
+            self.tally.running += 1
+            self.notify(self.tally.event("started", spec=spec))
+            return done
         log = self.study / spec.log_path
         try:
             with writing(log, "the run log"):

@@ -12,7 +12,8 @@ serves one run at a time over a JSON-lines protocol on its socket::
 
     -> {"ready": true, "pid": 123, "preloaded": ["torch", ...]}
     <- {"script": ABS, "argv": [...], "cwd": DIR, "log": ABS, "timeout": S|null,
-        "threads": N|null, "learn": PATH|null, "max_memory": BYTES|null, "env": {...}}
+        "threads": N|null, "learn": PATH|null, "max_memory": BYTES|null, "env": {...},
+        "lock": PATH|null}
     -> {"exit_code": 0, "wall_time_s": 1.2, "timed_out": false,
         "peak_memory_bytes": N|null, "oom": false}
 
@@ -21,7 +22,9 @@ its own process group, points fds 0/1/2 at /dev/null and the run's log, sets
 ``sys.argv``, the cwd, ``sys.path[0]`` and torch's thread count, and executes the
 script with ``runpy.run_path(script, run_name="__main__")``: the code path of
 ``python script.py``. ``exit_code`` < 0 means killed by that signal. A timeout
-kills the run's whole process group. EOF on the socket (the orchestrator closed
+kills the run's whole process group. With ``lock`` (a checkpointed run: its
+checkpoint's ``.lock`` file) the run holds that file's ``flock`` from before the
+script starts until its last process ends; a second claimant waits for it. EOF on the socket (the orchestrator closed
 it or died, even by ``kill -9``) or SIGTERM kills the running child's group and
 ends the worker; the zygote ends when its workers have.
 
@@ -293,6 +296,24 @@ def _drop_inherited_finalizers() -> None:
             finalizer.atexit = False
 
 
+def _hold_lock(path: str) -> None:
+    """Lock ``path`` (``flock``, relative to the run's cwd) for the run's whole life:
+    the descriptor stays open in the run and in what it forks, so the lock goes
+    only when all of them have. A run of the same checkpoint that is still alive
+    (an orphan being killed) is waited for: the run never reads a checkpoint that
+    another process may still write. No lock where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"ablagen: waiting for the process that holds {path}", flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def _child(req: dict[str, Any], channel: int) -> None:
     """In the forked child: become the script. Never returns."""
     code = 1
@@ -324,6 +345,8 @@ def _child(req: dict[str, Any], channel: int) -> None:
         )
         os.environ.update(req.get("env") or {})  # e.g. CUDA_VISIBLE_DEVICES of its GPU
         os.chdir(req["cwd"])
+        if req.get("lock"):
+            _hold_lock(req["lock"])
         script = req["script"]
         sys.argv = [script, *req["argv"]]  # runpy sets argv[0] to the script's path
         sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as python does
