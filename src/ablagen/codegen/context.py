@@ -247,6 +247,12 @@ class ModelInfo:
         ""  # picks the prediction from the model's return value ("": a tensor)
     )
     output_note: str = ""  # what the model returns, said in the script
+    typed_path: str = ""  # the model file as the user typed it, for messages
+
+    @property
+    def display(self) -> str:
+        """The model file as the user typed it (else relative to the study)."""
+        return self.typed_path or self.path
 
     @property
     def imports_copy(self) -> bool:

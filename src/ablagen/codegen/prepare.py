@@ -185,4 +185,5 @@ def _model_info(
         num_outputs=int(first.shape[-1]) if first.dim() else 1,
         output=access.suffix,
         output_note=access.note,
+        typed_path=str(loaded.path),
     )

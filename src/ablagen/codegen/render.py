@@ -10,11 +10,11 @@ there, so the whole file passes ``black --check``.
 from __future__ import annotations
 
 import ast
-import collections
 import functools
 import operator
 import re
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,15 @@ import libcst as cst
 
 from ablagen.codegen.context import ScriptContext
 from ablagen.codegen.env import TOP_TEMPLATE
+from ablagen.codegen.names import (
+    BUILTINS,
+    Unrenamable,
+    bindings,
+    clashing_names,
+    fresh_names,
+    identifiers,
+    rename_globals,
+)
 from ablagen.errors import ModelFileError, TemplateError
 from ablagen.source.imports import Imports, import_block, split_imports
 
@@ -49,6 +58,7 @@ def render_script(env: jinja2.Environment, ctx: ScriptContext) -> str:
     raw = render_raw(env, ctx)
     sections = [s for s in raw.split(f"\n{SECTION_MARK}\n") if s.strip()]
     try:
+        sections = _give_way(ctx, sections)
         gathered = [split_imports(section) for section in sections]
         imports = functools.reduce(operator.or_, (i for i, _ in gathered), Imports())
         formatted = [_format_section(rest) for _, rest in gathered if rest.strip()]
@@ -56,7 +66,7 @@ def render_script(env: jinja2.Environment, ctx: ScriptContext) -> str:
         if block:  # after the module docstring, else first
             at = 1 if formatted and formatted[0].is_docstring else 0
             formatted.insert(at, _format_section(block))
-    except (black.InvalidInput, cst.ParserSyntaxError) as exc:
+    except (black.InvalidInput, cst.ParserSyntaxError, SyntaxError) as exc:
         raise TemplateError(
             f"the rendered {ctx.script_name} is not valid Python ({str(exc).splitlines()[0]})",
             "fix the template that produced it",
@@ -65,46 +75,61 @@ def render_script(env: jinja2.Environment, ctx: ScriptContext) -> str:
     for prev, sec in zip(formatted, formatted[1:]):
         blank = "\n" if prev.ends_tight and not sec.starts_with_def else "\n\n"
         out += blank + sec.text
-    _check_names(ctx, out)
     return out
 
 
-def _check_names(ctx: ScriptContext, script: str) -> None:
-    """Refuse a model file that defines a name the rest of the script defines too:
-    one of the two definitions would silently shadow the other."""
-    model = _bindings(ctx.model.source)
-    ours = _bindings(script)
-    clash = sorted(name for name, count in model.items() if ours[name] > count)
-    if clash:
+def _give_way(ctx: ScriptContext, sections: list[str]) -> list[str]:
+    """``sections`` with the script's own top-level names that the model file binds
+    too renamed (``train`` -> ``train_``), so the model's source stays as written.
+
+    The renames depend only on the model file's names and the template's, so every
+    script of a study renames alike and variants still differ only in their
+    ablation section. A name the script cannot rename is refused in one line.
+    """
+    source = ctx.model.source.strip()
+    ours = [i for i, s in enumerate(sections) if not (source and source in s)]
+    if len(ours) == len(sections):  # a template without the model's source
+        return sections
+    model = bindings(ctx.model.source)
+    script = _merged(sections[i] for i in ours)
+    used = frozenset().union(*(identifiers(sections[i]) for i in ours))
+    shadowed = sorted((model.keys() & BUILTINS & used) - script.keys())
+    if shadowed:
         raise ModelFileError(
-            f"{ctx.model.path} defines {', '.join(clash)}, which {ctx.script_name} "
-            "defines too",
-            "rename them in the model file",
+            f"{ctx.model.display} redefines the builtin {', '.join(shadowed)}, "
+            f"which {ctx.script_name} uses",
+            "rename it in the model file",
         )
+    clash = clashing_names(model, script)
+    if not clash:
+        return sections
+    renames = fresh_names(clash, identifiers(ctx.model.source) | used)
+    renamed = list(sections)
+    try:
+        for i in ours:
+            renamed[i] = rename_globals(sections[i], renames)
+    except Unrenamable as exc:
+        raise ModelFileError(
+            f"{ctx.model.display} defines {exc}, which {ctx.script_name} imports "
+            f"as a package (`import {exc}.…`)",
+            "rename it in the model file",
+        ) from None
+    left = clashing_names(model, _merged(renamed[i] for i in ours))
+    if left:  # a user template put its own code in the model's section
+        raise ModelFileError(
+            f"{ctx.model.display} defines {', '.join(sorted(left))}, which "
+            f"{ctx.script_name} defines too, next to the model's source",
+            "rename them in the model file, or move that code out of model.py.j2",
+        )
+    return renamed
 
 
-@functools.lru_cache(maxsize=256)
-def _bindings(code: str) -> collections.Counter[str]:
-    """How often each top-level name is bound by a def, class, assignment or import
-    (each distinct import once: the rendered script merges repeated imports)."""
-    tree = ast.parse(code)
-    counts: collections.Counter[str] = collections.Counter()
-    imported: set[tuple[str, str, str]] = set()
-    for statement in tree.body:
-        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            counts[statement.name] += 1
-        elif isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = getattr(statement, "targets", None) or [statement.target]
-            for target in targets:
-                counts.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-        elif isinstance(statement, (ast.Import, ast.ImportFrom)):
-            module = getattr(statement, "module", None) or ""
-            for alias in statement.names:
-                bound = alias.asname or alias.name.split(".")[0]
-                if (module, alias.name, bound) not in imported:
-                    imported.add((module, alias.name, bound))
-                    counts[bound] += 1
-    return counts
+def _merged(sections: Iterable[str]) -> dict[str, frozenset[str]]:
+    merged: dict[str, frozenset[str]] = {}
+    for section in sections:
+        for name, bound in bindings(section).items():
+            merged[name] = merged.get(name, frozenset()) | bound
+    return merged
 
 
 def render_raw(env: jinja2.Environment, ctx: ScriptContext) -> str:

@@ -70,9 +70,12 @@ def split_imports(code: str) -> tuple[Imports, str]:
 
 
 def import_block(imports: Imports) -> str:
-    """The imports as isort writes them (black wraps long ``from`` lines)."""
+    """The imports as isort writes them (black wraps long ``from`` lines); an
+    ``import a.b as b`` is left out where ``from a import b`` binds the same."""
     groups: dict[int, list[str]] = {0: [], 1: [], 2: []}
-    for line in sorted(imports.plain, key=lambda line: line.split()[1]):
+    named = {_from_binding(module, name) for module, name in imports.named}
+    plain = [line for line in imports.plain if _plain_binding(line) not in named]
+    for line in sorted(plain, key=lambda line: line.split()[1]):
         groups[_group(line.split()[1])].append(line)
     modules: dict[str, list[str]] = {}
     for module, name in imports.named:
@@ -82,6 +85,18 @@ def import_block(imports: Imports) -> str:
         groups[_group(module)].append(f"from {module} import {names}")
     blocks = ["\n".join(lines) for lines in groups.values() if lines]
     return "\n\n".join(blocks) + "\n" if blocks else ""
+
+
+def _from_binding(module: str, name: str) -> tuple[str, str]:
+    """(bound name, imported object) of ``from module import name [as alias]``."""
+    words = name.split()
+    return words[-1], f"{module}.{words[0]}"
+
+
+def _plain_binding(line: str) -> tuple[str, str] | None:
+    """(bound name, imported object) of ``import a.b as c``; None without ``as``."""
+    words = line.split()
+    return (words[3], words[1]) if len(words) == 4 else None
 
 
 def _group(module: str) -> int:
