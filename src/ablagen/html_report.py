@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from ablagen.studydir import Manifest
 
 REPORT_HTML = "report.html"
 TEMPLATE = "report.html.j2"
+INDEX_TEMPLATE = "index.html.j2"
 
 
 def _env() -> Environment:
@@ -202,12 +202,9 @@ def write_html_report(
         if noise is not None
         else []
     )
-    config = [("mode", manifest.mode), ("model", str(manifest.model.get("path", "?")))]
-    config.append(("model sha256", str(manifest.model.get("sha256", "?"))))
-    config += [
-        (key, json.dumps(manifest.config[key], sort_keys=True))
-        for key in sorted(manifest.config)
-    ]
+    from ablagen.report import config_rows  # the same rows as report.md
+
+    config = config_rows(manifest)
     ok = sum(1 for r in records if r.ok)
     context = {
         "title": title,
@@ -231,5 +228,29 @@ def write_html_report(
     }
     text = _env().get_template(TEMPLATE).render(**context)
     path = study / REPORT_HTML
+    atomic_write_text(path, text)
+    return path
+
+
+def write_index_html(
+    out: Path,
+    title: str,
+    lead: str,
+    stages: Sequence[tuple[str, str]],
+    sections: Sequence[tuple[str, str]],
+) -> Path:
+    """``report.html`` at the top of a study made of stages (two-stage): a link to
+    each stage's own report and the ``(title, markdown)`` sections."""
+    text = (
+        _env()
+        .get_template(INDEX_TEMPLATE)
+        .render(
+            title=title,
+            lead=lead,
+            stages=list(stages),
+            sections=[(head, markdown_html(body)) for head, body in sections],
+        )
+    )
+    path = out / REPORT_HTML
     atomic_write_text(path, text)
     return path

@@ -34,7 +34,13 @@ from ablagen.orchestrate import RunSummary, run_study
 from ablagen.orchestrate.local import warm_pool
 from ablagen.orchestrate.placement import check_devices
 from ablagen.ranking import ImportanceRow, load_records
-from ablagen.report import RankOutputs, rank_and_write, write_report
+from ablagen.html_report import REPORT_HTML
+from ablagen.report import (
+    RankOutputs,
+    rank_and_write,
+    write_report,
+    write_stage_index,
+)
 from ablagen.study.options import (
     SCREENS,
     STUDY_MODES,
@@ -193,7 +199,9 @@ def _one_study(
         noise=ranked.noise,
         link_plots=opts.rank.plots,
     )
-    ranked = replace(ranked, files=(*ranked.files, report))
+    ranked = replace(
+        ranked, files=(*ranked.files, report, report.with_name(REPORT_HTML))
+    )
     return StudyOutcome(study, ablation_runs, ranked, arm_runs, arms, report)
 
 
@@ -245,7 +253,48 @@ def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
         ),
     )
     verdict = "retraining" if opts.verify == "retrain" else "exact knockout"
-    return _one_study(verify, step, progress, screen=(opts.screen, verdict, rows))
+    outcome = _one_study(verify, step, progress, screen=(opts.screen, verdict, rows))
+    return replace(outcome, report=_stage_index(opts, outcome, rows, verdict))
+
+
+def _stage_index(opts: StudyOptions, outcome: StudyOutcome, rows, verdict: str) -> Path:
+    """report.md and report.html at the top of a two-stage study: a link to each
+    stage's report, the two rankings compared and the arms; returns report.md."""
+    first, second = stage_dirs(opts)
+    verified = outcome.ranking.ranking.rows
+    sections = [
+        (
+            f"{opts.screen.capitalize()} screen versus {verdict}",
+            compare_rankings(rows, verified, opts.screen, verdict, opts.retrain_top),
+        )
+    ]
+    if outcome.arms:
+        sections.append(
+            (
+                "The four arms",
+                f"Final validation metrics, from `{second.name}/arms.json`.\n\n"
+                + arms_markdown(outcome.arms, opts.generate.train.target_acc),
+            )
+        )
+    lead = (
+        f"A {opts.screen} screen of every component in `{first.name}/`, then "
+        f"{verdict} of the variants it chose in `{second.name}/`."
+    )
+    md, _ = write_stage_index(
+        opts.generate.out,
+        f"Two-stage ablation study: {opts.generate.out.name}",
+        lead,
+        (
+            (f"Stage 1: {opts.screen} screen of every component", first),
+            (
+                f"Stage 2: {verdict} of the chosen variants"
+                + (", and the arms" if outcome.arms else ""),
+                second,
+            ),
+        ),
+        sections,
+    )
+    return md
 
 
 def stage_dirs(opts: StudyOptions) -> tuple[Path, Path]:

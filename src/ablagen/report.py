@@ -8,7 +8,6 @@ committed study can be regenerated and diffed.
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from ablagen import noise_scales as noise_mod
 from ablagen import ranking as ranking_mod
 from ablagen.errors import StudyError
 from ablagen.fsutil import atomic_write_bytes, atomic_write_text
+from ablagen.html_report import REPORT_HTML
 from ablagen.noise_scales import NoiseScales
 from ablagen.orchestrate.records import RunRecord
 from ablagen.ranking import (
@@ -214,16 +214,43 @@ def _noise_markdown(noise: NoiseScales | None) -> str:
     return head + _table(["component", "importance (max over methods)", "scale"], rows)
 
 
-def _config_markdown(manifest: Manifest) -> str:
+def config_rows(manifest: Manifest) -> list[tuple[str, str]]:
+    """The study's settings as (name, plain value) rows, for report.md and report.html:
+    the mode once, the command as typed, nested settings one per row (``train.lr``),
+    unset and empty ones left out."""
     rows = [
-        ["mode", f"`{manifest.mode}`"],
-        ["model", f"`{manifest.model.get('path', '?')}`"],
+        ("mode", str(manifest.mode)),
+        ("model", str(manifest.model.get("path", "?"))),
+        ("model sha256", str(manifest.model.get("sha256", "?"))),
     ]
-    rows.append(["model sha256", f"`{manifest.model.get('sha256', '?')}`"])
-    rows += [
-        [key, f"`{json.dumps(manifest.config[key], sort_keys=True)}`"]
-        for key in sorted(manifest.config)
-    ]
+    if manifest.config.get("command"):
+        rows.append(("command", str(manifest.config["command"])))
+    skip = ("mode", "command")
+    rows += _setting_rows(
+        {k: v for k, v in manifest.config.items() if k not in skip}, ""
+    )
+    return rows
+
+
+def _setting_rows(values: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    rows = []
+    for key in sorted(values):
+        value = values[key]
+        if isinstance(value, dict):
+            rows += _setting_rows(value, f"{prefix}{key}.")
+        elif value is None or (isinstance(value, (list, tuple)) and not value):
+            continue  # unset, or empty: the default
+        elif isinstance(value, (list, tuple)):
+            rows.append((prefix + key, ", ".join(str(v) for v in value)))
+        elif isinstance(value, bool):
+            rows.append((prefix + key, "yes" if value else "no"))
+        else:
+            rows.append((prefix + key, str(value)))
+    return rows
+
+
+def _config_markdown(manifest: Manifest) -> str:
+    rows = [[key, f"`{value}`"] for key, value in config_rows(manifest)]
     return _table(["setting", "value"], rows)
 
 
@@ -348,6 +375,32 @@ def write_report(
     return path
 
 
+def write_stage_index(
+    out: Path,
+    title: str,
+    lead: str,
+    stages: Sequence[tuple[str, Path]],
+    sections: Sequence[tuple[str, str]] = (),
+) -> tuple[Path, Path]:
+    """``report.md`` and ``report.html`` at the top of a study made of stages (a
+    two-stage study): one line per stage linking its own report, then ``sections``."""
+    from ablagen.html_report import write_index_html
+
+    links = [(name, (p / REPORT_MD).relative_to(out).as_posix()) for name, p in stages]
+    body = [f"# {title}", lead, "## Stages"]
+    body.append(
+        "\n".join(
+            f"- [{name}]({href}) ([html]({href[: -len('.md')]}.html))"
+            for name, href in links
+        )
+    )
+    body += [f"## {head}\n\n{text.strip()}" for head, text in sections]
+    md = out / REPORT_MD
+    atomic_write_text(md, "\n\n".join(body) + "\n")
+    html_links = [(name, href[: -len(".md")] + ".html") for name, href in links]
+    return md, write_index_html(out, title, lead, html_links, sections)
+
+
 # --------------------------------------------------------------------------- all of it
 @dataclass(frozen=True)
 class RankOutputs:
@@ -411,4 +464,4 @@ def rank_study(
         noise=out.noise,
         link_plots=options.plots,
     )
-    return replace(out, files=(*out.files, report))
+    return replace(out, files=(*out.files, report, report.with_name(REPORT_HTML)))

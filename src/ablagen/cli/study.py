@@ -305,6 +305,8 @@ def study(
 def _print_outcome(outcome, console) -> None:
     from rich.table import Table
 
+    from ablagen.html_report import REPORT_HTML
+
     rows = outcome.ranking.ranking.rows
     console.print(
         f"\nmost important: {', '.join(r.variant for r in rows[:3]) or 'none ranked'}"
@@ -335,4 +337,5 @@ def _print_outcome(outcome, console) -> None:
                 f"{arm.params_effective:,}",
             )
         console.print(table)
-    console.print(f"report: {outcome.report}")
+    html = outcome.report.with_name(REPORT_HTML)
+    console.print(f"report: {outcome.report} and {html}")
