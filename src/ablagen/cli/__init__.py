@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+import typer
+
 from ablagen.cli.app import app
 from ablagen.errors import AblagenError
 
@@ -19,13 +21,17 @@ from ablagen.cli import study as _study  # noqa: E402,F401
 from ablagen.cli import export as _export  # noqa: E402,F401
 from ablagen.cli import sweep as _sweep  # noqa: E402,F401
 
+from ablagen.cli.app import plain_help  # noqa: E402
+
 __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _export.optional_values(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=args, prog_name="ablagen", standalone_mode=True)
+        # a "[default: ...]" in a help text is shown, not read as rich markup
+        command = plain_help(typer.main.get_command(app))
+        command.main(args=args, prog_name="ablagen", standalone_mode=True)
     except SystemExit as exc:  # typer/click exit codes pass through unchanged
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)

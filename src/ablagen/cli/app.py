@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
+import click
 import typer
 
 from ablagen import __version__
@@ -36,3 +38,16 @@ def _root(
     ] = False,
 ) -> None:
     """Automated ablation studies for PyTorch models."""
+
+
+def plain_help(command: click.Command) -> click.Command:
+    """``command`` (and its subcommands) with every option's help as plain text:
+    typer reads help as rich markup, where ``[default: one per core]`` is an
+    unknown style tag and vanishes ("Runs at once ."). Each ``[`` is escaped once."""
+    for param in command.params:
+        help_text = getattr(param, "help", None)
+        if help_text:
+            param.help = re.sub(r"(?<!\\)\[", r"\\[", help_text)  # type: ignore[attr-defined]
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+    return command

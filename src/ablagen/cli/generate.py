@@ -40,7 +40,7 @@ def generate(
     kinds: Annotated[
         str | None,
         typer.Option(
-            help="Component kinds to ablate: layers,blocks,activations,neurons. [default: layers,blocks,activations]"
+            help="Component kinds to ablate, comma-separated: layers, blocks, activations, neurons. [default: layers, blocks, activations]"
         ),
     ] = _GEN.kinds,
     components: Annotated[
@@ -53,7 +53,7 @@ def generate(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="identity,zero,mean,mask: each component gets those it accepts. [default: identity where shapes allow, else zero; mask for neurons]"
+            help="Methods, comma-separated: identity, zero, mean, mask; each component gets those it accepts. [default: identity where shapes allow, else zero; mask for neurons]"
         ),
     ] = _GEN.methods,
     neuron_groups: NeuronGroupsOpt = _GEN.neuron_groups,

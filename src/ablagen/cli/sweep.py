@@ -29,7 +29,7 @@ from ablagen.sweep.options import ARM_HELP, ARMS, SweepOptions
 _SWEEP = SweepOptions(target="")
 _RUN = RunOptions()
 _TRAIN = TrainConfig()
-TRAIN = "Training (unset: the study's recorded value, or the default for a model file)"
+TRAIN = "Training (unset: the study's own, or the defaults)"
 RUN = "Running"
 
 _Int = Annotated[int | None, typer.Option(rich_help_panel=TRAIN)]
@@ -49,14 +49,16 @@ def sweep(
     lrs: Annotated[
         str,
         typer.Option(
-            help="Learning rates: a comma list, or a log range START:STOP:COUNT (1e-4:1e-1:7)."
+            help="Learning rates: a comma list, or a log range START:STOP:COUNT "
+            f"(1e-4:1e-1:7). [default: {', '.join(format(lr, 'g') for lr in _SWEEP.lrs)}]",
+            show_default=False,  # the list, with spaces: it wraps at 80 columns
         ),
     ] = ",".join(format(lr, "g") for lr in _SWEEP.lrs),
     arms: Annotated[
         str | None,
         typer.Option(
             help="; ".join(f"{a}: {h}" for a, h in ARM_HELP.items())
-            + f". [default: {','.join(ARMS)}; hybrid only for a ranked study]"
+            + f". [default: {', '.join(ARMS)}; hybrid only for a ranked study]"
         ),
     ] = None,
     sigmas: Annotated[
@@ -106,7 +108,10 @@ def sweep(
     target_acc: _Float = None,
     patience: _Int = None,
     no_patience: Annotated[
-        bool, typer.Option(rich_help_panel=TRAIN, help="Turn early stopping off.")
+        bool,
+        typer.Option(
+            "--no-patience", rich_help_panel=TRAIN, help="Turn early stopping off."
+        ),
     ] = False,
     amp: Annotated[
         str | None, typer.Option(rich_help_panel=TRAIN, help=AMP_HELP)
