@@ -99,7 +99,8 @@ def test_second_study_run_trains_nothing_traces_once_and_reports_once(
     assert outcome.ablation_runs.skipped_ok == outcome.ablation_runs.planned > 0
     assert calls == {"analyze": 1, "report": 1}  # the arms reuse the traced model
     assert (study / "manifest.json").read_bytes() == manifest_before
-    assert outcome.ranking.files[-1] == outcome.report == study / "report.md"
+    assert outcome.report == study / "report.md"
+    assert outcome.ranking.files[-2:] == (outcome.report, study / "report.html")
 
 
 def test_hybrid_command_renders_the_arms_the_study_rendered(study, capsys):
