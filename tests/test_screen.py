@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablagen.knockout_engine import Knockout, run_knockouts
-from ablagen.screen import ggn_directions, screen_knockouts
+from ablagen.screen import ggn_directions, screen_batches, screen_knockouts
 
 
 class Block(nn.Module):
@@ -468,3 +468,64 @@ def test_attention_heads_of_a_tiny_gpt_against_exact_knockout():
     assert scale > 1e-3  # the heads matter
     assert max(abs(est[v] - exact[v]) for v in ids) < 0.2 * scale
     assert spearman([est[v] for v in ids], [exact[v] for v in ids]) > 0.95
+
+
+def _loader(x, y, batch_size):
+    data = torch.utils.data.TensorDataset(x, y)
+    return torch.utils.data.DataLoader(data, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 41])
+def test_a_streamed_screen_gives_the_in_memory_estimates(batch_size):
+    """Batches from a DataLoader (1 sample, 7 with a short last one, all in one)
+    against the same data as tensors: the same estimates, the Gauss-Newton share
+    (the first 21 of 41 samples) cut across batches as across passes."""
+    model, ks, x, y = _curved_case()
+    ks = ks + [Knockout("a:mean", "mean", module="a")]
+    held = screen_knockouts(model, ks, x, x, y, F.cross_entropy, no_accuracy)
+    streamed = screen_batches(
+        model, ks, x, _loader(x, y, batch_size), len(x), F.cross_entropy, no_accuracy
+    )
+    assert streamed.stats["ggn_samples"] == held.stats["ggn_samples"] == 21
+    assert streamed.baseline.loss == pytest.approx(held.baseline.loss, rel=1e-12)
+    for a, b in zip(held.estimates, streamed.estimates, strict=True):
+        assert (
+            (a.variant_id, a.status) == (b.variant_id, b.status) == (a.variant_id, "ok")
+        )
+        assert b.first_order == pytest.approx(a.first_order, rel=1e-9, abs=1e-15)
+        assert b.curvature == pytest.approx(a.curvature, rel=1e-9, abs=1e-15)
+
+
+def test_a_streamed_screen_keeps_each_pass_within_the_budget():
+    """A loader batch larger than a pass may hold is cut into passes, as in memory."""
+    model, ks, x, y = _curved_case(samples=200)
+    held = screen_knockouts(
+        model, ks, x, x, y, F.cross_entropy, no_accuracy, max_batch_mb=0.002
+    )
+    streamed = screen_batches(
+        model, ks, x, _loader(x, y, 200), len(x), F.cross_entropy, no_accuracy,
+        max_batch_mb=0.002,
+    )  # fmt: skip
+    assert streamed.stats["chunk_samples"] == held.stats["chunk_samples"] < 50
+    assert streamed.stats["kept_peak_bytes"] == held.stats["kept_peak_bytes"]
+    for a, b in zip(held.estimates, streamed.estimates, strict=True):
+        assert b.delta_loss == pytest.approx(a.delta_loss, rel=1e-9, abs=1e-15)
+
+
+def test_a_stream_of_unknown_length_gives_every_sample_every_direction():
+    """samples=None (an iterable dataset): as ggn_share=1 on the same data in memory."""
+    model, ks, x, y = _curved_case()
+    held = screen_knockouts(
+        model, ks, x, x, y, F.cross_entropy, no_accuracy, ggn_share=1.0
+    )
+    batches = ((x[i : i + 8], y[i : i + 8]) for i in range(0, len(x), 8))
+    streamed = screen_batches(model, ks, x, batches, None, F.cross_entropy, no_accuracy)
+    assert streamed.stats["ggn_samples"] == held.stats["ggn_samples"] == 41
+    for a, b in zip(held.estimates, streamed.estimates, strict=True):
+        assert b.delta_loss == pytest.approx(a.delta_loss, rel=1e-9, abs=1e-15)
+
+
+def test_a_stream_shorter_than_announced_fails_loudly():
+    model, ks, x, y = _curved_case()
+    with pytest.raises(ValueError, match="held 41 validation samples, not 50"):
+        screen_batches(model, ks, x, _loader(x, y, 8), 50, F.cross_entropy, no_accuracy)

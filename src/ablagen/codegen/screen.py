@@ -66,12 +66,6 @@ def render_screen(
             f"{len(loaded.example_inputs)} inputs",
             fix,
         )
-    if base["data"].streamed and not custom_templates:
-        raise ConfigError(
-            f"screen mode reads in-memory tensors, and --dataset {base['data'].dataset} "
-            "streams its batches through DataLoaders",
-            "use --mode knockout (it streams them) or --mode retrain",
-        )
     if not inventory.traced and not custom_templates:
         raise ConfigError(
             f"screen mode needs a torch.fx graph, and torch.fx could not trace {loaded.path}'s model",

@@ -32,7 +32,7 @@ from .passes import (
     pull_back,
 )
 from .records import CURVATURES, Estimate, ScreenReport
-from .run import GGN_RANK, GGN_SHARE, screen_knockouts
+from .run import GGN_RANK, GGN_SHARE, screen_batches, screen_knockouts
 
 #: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
 EMBED_ORDER = ("records", "estimates", "passes", "run")
@@ -50,5 +50,6 @@ __all__ = [
     "prepare_graph",
     "products",
     "pull_back",
+    "screen_batches",
     "screen_knockouts",
 ]

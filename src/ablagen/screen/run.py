@@ -1,8 +1,11 @@
 """The entry point: every knockout's estimated loss change, in chunks within a memory budget."""
 
+import itertools
 import math
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -91,7 +94,45 @@ def screen_knockouts(
     ggn_rank: int = GGN_RANK,
     ggn_share: float = GGN_SHARE,
 ) -> ScreenReport:
+    """:func:`screen_batches` on validation data held in memory (one batch)."""
+    return screen_batches(
+        model,
+        knockouts,
+        x_train,
+        [(x_val, y_val)],
+        len(x_val),
+        loss_fn,
+        correct_fn,
+        batch_size,
+        max_batch_mb,
+        curvature,
+        ggn_rank,
+        ggn_share,
+    )
+
+
+def screen_batches(
+    model: nn.Module,
+    knockouts: list[Knockout],
+    x_train: torch.Tensor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    samples: int | None,
+    loss_fn: LossFn,
+    correct_fn: CorrectFn,
+    batch_size: int = 64,
+    max_batch_mb: float = 256.0,
+    curvature: str = "ggn",
+    ggn_rank: int = GGN_RANK,
+    ggn_share: float = GGN_SHARE,
+) -> ScreenReport:
     """Estimate every knockout's change of the mean validation loss (see the package doc).
+
+    The validation data come as ``batches`` of ``(x, y)`` (a DataLoader's, or one
+    batch of tensors held in memory), ``samples`` of them in all (None: not known
+    before the end; then every sample gets the ``ggn_rank`` directions, as with
+    ``ggn_share=1``). The estimates are sums over the samples, so they do not depend
+    on how the data are batched; a batch larger than a pass may hold is cut into
+    passes as the data held in memory are.
 
     The validation data go through in chunks small enough that one pass's values fit
     half of ``max_batch_mb`` (``batch_size``: the batches of the mean activations'
@@ -112,6 +153,13 @@ def screen_knockouts(
     if not 0 < ggn_share <= 1:
         raise ValueError(f"ggn_share must be in (0, 1], not {ggn_share}")
     started = time.perf_counter()
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None or samples == 0:
+        raise ValueError("the screen needs validation samples; got none")
+    x_val, y_val = first  # the first batch: the graph is probed on it
+    known = samples is not None
+    samples = samples if known else len(x_val)  # a bound of the pass size till the end
     model.eval()
     wanted = [k for k in knockouts if k.method == "mean"]
     means = activation_means(model, wanted, x_train, batch_size) if wanted else {}
@@ -138,20 +186,19 @@ def screen_knockouts(
     live = [k.variant_id for k in knockouts if k.variant_id not in done]
     rows = ggn_rank if curvature == "ggn" else 1
     budget = int(max_batch_mb * 2**20)
-    chunk, sizes = _chunking(facts, sites, rows, len(x_val), budget)
+    chunk, sizes = _chunking(facts, sites, rows, samples, budget)
     groups = _groups(sites, facts.index, sizes, budget // 2) or [set()]  # the baseline
-    samples = len(x_val)
-    split = samples  # the samples before it get all the Gauss-Newton rows
+    split = samples if known else sys.maxsize  # those before it get every GGN row
     classes = y_val.dim() == 1 and not y_val.is_floating_point()  # else no GGN term
-    if curvature == "ggn" and ggn_rank > 1 and classes:
+    if curvature == "ggn" and ggn_rank > 1 and classes and known:
         split = max(1, math.ceil(ggn_share * samples))
     screen = _Screen(live, sites, ops)
     base, kept_peak, directions = _Tally(), 0, 0
-    pieces = _pieces(samples, split, chunk)
-    for start, stop in pieces:
-        x, y = x_val[start:stop], y_val[start:stop]
+    pieces: list[tuple[int, int]] = []
+    for start, stop, x, y in _passes(itertools.chain([first], batches), split, chunk):
+        pieces.append((start, stop))
         rank = ggn_rank if start < split else 1
-        weight = samples / split if start < split else 1.0
+        weight = samples / split if start < split and known else 1.0
         maps = None
         for i, group in enumerate(groups):
             z, kept = forward_pass(facts, x, group)
@@ -169,6 +216,10 @@ def screen_knockouts(
             screen.add(maps, weight)
             del values
         screen.settle(maps, weight)
+    seen = pieces[-1][1] if pieces else 0
+    if known and seen != samples:
+        raise ValueError(f"the batches held {seen} validation samples, not {samples}")
+    samples, split = seen, min(split, seen)
     firsts, seconds = screen.means(samples)
     for vid in live:
         if vid in screen.failed:
@@ -286,11 +337,32 @@ class _Screen:
         return (self.first / n).tolist(), (self.second / n).tolist()
 
 
-def _pieces(samples: int, split: int, chunk: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each pass: the samples before ``split`` and those after
-    it, each in balanced pieces of at most ``chunk``; none straddles ``split``."""
+def _passes(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], split: int, chunk: int
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """``(start, stop, x, y)`` of each pass over the ``batches``: samples start to
+    stop (counted over all batches) of :func:`_pieces`, cut from their batch."""
+    at = 0
+    for x_batch, y_batch in batches:
+        end = at + len(x_batch)
+        for start, stop in _pieces(end, split, chunk, at):
+            yield start, stop, x_batch[start - at : stop - at], y_batch[
+                start - at : stop - at
+            ]
+        at = end
+
+
+def _pieces(
+    samples: int, split: int, chunk: int, first: int = 0
+) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each pass over samples ``first`` to ``samples``: those
+    before ``split`` and those after it, each in balanced pieces of at most
+    ``chunk``; none straddles ``split``."""
     pieces = []
-    for begin, end in ((0, split), (split, samples)):
+    for begin, end in (
+        (first, max(first, min(split, samples))),
+        (max(first, split), samples),
+    ):
         count = -(-(end - begin) // chunk)
         for k in range(count):
             pieces.append(
