@@ -252,3 +252,29 @@ def test_two_stage_ablated_arm_removes_the_least_important_of_the_whole_ranking(
         "b",
         "e",
     ]
+
+
+def test_two_stage_study_writes_a_report_at_its_top(tmp_path, capsys):
+    """Issue #30.7: the two-stage report was only in retrain/; now OUT/report.md and
+    OUT/report.html link both stages, and the command prints where they are. The
+    ablated arm takes the screen's least important, never a verified one."""
+    out = tmp_path / "two"
+    code, stdout, _ = run_cli(
+        ["study", EXAMPLES / "digits_cnn.py", "--out", out, "--mode", "two-stage",
+         "--retrain-top", "1", "--epochs", "1", "--seeds", "0,1", "--arm-seeds", "0",
+         "--quiet", "--jobs", "2"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert f"report: {out / 'report.md'} and {out / 'report.html'}" in " ".join(
+        stdout.split()
+    )
+    md = (out / "report.md").read_text()
+    assert "(screen/report.md)" in md and "(retrain/report.md)" in md
+    assert "## Taylor screen versus retraining" in md and "## The four arms" in md
+    assert 'href="retrain/report.html"' in (out / "report.html").read_text()
+    screen = json.loads((out / "screen" / "importance.json").read_text())["rows"]
+    verified = json.loads((out / "retrain" / "importance.json").read_text())["rows"]
+    removed = load_manifest(out / "retrain").variant("arm:ablated").extra["removed"]
+    assert removed and not set(removed) & {r["variant"] for r in verified}
+    assert {r["variant"] for r in screen[-len(removed) - 2 :]} >= set(removed)
