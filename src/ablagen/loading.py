@@ -19,6 +19,7 @@ is recorded for the generated scripts.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import inspect
@@ -46,12 +47,15 @@ class ModelRef:
 
     name: str  # the name in the model file: class, function or instance
     how: str  # "class" | "factory" | "instance"
+    #: an instance's constructor call (``Net(16)`` of ``net = Net(16)``), built again
+    #: by the scripts after they seed (see :func:`constructor_call`)
+    call: str | None = None
 
     @property
     def expression(self) -> str:
         """The expression that builds a fresh model in the embedded source."""
         if self.how == "instance":
-            return f"copy.deepcopy({self.name})"
+            return self.call or f"copy.deepcopy({self.name})"
         return f"{self.name}()"
 
     @property
@@ -310,9 +314,71 @@ def _takes_no_args(fn: Callable[..., Any]) -> bool:
     )
 
 
+def _main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (not run when the scripts embed the file)."""
+    test = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+    )
+
+
+def constructor_call(source: str, name: str) -> str | None:
+    """The call that builds the module-level instance ``name`` (``net = Net(16)``),
+    if the file assigns it once, from a call, and no later top-level statement
+    touches it; else None.
+
+    The instance is built when the file is imported, before a script seeds, so its
+    weights would not follow ``--seed``: the scripts evaluate this call again after
+    seeding instead of copying it.
+    """
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    found = [
+        i
+        for i, node in enumerate(body)
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+        and any(
+            isinstance(t, ast.Name) and t.id == name
+            for t in getattr(node, "targets", [getattr(node, "target", None)])
+        )
+    ]
+    if len(found) != 1:
+        return None
+    node = body[found[0]]
+    value = getattr(node, "value", None)
+    if isinstance(node, ast.AugAssign) or not isinstance(value, ast.Call):
+        return None
+    if isinstance(node, ast.Assign) and len(node.targets) != 1:
+        return None
+    for later in body[found[0] + 1 :]:
+        if isinstance(later, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue  # runs when called, if ever
+        if _main_guard(later):
+            continue
+        if any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(later)):
+            return None  # changed after it was built (.eval(), load_state_dict...)
+    return ast.get_source_segment(source, value)
+
+
 def _build(obj: Any, name: str, path: Path) -> tuple[ModelRef, nn.Module]:
     if isinstance(obj, nn.Module):
-        return ModelRef(name, "instance"), obj
+        try:
+            call = constructor_call(path.read_text(encoding="utf-8"), name)
+        except (OSError, UnicodeDecodeError):
+            call = None
+        if call is None:
+            raise ModelNotFoundError(
+                f"{path}:{name} is a model instance built when the file is imported,"
+                " before a script seeds, and not by one plain"
+                f" `{name} = Class(...)` left unchanged, so runs of it would not repeat",
+                f"build it in a factory function (`def build_model(): ... return {name}`)",
+            )
+        return ModelRef(name, "instance", call), obj
     if not callable(obj):
         raise ModelNotFoundError(
             f"{path}:{name} is a {type(obj).__name__}, not a model",
