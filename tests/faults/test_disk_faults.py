@@ -176,6 +176,19 @@ def test_a_run_that_dies_of_a_full_disk_goes_back_to_pending(
     assert statuses(study)["b:zero"] == "pending"
 
 
+def test_a_run_whose_log_cannot_say_it_hit_a_full_disk_goes_back_to_pending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its log is on the full disk too: a failed run on a disk with no room left is
+    put back (the next run stores its result, if it wrote one), not stored failed."""
+    study = make_study(tmp_path / "study", {"baseline": "raise"})
+    monkeypatch.setattr("ablagen.orchestrate.runner.free_bytes", lambda path: 0)
+    assert main(["run", str(study), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert "baseline seed=0 stopped on a full disk (No space left on device)" in err
+    assert statuses(study)["baseline"] == "pending"
+
+
 @pytest.mark.parametrize(
     "target",
     [

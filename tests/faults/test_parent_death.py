@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_orchestrate import make_study
+from conftest_orchestrate import counter, make_study
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -91,3 +91,33 @@ def test_a_pool_killed_while_it_imports_ends_too(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert wait_for(lambda: not session_pids(proc.pid), 2.0), session_pids(proc.pid)
+
+
+def test_a_pool_process_killed_while_it_imports_is_replaced(tmp_path: Path) -> None:
+    """Killing the zygote before it forks its workers costs a fresh start, not the
+    session: `ablagen run` still runs everything (exit 0)."""
+    study = make_study(tmp_path / "study", {"baseline": "ok", "a:zero": "ok"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ablagen", "run", str(study), "--jobs", "2", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=dict(os.environ, ABLAGEN_PRESTART="0"),  # the zygote starts with the runs
+    )
+
+    def zygote() -> int | None:
+        for pid in session_pids(proc.pid):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            if b"worker.py" in cmd and ppid == proc.pid:
+                return pid
+        return None
+
+    assert wait_for(lambda: zygote() is not None, 60)
+    os.kill(zygote(), signal.SIGKILL)  # torch is still importing: nothing forked yet
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert sorted(counter(study)) == ["a:zero 0", "baseline 0"]

@@ -544,17 +544,29 @@ class LocalBackend:
         """What worker ``index``'s runs get on top of the environment (its GPU)."""
         return {} if self.placement is None else self.placement.env(index)
 
-    def _serve(self, worker: _Worker | _SubprocessWorker, env: dict[str, str]) -> None:
-        try:
+    def _start_worker(self, worker: _Worker | _SubprocessWorker) -> bool:
+        """Wait for the worker's imports (they run while the first runs are claimed);
+        one that dies meanwhile (killed) is started afresh, twice at most. False:
+        the pool is closing."""
+        for attempt in (1, 2, 3):
             try:
-                worker.warm()  # imports run while the first runs are being claimed
+                worker.warm()
+                return True
             except OSError as exc:
                 if self._closing.is_set():
-                    return
-                raise BackendError(
-                    f"a local worker process failed to start ({exc}: {self._zygotes.last_words()})",
-                    "check that torch imports in this environment (`python -c 'import torch'`)",
-                ) from exc
+                    return False
+                worker.close()
+                if attempt == 3:
+                    raise BackendError(
+                        f"a local worker process failed to start ({exc}: {self._zygotes.last_words()})",
+                        "check that torch imports in this environment (`python -c 'import torch'`)",
+                    ) from exc
+        return False
+
+    def _serve(self, worker: _Worker | _SubprocessWorker, env: dict[str, str]) -> None:
+        try:
+            if not self._start_worker(worker):
+                return
             while not self._closing.is_set():
                 spec = self._todo.get()
                 if spec is None:

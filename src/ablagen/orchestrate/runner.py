@@ -64,10 +64,11 @@ from ablagen.orchestrate.outcome import (
 from ablagen.orchestrate.owner import Owner, pid_alive
 from ablagen.orchestrate.placement import check_amp, recorded_amp
 from ablagen.orchestrate.records import RunRecord
-from ablagen.orchestrate.store import ResultStore
+from ablagen.orchestrate.store import LOW_SPACE_BYTES, ResultStore, free_bytes
 from ablagen.studydir import (
     BASELINE_ID,
     LOGS_DIR,
+    RESULTS_DB,
     Manifest,
     load_manifest,
     split_result,
@@ -388,15 +389,18 @@ def finished_before(study: Path, spec: RunSpec, backend: str) -> RawOutcome | No
 
 
 def disk_fault(record: RunRecord, study: Path) -> WriteError | None:
-    """A run that died of a full disk (its log says so), as the fault to report."""
-    if record.ok or not record.error_tail:
+    """A run that died of a full disk (its log says so, or, when its log could not
+    say it, the study's disk has no room left), as the fault to report."""
+    if record.ok:
         return None
     found = _NO_SPACE.findall(
-        record.error_tail
+        record.error_tail or ""
     )  # the last: the error, not its source line
+    if not found and free_bytes(study / RESULTS_DB) < LOW_SPACE_BYTES:
+        found = ["No space left on device"]
     if not found:
         return None
-    paths = _NO_SPACE_PATH.findall(record.error_tail)
+    paths = _NO_SPACE_PATH.findall(record.error_tail or "")
     where = Path(paths[-1]) if paths else study
     return WriteError(
         f"{record.variant_id} seed={record.seed} stopped on a full disk"

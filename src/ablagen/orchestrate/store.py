@@ -134,7 +134,7 @@ def _sqlite_errno(exc: sqlite3.Error, path: Path) -> int | None:
     if name.startswith("SQLITE_READONLY"):
         return errno.EROFS if _fs_readonly(path) else errno.EACCES
     if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "disk I/O" in str(exc):
-        if _free_bytes(path) < LOW_SPACE_BYTES:
+        if free_bytes(path) < LOW_SPACE_BYTES:
             return errno.ENOSPC  # e.g. SQLITE_IOERR_SHMSIZE: no room for the WAL index
         if not os.access(path.parent, os.W_OK):
             return errno.EACCES
@@ -142,7 +142,8 @@ def _sqlite_errno(exc: sqlite3.Error, path: Path) -> int | None:
     return None
 
 
-def _free_bytes(path: Path) -> int:
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem holding ``path``'s folder (huge where unknown)."""
     try:
         st = os.statvfs(path.parent)
     except OSError:
