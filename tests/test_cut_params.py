@@ -102,3 +102,40 @@ def test_removed_together_each_parameter_counts_once():
     assert (
         sum(s.ablated_params for s in specs) == conv1.params + bn1.params + conv2.params
     )
+
+
+@pytest.mark.parametrize("example", ["resnet_small.py", "tiny_gpt.py"])
+def test_examples_zeroed_layers_match_autograd(example):
+    """Branches, residual adds, attention reading x.size(): a shape read carries no
+    values, so a LayerNorm read only by qkv and by size() is cut off with qkv."""
+    from ablagen.loading import load_model
+    from conftest import EXAMPLES
+
+    loaded = load_model(str(EXAMPLES / example))
+    model, inputs = loaded.model, loaded.example_inputs
+    inv = build_inventory(model, inputs)
+    checked = 0
+    for comp in inv.components:
+        if (
+            comp.kind != "layer"
+            or "zero" not in comp.methods
+            or comp.call_site is not None
+        ):
+            continue
+        module = model.get_submodule(comp.module)
+        handle = module.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+        try:
+            params = [p for p in model.parameters() if p.requires_grad]
+            out = model(*inputs)
+            out = (out if isinstance(out, torch.Tensor) else out[0]).float().sum()
+            grads = (
+                torch.autograd.grad(out, params, allow_unused=True)
+                if out.requires_grad
+                else [None] * len(params)
+            )
+        finally:
+            handle.remove()
+        unused = sum(p.numel() for p, g in zip(params, grads) if g is None)
+        assert ablation_spec(comp, "zero").ablated_params == unused, comp.id
+        checked += 1
+    assert checked >= 10

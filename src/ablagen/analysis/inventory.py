@@ -22,7 +22,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ablagen.analysis.components import Component, Inventory, Shape
-from ablagen.analysis.cuts import cut_off, live_parameters, parameter_users
+from ablagen.analysis.cuts import cut_sets, parameter_users
 from ablagen.analysis.export import export_graph, with_export_facts
 from ablagen.analysis.heads import AttentionSite, find_attention, head_ranges
 from ablagen.analysis.observe import Call, observe_calls
@@ -104,20 +104,23 @@ def _with_cuts(
     users = parameter_users(model, graph)
     if not users:
         return comps, {}
-    numel = {n: p.numel() for n, p in model.named_parameters()}
-    baseline = live_parameters(graph, users)
     nodes = list(graph.graph.nodes)
-    out, cuts = [], {}
+    at: dict[str, str] = {}  # component id -> the node whose output it is
     for comp in comps:
-        node = comp.node
         if comp.kind == "block":
             inside = [n.name for n in nodes if _within(_owner_module(n), comp.id)]
-            node = inside[-1] if inside else None
-        if node is None or comp.kind not in ("layer", "activation", "block"):
+            if inside:
+                at[comp.id] = inside[-1]
+        elif comp.kind in ("layer", "activation") and comp.node is not None:
+            at[comp.id] = comp.node
+    sets = cut_sets(graph, users, set(at.values()))
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    out, cuts = [], {}
+    for comp in comps:
+        if comp.id not in at:
             out.append(comp)
             continue
-        cut = cut_off(graph, users, (node,), baseline)
-        cuts[comp.id] = cut
+        cut = cuts[comp.id] = sets[at[comp.id]]
         count = sum(numel[n] for n in cut)
         own = 0 if comp.call_site is not None else comp.params
         out.append(replace(comp, cut_params=count) if count > own else comp)

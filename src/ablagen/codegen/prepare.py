@@ -27,6 +27,7 @@ from ablagen.codegen.render import render_script
 from ablagen.data import check_task, output_access, resolve_data
 from ablagen.data.shapes import count_classes
 from ablagen.data.sources import check_fits
+from ablagen.data.synthetic import check_synthetic
 from ablagen.errors import ConfigError
 from ablagen.loading import LoadedModel, load_model
 from ablagen.source import embed_model_source
@@ -160,6 +161,8 @@ def _model_info(
     access = output_access(output, str(loaded.path))
     first = access.prediction
     check_task(opts.train.task, first, None if batch is None else batch[1], where)
+    if data.dataset == "synthetic":
+        check_synthetic(opts.train.task, first, loaded.example_inputs[0][0], where)
     classes = (
         len(data.classes) if data.classes else count_classes(loaded.module, data.dataset)
     )

@@ -24,7 +24,7 @@ from ablagen.codegen.context import (
     TOKENIZERS,
     DataSpec,
 )
-from ablagen.data import files
+from ablagen.data import files, synthetic
 from ablagen.errors import ConfigError, InputShapeError
 from ablagen.loading import LoadedModel
 
@@ -77,12 +77,7 @@ def resolve_data(
         return base, sample_batch(name, loaded, opts.train.batch_size)
     token_range = None
     if not sample.is_floating_point():
-        vocab = [
-            m.num_embeddings
-            for m in loaded.model.modules()
-            if isinstance(m, torch.nn.Embedding)
-        ]
-        token_range = min(vocab) if vocab else int(loaded.example_inputs[0].max()) + 1
+        token_range = synthetic.token_range(loaded.model, loaded.example_inputs[0])
     return (
         DataSpec(name, opts.val_fraction, opts.split_seed, token_range=token_range),
         None,
