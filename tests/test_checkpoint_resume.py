@@ -88,19 +88,26 @@ def _kill_after_first_checkpoint(script: Path, ckpt: Path, *args: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "streamed, train",
+    "streamed, train, workers",
     [
-        (False, {"sigma": 0.01}),
-        (True, {}),
-        (False, {"sigma": 0.01, "amp": "bf16", "grad_accum": 2}),
-        (False, {"sigma": 0.01, "noise_schedule": "adaptive"}),
+        (False, {"sigma": 0.01}, None),
+        (True, {}, 0),
+        (True, {}, 2),  # DataLoader worker processes: their seeds come from the checkpoint
+        (False, {"sigma": 0.01, "amp": "bf16", "grad_accum": 2}, None),
+        (False, {"sigma": 0.01, "noise_schedule": "adaptive"}, None),
     ],
-    ids=["in-memory-noisy", "streamed", "bf16-grad-accum", "adaptive-noise"],
+    ids=[
+        "in-memory-noisy",
+        "streamed",
+        "streamed-2-workers",
+        "bf16-grad-accum",
+        "adaptive-noise",
+    ],
 )
-def test_sigkill_then_resume_is_bit_identical(tmp_path, streamed, train):
+def test_sigkill_then_resume_is_bit_identical(tmp_path, streamed, train, workers):
     study = _study(tmp_path, streamed, **train)
     script = study / "baseline.py"
-    extra = ["--num-workers", "0"] if streamed else []
+    extra = ["--num-workers", str(workers)] if streamed else []
     assert _run(script, "--out", "full.json", *extra).returncode == 0
     ckpt = study / "run.ckpt"
     _kill_after_first_checkpoint(script, ckpt, *extra)
