@@ -130,6 +130,67 @@ MATRIX = (
         "nothing left to do",
         "test_concurrent.py::test_a_waiting_orchestrator_takes_over_a_dead_ones_runs",
     ),
+    Fault(
+        "orchestrator's process group killed",
+        "`setsid ablagen run`, then `kill -9 -PGID` while each run has a forked child"
+        " and a python subprocess",
+        "as for `kill -9`; no process of the session is left 2 s later (zygote,"
+        " workers, runs and what they started: parent-death signals and a guard)",
+        "-9",
+        "resets the stale runs, reruns only those",
+        "test_parent_death.py::test_kill_9_leaves_no_process_of_the_study",
+    ),
+    Fault(
+        "pool process killed while it imports",
+        "`kill -9` of the zygote before it forks its workers",
+        "nothing: a fresh zygote is started (twice at most)",
+        "0",
+        "nothing left to do",
+        "test_parent_death.py::test_a_pool_process_killed_while_it_imports_is_replaced",
+    ),
+    Fault(
+        "orchestrator killed between a run's end and its store",
+        "a run's result file (`logs/...result.json`, its `--out`) left with no row",
+        "the outcome, stored from that file by the next `ablagen run`",
+        "-9",
+        "the run is not executed again",
+        "test_exactly_once.py::test_a_result_left_by_a_dead_orchestrator_is_stored_not_rerun",
+    ),
+    Fault(
+        "run killed after it wrote its result",
+        "the script writes its result, then sends itself signal 9",
+        "the result's status (`ok`), not `crashed`",
+        "0",
+        "nothing left to do",
+        "test_exactly_once.py::test_a_run_killed_after_writing_its_result_is_ok",
+    ),
+    Fault(
+        "two claimants of one checkpoint",
+        "a live process holds the checkpoint's `.lock` (an orphan of a killed"
+        " orchestrator) when the run starts",
+        "the run waits until it is gone (its log says so), then resumes",
+        "0",
+        "nothing left to do",
+        "test_checkpoint_lock.py::test_a_run_waits_for_the_live_holder_of_its_checkpoint",
+    ),
+    Fault(
+        "full disk that the run's log cannot report",
+        "a failed run while the study's disk has no room left",
+        "back to pending, not `failed`",
+        "2, one line naming the path and the fix",
+        "the same command finishes the study",
+        "test_disk_faults.py::test_a_run_whose_log_cannot_say_it_hit_a_full_disk_goes_back_to_pending",
+    ),
+    Fault(
+        "chaos soak",
+        "60 runs: the driver SIGKILLed 5 times, 3 pool processes killed, the disk"
+        " full once (`benchmarks/chaos.py`: 502 runs, 20 kills)",
+        "every run `ok` once, bit-identical to an uninterrupted study; no orphan;"
+        " `integrity_check` ok",
+        "-9, 2 (full disk), then 0",
+        "`ablagen run --retry-failed` until done",
+        "test_chaos.py::test_chaos_soak_loses_nothing",
+    ),
 )
 
 
