@@ -170,3 +170,13 @@ def test_a_wrong_name_suggests_models_not_data_functions(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert "use one of: Net" in err
     assert "build_data" not in err and "example_input" not in err
+
+
+def test_a_scripted_model_still_loads(tmp_path):
+    """The layer-naming hooks skip TorchScript modules (they take no hooks)."""
+    path = tmp_path / "scripted.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\n\nINPUT_SHAPE = (4,)\n"
+        "net = torch.jit.script(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))\n"
+    )
+    assert load_model(str(path)).input_shapes == [(2, 4)]

@@ -516,7 +516,7 @@ def _check_forward(
 
     handles = []
     for name, module in model.named_modules():
-        if name:
+        if name and not isinstance(module, torch.jit.ScriptModule):  # no hooks there
             handles.append(module.register_forward_pre_hook(pre(name)))
             handles.append(module.register_forward_hook(post))
     try:
