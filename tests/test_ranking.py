@@ -225,3 +225,14 @@ def test_baseline_without_ok_run_is_an_error() -> None:
     recs.append(record("baseline", 0, "crashed"))
     with pytest.raises(StudyError, match="baseline"):
         rank(MANIFEST, recs)
+
+
+def test_tracked_runs_tag_no_interval_verdict_for_one_seed() -> None:
+    from ablagen.track.runs import parent_run
+
+    entry = next(v for v in MANIFEST.variants if v.id == "conv1:zero")
+    one = parent_run(entry, rank(MANIFEST, [r for r in study_records() if r.seed == 0]))
+    assert "importance.ci_includes_zero" not in one.tags  # one seed: no interval
+    assert "importance/ci_low" not in {p.key for p in one.metrics}
+    five = parent_run(entry, rank(MANIFEST, study_records()))
+    assert five.tags["importance.ci_includes_zero"] == "false"

@@ -267,7 +267,8 @@ def parent_run(entry: VariantEntry, ranking: Ranking | None) -> TrackedRun:
     if ranking is not None and row is not None:
         tags["importance.metric"] = ranking.metric
         tags["importance.confidence"] = f"{ranking.confidence:g}"
-        tags["importance.ci_includes_zero"] = str(row.ci_includes_zero).lower()
+        if row.ci_includes_zero is not None:  # None: one seed, no interval
+            tags["importance.ci_includes_zero"] = str(row.ci_includes_zero).lower()
     return TrackedRun(
         key=parent_key(entry),
         name=entry.id,
