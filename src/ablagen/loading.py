@@ -20,6 +20,7 @@ is recorded for the generated scripts.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -133,8 +134,9 @@ def load_model(
     else the file's data functions or ``DATASET``) gives its shape."""
     path, name = split_model_spec(spec)
     source = _read_source(path)
-    module = _import_file(path, source)
-    ref, model = _find_model(module, path, name)
+    with contextlib.redirect_stdout(sys.stderr):  # its prints: never into --json
+        module = _import_file(path, source)
+        ref, model = _find_model(module, path, name)
     model.eval()
     if isinstance(input_shape, str):
         input_shape = parse_shape(input_shape)
@@ -183,6 +185,10 @@ def _import_file(path: Path, source: str) -> ModuleType:
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:10]
     mod_name = f"_ablagen_model_{digest}_{next(_load_counter)}"
     directory = str(path.resolve().parent)
+    package = _package_of(path.resolve())
+    if package:  # a module of a package: its relative imports need the package
+        root, dotted = package
+        directory, mod_name = str(root), f"{dotted}.{mod_name}"
     before = set(sys.modules)
     spec = importlib.util.spec_from_file_location(mod_name, path.resolve())
     assert spec is not None and spec.loader is not None
@@ -205,6 +211,17 @@ def _import_file(path: Path, source: str) -> ModuleType:
             if file.startswith(directory):
                 del sys.modules[name]
     return module
+
+
+def _package_of(path: Path) -> tuple[Path, str] | None:
+    """(the folder above the outermost package, the dotted package name) of a file in
+    a package (its folder has an ``__init__.py``), else None."""
+    parts: list[str] = []
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return (folder, ".".join(parts)) if parts else None
 
 
 def _line_in_file(exc: BaseException, path: Path) -> str:
@@ -521,7 +538,7 @@ def _check_forward(
             handles.append(module.register_forward_hook(post))
     try:
         with torch.no_grad():
-            model(*inputs)
+            output = model(*inputs)
     except Exception as exc:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -545,3 +562,37 @@ def _check_forward(
     finally:
         for handle in handles:
             handle.remove()
+    _check_batch_first(model, inputs, output, path)
+
+
+def _check_batch_first(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any, path: Path
+) -> None:
+    """The scripts feed batches with the batch dimension first: a model that reads it
+    elsewhere (sequence-first, as nn.Transformer and nn.LSTM are by default) would
+    train on samples mixed across the batch. Seen as an output whose rows are not
+    the batch's, or as row 0 changing when only sample 1 does."""
+    x = inputs[0]
+    if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(x) < 2:
+        return
+    rows = output.shape[0]
+    mixed = rows != len(x)
+    if not mixed:
+        changed = x.clone()
+        changed[1] = x[0]
+        with torch.no_grad():
+            same, again = model(*inputs), model(changed, *inputs[1:])
+
+        def differ(a: Any, b: Any) -> bool:
+            return not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+        # random in eval mode (an unconditional F.dropout): the test cannot tell
+        mixed = not differ(same, output) and differ(again[0], output[0])
+    if mixed:
+        raise InputShapeError(
+            f"the model in {path} mixes the samples of a batch (its output has {rows} "
+            f"rows for {len(x)} samples given batch first): it reads the batch on "
+            "another dimension, as sequence-first models do",
+            "make it batch-first (batch_first=True, or transpose at the top of "
+            "forward), or bring your own loop with --templates DIR",
+        )

@@ -19,7 +19,7 @@ package and its ``knockout.py`` embeds it whole. Edit it here, never in a script
 """
 
 from .calls import CALL_NAMES, CallSiteHook, ablate_call
-from .graph import ablate_node, first_input, out_of_place, skip_node
+from .graph import ablate_node, first_input, out_of_place, skip_node, trace
 from .heads import (
     HEAD_ABLATIONS,
     HeadAblation,
@@ -58,6 +58,7 @@ __all__ = [
     "OutputHook",
     "ZeroAblation",
     "ablate_node",
+    "trace",
     "ablate_output",
     "first_input",
     "out_of_place",

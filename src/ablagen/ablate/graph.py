@@ -1,10 +1,26 @@
 """Ablating a node of a traced graph: a functional call (``F.relu``, ``x.relu_()``) has no
 module to hook, so its torch.fx node is edited instead."""
 
+import inspect
+
 import torch
 
 
 from .operators import Ablation
+
+
+def trace(model: torch.nn.Module, num_inputs: int = 1) -> torch.fx.GraphModule:
+    """torch.fx's trace of ``model`` called with ``num_inputs`` tensors. The forward's
+    later parameters keep their defaults: an optional ``mask=None`` or ``hidden=None``
+    is traced as None (``if mask is not None`` takes the branch it takes when called
+    with one tensor), not as an input."""
+    later = list(inspect.signature(model.forward).parameters.values())[num_inputs:]
+    defaults = {
+        p.name: p.default
+        for p in later
+        if p.default is not p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return torch.fx.symbolic_trace(model, concrete_args=defaults or None)
 
 
 def out_of_place(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:

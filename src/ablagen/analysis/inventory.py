@@ -26,6 +26,7 @@ from ablagen.analysis.cuts import cut_sets, parameter_users
 from ablagen.analysis.export import export_graph, with_export_facts
 from ablagen.analysis.heads import AttentionSite, find_attention, head_ranges
 from ablagen.analysis.observe import Call, observe_calls
+from ablagen.ablate import trace
 from ablagen.analysis.ops import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
@@ -64,7 +65,7 @@ def build_inventory(
     shapes = tuple(tuple(t.shape) for t in inputs)
     sites, problems = find_attention(model)
     try:
-        graph = fx.symbolic_trace(model)
+        graph = trace(model, len(inputs))
         ShapeProp(graph).propagate(*inputs)
     except Exception as exc:  # any tracing failure means: try the next tracer
         fx_error = exc

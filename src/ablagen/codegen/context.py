@@ -373,6 +373,8 @@ class ScriptContext:
         ]
         if not names:
             return ""
+        if any(a.template == "fx_node" for a in self.ablations):
+            names.insert(0, ablate.trace.__name__)  # the graph the node is ablated on
         comment = "ablation operators (from ablagen.ablate: the knockout engine runs them too)"
         return extract_definitions(ablate, tuple(dict.fromkeys(names)), comment)
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from ablagen.ablate import Ablation
+from ablagen.ablate import Ablation, trace
 
 from .graph import GraphFacts, _forward, inspect_graph
 from .records import (
@@ -159,7 +159,7 @@ def evaluate_fast(
     cannot take come back as "skipped", with the reason as their error."""
     started, fns = time.perf_counter(), (loss_fn, correct_fn)
     model.eval()
-    facts = inspect_graph(fx.symbolic_trace(model), x_val)
+    facts = inspect_graph(trace(model), x_val)
     groups: dict[tuple[fx.Node, ...], list[tuple[Knockout, Target]]] = defaultdict(list)
     skipped: dict[str, str] = {}
     ops: dict[str, Ablation] = {}

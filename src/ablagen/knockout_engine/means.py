@@ -4,9 +4,9 @@ import copy
 from typing import Any, Callable
 
 import torch
-from torch import fx, nn
+from torch import nn
 
-from ablagen.ablate import Ablation, ablate_call, ablate_head, ablate_output
+from ablagen.ablate import Ablation, ablate_call, ablate_head, ablate_output, trace
 
 from .graph import _forward, functionalize
 from .records import Knockout
@@ -36,7 +36,7 @@ def activation_means(
 ) -> dict[str, torch.Tensor]:
     """Per-position mean over the samples of ``x_train`` of each "mean" knockout's output,
     measured on the traced graph where it has a node, else with a forward hook."""
-    gm = fx.symbolic_trace(model) if traced else None
+    gm = trace(model) if traced else None
     if gm is not None:
         functionalize(gm, x_train[:2])
     keys: dict[str, Any] = {}

@@ -3,9 +3,9 @@
 import copy
 
 import torch
-from torch import fx, nn
+from torch import nn
 
-from ablagen.ablate import ablate_call, ablate_head, ablate_node, ablate_output
+from ablagen.ablate import ablate_call, ablate_head, ablate_node, ablate_output, trace
 
 from .graph import functionalize
 from .records import CorrectFn, Knockout, LossFn, Metrics, Score, _Tally
@@ -33,7 +33,7 @@ def ablated_copy(
         ablated = copy.deepcopy(model)
         ablate_output(ablated, str(k.module), op, k.call_site)
         return ablated
-    gm = fx.symbolic_trace(copy.deepcopy(model))
+    gm = trace(copy.deepcopy(model))
     if example is not None:
         functionalize(gm, example)
     target = resolve(list(gm.graph.nodes), k)

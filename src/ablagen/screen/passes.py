@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from ablagen.ablate import out_of_place
+from ablagen.ablate import out_of_place, trace
 from ablagen.knockout_engine.graph import GraphFacts, _forward, inspect_graph
 from ablagen.knockout_engine.values import _clone, _tensors
 
@@ -36,7 +36,7 @@ def prepare_graph(model: nn.Module, x: torch.Tensor) -> GraphFacts:
     modules, except where it runs cheaper ones that compute the same values
     (:func:`_stand_in`): in-place modules made out of place, eval-mode batch norms as
     the per-channel affine maps they are. In-place calls are made out of place."""
-    gm = fx.symbolic_trace(model)
+    gm = trace(model)
     for node in list(gm.graph.nodes):
         if node.op == "call_module":
             module = gm.get_submodule(node.target)

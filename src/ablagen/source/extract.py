@@ -82,28 +82,20 @@ def _embed(
     sibling_imports = [
         st for st in keep if st.is_import and _sibling(path, st) is not None
     ]
+    here = {n for st in keep if st not in sibling_imports for n in st.defines}
+    used = _used_names(keep)
     for st in sibling_imports:
         sibling = _sibling(path, st)
         assert sibling is not None
-        if st.import_from is None:
+        if st.import_from is None or _imports_modules(path, st):
             raise ModelFileError(
-                f"{path.name} imports the sibling module {sibling.stem!r} as a whole",
-                f"use `from {sibling.stem} import NAME` so ablagen can embed what the model needs",
+                f"{path.name} imports its own module {sibling.stem!r} as a whole",
+                f"import the names the model needs (`from {st.import_from or sibling.stem} "
+                "import NAME`) so ablagen can embed them",
             )
-        if "*" in st.defines:
-            raise ModelFileError(
-                f"{path.name} uses `from {sibling.stem} import *`",
-                "import the names the model needs explicitly",
-            )
-        _embed(
-            sibling,
-            set(st.defines) & _used_names(keep),
-            {},
-            chunks,
-            names,
-            files,
-            stack + (path,),
-        )
+        # `from blocks import *`: what the kept code uses and this file leaves undefined
+        wanted_there = used - here if "*" in st.defines else set(st.defines) & used
+        _embed(sibling, wanted_there, {}, chunks, names, files, stack + (path,))
     indices = {st.index for st in keep if st not in sibling_imports}
     kept = module.visit(KeepStatements(indices))
     if constants:
@@ -120,21 +112,42 @@ def _used_names(statements: list[TopLevel]) -> set[str]:
 
 
 def _sibling(path: Path, st: TopLevel) -> Path | None:
-    """The sibling file a top-level import refers to, if it is one."""
+    """The user's own file a top-level import refers to, if it is one: a module next to
+    the model file (``from blocks import Block``), a package there (``from models
+    import *``, ``from models.resnet import ResNet``) or a relative import inside one
+    (``from .layers import ConvBN``)."""
     modules = (
         [st.import_from] if st.import_from is not None else list(st.imported_modules)
     )
     for mod in modules:
-        if mod.startswith("."):
-            raise ModelFileError(
-                f"{path.name} uses the relative import `from {mod} import ...`",
-                "use an absolute import of a module next to the model file",
-            )
-        first = mod.split(".")[0]
-        for candidate in (
-            path.parent / f"{first}.py",
-            path.parent / first / "__init__.py",
-        ):
+        dots = len(mod) - len(mod.lstrip("."))
+        base = path.parent
+        for _ in range(max(dots - 1, 0)):
+            base = base.parent
+        parts = [p for p in mod[dots:].split(".") if p]
+        if not parts:  # `from . import x`: x is a module of this package
+            return path.parent / "__init__.py"
+        for candidate in (base.joinpath(*parts[:-1], f"{parts[-1]}.py"),
+                          base.joinpath(*parts, "__init__.py")):  # fmt: skip
             if candidate.is_file():
                 return candidate
+        if dots:
+            raise ModelFileError(
+                f"{path.name}: the relative import `from {mod} import ...` names no file",
+                "fix the import",
+            )
     return None
+
+
+def _imports_modules(path: Path, st: TopLevel) -> bool:
+    """``from pkg import mod``: a name that is a module of the user's package."""
+    if st.import_from is None:
+        return True
+    target = _sibling(path, st)
+    if target is None or target.name != "__init__.py":
+        return False
+    return any(
+        (target.parent / f"{name}.py").is_file() or (target.parent / name).is_dir()
+        for name in st.defines
+        if name != "*"
+    )

@@ -1,0 +1,132 @@
+"""The conformance suite: model files in the idioms of public PyTorch code (aliases,
+old-style super, config dicts, factories, sibling and package imports, module-level
+test code, forward helpers, containers, concatenation, grouped convs, shuffles,
+log-softmax outputs, hidden-state arguments), under tests/conformance/. Each is
+analyzed, generated in retrain, knockout and screen modes, and its baseline, one
+variant, knockout.py and screen.py run for one epoch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from scriptutil import load_script
+
+SUITE = Path(__file__).parent / "conformance"
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: str  # FILE.py[:NAME], relative to tests/conformance
+    flags: tuple[str, ...] = ("--input-shape", "3,8,8")
+    traceable: bool = True  # torch.fx traces it: the screen applies
+
+
+CASES = [
+    Case("alias_lenet.py:LeNet"),
+    Case("from_imports_lenet.py:LeNet"),
+    Case("named_layers.py"),
+    Case("qualified_names.py"),
+    Case("torch_aliases.py:Net"),
+    Case("vgg_cfg.py:VGG11"),
+    Case("resnet_expansion.py:ResNetTiny"),
+    Case("resnet_expansion.py:ResNetTinyBottleneck"),
+    Case("module_list_config.py"),
+    Case("module_dict_heads.py"),
+    Case("sequential_loop.py"),
+    Case("factory_noargs.py:small_cnn"),
+    Case("factory_with_args.py:wide_resnet"),
+    Case("factory_file/make_model.py:make_model"),
+    Case("sibling/net.py:Net"),
+    Case("star_sibling/net.py:Net"),
+    Case("package/main.py:build"),
+    Case("package/models/small.py:SmallNet"),
+    Case("package/models/tiny.py:tiny_net"),
+    Case("module_extras.py:Net"),
+    Case("module_instance.py:model"),
+    Case("efficient_swish.py:EfficientNet"),
+    Case("densenet_cat.py:densenet_tiny"),
+    Case("depthwise_grouped.py:MobileNet"),
+    Case("channel_shuffle.py:ShuffleNet", traceable=False),  # N, C, H, W = x.size()
+    Case("inplace_residual.py:PreActNet"),
+    Case("init_modules_loop.py"),
+    Case("log_softmax_mnist.py:Net", ("--input-shape", "1,8,8")),
+    Case("conv1d_signal.py", ("--input-shape", "2,16")),
+    Case("lstm_classifier.py", ("--input-shape", "12,6")),
+    Case("rnn_lm_hidden.py", ("--task", "lm")),
+    Case("causal_attention.py:build", ("--task", "lm"), traceable=False),  # B, T, C = x.size()
+]
+
+
+def _generate(case: Case, out: Path, capsys, *flags: str) -> Path:
+    args = ["generate", SUITE / case.spec, "--out", out, "--dataset", "synthetic"]
+    code, _, err = run_cli([*args, "--epochs", "1", *case.flags, *flags], capsys)
+    assert code == 0, err
+    return out
+
+
+def _run(script: Path, *flags: str) -> dict:
+    out = script.with_suffix(".json")
+    load_script(script).main(["--epochs", "1", "--out", str(out), *flags])
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok", result["error"]
+    return result
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.spec)
+def test_generates_and_runs(tmp_path, capsys, case):
+    shape = case.flags[:2] if case.flags[0] == "--input-shape" else ()
+    code, out, err = run_cli(["analyze", SUITE / case.spec, "--json", *shape], capsys)
+    assert code == 0, err
+    assert json.loads(out)["components"]
+    study = _generate(case, tmp_path / "retrain", capsys)
+    manifest = json.loads((study / "manifest.json").read_text())
+    variant = sorted(v["script"] for v in manifest["variants"])[0]
+    _run(study / "baseline.py")
+    _run(study / variant)
+    study = _generate(case, tmp_path / "knockout", capsys, "--mode", "knockout")
+    _run(study / "knockout.py")
+    if case.traceable:
+        study = _generate(case, tmp_path / "screen", capsys, "--mode", "screen")
+        _run(study / "screen.py")
+        return
+    args = ["generate", SUITE / case.spec, "--out", tmp_path / "screen", *case.flags]
+    code, _, err = run_cli([*args, "--mode", "screen", "--dataset", "synthetic"], capsys)
+    assert code == 2 and "torch.fx could not trace" in err and err.count("\n") == 1
+
+
+def test_aliased_imports_give_the_same_metrics_as_from_imports(tmp_path, capsys):
+    """`import torch.nn as nn` and `from torch import nn`: one model, one result."""
+    results = []
+    for spec in ("alias_lenet.py:LeNet", "from_imports_lenet.py:LeNet"):
+        study = _generate(Case(spec), tmp_path / spec.split(".")[0], capsys)
+        results.append(_run(study / "baseline.py"))
+    assert results[0]["history"] == results[1]["history"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "flags", "message"),
+    [
+        (
+            "two_inputs.py",
+            (),
+            "two_inputs.py's model takes 2 inputs; the built-in loop feeds one tensor",
+        ),
+        (
+            "seq_first_transformer.py",
+            ("--input-shape", "10,8"),
+            "mixes the samples of a batch",
+        ),
+    ],
+)
+def test_what_the_built_in_loop_cannot_feed_is_refused_in_one_line(
+    tmp_path, capsys, spec, flags, message
+):
+    args = ["generate", SUITE / spec, "--out", tmp_path / "s", "--dataset", "synthetic"]
+    code, _, err = run_cli([*args, *flags], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()
