@@ -122,9 +122,10 @@ def test_kill_9_loses_nothing_and_reruns_nothing(tmp_path: Path) -> None:
     finished = counter(study)
     for variant, seed in survived:  # stored before the kill: never run again
         assert finished[f"{variant} {seed}"] == 1
-    assert sum(finished.values()) - sum(finished_before.values()) == len(
-        VARIANTS
-    ) - len(survived)
+    # every run completed exactly once: one that finished but was not yet stored
+    # when the orchestrator died is stored from its result file, not run again
+    assert finished == {f"{variant} 0": 1 for variant in VARIANTS}
+    assert sum(finished_before.values()) >= len(survived)
 
 
 def test_sigterm_stops_runs_and_gives_their_rows_back(tmp_path: Path) -> None:

@@ -342,8 +342,14 @@ class _Zygotes:
         return [a for a, _ in pairs]
 
     def last_words(self) -> str:
+        """The workers' last stderr line, else how the last zygote ended (killed?)."""
         lines = read_tail(self.stderr_path).strip().splitlines()
-        return lines[-1] if lines else ""
+        if lines:
+            return lines[-1]
+        code = self.procs[-1].poll() if self.procs else None
+        if code is not None and code < 0:
+            return f"its zygote was killed by signal {-code}"
+        return ""
 
     def stop(self) -> None:
         for proc in self.procs:  # they end once their workers' sockets are closed
