@@ -529,3 +529,77 @@ def test_a_stream_shorter_than_announced_fails_loudly():
     model, ks, x, y = _curved_case()
     with pytest.raises(ValueError, match="held 41 validation samples, not 50"):
         screen_batches(model, ks, x, _loader(x, y, 8), 50, F.cross_entropy, no_accuracy)
+
+
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_the_hook_path_gives_the_graphs_estimates(batch_size):
+    """traced=False (a model torch.fx cannot trace): probes on hooks give the graph
+    path's first-order estimates (exact on the linear model: every method, blocks,
+    heads) and its Gauss-Newton term along the gradient (rank 1) on a curved one."""
+    torch.manual_seed(0)
+    model = Linear().double().eval()
+    x, y = _data(50)
+    graph = screen_knockouts(model, KNOCKOUTS, x, x, y, linear_loss, no_accuracy)
+    hooks = screen_batches(
+        model, KNOCKOUTS, x, _loader(x, y, 20), 50, linear_loss, no_accuracy,
+        batch_size=batch_size, traced=False,
+    )  # fmt: skip
+    exact, _ = _exact(model, KNOCKOUTS, x, x, y, linear_loss, no_accuracy)
+    assert hooks.stats["path"] == "hooks"
+    assert hooks.baseline.loss == pytest.approx(graph.baseline.loss, rel=1e-12)
+    for k, a, b in zip(KNOCKOUTS, graph.estimates, hooks.estimates, strict=True):
+        assert b.status == "ok", b.error
+        assert b.delta_loss == pytest.approx(a.delta_loss, rel=1e-9, abs=1e-15)
+        assert b.delta_loss == pytest.approx(exact[k.variant_id], abs=1e-9)
+    model, ks, x, y = _curved_case()
+    graph = screen_knockouts(
+        model, ks, x, x, y, F.cross_entropy, no_accuracy, ggn_rank=1
+    )
+    hooks = screen_knockouts(
+        model, ks, x, x, y, F.cross_entropy, no_accuracy, batch_size=batch_size,
+        traced=False,
+    )  # fmt: skip
+    assert hooks.curvature == graph.curvature == "ggn"
+    for a, b in zip(graph.estimates, hooks.estimates, strict=True):
+        assert b.first_order == pytest.approx(a.first_order, rel=1e-9, abs=1e-15)
+        assert b.curvature == pytest.approx(a.curvature, rel=1e-9, abs=1e-15)
+        assert b.curvature > 0
+
+
+def test_the_hook_path_weighs_heads_and_skips_what_has_no_sample_axis():
+    torch.manual_seed(0)
+    model = Heads().double().eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 5, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    ks = [
+        Knockout(f"proj.h{h}:mask", "mask", out_proj="proj", head=h, num_heads=2)
+        for h in range(2)
+    ]
+    exact, _ = _exact(model, ks, x, x, y, linear_loss, no_accuracy)
+    hooks = screen_knockouts(
+        model, ks, x, x, y, linear_loss, no_accuracy, batch_size=16, traced=False
+    )
+    for k, est in zip(ks, hooks.estimates):
+        assert est.delta_loss == pytest.approx(exact[k.variant_id], abs=1e-9)
+        assert abs(exact[k.variant_id]) > 1e-3
+
+    class Table(nn.Module):  # a parameter added to every sample: no sample axis
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Embedding(1, 4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x + self.bias(torch.zeros(1, dtype=torch.long)))
+
+    x, y = _data(10)
+    ks = [
+        Knockout("bias:zero", "zero", module="bias"),
+        Knockout("fc:zero", "zero", module="fc"),
+    ]
+    skipped, ok = screen_knockouts(
+        Table().double(), ks, x, x, y, linear_loss, no_accuracy, traced=False
+    ).estimates
+    assert skipped.status == "skipped" and "one value per sample" in skipped.error
+    assert ok.status == "ok"

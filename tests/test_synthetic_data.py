@@ -6,6 +6,7 @@ ablate end to end (retrain, knockout), a plain-torch GPT screens."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -239,3 +240,35 @@ def test_a_plain_torch_gpt_screens_lm_on_synthetic_data(tmp_path, capsys):
     heads = {k: v for k, v in result["variants"].items() if "heads[" in k}
     assert len(heads) == 8 and all(v["status"] == "ok" for v in heads.values())
     assert result["screen"]["curvature"] == "none"  # first order: no class logits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model, task", [("gpt2_lm", "lm"), ("bert_classifier", "classification")]
+)
+def test_hf_models_screen_on_synthetic_data(tmp_path, capsys, model, task):
+    """No torch.fx graph: screen.py probes on hooks. Every component but the position
+    table (one value for all samples) is estimated; zeroing GPT-2's lm_head gives
+    uniform scores, loss ln 40, which the first-order estimate comes close to."""
+    study = _cli_generate(
+        capsys,
+        f"{_hf_file(tmp_path)}:{model}",
+        tmp_path / "s",
+        task,
+        "--mode",
+        "screen",
+    )
+    assert "traced=False" in (study / "screen.py").read_text()
+    result = _run(study, "screen.py")
+    assert result["screen"]["path"] == "hooks"
+    variants = result["variants"]
+    skipped = {k for k, v in variants.items() if v["status"] != "ok"}
+    positions = {
+        "gpt2_lm": "transformer.wpe:zero",
+        "bert_classifier": "bert.embeddings.position_embeddings:zero",
+    }
+    assert skipped == {positions[model]}
+    assert len(variants) > 12
+    if task == "lm":
+        estimate = variants["lm_head:zero"]["final"]["val_loss"]
+        assert estimate == pytest.approx(math.log(40), rel=0.05)

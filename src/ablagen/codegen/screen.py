@@ -66,11 +66,6 @@ def render_screen(
             f"{len(loaded.example_inputs)} inputs",
             fix,
         )
-    if not inventory.traced and not custom_templates:
-        raise ConfigError(
-            f"screen mode needs a torch.fx graph, and torch.fx could not trace {loaded.path}'s model",
-            "use --mode knockout (hooks on one copy per ablation) or --mode retrain",
-        )
     ctx = ScriptContext(
         script_name=SCREEN_SCRIPT,
         variant_id=BASELINE_ID,  # the script's own training run is the baseline
@@ -84,6 +79,7 @@ def render_screen(
             "curvature": DEFAULT_CURVATURE,
             "ggn_rank": GGN_RANK,
             "ggn_share": GGN_SHARE,
+            "traced": inventory.traced,  # else the screen probes on hooks
         },
         **base,
     )

@@ -35,7 +35,7 @@ from .records import CURVATURES, Estimate, ScreenReport
 from .run import GGN_RANK, GGN_SHARE, screen_batches, screen_knockouts
 
 #: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
-EMBED_ORDER = ("records", "estimates", "passes", "run")
+EMBED_ORDER = ("records", "estimates", "passes", "hooks", "run")
 
 __all__ = [
     "CURVATURES",

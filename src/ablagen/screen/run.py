@@ -17,6 +17,7 @@ from ablagen.knockout_engine.records import CorrectFn, Knockout, LossFn, _Tally
 from ablagen.knockout_engine.targets import ablation_for, resolve
 
 from .estimates import NodeTerms, Scratch
+from .hooks import screen_by_hooks
 from .passes import _detach, forward_pass, gradient_rows, prepare_graph, pull_back
 from .records import CURVATURES, Estimate, ScreenReport
 
@@ -93,6 +94,7 @@ def screen_knockouts(
     curvature: str = "ggn",
     ggn_rank: int = GGN_RANK,
     ggn_share: float = GGN_SHARE,
+    traced: bool = True,
 ) -> ScreenReport:
     """:func:`screen_batches` on validation data held in memory (one batch)."""
     return screen_batches(
@@ -108,6 +110,7 @@ def screen_knockouts(
         curvature,
         ggn_rank,
         ggn_share,
+        traced,
     )
 
 
@@ -124,6 +127,7 @@ def screen_batches(
     curvature: str = "ggn",
     ggn_rank: int = GGN_RANK,
     ggn_share: float = GGN_SHARE,
+    traced: bool = True,
 ) -> ScreenReport:
     """Estimate every knockout's change of the mean validation loss (see the package doc).
 
@@ -132,7 +136,9 @@ def screen_batches(
     before the end; then every sample gets the ``ggn_rank`` directions, as with
     ``ggn_share=1``). The estimates are sums over the samples, so they do not depend
     on how the data are batched; a batch larger than a pass may hold is cut into
-    passes as the data held in memory are.
+    passes as the data held in memory are. ``traced=False`` (a model torch.fx cannot
+    trace): probes on hooks instead of the graph (:mod:`.hooks`), first order and the
+    Gauss-Newton term along the gradient, in passes of ``batch_size`` samples.
 
     The validation data go through in chunks small enough that one pass's values fit
     half of ``max_batch_mb`` (``batch_size``: the batches of the mean activations'
@@ -162,7 +168,17 @@ def screen_batches(
     samples = samples if known else len(x_val)  # a bound of the pass size till the end
     model.eval()
     wanted = [k for k in knockouts if k.method == "mean"]
-    means = activation_means(model, wanted, x_train, batch_size) if wanted else {}
+    means = (
+        activation_means(model, wanted, x_train, batch_size, traced=traced)
+        if wanted
+        else {}
+    )
+    if not traced:
+        stream = itertools.chain([first], batches)
+        return _hook_report(
+            model, knockouts, means, stream, samples if known else None,
+            loss_fn, correct_fn, batch_size, curvature, started,
+        )  # fmt: skip
     facts = prepare_graph(model, x_val)
     notes = [facts.unsafe] if facts.unsafe else []
     ops: dict[str, Ablation] = {}
@@ -241,6 +257,62 @@ def screen_batches(
         "gradient_rows": max(1, directions),
         "ggn_samples": split if ggn else 0,
         "kept_peak_bytes": kept_peak,
+        "screen_time_s": time.perf_counter() - started,
+    }
+    return ScreenReport(
+        base.metrics(),
+        tuple(done[k.variant_id] for k in knockouts),
+        curvature if ggn else "none",
+        tuple(notes),
+        stats,
+    )
+
+
+def _hook_report(
+    model: nn.Module,
+    knockouts: list[Knockout],
+    means: dict[str, torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    samples: int | None,
+    loss_fn: LossFn,
+    correct_fn: CorrectFn,
+    batch_size: int,
+    curvature: str,
+    started: float,
+) -> ScreenReport:
+    """:func:`screen_batches` of a model without a graph: :func:`~.hooks.screen_by_hooks`."""
+    ops: dict[str, Ablation] = {}
+    done: dict[str, Estimate] = {}
+    for k in knockouts:
+        try:
+            ops[k.variant_id] = ablation_for(k, means.get(k.variant_id))
+        except (ValueError, LookupError) as exc:
+            done[k.variant_id] = Estimate(k.variant_id, "skipped", None, error=str(exc))
+    base, terms, skipped, seen, ggn = screen_by_hooks(
+        model, knockouts, ops, batches, loss_fn, correct_fn, batch_size, curvature
+    )
+    if samples is not None and seen != samples:
+        raise ValueError(f"the batches held {seen} validation samples, not {samples}")
+    n = max(1, seen)
+    for vid in ops:
+        if vid in skipped:
+            done[vid] = Estimate(vid, "skipped", None, error=skipped[vid])
+        else:
+            first, second = terms[vid][0] / n, terms[vid][1] / n
+            done[vid] = Estimate(vid, "ok", first + second, first, second)
+    notes = [
+        "no torch.fx graph: probes on hooks, the Gauss-Newton term along the gradient only"
+    ]
+    if curvature == "ggn" and not ggn and ops:
+        notes.append(
+            "first order only: the Gauss-Newton term needs class logits (N, C) "
+            "scored against integer labels"
+        )
+    stats = {
+        "path": "hooks",
+        "chunk_samples": batch_size,
+        "gradient_rows": 1,
+        "ggn_samples": seen if ggn else 0,
         "screen_time_s": time.perf_counter() - started,
     }
     return ScreenReport(
