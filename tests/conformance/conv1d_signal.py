@@ -20,4 +20,4 @@ class SignalNet(nn.Module):
         h = self.features(x)
         if mask is not None:
             h = h * mask
-        return self.head(h.mean(-1))
+        return self.head(torch.tanh(h).mean(-1))

@@ -248,6 +248,9 @@ class ModelInfo:
     )
     output_note: str = ""  # what the model returns, said in the script
     typed_path: str = ""  # the model file as the user typed it, for messages
+    #: forward's later parameters with their defaults (Python literals), for torch.fx:
+    #: ``mask=None`` is traced as None (see ablate.trace)
+    trace_defaults: str = ""
 
     @property
     def display(self) -> str:
@@ -373,8 +376,6 @@ class ScriptContext:
         ]
         if not names:
             return ""
-        if any(a.template == "fx_node" for a in self.ablations):
-            names.insert(0, ablate.trace.__name__)  # the graph the node is ablated on
         comment = "ablation operators (from ablagen.ablate: the knockout engine runs them too)"
         return extract_definitions(ablate, tuple(dict.fromkeys(names)), comment)
 

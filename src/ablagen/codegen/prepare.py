@@ -9,7 +9,9 @@ on to the importance-guided arms, so nothing is loaded or traced twice.
 
 from __future__ import annotations
 
+import ast
 import functools
+import inspect
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -138,7 +140,9 @@ def _model_info(
     batch: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> ModelInfo:
     user_data = ("build_data", "build_datasets", "build_loaders")
-    wanted = {loaded.ref.name} | ({data.dataset} if data.dataset in user_data else set())
+    wanted = {loaded.ref.name} | (
+        {data.dataset} if data.dataset in user_data else set()
+    )
     constants = {}
     if opts.dropout is not None:
         if not 0 <= opts.dropout < 1:
@@ -164,7 +168,9 @@ def _model_info(
     if data.dataset == "synthetic":
         check_synthetic(opts.train.task, first, loaded.example_inputs[0][0], where)
     classes = (
-        len(data.classes) if data.classes else count_classes(loaded.module, data.dataset)
+        len(data.classes)
+        if data.classes
+        else count_classes(loaded.module, data.dataset)
     )
     if classes and opts.train.task == "classification" and first.shape[-1] < classes:
         raise ConfigError(
@@ -189,4 +195,22 @@ def _model_info(
         output=access.suffix,
         output_note=access.note,
         typed_path=str(loaded.path),
+        trace_defaults=_trace_defaults(loaded.model),
     )
+
+
+def _trace_defaults(model: torch.nn.Module) -> str:
+    """forward's defaulted parameters after the input, as a dict literal for torch.fx
+    (``{"mask": None}``); "" when there are none or one is not a literal."""
+    later = list(inspect.signature(model.forward).parameters.values())[1:]
+    defaults = {
+        p.name: p.default
+        for p in later
+        if p.default is not p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    try:
+        if ast.literal_eval(repr(defaults)) == defaults:
+            return repr(defaults) if defaults else ""
+    except (ValueError, SyntaxError):
+        pass
+    return ""
