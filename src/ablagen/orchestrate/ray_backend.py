@@ -277,7 +277,10 @@ class RayBackend:
 
     def _new_actor(self) -> Any:
         return self._actor_class.remote(
-            ray_warm.WORKER.read_text(encoding="utf-8"), self.preload, self.threads
+            ray_warm.WORKER.read_text(encoding="utf-8"),
+            self.preload,
+            self.threads,
+            (socket.gethostname(), os.getpid()),  # the slot ends with this driver
         )
 
     def _start_slots(self) -> None:

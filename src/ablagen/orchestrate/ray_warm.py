@@ -6,6 +6,12 @@ the worker imports torch once and runs each script in a fresh fork (``runpy``), 
 in the local pool, with the same request and reply (see :mod:`.worker`). The worker
 is a child, not the actor itself: forking a process that runs Ray's gRPC threads is
 unsafe.
+
+No process outlives the driver: on the driver's own host a slot looks every
+``DRIVER_POLL_S`` whether the driver's pid still runs and ends itself (and its
+worker's group) when it does not, without waiting for Ray to notice; its zygote
+dies with the actor (``PR_SET_PDEATHSIG``: a sync actor runs on its main thread),
+and the worker's runs die with the worker, as in the local pool.
 """
 
 from __future__ import annotations
@@ -18,10 +24,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 LOG_LIMIT = 1 << 20  # bytes of a run's log sent back to the driver (its end)
+DRIVER_POLL_S = 0.2  # how often a slot checks that its driver still runs
+PARENT_ENV = "ABLAGEN_PARENT_PID"  # worker.py's zygote dies with this process
 WORKER = Path(__file__).with_name("worker.py")
 
 
@@ -42,9 +52,19 @@ class WarmSlot:
     fails the run it had (as in the local pool) and is started again for the next.
     """
 
-    def __init__(self, worker_source: str, modules: list[str], threads: int) -> None:
+    def __init__(
+        self,
+        worker_source: str,
+        modules: list[str],
+        threads: int,
+        driver: tuple[str, int] | None = None,
+    ) -> None:
         if not hasattr(os, "fork"):
             raise RuntimeError(f"no os.fork on {socket.gethostname()}")
+        if driver is not None and driver[0] == socket.gethostname():
+            threading.Thread(
+                target=self._watch_driver, args=(driver[1],), daemon=True
+            ).start()
         self.dir = tempfile.mkdtemp(prefix="ablagen-ray-slot-")
         self.worker_path = os.path.join(self.dir, "worker.py")
         Path(self.worker_path).write_text(worker_source, encoding="utf-8")
@@ -57,12 +77,29 @@ class WarmSlot:
         self.runs = 0
         self._spawn()  # imports start now, while the driver claims the first runs
 
+    def _watch_driver(self, pid: int) -> None:
+        """End this actor, its worker and that worker's run once the driver is gone."""
+        while True:
+            time.sleep(DRIVER_POLL_S)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+        proc = self.proc
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, 9)  # the zygote's session: zygote and worker
+        os._exit(1)
+
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
         n = str(self.threads)
         env = dict(
             os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, PYTHONUNBUFFERED="1"
         )
+        env[PARENT_ENV] = str(os.getpid())  # spawned on the actor's main thread
         with open(self.errlog, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, self.worker_path, str(theirs.fileno()), *self.modules],
