@@ -23,7 +23,7 @@ SUITE = Path(__file__).parent / "conformance"
 class Case:
     spec: str  # FILE.py[:NAME], relative to tests/conformance
     flags: tuple[str, ...] = ("--input-shape", "3,8,8")
-    traceable: bool = True  # torch.fx traces it: the screen applies
+    traceable: bool = True  # torch.fx traces it (else the screen probes on hooks)
 
 
 CASES = [
