@@ -130,3 +130,15 @@ def test_what_the_built_in_loop_cannot_feed_is_refused_in_one_line(
     code, _, err = run_cli([*args, *flags], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "s").exists()
+
+
+def test_study_takes_the_input_shape_in_one_command(tmp_path, capsys):
+    """A file with no INPUT_SHAPE and no data is studied in one command, as generated."""
+    out = tmp_path / "study"
+    args = ["study", SUITE / "alias_lenet.py:LeNet", "--input-shape", "3,8,8"]
+    args += ["--out", out, "--dataset", "synthetic", "--epochs", "1", "--seeds", "0"]
+    code, _, err = run_cli([*args, "--mode", "knockout", "--no-arms", "--quiet"], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["input_shape"] == "3,8,8"
+    assert (out / "report.md").is_file()

@@ -20,6 +20,7 @@ from ablagen.cli.options import (
     GpusOpt,
     GpusPerRunOpt,
     GradAccumOpt,
+    InputShapeOpt,
     KeepCheckpointsOpt,
     ModelArg,
     NeuronGroupsOpt,
@@ -156,6 +157,7 @@ def study(
         str | None, typer.Option(help="Ablation methods (see generate).")
     ] = _GEN.methods,
     neuron_groups: NeuronGroupsOpt = _GEN.neuron_groups,
+    input_shape: InputShapeOpt = _GEN.input_shape,
     dataset: Annotated[str | None, typer.Option(help="See generate.")] = _GEN.dataset,
     target: Annotated[str | None, typer.Option(help="See generate.")] = _GEN.target,
     image_size: Annotated[
@@ -173,12 +175,23 @@ def study(
             help="classification | regression | multilabel | tokens | lm (lm ranks by val_ppl unless --metric is given)."
         ),
     ] = STUDY_TRAIN.task,
-    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = STUDY_TRAIN.epochs,
+    epochs: Annotated[
+        int,
+        typer.Option(help="Epochs per run (a study trains longer than generate's 5)."),
+    ] = STUDY_TRAIN.epochs,
     lr: Annotated[float, typer.Option()] = STUDY_TRAIN.lr,
     optimizer: Annotated[str, typer.Option()] = STUDY_TRAIN.optimizer,
-    scheduler: Annotated[str, typer.Option()] = STUDY_TRAIN.scheduler,
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="none | step | exponential | cosine | cyclic | warmup (generate's default: none)."
+        ),
+    ] = STUDY_TRAIN.scheduler,
     patience: Annotated[
-        int | None, typer.Option(help="Early stopping patience in epochs.")
+        int | None,
+        typer.Option(
+            help="Early stopping patience in epochs (generate's default: off)."
+        ),
     ] = STUDY_TRAIN.patience,
     amp: AmpOpt = STUDY_TRAIN.amp,
     channels_last: ChannelsLastOpt = STUDY_TRAIN.channels_last,
@@ -241,6 +254,7 @@ def study(
         kinds=kinds,
         methods=methods,
         neuron_groups=neuron_groups,
+        input_shape=input_shape,
         mode=mode,
         dataset=dataset,
         target=target,
