@@ -213,3 +213,14 @@ def test_a_model_file_redefining_a_builtin_the_script_uses_is_refused(
     assert code == 2 and err.count("\n") == 1
     assert f"{model} redefines the builtin len" in err and "rename it" in err
     assert not out.exists()
+
+
+def test_a_model_file_defining_new_model_is_refused_in_one_line(tmp_path, capsys):
+    """new_model() sits next to the model's source: neither can give way."""
+    model = tmp_path / "model.py"
+    model.write_text(PLAIN.format(defs="def new_model():\n    return 1\n", use=" * new_model()"))
+    out = tmp_path / "study"
+    code, _, err = run_cli(["generate", model, "--out", out, "--dataset", "synthetic"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"{model} defines new_model, which baseline.py defines next to" in err
+    assert not out.exists()

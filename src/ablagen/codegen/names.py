@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import libcst as cst
@@ -37,6 +38,12 @@ def bindings(code: str) -> Mapping[str, frozenset[str]]:
         for name, bound in _bound_by(statement):
             found.setdefault(name, set()).add(bound)
     return {name: frozenset(bound) for name, bound in found.items()}
+
+
+def binding_counts(code: str) -> Counter[str]:
+    """How many top-level bindings of each name ``code`` makes."""
+    statements = _top_level(ast.parse(code).body)
+    return Counter(name for st in statements for name, _ in _bound_by(st))
 
 
 def _top_level(body: list[ast.stmt]) -> Iterable[ast.stmt]:
@@ -205,7 +212,9 @@ class _Rename(cst.CSTTransformer):
         )
         if original.asname is None and "." in bound:
             bound = bound.split(".")[0]
-            if bound in self.mapping:  # `import a.b` binds `a`, and `as` would bind `a.b`
+            if (
+                bound in self.mapping
+            ):  # `import a.b` binds `a`, and `as` would bind `a.b`
                 raise Unrenamable(bound)
         if bound not in self.mapping:
             return updated

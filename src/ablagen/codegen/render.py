@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections import Counter
 import operator
 import re
 import traceback
@@ -27,6 +28,7 @@ from ablagen.codegen.env import TOP_TEMPLATE
 from ablagen.codegen.names import (
     BUILTINS,
     Unrenamable,
+    binding_counts,
     bindings,
     clashing_names,
     fresh_names,
@@ -91,6 +93,15 @@ def _give_way(ctx: ScriptContext, sections: list[str]) -> list[str]:
     if len(ours) == len(sections):  # a template without the model's source
         return sections
     model = bindings(ctx.model.source)
+    beside = sum(  # the template's own names next to the source (new_model)
+        (binding_counts(s) for i, s in enumerate(sections) if i not in ours), Counter()
+    ) - binding_counts(ctx.model.source)
+    if clash := sorted(beside.keys() & model.keys()):
+        raise ModelFileError(
+            f"{ctx.model.display} defines {', '.join(clash)}, which {ctx.script_name} "
+            "defines next to the model's source",
+            "rename it in the model file",
+        )
     script = _merged(sections[i] for i in ours)
     used = frozenset().union(*(identifiers(sections[i]) for i in ours))
     shadowed = sorted((model.keys() & BUILTINS & used) - script.keys())
