@@ -142,3 +142,22 @@ def test_study_takes_the_input_shape_in_one_command(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["input_shape"] == "3,8,8"
     assert (out / "report.md").is_file()
+
+
+def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(
+    tmp_path, capsys
+):
+    """nanoGPT's forward without targets returns (batch, 1, vocab): cross-entropy on
+    one label per sample cannot train on it, so generate says so, not every run."""
+    model = tmp_path / "last.py"
+    model.write_text(
+        "import torch\nfrom torch import nn\n\nINPUT_SHAPE = (4,)\n\n\n"
+        "class Last(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 3)\n\n    def forward(self, x):\n"
+        "        return self.fc(x)[:, None, :]\n"
+    )
+    out = tmp_path / "s"
+    code, _, err = run_cli(["generate", model, "--out", out, "--dataset", "synthetic"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "needs one score vector per sample" in err and "returns (2, 1, 3)" in err
+    assert not out.exists()

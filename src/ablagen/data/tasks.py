@@ -45,6 +45,15 @@ class Task:
                 f"but the model in {where} returns {shape}",
                 _fix(self.name),
             )
+        labels_per_sample = target is None or target.dim() == 1
+        if self.name == "classification" and prediction.dim() > 2 and labels_per_sample:
+            raise ConfigError(
+                f"--task classification needs one score vector per sample "
+                f"{self.shape_hint} for one label per sample, but the model in {where} "
+                f"returns {shape}",
+                "return one vector per sample (e.g. logits[:, -1]), give per-position "
+                "labels, or pick --task lm or tokens",
+            )
         if target is None:
             return
         if self.name in ("tokens", "lm") and tuple(target.shape) != shape[:2]:
