@@ -97,6 +97,7 @@ class Report:
     driver_kills: int = 0
     worker_kills: int = 0
     disk_full: str = "none"  # tmpfs | hook | none
+    disk_exit: int | None = None  # the exit code of the session that met it
     sessions: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -161,7 +162,9 @@ def run_cmd(study: Path, jobs: int) -> list[str]:
 
 def ok_rows(study: Path) -> dict[tuple[str, int], dict]:
     """(variant, seed) -> result of every ok row."""
-    rows = query(study, "SELECT variant_id, seed, result_json FROM runs WHERE status = 'ok'")
+    rows = query(
+        study, "SELECT variant_id, seed, result_json FROM runs WHERE status = 'ok'"
+    )
     out = {}
     for variant, seed, text in rows:
         result = json.loads(text)
@@ -242,7 +245,9 @@ class Chaos:
         self.report.exit_codes.append(code)
         return code
 
-    def kill_driver(self, proc: subprocess.Popen[bytes], gap: float, early: bool) -> None:
+    def kill_driver(
+        self, proc: subprocess.Popen[bytes], gap: float, early: bool
+    ) -> None:
         """SIGKILL the driver (alone or with its group) at a random moment."""
         if early:  # while the pool imports torch
             time.sleep(self.rng.uniform(0.1, 1.5))
@@ -366,10 +371,10 @@ def disk_fault(chaos: Chaos, disk: str, log) -> None:
     """One session meets a full disk; the next ones find room again."""
     study = chaos.study
     flag = study.parent / "full.flag"
-    if disk == "tmpfs":
+    if disk == "tmpfs":  # once runs are finishing in this session
+        before, deadline = len(ok_rows(study)), time.monotonic() + 120
         proc = chaos.start()
-        deadline = time.monotonic() + 120
-        while running_rows(study) == 0 and proc.poll() is None:
+        while len(ok_rows(study)) == before and proc.poll() is None:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -381,6 +386,7 @@ def disk_fault(chaos: Chaos, disk: str, log) -> None:
     code = chaos.finish(proc, timeout=300)
     if code is None:
         kill_all(session_pids(proc.pid))
+    chaos.report.disk_exit = code
     log(f"disk full ({disk}): `ablagen run` exited {code}")
     (study.parent / "fill.bin").unlink(missing_ok=True)
     flag.unlink(missing_ok=True)
@@ -388,12 +394,16 @@ def disk_fault(chaos: Chaos, disk: str, log) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--groups", type=int, default=246, help="neuron groups (+5 scripts)")
+    parser.add_argument(
+        "--groups", type=int, default=246, help="neuron groups (+5 scripts)"
+    )
     parser.add_argument("--kills", type=int, default=20, help="driver SIGKILLs")
     parser.add_argument("--worker-kills", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="of the fault schedule")
-    parser.add_argument("--disk", choices=("auto", "tmpfs", "hook", "none"), default="auto")
+    parser.add_argument(
+        "--disk", choices=("auto", "tmpfs", "hook", "none"), default="auto"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"runs {report.runs}, driver kills {report.driver_kills}, worker kills"
             f" {report.worker_kills}, disk full {report.disk_full}, sessions"
-            f" {report.sessions}\nlost {report.lost}, duplicated {report.duplicated},"
+            f" {report.sessions} (the full disk's exited {report.disk_exit})\nlost {report.lost}, duplicated {report.duplicated},"
             f" differing {report.differing}, orphans {report.orphans} (after each kill:"
             f" {report.orphans_per_kill}), left over {report.leftover}, integrity"
             f" {report.integrity}\nwall time {report.chaos_s:.1f} s under chaos,"

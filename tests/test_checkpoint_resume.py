@@ -92,7 +92,7 @@ def _kill_after_first_checkpoint(script: Path, ckpt: Path, *args: str) -> None:
     [
         (False, {"sigma": 0.01}, None),
         (True, {}, 0),
-        (True, {}, 2),  # DataLoader worker processes: their seeds come from the checkpoint
+        (True, {}, 2),  # DataLoader workers: seeded from the checkpointed generator
         (False, {"sigma": 0.01, "amp": "bf16", "grad_accum": 2}, None),
         (False, {"sigma": 0.01, "noise_schedule": "adaptive"}, None),
     ],

@@ -42,7 +42,10 @@ class Net(nn.Module):
         ("net = Net(\n    WIDTH,\n)\n", "Net(\n    WIDTH,\n)"),
         ("net: nn.Module = Net(4)\n", "Net(4)"),
         ("net = Net(4)\n\ndef show():\n    print(net)\n", "Net(4)"),
-        ('net = Net(4)\nif __name__ == "__main__":\n    print(net(torch.ones(1, 8)))\n', "Net(4)"),
+        (
+            'net = Net(4)\nif __name__ == "__main__":\n    print(net(torch.ones(1, 8)))\n',
+            "Net(4)",
+        ),
         ("net = Net(4)\nnet.eval()\n", None),  # changed after it was built
         ("net = Net(4)\nnet = Net(8)\n", None),  # built twice
         ("net = nets[0]\n", None),  # not a call
@@ -71,7 +74,9 @@ def test_an_instance_is_built_after_seeding_like_a_factory(tmp_path: Path) -> No
     instance = tmp_path / "instance.py"
     instance.write_text(textwrap.dedent(NET) + "net = Net(WIDTH)\n")
     factory = tmp_path / "factory.py"
-    factory.write_text(textwrap.dedent(NET) + "def build_model():\n    return Net(WIDTH)\n")
+    factory.write_text(
+        textwrap.dedent(NET) + "def build_model():\n    return Net(WIDTH)\n"
+    )
     a = generate(instance, tmp_path / "a", dataset="synthetic") / "baseline.py"
     b = generate(factory, tmp_path / "b", dataset="synthetic") / "baseline.py"
     assert "return Net(WIDTH)" in a.read_text() and "deepcopy" not in a.read_text()
@@ -85,7 +90,9 @@ def test_an_instance_changed_after_it_is_built_is_refused(tmp_path, capsys) -> N
     model = tmp_path / "changed.py"
     model.write_text(textwrap.dedent(NET) + "net = Net(WIDTH)\nnet.eval()\n")
     out = tmp_path / "s"
-    assert main(["generate", str(model), "--out", str(out), "--dataset", "synthetic"]) == 2
+    assert (
+        main(["generate", str(model), "--out", str(out), "--dataset", "synthetic"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "changed.py:net is a model instance" in err and "def build_model()" in err

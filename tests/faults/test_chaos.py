@@ -28,7 +28,8 @@ def test_chaos_soak_loses_nothing(tmp_path: Path) -> None:
     report = chaos.soak(tmp_path, groups=25, kills=5, worker_kills=3, log=print)
     assert report.runs == 60 and report.driver_kills == 5
     assert report.disk_full in ("tmpfs", "hook")
-    assert 2 in report.exit_codes  # the full disk stopped a session, in one line
+    # the full disk stopped a session (exit 2, one line)
+    assert report.disk_exit == 2, (report.exit_codes, report.errors)
     assert report.lost == 0
     assert report.duplicated == 0, report.duplicates
     assert report.differing == 0

@@ -25,7 +25,7 @@ pytestmark = [
 
 #: declares --resume-from (so it gets a checkpoint), says when it started and
 #: whether its checkpoint's lock was held while it ran
-SCRIPT = '''
+SCRIPT = """
 import argparse, fcntl, json, os, time
 
 parser = argparse.ArgumentParser()
@@ -45,16 +45,16 @@ result = {"schema": 1, "status": "ok", "final": {"val_acc": 1.0}, "history": [],
           "started": started, "held": held, "error": None}
 with open(args.out, "w") as fh:
     json.dump(result, fh)
-'''
+"""
 
-HOLDER = '''
+HOLDER = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
 fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))
 print(time.time(), flush=True)
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,10 @@ def test_a_run_waits_for_the_live_holder_of_its_checkpoint(tmp_path: Path) -> No
     assert status == "ok" and data["held"]  # the run held the lock while it ran
     assert data["started"] >= released  # ... and started only once the orphan was gone
     log = (study / spec.log_path).read_text()
-    assert f"waiting for the process that holds {checkpoints.lock_path(spec.checkpoint)}" in log
+    assert (
+        f"waiting for the process that holds {checkpoints.lock_path(spec.checkpoint)}"
+        in log
+    )
     assert not lock.exists()  # an ok run's checkpoint files go, the lock with them
 
 

@@ -52,7 +52,9 @@ def test_a_stored_runs_leftover_result_is_not_taken_for_a_retry(tmp_path: Path) 
 
 
 def test_a_run_killed_after_writing_its_result_is_ok(tmp_path: Path) -> None:
-    study = make_study(tmp_path / "study", {"baseline": "diesafter", "b:zero": "sigkill"})
+    study = make_study(
+        tmp_path / "study", {"baseline": "diesafter", "b:zero": "sigkill"}
+    )
     assert main(["run", str(study), "--quiet"]) == 1
     rows = {v: status for v, _, status, _ in db_rows(study)}
     assert rows == {"baseline": "ok", "b:zero": "crashed"}  # b died before writing

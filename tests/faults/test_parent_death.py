@@ -62,9 +62,7 @@ def start(study: Path, env: dict[str, str] | None = None) -> subprocess.Popen[by
 
 @pytest.mark.parametrize("target", ["orchestrator", "group"])
 def test_kill_9_leaves_no_process_of_the_study(tmp_path: Path, target: str) -> None:
-    study = make_study(
-        tmp_path / "study", {"baseline": "family", "a:zero": "family"}
-    )
+    study = make_study(tmp_path / "study", {"baseline": "family", "a:zero": "family"})
     env = dict(os.environ, ABLAGEN_PRESTART="0")
     proc = start(study, env)
     family = study / "counter.txt.family"
@@ -109,7 +107,9 @@ def test_a_pool_process_killed_while_it_imports_is_replaced(tmp_path: Path) -> N
         for pid in session_pids(proc.pid):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                ppid = int(
+                    Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
             except (OSError, ValueError):
                 continue
             if b"worker.py" in cmd and ppid == proc.pid:

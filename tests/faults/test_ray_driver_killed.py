@@ -94,14 +94,19 @@ def test_killing_the_ray_driver_leaves_no_process_and_resumes(tmp_path: Path) ->
     assert ours == []  # no WarmSlot actor, idle worker, zygote, worker or run
 
     # 2. runs that finish: killed after the first is stored, resumed, compared
-    variants = {"baseline": ("ok", 1.0), **{f"v{i}:zero": ("ok", 1.0) for i in range(5)}}
+    variants = {
+        "baseline": ("ok", 1.0),
+        **{f"v{i}:zero": ("ok", 1.0) for i in range(5)},
+    }
     study = make_study(tmp_path / "study", variants)
     reference = make_study(tmp_path / "reference", variants)
     mark = uuid.uuid4().hex
     proc = ray_run(study, mark)
-    assert wait_for(lambda: (study / "results.sqlite").exists() and any(
-        status == "ok" for *_, status, _ in db_rows(study)
-    ), 300)
+    assert wait_for(
+        lambda: (study / "results.sqlite").exists()
+        and any(status == "ok" for *_, status, _ in db_rows(study)),
+        300,
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert wait_for(
