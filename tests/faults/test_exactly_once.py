@@ -58,3 +58,16 @@ def test_a_run_killed_after_writing_its_result_is_ok(tmp_path: Path) -> None:
     assert main(["run", str(study), "--quiet"]) == 1
     rows = {v: status for v, _, status, _ in db_rows(study)}
     assert rows == {"baseline": "ok", "b:zero": "crashed"}  # b died before writing
+
+
+def test_a_failed_result_left_behind_runs_again(tmp_path: Path) -> None:
+    """A failure (say, the script's own ENOSPC) is not taken as the run's outcome:
+    the run goes again, so a full disk that is gone does not fail it forever."""
+    study = make_study(tmp_path / "study", {"baseline": "ok"})
+    (spec,) = plan_runs(study, load_manifest(study), RunOptions())
+    failed = {"schema": 1, "status": "failed", "error": "OSError: [Errno 28] ..."}
+    (study / "logs").mkdir()
+    (study / spec.result_path).write_text(json.dumps(failed))
+    assert main(["run", str(study), "--quiet"]) == 0
+    assert counter(study) == {"baseline 0": 1}
+    assert [status for _, _, status, _ in db_rows(study)] == ["ok"]

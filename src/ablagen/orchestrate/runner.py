@@ -363,6 +363,11 @@ def _partition(
     return todo, skipped_failed, skipped_ok, seen
 
 
+#: result statuses stored as they are when found after a crash; a failed run (say,
+#: on a full disk) runs again instead
+FINAL_STATUSES = ("ok", "diverged")
+
+
 def finished_before(study: Path, spec: RunSpec, backend: str) -> RawOutcome | None:
     """The outcome of a run that wrote its result file (``spec.result_path``, written
     atomically at the script's end) but whose orchestrator died before storing it:
@@ -373,8 +378,8 @@ def finished_before(study: Path, spec: RunSpec, backend: str) -> RawOutcome | No
     except OSError:
         return None
     done = finished_result(text)
-    if done is None:  # not a finished script's result: run it again
-        return None
+    if done is None or done[0].get("status", "ok") not in FINAL_STATUSES:
+        return None  # not a finished script's result, or a failure: run it again
     result, code = done
     wall = result.get("wall_time_s")
     return RawOutcome(
@@ -486,7 +491,9 @@ class _Session:
         and, for an ok run, its checkpoint go."""
         record = classify(raw, read_tail(self.study / raw.spec.log_path))
         fault = disk_fault(record, self.study)
-        if fault is not None:
+        if fault is not None:  # back to pending: it runs again, its result goes
+            with contextlib.suppress(OSError):
+                (self.study / raw.spec.result_path).unlink(missing_ok=True)
             raise fault
         record = self._finish(raw.spec, record)
         inflight.pop(raw.spec.key, None)
