@@ -174,6 +174,7 @@ def test_a_model_file_defining_every_name_of_the_scripts_runs_as_the_plain_one(
     common = {"train", "main", "evaluate", "model", "args", "device", "loss_fn"}
     common |= {"prediction", "parser", "optim", "math", "json", "test", "EPOCHS", "SEED"}
     taken = {"torch", "nn", "Net", "INPUT_SHAPE", "F"}  # the model's own imports
+    taken.add("new_model")  # next to the model's source: refused (tested below)
     names = sorted((_script_names(tmp_path / "a") | common) - taken)
     defs = "\n".join(f"{name} = {name!r}" for name in names)
     defs += f"\nSCRIPT_NAMES = ({', '.join(names)},)\n"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections import Counter
 import operator
 import re
 import traceback
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +102,12 @@ def _give_way(ctx: ScriptContext, sections: list[str]) -> list[str]:
             "defines next to the model's source",
             "rename it in the model file",
         )
-    script = _merged(sections[i] for i in ours)
-    used = frozenset().union(*(identifiers(sections[i]) for i in ours))
-    shadowed = sorted((model.keys() & BUILTINS & used) - script.keys())
-    if shadowed:
+    script = _merged((sections[i] for i in ours), model.keys())
+    builtins = model.keys() & BUILTINS - script.keys()
+    used: frozenset[str] = frozenset()
+    if builtins:  # the names our sections read (a parse of each: only then)
+        used = used.union(*(identifiers(sections[i]) for i in ours))
+    if shadowed := sorted(builtins & used):
         raise ModelFileError(
             f"{ctx.model.display} redefines the builtin {', '.join(shadowed)}, "
             f"which {ctx.script_name} uses",
@@ -114,6 +116,7 @@ def _give_way(ctx: ScriptContext, sections: list[str]) -> list[str]:
     clash = clashing_names(model, script)
     if not clash:
         return sections
+    used = frozenset().union(*(identifiers(sections[i]) for i in ours))
     renames = fresh_names(clash, identifiers(ctx.model.source) | used)
     renamed = list(sections)
     try:
@@ -125,7 +128,7 @@ def _give_way(ctx: ScriptContext, sections: list[str]) -> list[str]:
             f"as a package (`import {exc}.…`)",
             "rename it in the model file",
         ) from None
-    left = clashing_names(model, _merged(renamed[i] for i in ours))
+    left = clashing_names(model, _merged((renamed[i] for i in ours), model.keys()))
     if left:  # a user template put its own code in the model's section
         raise ModelFileError(
             f"{ctx.model.display} defines {', '.join(sorted(left))}, which "
@@ -135,11 +138,14 @@ def _give_way(ctx: ScriptContext, sections: list[str]) -> list[str]:
     return renamed
 
 
-def _merged(sections: Iterable[str]) -> dict[str, frozenset[str]]:
+def _merged(sections: Iterable[str], names: Iterable[str]) -> dict[str, frozenset[str]]:
+    """What the ``sections`` bind each of ``names`` to, the ones they bind."""
+    names = frozenset(names)
     merged: dict[str, frozenset[str]] = {}
     for section in sections:
-        for name, bound in bindings(section).items():
-            merged[name] = merged.get(name, frozenset()) | bound
+        bound = bindings(section)
+        for name in names & bound.keys():
+            merged[name] = merged.get(name, frozenset()) | bound[name]
     return merged
 
 

@@ -11,12 +11,15 @@ everything else, each sorted, one ``from`` line per module.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from dataclasses import dataclass
 
 import libcst as cst
 
 _code = cst.Module(body=[]).code_for_node
+#: a line that may start a top-level import (a cheap test before parsing)
+TOP_LEVEL_IMPORT = re.compile(r"^(?:import|from)\s", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ def split_imports(code: str) -> tuple[Imports, str]:
     so a section's header comment stays where it was. Relative imports and
     ``from m import *`` stay in place.
     """
+    if not TOP_LEVEL_IMPORT.search(code):  # most variant sections: no parse
+        return Imports(), code
     module = cst.parse_module(code)
     plain: list[str] = []
     named: list[tuple[str, str]] = []
