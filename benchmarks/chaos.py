@@ -222,6 +222,7 @@ class Chaos:
         self.study, self.jobs, self.rng, self.report = study, jobs, rng, report
         self.env = dict(os.environ, OMP_NUM_THREADS="1")
         self.sessions: list[int] = []
+        self.run_s = 0.5  # one run's wall time (set from the reference)
         self.errlog = study.parent.parent / "sessions.err"  # beside the tmpfs
 
     def start(self) -> subprocess.Popen[bytes]:
@@ -245,19 +246,23 @@ class Chaos:
         self.report.exit_codes.append(code)
         return code
 
-    def kill_driver(
-        self, proc: subprocess.Popen[bytes], gap: float, early: bool
-    ) -> None:
+    def progress(self, proc: subprocess.Popen[bytes], per: int) -> None:
+        """Wait until 1 to ``per`` more runs (at random) are stored in this session,
+        then a random part of a run: the kill lands mid-run, spread over the study."""
+        want = len(ok_rows(self.study)) + self.rng.randint(1, per)
+        deadline = time.monotonic() + 300
+        while len(ok_rows(self.study)) < want and proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        time.sleep(self.rng.uniform(0.0, self.run_s))
+
+    def kill_driver(self, proc: subprocess.Popen[bytes], per: int, early: bool) -> None:
         """SIGKILL the driver (alone or with its group) at a random moment."""
         if early:  # while the pool imports torch
             time.sleep(self.rng.uniform(0.1, 1.5))
-        else:  # once runs finish in this session, a random time later
-            before, deadline = len(ok_rows(self.study)), time.monotonic() + 120
-            while len(ok_rows(self.study)) == before and proc.poll() is None:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            time.sleep(self.rng.uniform(0.0, 2 * gap))
+        else:
+            self.progress(proc, per)
         group = self.report.driver_kills % 2 == 1
         with contextlib.suppress(OSError):
             if group:
@@ -273,9 +278,9 @@ class Chaos:
         self.report.orphans += len(left)
         kill_all(left)  # so the soak goes on; counted above
 
-    def kill_worker(self, proc: subprocess.Popen[bytes], gap: float) -> bool:
+    def kill_worker(self, proc: subprocess.Popen[bytes], per: int) -> bool:
         """SIGKILL one random process the driver started (zygote, worker, guard, run)."""
-        time.sleep(self.rng.uniform(0.5, 2 * gap))
+        self.progress(proc, per)
         pool = [p for p in session_pids(proc.pid) if p != proc.pid]
         if not pool or proc.poll() is not None:
             return False
@@ -322,14 +327,16 @@ def soak(
 
         chaos = Chaos(study, jobs, rng, report)
         chaos.env[COUNTER_ENV] = str(counter)
-        gap = report.reference_s / (kills + worker_kills + 2)
+        # runs stored between faults: 1 to `per`, about half the study in all
+        per = max(2, report.runs // (kills + worker_kills + 2))
+        chaos.run_s = jobs * report.reference_s / max(report.runs, 1)
         disk_at = kills // 2 if disk != "none" else -1
         began = time.monotonic()
         for index in range(kills):
             if index == disk_at:
                 disk_fault(chaos, disk, log)
             proc = chaos.start()
-            chaos.kill_driver(proc, gap, early=index % 5 == 4)
+            chaos.kill_driver(proc, per, early=index % 5 == 4)
             log(f"kill {index + 1}/{kills}: ok {len(ok_rows(study))}/{report.runs}")
         if disk_at >= kills:
             disk_fault(chaos, disk, log)
@@ -338,7 +345,7 @@ def soak(
                 log("giving up: too many sessions")
                 break
             proc = chaos.start()
-            while report.worker_kills < worker_kills and chaos.kill_worker(proc, gap):
+            while report.worker_kills < worker_kills and chaos.kill_worker(proc, per):
                 log(f"worker kill {report.worker_kills}/{worker_kills}")
             code = chaos.finish(proc, timeout=max(600.0, 5 * report.reference_s))
             if code is None:
