@@ -24,9 +24,10 @@ script with ``runpy.run_path(script, run_name="__main__")``: the code path of
 ``python script.py``. ``exit_code`` < 0 means killed by that signal. A timeout
 kills the run's whole process group. With ``lock`` (a checkpointed run: its
 checkpoint's ``.lock`` file) the run holds that file's ``flock`` from before the
-script starts until its last process ends; a second claimant waits for it. EOF on the socket (the orchestrator closed
-it or died, even by ``kill -9``) or SIGTERM kills the running child's group and
-ends the worker; the zygote ends when its workers have.
+script starts until its last process ends; a second claimant waits for it. EOF
+on the socket (the orchestrator closed it or died, even by ``kill -9``) or SIGTERM
+kills the running child's group and ends the worker; the zygote ends when its
+workers have.
 
 No process outlives its parent (Linux): the zygote (when started with
 ``ABLAGEN_PARENT_PID``), each worker and each run ask the kernel for SIGKILL when
@@ -143,8 +144,8 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _start_guard() -> int | None:
-    """Fork this worker's guard; returns the write end of its pipe (None: no fork).
+def _start_guard() -> int:
+    """Fork this worker's guard; returns the write end of its pipe.
 
     The guard leaves the worker's process group, closes every other descriptor
     (the run sockets above all: the orchestrator must read EOF when the worker
