@@ -137,10 +137,17 @@ def test_study_takes_the_input_shape_in_one_command(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["study", SUITE / "alias_lenet.py:LeNet", "--input-shape", "3,8,8"]
     args += ["--out", out, "--dataset", "synthetic", "--epochs", "1", "--seeds", "0"]
+    args += ["--batch-size", "32", "--components", "conv1:zero,fc1:zero"]
+    args += ["--val-fraction", "0.25", "--split-seed", "3"]  # generate's options too
     code, _, err = run_cli([*args, "--mode", "knockout", "--no-arms", "--quiet"], capsys)
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["input_shape"] == "3,8,8"
+    variants = {v["id"] for v in manifest["variants"]} - {"baseline"}
+    assert variants == {"conv1:zero", "fc1:zero"}
+    baseline = (out / "baseline.py").read_text()
+    assert "\nBATCH_SIZE = 32  #" in baseline and "\nVAL_FRACTION = 0.25  #" in baseline
+    assert "\nSPLIT_SEED = 3  #" in baseline
     assert (out / "report.md").is_file()
 
 

@@ -9,13 +9,22 @@ import typer
 
 from ablagen.cli.app import app
 from ablagen.cli.options import (
+    TRAIN,
     AmpOpt,
+    BatchSizeOpt,
     ChannelsLastOpt,
     CompileOpt,
+    ComponentsOpt,
+    DropoutOpt,
     GradAccumOpt,
     InputShapeOpt,
     ModelArg,
     NeuronGroupsOpt,
+    SplitSeedOpt,
+    TemplatesOpt,
+    ValFractionOpt,
+    WeightDecayOpt,
+    component_ids,
 )
 from ablagen.codegen.context import TrainConfig
 from ablagen.codegen.options import GenerateOptions
@@ -24,7 +33,6 @@ from ablagen.codegen.options import GenerateOptions
 _GEN = GenerateOptions(model="", out=Path())
 _TRAIN = TrainConfig()
 
-TRAIN = "Training (written into every script's config block)"
 NOISE = "Gradient noise (the perturbed update equations)"
 
 
@@ -43,13 +51,7 @@ def generate(
             help="Component kinds to ablate, comma-separated: layers, blocks, activations, neurons. [default: layers, blocks, activations]"
         ),
     ] = _GEN.kinds,
-    components: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--components",
-            help="Only these ids (ID or ID:METHOD), comma-separated or repeated.",
-        ),
-    ] = None,
+    components: ComponentsOpt = None,
     methods: Annotated[
         str | None,
         typer.Option(
@@ -91,20 +93,11 @@ def generate(
             help="Streamed data: DataLoader workers. [default: min(4, CPUs / 2), decided when the script runs]"
         ),
     ] = _GEN.num_workers,
-    val_fraction: Annotated[
-        float, typer.Option(help="Built-in data: share held out for validation.")
-    ] = _GEN.val_fraction,
-    split_seed: Annotated[
-        int,
-        typer.Option(
-            help="Seed of the train/validation split (the same for every variant)."
-        ),
-    ] = _GEN.split_seed,
-    dropout: Annotated[
-        float | None, typer.Option(help="Override the model file's DROPOUT constant.")
-    ] = _GEN.dropout,
+    val_fraction: ValFractionOpt = _GEN.val_fraction,
+    split_seed: SplitSeedOpt = _GEN.split_seed,
+    dropout: DropoutOpt = _GEN.dropout,
     epochs: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.epochs,
-    batch_size: Annotated[int, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.batch_size,
+    batch_size: BatchSizeOpt = _TRAIN.batch_size,
     lr: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.lr,
     optimizer: Annotated[
         str,
@@ -113,9 +106,7 @@ def generate(
         ),
     ] = _TRAIN.optimizer,
     momentum: Annotated[float, typer.Option(rich_help_panel=TRAIN)] = _TRAIN.momentum,
-    weight_decay: Annotated[
-        float, typer.Option(rich_help_panel=TRAIN, help="L2 penalty.")
-    ] = _TRAIN.weight_decay,
+    weight_decay: WeightDecayOpt = _TRAIN.weight_decay,
     l1: Annotated[
         float, typer.Option(rich_help_panel=TRAIN, help="L1 penalty added to the loss.")
     ] = _TRAIN.l1,
@@ -193,10 +184,7 @@ def generate(
     noise_schedule: Annotated[
         str, typer.Option(rich_help_panel=NOISE)
     ] = _TRAIN.noise_schedule,
-    templates: Annotated[
-        Path | None,
-        typer.Option(help="Your templates directory, searched before the built-ins."),
-    ] = _GEN.templates,
+    templates: TemplatesOpt = _GEN.templates,
     force: Annotated[
         bool, typer.Option(help="Replace a study of another model file.")
     ] = _GEN.force,
@@ -213,12 +201,11 @@ def generate(
         ignore_index=ignore_index, stop_at_target=stop_at_target, patience=patience,
         amp=amp, channels_last=channels_last, compile=compile, grad_accum=grad_accum,
     )  # fmt: skip
-    ids = tuple(i.strip() for c in components or () for i in c.split(",") if i.strip())
     opts = GenerateOptions(
         model=model,
         out=out or Path("generated") / split_model_spec(model)[0].stem,
         kinds=kinds,
-        components=ids,
+        components=component_ids(components),
         methods=methods,
         neuron_groups=neuron_groups,
         input_shape=input_shape,

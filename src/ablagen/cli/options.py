@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,6 +29,43 @@ NeuronGroupsOpt = Annotated[
         help="Split each layer's output units into K contiguous groups (default: one per unit up to 32 units, else 32 groups).",
     ),
 ]
+ComponentsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--components",
+        help="Only these ids (ID or ID:METHOD), comma-separated or repeated.",
+    ),
+]
+ValFractionOpt = Annotated[
+    float, typer.Option(help="Built-in data: share held out for validation.")
+]
+SplitSeedOpt = Annotated[
+    int,
+    typer.Option(
+        help="Seed of the train/validation split (the same for every variant)."
+    ),
+]
+DropoutOpt = Annotated[
+    float | None, typer.Option(help="Override the model file's DROPOUT constant.")
+]
+TemplatesOpt = Annotated[
+    Path | None,
+    typer.Option(help="Your templates directory, searched before the built-ins."),
+]
+#: the panel of the training options in --help
+TRAIN = "Training (written into every script's config block)"
+BatchSizeOpt = Annotated[
+    int, typer.Option(rich_help_panel=TRAIN, help="Samples per optimizer step.")
+]
+WeightDecayOpt = Annotated[
+    float, typer.Option(rich_help_panel=TRAIN, help="L2 penalty.")
+]
+
+
+def component_ids(components: list[str] | None) -> tuple[str, ...]:
+    """``--components a,b --components c`` -> ``("a", "b", "c")``."""
+    return tuple(i.strip() for c in components or () for i in c.split(",") if i.strip())
+
 
 # -- where the runs go and what they save: `ablagen run`, `study` and `sweep` ---------
 # (defaults at each use: the RunOptions field of the same name)
