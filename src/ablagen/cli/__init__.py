@@ -20,6 +20,7 @@ from ablagen.cli import rank as _rank  # noqa: E402,F401
 from ablagen.cli import study as _study  # noqa: E402,F401
 from ablagen.cli import export as _export  # noqa: E402,F401
 from ablagen.cli import sweep as _sweep  # noqa: E402,F401
+from ablagen.cli import prune as _prune  # noqa: E402,F401
 
 from ablagen.cli.app import plain_help  # noqa: E402
 
