@@ -239,7 +239,8 @@ def test_knockout_py_is_black_formatted_deterministic_and_defines_each_name_once
 
 
 def test_top_template_keeps_the_script_sections():
-    """knockout.py.j2 = script.py.j2's includes, results.py.j2 swapped for the knockout ones."""
+    """knockout.py.j2 = script.py.j2's training sections (training.py.j2), results.py.j2
+    swapped for the knockout ones."""
     script, knockout = (re.findall(r'{% include "([^"]+)" %}', (ROOT / "templates" / name).read_text())
                         for name in ("script.py.j2", "knockout.py.j2"))  # fmt: skip
     assert knockout[: len(script) - 1] == script[:-1] and script[-1] == "results.py.j2"
