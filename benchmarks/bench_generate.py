@@ -6,12 +6,16 @@ tracing, rendering, formatting, atomic write), then times the naive approach (bl
 each whole rendered script) on a sample of the same scripts, and finally checks that
 every generated file passes ``black --check``.
 
-    python benchmarks/bench_generate.py [--sample 40] [--quick]
+Then times ``ablagen generate`` through the CLI, start-up included, with black by
+shape (codegen/shapes.py) and without, side by side.
+
+    python benchmarks/bench_generate.py [--sample 40] [--quick] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,6 +42,7 @@ def main() -> None:
         action="store_true",
         help="200 units, 10 naive samples, check a sample only",
     )
+    parser.add_argument("--rounds", type=int, default=2, help="CLI timings per setting")
     args = parser.parse_args()
     units, sample = (200, 10) if args.quick else (args.units, args.sample)
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,6 +84,37 @@ def main() -> None:
           f"{'all pass' if check.returncode == 0 else 'FAILED'}")  # fmt: skip
     if check.returncode != 0:
         print(check.stdout + check.stderr)
+        sys.exit(1)
+    cli(units, args.rounds)
+
+
+def cli(units: int, rounds: int) -> None:
+    """``ablagen generate`` through the CLI, start-up included, black by shape on and
+    off (ABLAGEN_FORMAT_BY_SHAPE), alternated ``rounds`` times: the best of each."""
+    best = {"1": float("inf"), "0": float("inf")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for flag in best:
+                out = Path(tmp) / f"cli{flag}"
+                command = [sys.executable, "-m", "ablagen", "generate"]
+                command += [f"{HERE / 'wide_mlp.py'}", "--out", str(out), "--force"]
+                command += ["--kinds", "neurons", "--neuron-groups", str(units)]
+                env = dict(os.environ, ABLAGEN_FORMAT_BY_SHAPE=flag)
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True, env=env)
+                best[flag] = min(best[flag], time.perf_counter() - start)
+        count = len(list((Path(tmp) / "cli1").glob("*.py")))
+        same = all(
+            (Path(tmp) / "cli0" / p.name).read_bytes() == p.read_bytes()
+            for p in (Path(tmp) / "cli1").glob("*.py")
+        )
+    print(f"\nthrough the CLI, start-up included ({count} scripts, best of {rounds}):")
+    print("| black | seconds | scripts/s |")
+    print("|---|---:|---:|")
+    for flag, name in (("0", "every section"), ("1", "by shape")):
+        print(f"| {name} | {best[flag]:.2f} | {count / best[flag]:.0f} |")
+    print(f"by shape / every section: {best['0'] / best['1']:.2f}x; identical bytes: {same}")
+    if not same:
         sys.exit(1)
 
 

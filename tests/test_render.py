@@ -4,6 +4,9 @@ with the script are tested in test_names.py)."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
+
+import pytest
 
 
 from ablagen.source.imports import Imports, import_block, split_imports
@@ -75,3 +78,38 @@ def test_noise_scale_table_is_compact_exact_and_black_stable() -> None:
     assert black.format_str(text, mode=BLACK_MODE) == text
     assert len(text.splitlines()) < 20  # black alone: one line per number
     assert max(len(line) for line in text.splitlines()) <= 88
+
+
+def _scripts() -> list[Path]:
+    root = Path(__file__).resolve().parents[1]
+    return sorted((root / "tests" / "golden").rglob("*.py")) + sorted(
+        (root / "generated" / "digits_cnn").glob("*.py")
+    )
+
+
+@pytest.mark.parametrize("path", _scripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_formatting_by_shape_is_black_itself(path) -> None:
+    """Literals swapped for others of other lengths and spellings (numbers grown,
+    strings and comments rewritten, quotes switched): black by shape gives black's
+    bytes, on the script and on its unformatted variant."""
+    import re
+
+    import black
+
+    from ablagen.codegen.render import BLACK_MODE
+    from ablagen.codegen.shapes import format_by_shape
+
+    def fmt(text: str) -> str:
+        return black.format_str(text, mode=BLACK_MODE)
+
+    text = path.read_text()
+    grown = re.sub(r"\b[1-9][0-9]*\b", lambda m: str(int(m.group()) * 37 + 11), text)
+    swapped = re.sub(r'"([a-z_]+)"', r"'\1_x'", grown)  # simple strings, other quotes
+    commented = re.sub(r"# ([a-z])", r"# also \1", swapped)
+    squeezed = commented.replace(",\n    ", ", ")  # undo some of black's wrapping
+    for variant in (text, grown, swapped, commented, squeezed):
+        try:
+            expected = fmt(variant)
+        except black.InvalidInput:
+            continue
+        assert format_by_shape(variant, fmt) == expected

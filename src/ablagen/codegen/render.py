@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import functools
 import operator
+import os
 import re
 import traceback
 from collections import Counter
@@ -35,6 +36,7 @@ from ablagen.codegen.names import (
     identifiers,
     rename_globals,
 )
+from ablagen.codegen.shapes import format_by_shape
 from ablagen.errors import ModelFileError, TemplateError
 from ablagen.source.imports import Imports, import_block, split_imports
 
@@ -43,6 +45,14 @@ SECTION_MARK = "# ablagen:section"
 #: as black allows: the blank lines black would keep there only lengthen the script
 BANNER_GAP = re.compile(r"^(# -{77}\n(?:#[^\n]*\n)+)\n\n(?=\S)", re.MULTILINE)
 BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length=88)
+#: variants whose sections differ only in simple literals share one black call
+#: (codegen.shapes); ABLAGEN_FORMAT_BY_SHAPE=0 formats every section itself (the
+#: generation benchmark compares the two)
+BY_SHAPE = os.environ.get("ABLAGEN_FORMAT_BY_SHAPE", "1") != "0"
+
+
+def _black(text: str) -> str:
+    return black.format_str(text, mode=BLACK_MODE)
 
 
 @dataclass(frozen=True)
@@ -186,7 +196,8 @@ def _template_frame(exc: BaseException) -> str:
 @functools.lru_cache(maxsize=4096)
 def _format_section(text: str) -> _Section:
     """Black-format one section; shared sections hit the cache after the first script."""
-    formatted = BANNER_GAP.sub(r"\1", black.format_str(text, mode=BLACK_MODE))
+    text = format_by_shape(text, _black) if BY_SHAPE else _black(text)
+    formatted = BANNER_GAP.sub(r"\1", text)
     body = ast.parse(formatted).body
     first, last = (body[0], body[-1]) if body else (None, None)
     is_docstring = (
