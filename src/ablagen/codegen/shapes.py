@@ -4,7 +4,10 @@ The ablation section of ``fc1[0:50]`` and of ``fc1[50:100]`` differ in strings,
 numbers and comments only. Black's decisions depend on their lengths, never on their
 characters, for literals it leaves as they are: a decimal integer, a one-line string
 with no quote or backslash inside (black only picks its quote character), a comment
-that already starts with ``# ``, a one-line docstring with no space at its ends.
+that already starts with ``# ``, a one-line docstring with no space at its ends, a
+many-line docstring without quotes or backslashes (black may move only its whitespace:
+the filler keeps that whitespace, and a literal whose filler black changed is not
+mapped back).
 :func:`format_by_shape` swaps each such literal for a filler of the same length, lets
 black format that skeleton (cached: one call per shape, not per variant), and puts
 the literals back in order. Anything it cannot map back is formatted directly.
@@ -21,7 +24,10 @@ from collections.abc import Callable
 _BODY = r"(?:[^\s'\"\\](?:[^'\"\\\n]*[^\s'\"\\])?)"  # no quote, backslash or end space
 _SIMPLE = {
     tokenize.NUMBER: re.compile(r"[1-9][0-9]*|0"),
-    tokenize.STRING: re.compile(rf"'{_BODY}?'|\"{_BODY}?\"|\"\"\"{_BODY}\"\"\""),
+    tokenize.STRING: re.compile(
+        rf"'{_BODY}?'|\"{_BODY}?\"|\"\"\"{_BODY}\"\"\""
+        r'|"""[^\'"\\]*\n[^\'"\\]*"""'  # many lines: black may only move whitespace
+    ),
     tokenize.COMMENT: re.compile(r"# (?!fmt:|type:)\S(?:[^\n]*\S)?"),
 }
 
@@ -32,9 +38,8 @@ def format_by_shape(text: str, formatter: Callable[[str], str]) -> str:
         literals = _literals(text)
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return formatter(text)
-    skeleton = _replace(
-        text, [(span, _filler(kind, value)) for kind, span, value in literals]
-    )
+    shapes = [(kind, span, _filler(kind, value)) for kind, span, value in literals]
+    skeleton = _replace(text, [(span, filler) for _, span, filler in shapes])
     formatted = _formatted(skeleton, formatter)
     try:
         slots = _literals(formatted)
@@ -43,11 +48,16 @@ def format_by_shape(text: str, formatter: Callable[[str], str]) -> str:
     if [k for k, _, _ in slots] != [k for k, _, _ in literals]:
         return formatter(text)  # black moved or changed a literal: no mapping
     fills = []
-    for (kind, span, filler), (_, _, value) in zip(slots, literals):
-        if len(filler) != len(value):
+    for (kind, span, out), (_, _, value), (_, _, filler) in zip(
+        slots, literals, shapes
+    ):
+        if kind == tokenize.STRING and out[0] != filler[0]:  # black's quote choice
+            filler, value = (
+                out[0] + filler[1:-1] + out[-1],
+                out[0] + value[1:-1] + out[-1],
+            )
+        if out != filler:  # black changed it: the original's change may differ
             return formatter(text)
-        if kind == tokenize.STRING and filler[0] != value[0]:  # black's quote choice
-            value = filler[0] + value[1:-1] + filler[-1]
         fills.append((span, value))
     return _replace(formatted, fills)
 
@@ -81,7 +91,8 @@ def _filler(kind: int, value: str) -> str:
     if kind == tokenize.COMMENT:
         return "# " + "x" * (len(value) - 2)
     quote = 3 if value.startswith('"""') else 1
-    return value[:quote] + "x" * (len(value) - 2 * quote) + value[-quote:]
+    body = re.sub(r"\S", "x", value[quote:-quote])  # whitespace kept: black reads it
+    return value[:quote] + body + value[-quote:]
 
 
 def _replace(text: str, fills: list[tuple[tuple[int, int], str]]) -> str:
