@@ -6,7 +6,8 @@
 On ``examples/resnet_small.py`` (digits): a knockout study over every output channel
 (built in ``--study`` unless it is already ranked there), then per seed the baseline
 trained exactly as the pruned scripts train it, and for every criterion and ratio the
-same Torch-Pruning groups pruned (ablagen's measured importance; Torch-Pruning's L1,
+same Torch-Pruning groups pruned (ablagen's measured importance, mean over the study's
+seeds, and ``ablagen-seed``: the knockouts of that seed's own model; Torch-Pruning's L1,
 L2, Taylor and random, restricted to the groups ablagen ranked), the plan applied with
 the scripts' own plain-torch surgery, evaluated, fine-tuned for the same budget and
 evaluated again. Prints a Markdown table: validation accuracy right after pruning and
@@ -41,7 +42,7 @@ from ablagen.sweep.stats import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "resnet_small.py"
-ORDER = ("ablagen", "l1", "l2", "taylor", "random")
+ORDER = ("ablagen", "ablagen-seed", "l1", "l2", "taylor", "random")
 
 
 def ablagen(*args: str) -> None:
@@ -82,12 +83,19 @@ def main() -> None:
     s = script_module(study / "prune" / "pruned_0.5.py")  # its helpers: one code path
     scores = unit_scores(load_ranking(study), load_manifest(study))
 
+    ranking, manifest = load_ranking(study), load_manifest(study)
+
     def measured(graph, names):
         return MeasuredImportance(scores, names, graph.is_out_channel_pruning_fn)
 
-    def criterion(name):
+    def criterion(name, seed):
         if name == "ablagen":
             return measured
+        if name == "ablagen-seed":  # the knockouts of this very model
+            own = unit_scores(ranking, manifest, seed)
+            return lambda graph, names: MeasuredImportance(
+                own, names, graph.is_out_channel_pruning_fn
+            )
         return lambda graph, names: SameGroups(CRITERIA[name](), measured(graph, names))
 
     figures: dict = {}  # (criterion, ratio) -> {"pruned": [...], "finetuned": [...]}
@@ -113,7 +121,7 @@ def main() -> None:
             for ratio in ratios:
                 before = taylor_grads if name == "taylor" else None
                 torch.manual_seed(seed)  # the random criterion's draw
-                plan = make_plan(model, x_val[:2], criterion(name), ratio, before)
+                plan = make_plan(model, x_val[:2], criterion(name, seed), ratio, before)
                 pruned = s.apply_plan(copy.deepcopy(model), plan.layers).eval()
                 acc = s.evaluate(pruned, x_val, y_val, run.batch_size)[1]
                 torch.manual_seed(seed)

@@ -235,3 +235,25 @@ def test_pruned_script_equals_plan_applied_in_process(digits_study, tmp_path, ca
         )
     assert len(result["finetune_history"]) == 1
     assert result["final"]["val_acc"] == result["finetuned"]["val_acc"]
+
+
+def test_unit_scores_spread_each_group_over_its_units():
+    from types import SimpleNamespace
+
+    from ablagen.prune.importance import unit_scores
+
+    comps = {
+        "conv[0:2]": {"kind": "neuron", "module": "conv", "unit_dim": 1, "units": [0, 2], "output_shape": [2, 4, 8, 8]},  # fmt: skip
+        "conv[2:4]": {"kind": "neuron", "module": "conv", "unit_dim": 1, "units": [2, 4], "output_shape": [2, 4, 8, 8]},  # fmt: skip
+        "act": {"kind": "activation", "module": "act"},
+    }
+    manifest = SimpleNamespace(component=comps.get)
+    row = lambda c, mean, diffs: SimpleNamespace(
+        component=c, mean=mean, seeds=(0, 1), diffs=diffs
+    )  # noqa: E731
+    ranking = SimpleNamespace(
+        rows=[row("conv[0:2]", 0.3, (0.2, 0.4)), row("conv[2:4]", -0.1, (0.0, -0.2)), row("act", 0.9, (0.9, 0.9))]  # fmt: skip
+    )
+    assert unit_scores(ranking, manifest)["conv"].tolist() == pytest.approx([0.3, 0.3, -0.1, -0.1])  # fmt: skip
+    assert unit_scores(ranking, manifest, seed=1)["conv"].tolist() == pytest.approx([0.4, 0.4, -0.2, -0.2])  # fmt: skip
+    assert set(unit_scores(ranking, manifest)) == {"conv"}

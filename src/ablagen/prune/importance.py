@@ -20,9 +20,12 @@ from ablagen.ranking import Ranking
 from ablagen.studydir import Manifest
 
 
-def unit_scores(ranking: Ranking, manifest: Manifest) -> dict[str, torch.Tensor]:
+def unit_scores(
+    ranking: Ranking, manifest: Manifest, seed: int | None = None
+) -> dict[str, torch.Tensor]:
     """Per output unit of each ranked layer: the importance of the neuron group that
-    holds it (mean over seeds). Units of an unranked group score 0."""
+    holds it (mean over seeds; ``seed``: measured on that seed's model alone).
+    Units of an unranked group score 0."""
     scores: dict[str, torch.Tensor] = {}
     for row in ranking.rows:
         comp = manifest.component(row.component)
@@ -31,7 +34,10 @@ def unit_scores(ranking: Ranking, manifest: Manifest) -> dict[str, torch.Tensor]
         width = comp["output_shape"][1]
         layer = scores.setdefault(comp["module"], torch.zeros(width))
         start, stop = comp["units"]
-        layer[start:stop] = row.mean
+        if seed is None:
+            layer[start:stop] = row.mean
+        elif seed in row.seeds:
+            layer[start:stop] = row.diffs[row.seeds.index(seed)]
     return scores
 
 
