@@ -76,7 +76,8 @@ def count_completion():
     path, argv = os.environ.get("COUNTER_ENV"), sys.argv
     if path and "--out" in argv and os.path.exists(argv[argv.index("--out") + 1]):
         with open(path, "a") as fh:
-            fh.write(f"{VARIANT} {argv[argv.index('--seed') + 1]}\\n")
+            seed, sid = argv[argv.index("--seed") + 1], os.getsid(0)
+            fh.write(f"{VARIANT} {seed} session {sid} pid {os.getpid()}\\n")
 
 
 def build_data():
@@ -359,7 +360,8 @@ def soak(
         report.leftover = sum(len(session_pids(sid)) for sid in chaos.sessions)
         final = ok_rows(study)
         report.lost = report.runs - len(set(final) & set(reference))
-        counts = Counter(counter.read_text().splitlines()) if counter.exists() else {}
+        lines = counter.read_text().splitlines() if counter.exists() else []
+        counts = Counter(" ".join(line.split()[:2]) for line in lines)
         report.duplicates = sorted(k for k, n in counts.items() if n > 1)
         report.duplicated = len(report.duplicates)
         report.differing = sum(
