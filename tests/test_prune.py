@@ -174,11 +174,18 @@ def test_study_without_ranking_refused(digits_study, capsys):
     assert not (digits_study / "prune").exists()
 
 
-@pytest.mark.slow
-def test_pruned_script_equals_plan_applied_in_process(digits_study, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def ranked_study(digits_study) -> Path:
+    """digits_study run (seed 0) and ranked, after the no-ranking test used it."""
     base = [sys.executable, "-m", "ablagen"]
     subprocess.run(base + ["run", str(digits_study), "--seeds", "0", "-j", "1", "--quiet"], check=True, capture_output=True)  # fmt: skip
     subprocess.run(base + ["rank", str(digits_study), "--no-plots"], check=True, capture_output=True)  # fmt: skip
+    return digits_study
+
+
+@pytest.mark.slow
+def test_pruned_script_equals_plan_applied_in_process(ranked_study, tmp_path, capsys):
+    digits_study = ranked_study
     code, _, err = run_cli(
         ["prune", digits_study, "--ratios", "0.5", "--no-run"], capsys
     )
@@ -257,3 +264,30 @@ def test_unit_scores_spread_each_group_over_its_units():
     assert unit_scores(ranking, manifest)["conv"].tolist() == pytest.approx([0.3, 0.3, -0.1, -0.1])  # fmt: skip
     assert unit_scores(ranking, manifest, seed=1)["conv"].tolist() == pytest.approx([0.4, 0.4, -0.2, -0.2])  # fmt: skip
     assert set(unit_scores(ranking, manifest)) == {"conv"}
+
+
+@pytest.mark.slow
+def test_prune_runs_scripts_and_sums_them_up(ranked_study, capsys):
+    argv = ["prune", ranked_study, "--ratios", "0.6", "--seeds", "0,1"]
+    code, out, err = run_cli(argv + ["--epochs", "1", "--finetune-epochs", "1"], capsys)
+    assert code == 0, err
+    prune_dir = ranked_study / "prune"
+    summary = json.loads((prune_dir / "prune.json").read_text())
+    assert (prune_dir / "prune.png").read_bytes().startswith(b"\x89PNG")
+    for ratio in ("0.6",):
+        row = summary["scripts"][f"pruned_{ratio}.py"]
+        assert row["ok"] == row["runs"] == 2 and row["ratio"] == float(ratio)
+        runs = [
+            json.loads(
+                (prune_dir / "results" / f"pruned_{ratio}_seed{s}.json").read_text()
+            )
+            for s in (0, 1)
+        ]
+        accs = [r["finetuned"]["val_acc"] for r in runs]
+        stat = row["stats"]["finetuned.val_acc"]
+        assert stat["value"] == pytest.approx(sum(accs) / 2) and stat["n"] == 2
+        assert stat["ci_low"] <= stat["value"] <= stat["ci_high"]
+        assert row["stats"]["pruned.params"]["value"] == runs[0]["pruned"]["params"]
+        assert f"pruned_{ratio}.py" in out
+    before = runs[0]["before"]["params"]
+    assert row["stats"]["pruned.params"]["value"] < before

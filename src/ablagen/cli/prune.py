@@ -49,7 +49,16 @@ def prune(
 ) -> None:
     """Prune the ranked channels with Torch-Pruning's groups: writes STUDY/prune/
     pruned_<ratio>.py per ratio, runs them and writes STUDY/prune/prune.json."""
+    import importlib.util
+
+    from ablagen.errors import ConfigError
     from ablagen.orchestrate.options import parse_seeds
+
+    if importlib.util.find_spec("torch_pruning") is None:
+        raise ConfigError(
+            "ablagen prune needs Torch-Pruning, which is not installed",
+            "pip install 'ablagen[prune]' (torch-pruning 1.6.x)",
+        )
     from ablagen.prune.study import PruneOptions, prune_study
 
     options = PruneOptions(

@@ -7,7 +7,7 @@ torch, the size and CPU-latency measurements, and a short fine-tuning loop. The 
 is data rather than a Torch-Pruning replay because a reader sees exactly what is
 removed, the script needs nothing beyond torch, and a future Torch-Pruning release
 cannot change what an old script does. ``prune.json`` holds every run's figures and
-their means with 95 % t-intervals over seeds.
+their means with 95 % t-intervals over seeds; ``prune.png`` plots accuracy against MACs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ablagen.codegen.render import render_script
 from ablagen.errors import ConfigError
 from ablagen.fsutil import atomic_write_bytes, atomic_write_text
 from ablagen.prune import surgery
+from ablagen.prune.plot import PRUNE_PNG, plot_prune
 from ablagen.prune.plan import PruneError, PrunePlan, check_ratio, make_plan
 
 PRUNE_DIR = "prune"
@@ -168,6 +169,7 @@ def prune_study(
         outcome.json_path = out / PRUNE_JSON
         text = json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n"
         atomic_write_text(outcome.json_path, text)
+        atomic_write_bytes(out / PRUNE_PNG, plot_prune(outcome.summary))
     return outcome
 
 
