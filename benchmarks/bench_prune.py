@@ -122,7 +122,8 @@ def main() -> None:
                 before = taylor_grads if name == "taylor" else None
                 torch.manual_seed(seed)  # the random criterion's draw
                 plan = make_plan(model, x_val[:2], criterion(name, seed), ratio, before)
-                pruned = s.apply_plan(copy.deepcopy(model), plan.layers).eval()
+                pruned = s.apply_plan(copy.deepcopy(model), plan.layers)
+                s.recalibrate_norms(pruned, x_train, run.batch_size)
                 acc = s.evaluate(pruned, x_val, y_val, run.batch_size)[1]
                 torch.manual_seed(seed)
                 history = s.finetune(pruned, run, x_train, y_train, x_val, y_val)

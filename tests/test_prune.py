@@ -291,3 +291,19 @@ def test_prune_runs_scripts_and_sums_them_up(ranked_study, capsys):
         assert f"pruned_{ratio}.py" in out
     before = runs[0]["before"]["params"]
     assert row["stats"]["pruned.params"]["value"] < before
+
+
+def test_recalibrate_norms_measures_batchnorm_statistics_again():
+    from ablagen.prune.surgery import recalibrate_norms
+
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+    model = torch.nn.Sequential(conv, bn, torch.nn.Dropout(0.5)).eval()
+    x = torch.randn(32, 1, 8, 8)
+    recalibrate_norms(model, x, batch_size=8)  # four batches, averaged
+    with torch.no_grad():
+        h = conv(x)
+    per_batch = h.view(4, 8, 4, 6, 6).transpose(1, 2).reshape(4, 4, -1)
+    torch.testing.assert_close(bn.running_mean, per_batch.mean(-1).mean(0))
+    torch.testing.assert_close(bn.running_var, per_batch.var(-1).mean(0))
+    assert bn.momentum == 0.1 and not model.training and not bn.training

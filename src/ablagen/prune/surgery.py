@@ -46,3 +46,26 @@ def apply_plan(model, plan):
     for name, kept in plan.items():
         prune_module(modules[name], kept.get("out"), kept.get("in"))
     return model
+
+
+@torch.no_grad()
+def recalibrate_norms(model, x, batch_size):
+    """BatchNorm's running statistics measured again on ``x`` (the training data):
+    removing channels shifts what the next layers see, and stale statistics alone
+    can cost most of the accuracy. Everything else stays in eval mode."""
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    if not norms:
+        return model
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+        m.train()
+    for start in range(0, len(x), batch_size):
+        model(x[start : start + batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
