@@ -19,10 +19,12 @@ from torch import fx, nn
 import ablagen.ablate
 from ablagen.ablate import (
     ABLATIONS,
+    HEAD_ABLATIONS,
     IdentityAblation,
     MaskAblation,
     MeanAblation,
     ZeroAblation,
+    ablate_head,
     ablate_node,
     ablate_output,
     skip_node,
@@ -101,10 +103,10 @@ def test_zero_keeps_the_structure_of_tuple_namedtuple_and_dict_outputs():
     Pair = collections.namedtuple("Pair", "out state")
     t = torch.ones(2, 3)
     zero = ZeroAblation()
-    first, rest = zero.apply((t, [t, 7]))
+    first, rest = zero((t, [t, 7]))
     assert torch.equal(first, torch.zeros(2, 3)) and isinstance(rest, list)
     assert torch.equal(rest[0], torch.zeros(2, 3)) and rest[1] == 7  # not a tensor
-    got = zero.apply(Pair(t, {"h": t}))
+    got = zero(Pair(t, {"h": t}))
     assert isinstance(got, Pair) and torch.equal(got.out, torch.zeros(2, 3))
     assert torch.equal(got.state["h"], torch.zeros(2, 3))
 
@@ -126,9 +128,51 @@ def test_mean_is_the_batch_mean_in_training_then_the_running_mean():
 def test_a_given_mean_is_used_as_it_is():
     mean = torch.tensor([1.0, -2.0, 0.5])
     op = MeanAblation(mean).eval()
-    out = op.apply(torch.randn(4, 3, dtype=torch.float64))
+    out = op(torch.randn(4, 3, dtype=torch.float64))
     assert out.dtype == torch.float64 and out.is_contiguous()
     assert torch.equal(out, mean.double().expand(4, 3))
+
+
+def _reinit(module: nn.Module) -> None:
+    """A user's init function for ``model.apply``: every Linear set to known values."""
+    if isinstance(module, nn.Linear):
+        nn.init.constant_(module.weight, 0.1)
+        nn.init.constant_(module.bias, -0.05)
+
+
+OPERATORS = {
+    **{name: lambda op=op: op() for name, op in ABLATIONS.items() if name != "mask"},
+    "mask": lambda: MaskAblation(1, 2, 4),
+    **{f"head_{name}": lambda op=op: op(2, 1) for name, op in HEAD_ABLATIONS.items()},
+}
+
+
+@pytest.mark.parametrize("method", sorted(OPERATORS))
+def test_model_apply_after_an_ablation_behaves_as_on_the_plain_model(method):
+    """``model.apply(fn)`` on an ablated model is nn.Module's: ``fn`` reaches every
+    module (the operator too, as a module) and sets the same weights as on the plain
+    model, and the ablation still acts: operators define no ``apply`` of their own."""
+    plain, ablated, op = _model(MLP), _model(MLP), OPERATORS[method]()
+    if method.startswith("head_"):
+        ablate_head(ablated, "fc2", op)  # fc2's input: 2 "heads" of 3 units
+    else:
+        ablate_output(ablated, "act", op)
+    seen_plain, seen_ablated = [], []
+    assert plain.apply(lambda m: seen_plain.append(type(m))) is plain
+    assert ablated.apply(lambda m: seen_ablated.append(type(m))) is ablated
+    assert seen_ablated == seen_plain[:-1] + [type(op), seen_plain[-1]]
+    assert plain.apply(_reinit) is plain and ablated.apply(_reinit) is ablated
+    for (name, want), (_, got) in zip(
+        plain.named_parameters(), ablated.named_parameters(), strict=True
+    ):
+        assert torch.equal(got, want), name
+    h = plain.act(plain.fc1(X))
+    if method.startswith("head_"):
+        expected = plain.fc2(op(h))
+    else:
+        expected = plain.fc2(op(h, plain.fc1(X)))
+    assert torch.allclose(ablated(X), expected, atol=1e-6)
+    assert not torch.allclose(ablated(X), plain(X))  # the ablation still acts
 
 
 def test_a_call_site_is_ablated_alone_and_the_count_restarts_every_forward():

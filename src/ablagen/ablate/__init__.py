@@ -7,7 +7,7 @@ script carries only the definitions its ablation uses
 package and its ``knockout.py`` embeds it whole. Edit it here, never in a script.
 
 - :mod:`.operators`: ``ABLATIONS``, the registry of operators by method name, each
-  with ``apply(output, source)``;
+  a module called as ``op(output, source)``;
 - :mod:`.hooks`: :func:`ablate_output`, a module's output ablated by a forward hook,
   at every call or at one call site;
 - :mod:`.graph`: :func:`ablate_node`, a node of a traced graph edited (functional

@@ -46,7 +46,7 @@ class _CallSiteMode(torch.overrides.TorchFunctionMode):
         source = args[0] if args else None
         if site.op.passes_input:
             return source
-        return site.op.apply(func(*args, **kwargs), source)
+        return site.op(func(*args, **kwargs), source)
 
 
 class CallSiteHook:

@@ -29,7 +29,7 @@ class HeadAblation(Ablation):
         width = value.shape[-1] // self.num_heads
         return self.head * width, width
 
-    def apply(self, output, source=None):
+    def forward(self, output, source=None):
         start, width = self.span(output)
         output = output.clone()
         output.narrow(-1, start, width).copy_(
@@ -93,7 +93,7 @@ class _ProjectionInput(torch.overrides.TorchFunctionMode):
         args[11] = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
         args[12] = None
         heads, attention = func(*args, **kwargs)
-        return F.linear(self.op.apply(heads), weight, bias), attention
+        return F.linear(self.op(heads), weight, bias), attention
 
 
 class _ProjectionHook:
@@ -105,7 +105,7 @@ class _ProjectionHook:
         self.op, self.weight, self.active = op, weight, []
 
     def __call__(self, module, inputs):
-        return (self.op.apply(inputs[0]),) + tuple(inputs[1:])
+        return (self.op(inputs[0]),) + tuple(inputs[1:])
 
     def enter(self, module, inputs):
         mode = _ProjectionInput(self.weight, self.op)

@@ -6,7 +6,7 @@ from .operators import Ablation
 
 
 class OutputHook:
-    """Output -> ``op.apply(output, input)`` at every call, or at call ``call_site`` only
+    """Output -> ``op(output, input)`` at every call, or at call ``call_site`` only
     (``reset``, a pre-hook, counts from 0 each forward); a class: deep copies copy it"""
 
     def __init__(self, op, call_site=None):
@@ -19,7 +19,7 @@ class OutputHook:
         site, self.calls = self.calls, self.calls + 1
         if self.call_site is not None and site != self.call_site:
             return output
-        return self.op.apply(output, inputs[0] if inputs else None)
+        return self.op(output, inputs[0] if inputs else None)
 
 
 def ablate_output(model: nn.Module, name: str, op: Ablation, call_site=None):

@@ -1,10 +1,11 @@
 """The ablation operators: what an ablated output becomes, one class per method.
 
-Each operator's ``apply(output, source)`` takes the unablated output and the value
-the ablated op was given (its input: what ``identity`` passes on) and returns the
-output that goes on in its place. Operators are small ``nn.Module``s so that one
-with state (the running mean) follows ``.to(device)`` and ``.eval()`` once it has
-joined the model, and so that a traced graph can call any of them as a node.
+An operator is a small ``nn.Module``: ``op(output, source)`` (its ``forward``) takes
+the unablated output and the value the ablated op was given (its input: what
+``identity`` passes on) and returns the output that goes on in its place. As a module,
+one with state (the running mean) follows ``.to(device)`` and ``.eval()`` once it has
+joined the model, and a traced graph can call any of them as a node. Operators define
+no other method that ``nn.Module`` has: ``model.apply(fn)`` still means what it means.
 """
 
 import torch
@@ -17,9 +18,6 @@ class Ablation(nn.Module):
     name = "ablation"
     passes_input = False
 
-    def forward(self, output, source=None):
-        return self.apply(output, source)
-
 
 class IdentityAblation(Ablation):
     """Skip the op: its input goes on in place of its output (only where shapes match)."""
@@ -27,7 +25,7 @@ class IdentityAblation(Ablation):
     name = "identity"
     passes_input = True
 
-    def apply(self, output, source=None):
+    def forward(self, output, source=None):
         return source
 
 
@@ -36,13 +34,13 @@ class ZeroAblation(Ablation):
 
     name = "zero"
 
-    def apply(self, output, source=None):
+    def forward(self, output, source=None):
         if isinstance(output, torch.Tensor):
             return torch.zeros_like(output)
         if isinstance(output, dict):
-            return {key: self.apply(value) for key, value in output.items()}
+            return {key: self(value) for key, value in output.items()}
         if isinstance(output, (tuple, list)):
-            items = [self.apply(item) for item in output]
+            items = [self(item) for item in output]
             is_named = hasattr(output, "_fields")  # a namedtuple takes its fields apart
             return type(output)(*items) if is_named else type(output)(items)
         return output  # not a tensor: nothing to zero
@@ -60,7 +58,7 @@ class MeanAblation(Ablation):
         self.momentum = momentum
         self.register_buffer("running", mean)
 
-    def apply(self, output, source=None):
+    def forward(self, output, source=None):
         if self.training or self.running is None:
             mean = output.mean(dim=0)
             if self.training:
@@ -87,7 +85,7 @@ class MaskAblation(Ablation):
         super().__init__()
         self.dim, self.start, self.stop = dim, start, stop
 
-    def apply(self, output, source=None):
+    def forward(self, output, source=None):
         output = output.clone()
         output.narrow(self.dim, self.start, self.stop - self.start).zero_()
         return output

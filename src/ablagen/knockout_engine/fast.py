@@ -108,7 +108,7 @@ def _outputs(
     def replacer(target: fx.Node) -> Callable[[Any], Any]:
         def replace(raw: Any) -> Any:
             pieces = [
-                ops[k.variant_id].apply(
+                ops[k.variant_id](
                     _copy_k(raw, i, n) if target in plan.rerun and copies > 1 else raw,
                     cache.get(t.source),
                 )

@@ -22,7 +22,7 @@ class _Observe(Ablation):
         super().__init__()
         self.seen = seen
 
-    def apply(self, output: Any, source: Any = None) -> Any:
+    def forward(self, output: Any, source: Any = None) -> Any:
         self.seen(output)
         return output
 

@@ -1,9 +1,9 @@
 """The estimate of knockouts from an output ``a``, what replaces it ``a'`` and gradients.
 
-A knockout replaces ``a`` by ``a' = op.apply(a, source)``; to first order the loss of
+A knockout replaces ``a`` by ``a' = op(a, source)``; to first order the loss of
 sample n changes by ``u_n = (a'_n - a_n) . g_n``, ``g_n`` the gradient of its loss.
 Nothing here knows the methods: ``zero`` (``-a . g``), ``mean`` (``(mean - a) . g``),
-``identity`` (``(input - a) . g``) come from the operator's own ``apply``
+``identity`` (``(input - a) . g``) come from the operator's own ``forward``
 (:func:`products`, one knockout at a time).
 
 Most knockouts are slices of one output: a mask of units, a head (masked, or set to
@@ -246,7 +246,7 @@ def products(
     if all(g is None for g in grads):
         return None
     leaves = _tensors(value)
-    replaced = _tensors(op.apply(value, source))
+    replaced = _tensors(op(value, source))
     if len(replaced) != len(leaves):
         raise ValueError(
             f"the ablated output has {len(replaced)} tensors, the output {len(leaves)}"

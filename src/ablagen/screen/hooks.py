@@ -35,9 +35,9 @@ class Probe(Ablation):
         self.changes: list[torch.Tensor] = []
         self.zeros: list[torch.Tensor] = []
 
-    def apply(self, output: Any, source: Any = None) -> Any:
+    def forward(self, output: Any, source: Any = None) -> Any:
         with torch.no_grad():
-            ablated = self.op.apply(_probe_map(_detach_all, output), source)
+            ablated = self.op(_probe_map(_detach_all, output), source)
         outs, news = _probe_leaves(output), _probe_leaves(ablated)
         if len(outs) != len(news):
             raise ValueError("the ablation changes the output's structure")
