@@ -1,6 +1,6 @@
 """Ablation conv1:zero of class DigitsCNN.
 
-conv1 (Conv2d, a layer) -- zero: its output is replaced by zeros.
+conv1 (Conv2d layer) -- zero: its output is replaced by zeros.
 
 Model:  ../../examples/digits_cnn.py (class DigitsCNN, sha256 1fb05a23d8aa4276)
 Run:    python conv1__zero.py --epochs 8 --seed 0 --out result.json
@@ -84,72 +84,16 @@ def new_model():
 
 
 # -----------------------------------------------------------------------------
-# ablation: conv1 (Conv2d, layer) -- zero: its output is replaced by zeros
+# ablation: conv1 (Conv2d layer) -- zero: its output is replaced by zeros
 VARIANT = "conv1:zero"
 ABLATED_PARAMS = 160  # parameters that no longer affect the output
 
 
-# ablation operators (from ablagen.ablate: the knockout engine runs them too)
-class Ablation(nn.Module):
-    """An ablation operator; ``passes_input``: the op is skipped, its input goes on."""
-
-    name = "ablation"
-    passes_input = False
-
-    def forward(self, output, source=None):
-        return self.apply(output, source)
-
-
-class ZeroAblation(Ablation):
-    """The op still runs; zeros go on in place of its output (each tensor of a tuple)."""
-
-    name = "zero"
-
-    def apply(self, output, source=None):
-        if isinstance(output, torch.Tensor):
-            return torch.zeros_like(output)
-        if isinstance(output, dict):
-            return {key: self.apply(value) for key, value in output.items()}
-        if isinstance(output, (tuple, list)):
-            items = [self.apply(item) for item in output]
-            is_named = hasattr(output, "_fields")  # a namedtuple takes its fields apart
-            return type(output)(*items) if is_named else type(output)(items)
-        return output  # not a tensor: nothing to zero
-
-
-class OutputHook:
-    """Output -> ``op.apply(output, input)`` at every call, or at call ``call_site`` only
-    (``reset``, a pre-hook, counts from 0 each forward); a class: deep copies copy it"""
-
-    def __init__(self, op, call_site=None):
-        self.op, self.call_site, self.calls = op, call_site, 0
-
-    def reset(self, model, inputs):
-        self.calls = 0
-
-    def __call__(self, module, inputs, output):
-        site, self.calls = self.calls, self.calls + 1
-        if self.call_site is not None and site != self.call_site:
-            return output
-        return self.op.apply(output, inputs[0] if inputs else None)
-
-
-def ablate_output(model: nn.Module, name: str, op: Ablation, call_site=None):
-    """Ablate submodule ``name``'s output with ``op`` (at one call site); ``op`` joins the
-    model as a submodule, so its state follows ``.to()`` and ``.eval()``. The handle."""
-    module = model.get_submodule(name)
-    if op.passes_input and getattr(module, "inplace", False):
-        module.inplace = False  # the skipped call must leave its input intact
-    where = name.replace(".", "_") + ("" if call_site is None else f"@{call_site}")
-    model.add_module(f"ablation_{op.name}_{where}", op)
-    hook = OutputHook(op, call_site)
-    model.register_forward_pre_hook(hook.reset)
-    return module.register_forward_hook(hook)
-
-
 def ablate(model):
     """Ablate conv1 (Conv2d): its output is replaced by zeros."""
-    ablate_output(model, "conv1", ZeroAblation())
+    model.conv1.register_forward_hook(
+        lambda module, inputs, output: torch.zeros_like(output)
+    )
     return model
 
 
@@ -169,7 +113,7 @@ def make_optimizer(model, lr):
 
 
 # -----------------------------------------------------------------------------
-# loss and accuracy: override this include to train another kind of model
+# loss and accuracy
 def loss_fn(output, target):
     """The mean cross-entropy of a batch."""
     return F.cross_entropy(output, target)
@@ -196,25 +140,22 @@ def evaluate(model, x, y, batch_size):
 
 
 # -----------------------------------------------------------------------------
-# mid-run checkpoints: a killed run resumes from its last finished epoch
+# mid-run checkpoints: a killed run resumes after its last saved epoch
 class ResumeRefused(Exception):
     """A --resume-from file of another script or model shape (exit 2)."""
 
 
-def save_run_state(args, epoch, parts, generators, progress):
-    """Save ``parts``, RNGs and progress after ``epoch`` atomically; a note for status."""
+def save_run_state(args, parts, generators, run):
+    """Save the parts, the RNGs and ``run`` atomically, with a note for ablagen status."""
     state = {name: part.state_dict() for name, part in parts.items()}
-    rng = [random.getstate(), *(g.get_state() for g in generators)]
-    state.update(epoch=epoch, rng=rng, progress=progress)
+    state.update(run=run, rng=[random.getstate()] + [g.get_state() for g in generators])
     save_atomic(args.resume_from, lambda tmp: torch.save({VARIANT: state}, tmp))
-    note = json.dumps({"epoch": epoch, "variant": VARIANT, "seed": args.seed})
+    note = json.dumps({"epoch": run["epoch"], "variant": VARIANT, "seed": args.seed})
     save_atomic(f"{args.resume_from}.json", lambda tmp: Path(tmp).write_text(note))
 
 
-def load_run_state(path, parts, generators, fresh):
-    """(last finished epoch, progress) saved at ``path``; (0, fresh) when there is none."""
-    if not path or not os.path.exists(path):
-        return 0, fresh
+def load_run_state(path, parts, generators, run):
+    """Restore the parts, the RNGs and ``run`` saved at ``path``."""
     try:
         state = torch.load(path, weights_only=True)[VARIANT]  # another run's: KeyError
         for name, part in parts.items():  # another model shape raises here
@@ -225,8 +166,14 @@ def load_run_state(path, parts, generators, fresh):
     random.setstate(state["rng"][0])
     for generator, saved in zip(generators, state["rng"][1:]):
         generator.set_state(saved)
-    print(f"resumed {VARIANT} after epoch {state['epoch']} from {path}", flush=True)
-    return state["epoch"], state["progress"]
+    run.update(state["run"])
+    print(f"resumed {VARIANT} after epoch {run['epoch']} from {path}", flush=True)
+
+
+def remove_run_state(path):
+    """Delete a mid-run checkpoint and its note."""
+    for name in (path, f"{path}.json"):
+        Path(name).unlink(missing_ok=True)
 
 
 def train(args):
@@ -239,13 +186,15 @@ def train(args):
     optimizer = make_optimizer(model, args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
+    status = "ok"
+    # the state one epoch hands the next (a checkpoint saves it with the parts)
+    run = dict(epoch=0, history=[], epochs_to_target=None, train_time=0.0)
+    run.update(best_train_loss=math.inf, best_val_loss=math.inf, stale_epochs=0)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     generators = [torch.default_generator, order]  # dropout; the data order
-    fresh = ([], None, 0.0), (math.inf, math.inf, 0)
-    done, (run, bests) = load_run_state(args.resume_from, parts, generators, fresh)
-    (history, epochs_to_target, train_time), status = run, "ok"
-    best_train_loss, best_val_loss, stale_epochs = bests
-    for epoch in range(done + 1, args.epochs + 1):
+    if args.resume_from and os.path.exists(args.resume_from):
+        load_run_state(args.resume_from, parts, generators, run)
+    for epoch in range(run["epoch"] + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         model.train()
@@ -263,48 +212,49 @@ def train(args):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         train_loss = float(total_loss) / len(x_train)  # waits for the epoch's last step
-        train_time += time.perf_counter() - start
+        run["train_time"] += time.perf_counter() - start
         train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
         val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
         scheduler.step()
         row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc)
-        history.append(dict(row, val_loss=val_loss, val_acc=val_acc))
+        row.update(val_loss=val_loss, val_acc=val_acc)
+        run["history"].append(row)
         print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}", end=" ")
         print(f"val loss {val_loss:.4f} val acc {val_acc:.4f}", flush=True)
-        exploded = train_loss > DIVERGENCE_FACTOR * best_train_loss
+        exploded = train_loss > DIVERGENCE_FACTOR * run["best_train_loss"]
         if exploded or not math.isfinite(train_loss + val_loss):
             status = "diverged"
             break
-        best_train_loss = min(best_train_loss, train_loss)
-        if val_acc >= TARGET_ACC and epochs_to_target is None:
-            epochs_to_target = epoch
+        run["best_train_loss"] = min(run["best_train_loss"], train_loss)
+        if val_acc >= TARGET_ACC and run["epochs_to_target"] is None:
+            run["epochs_to_target"] = epoch
             if STOP_AT_TARGET:
                 break
-        stale_epochs = 0 if val_loss < best_val_loss else stale_epochs + 1
-        best_val_loss = min(best_val_loss, val_loss)
-        if PATIENCE and stale_epochs >= PATIENCE:
+        improved = val_loss < run["best_val_loss"]
+        run["stale_epochs"] = 0 if improved else run["stale_epochs"] + 1
+        run["best_val_loss"] = min(run["best_val_loss"], val_loss)
+        if PATIENCE and run["stale_epochs"] >= PATIENCE:
             print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
             break
         if args.resume_from and epoch % (args.checkpoint_every or math.inf) == 0:
-            run = (history, epochs_to_target, train_time)
-            bests = (best_train_loss, best_val_loss, stale_epochs)
-            save_run_state(args, epoch, parts, generators, (run, bests))
+            run.update(epoch=epoch)
+            save_run_state(args, parts, generators, run)
     if args.resume_from and not args.keep_checkpoint:  # finished: nothing to resume
-        for path in (args.resume_from, f"{args.resume_from}.json"):  # then its note
-            Path(path).unlink(missing_ok=True)
+        remove_run_state(args.resume_from)
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
+    history = run["history"]
     samples = len(x_train) * len(history)
     return {
         "status": status,
         "history": history,
         "final": {k: v for k, v in history[-1].items() if k not in ("epoch", "lr")},
         "epochs_run": len(history),
-        "epochs_to_target": epochs_to_target,
+        "epochs_to_target": run["epochs_to_target"],
         "params_total": params_total,
         "params_effective": params_total - ABLATED_PARAMS,
         "model_bytes": sum(t.nbytes for t in model.state_dict().values()),
-        "samples_per_s": samples / train_time if train_time else None,
+        "samples_per_s": samples / run["train_time"] if run["train_time"] else None,
         "peak_memory_bytes": peak_memory_bytes(device),
     }
 
@@ -332,15 +282,14 @@ def parse_args(argv=None):
     if args.checkpoint_every < 0:
         parser.exit(2, "error: --checkpoint-every must be 0 (no checkpoints) or more\n")
     if args.restart and args.resume_from:
-        for path in (args.resume_from, f"{args.resume_from}.json"):  # then its note
-            Path(path).unlink(missing_ok=True)
+        remove_run_state(args.resume_from)
     return args
 
 
 def seed_everything(seed):
-    """Seed Python and torch: one seed, one run on CPU at a fixed thread count."""
+    """Seed Python's and torch's random numbers: the same seed, the same run on CPU."""
     random.seed(seed)
-    torch.manual_seed(seed)  # (use_deterministic_algorithms: same results, slow import)
+    torch.manual_seed(seed)
 
 
 def peak_memory_bytes(device):
@@ -360,6 +309,15 @@ def save_atomic(path, write):
     os.replace(tmp, path)
 
 
+def json_safe(value):
+    """NaN and infinities as None (JSON has no such numbers), in dicts and lists too."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -377,8 +335,7 @@ def main(argv=None):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     result["wall_time_s"] = time.perf_counter() - started
     if args.out:
-        result = json.loads(json.dumps(result), parse_constant=lambda nan: None)  # null
-        text = json.dumps(result, indent=2, sort_keys=True)
+        text = json.dumps(json_safe(result), indent=2, sort_keys=True)
         save_atomic(args.out, lambda path: Path(path).write_text(text))
     print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
     return EXIT_CODES[result["status"]]

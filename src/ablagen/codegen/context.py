@@ -7,6 +7,7 @@ quotes or spaces -- becomes an escaped literal.
 
 from __future__ import annotations
 
+import keyword
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -275,7 +276,7 @@ class AblationSpec:
     kind: str  # layer | block | activation | neuron
     op: str
     method: str  # identity | zero | mean | mask
-    template: str  # ablation/<template>.py.j2: replace_identity | hook | fx_node
+    template: str  # replace_identity | zero_hook | hook | fx_node | head | call
     module: str | None  # qualified name of the hooked / replaced module
     parent: str | None  # replace_identity: the parent's qualified name ("" = the model)
     child: str | None  # replace_identity: the attribute name on the parent
@@ -296,6 +297,15 @@ class AblationSpec:
     def skips_node(self) -> bool:
         """An identity on a graph node: the script skips it (``skip_node``)."""
         return self.template == "fx_node" and self.method == "identity"
+
+    @property
+    def module_expression(self) -> str:
+        """The ablated module in a script: ``model.conv1``, else ``model.get_submodule(...)``
+        (a name with a part that is no attribute name, such as ``layers.0``)."""
+        parts = (self.module or "").split(".")
+        if all(part.isidentifier() and not keyword.iskeyword(part) for part in parts):
+            return ".".join(["model", *parts])
+        return f"model.get_submodule({self.module!r})"
 
     @property
     def operator_class(self) -> str:

@@ -164,6 +164,8 @@ def ablation_spec(comp: Component, method: str) -> AblationSpec:
         template = "fx_node"
     elif method == "identity" and comp.call_site is None:
         template = "replace_identity"
+    elif method == "zero" and comp.call_site is None and comp.output_shape is not None:
+        template = "zero_hook"  # one tensor out: one forward hook, no operator
     else:
         template = "hook"
     parent, _, child = (comp.module or "").rpartition(".")

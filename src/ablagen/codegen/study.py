@@ -140,5 +140,5 @@ def _description(spec: AblationSpec | None) -> tuple[str, ...]:
             "Every ablation variant of this study is compared with this run, seed by seed.",
         )
     return (
-        f"{spec.component_id} ({spec.op}, a {spec.kind}) -- {spec.method}: {spec.summary}.",
+        f"{spec.component_id} ({spec.op} {spec.kind}) -- {spec.method}: {spec.summary}.",
     )

@@ -104,7 +104,7 @@ def make_optimizer(model, lr):
 
 
 # -----------------------------------------------------------------------------
-# loss and accuracy: override this include to train another kind of model
+# loss and accuracy
 def loss_fn(output, target):
     """The mean cross-entropy of a batch."""
     return F.cross_entropy(output, target)
@@ -139,9 +139,11 @@ def train(args):
     model = ablate(model).to(device)
     optimizer = make_optimizer(model, args.lr)
     order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
-    history, status, epochs_to_target, train_time = [], "ok", None, 0.0
-    best_train_loss, best_val_loss, stale_epochs = math.inf, math.inf, 0
-    for epoch in range(1, args.epochs + 1):
+    status = "ok"
+    # the state one epoch hands the next
+    run = dict(epoch=0, history=[], epochs_to_target=None, train_time=0.0)
+    run.update(best_train_loss=math.inf, best_val_loss=math.inf, stale_epochs=0)
+    for epoch in range(run["epoch"] + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         model.train()
@@ -159,40 +161,43 @@ def train(args):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         train_loss = float(total_loss) / len(x_train)  # waits for the epoch's last step
-        train_time += time.perf_counter() - start
+        run["train_time"] += time.perf_counter() - start
         train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
         val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
         row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc)
-        history.append(dict(row, val_loss=val_loss, val_acc=val_acc))
+        row.update(val_loss=val_loss, val_acc=val_acc)
+        run["history"].append(row)
         print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}", end=" ")
         print(f"val loss {val_loss:.4f} val acc {val_acc:.4f}", flush=True)
-        exploded = train_loss > DIVERGENCE_FACTOR * best_train_loss
+        exploded = train_loss > DIVERGENCE_FACTOR * run["best_train_loss"]
         if exploded or not math.isfinite(train_loss + val_loss):
             status = "diverged"
             break
-        best_train_loss = min(best_train_loss, train_loss)
-        if val_acc >= TARGET_ACC and epochs_to_target is None:
-            epochs_to_target = epoch
+        run["best_train_loss"] = min(run["best_train_loss"], train_loss)
+        if val_acc >= TARGET_ACC and run["epochs_to_target"] is None:
+            run["epochs_to_target"] = epoch
             if STOP_AT_TARGET:
                 break
-        stale_epochs = 0 if val_loss < best_val_loss else stale_epochs + 1
-        best_val_loss = min(best_val_loss, val_loss)
-        if PATIENCE and stale_epochs >= PATIENCE:
+        improved = val_loss < run["best_val_loss"]
+        run["stale_epochs"] = 0 if improved else run["stale_epochs"] + 1
+        run["best_val_loss"] = min(run["best_val_loss"], val_loss)
+        if PATIENCE and run["stale_epochs"] >= PATIENCE:
             print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
             break
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
+    history = run["history"]
     samples = len(x_train) * len(history)
     return {
         "status": status,
         "history": history,
         "final": {k: v for k, v in history[-1].items() if k not in ("epoch", "lr")},
         "epochs_run": len(history),
-        "epochs_to_target": epochs_to_target,
+        "epochs_to_target": run["epochs_to_target"],
         "params_total": params_total,
         "params_effective": params_total - ABLATED_PARAMS,
         "model_bytes": sum(t.nbytes for t in model.state_dict().values()),
-        "samples_per_s": samples / train_time if train_time else None,
+        "samples_per_s": samples / run["train_time"] if run["train_time"] else None,
         "peak_memory_bytes": peak_memory_bytes(device),
     }
 
@@ -216,9 +221,9 @@ def parse_args(argv=None):
 
 
 def seed_everything(seed):
-    """Seed Python and torch: one seed, one run on CPU at a fixed thread count."""
+    """Seed Python's and torch's random numbers: the same seed, the same run on CPU."""
     random.seed(seed)
-    torch.manual_seed(seed)  # (use_deterministic_algorithms: same results, slow import)
+    torch.manual_seed(seed)
 
 
 def peak_memory_bytes(device):
@@ -238,6 +243,15 @@ def save_atomic(path, write):
     os.replace(tmp, path)
 
 
+def json_safe(value):
+    """NaN and infinities as None (JSON has no such numbers), in dicts and lists too."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -252,8 +266,7 @@ def main(argv=None):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     result["wall_time_s"] = time.perf_counter() - started
     if args.out:
-        result = json.loads(json.dumps(result), parse_constant=lambda nan: None)  # null
-        text = json.dumps(result, indent=2, sort_keys=True)
+        text = json.dumps(json_safe(result), indent=2, sort_keys=True)
         save_atomic(args.out, lambda path: Path(path).write_text(text))
     print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
     return EXIT_CODES[result["status"]]
