@@ -15,10 +15,11 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import posixpath
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ablagen.codegen.context import ScriptContext
@@ -90,7 +91,7 @@ def render_pruned(
             "ablagen prune supports classification studies on in-memory data so far",
             "prune a study whose model file gives build_data() or a built-in DATASET",
         )
-    layers = len(plan.layers)
+    layers, model = len(plan.layers), prepared.base["model"]
     ctx = ScriptContext(
         script_name=script_name(plan.ratio),
         variant_id=f"pruned:{plan.ratio:g}",
@@ -112,7 +113,11 @@ def render_pruned(
             "finetune_epochs": finetune_epochs,
             "surgery_source": surgery_source(),
         },
-        **prepared.base,
+        **{
+            **prepared.base,  # the script lives in STUDY/prune: paths from there
+            "model": replace(model, path=posixpath.join("..", model.path)),
+            "regenerate_command": f"ablagen prune .. --ratios {plan.ratio:g} --finetune-epochs {finetune_epochs} --no-run",
+        },
     )  # fmt: skip
     env = top_template_is(prepared.env, PRUNED_TEMPLATE)
     return render_script(env, ctx).encode("utf-8")
