@@ -40,6 +40,8 @@ GOLDEN_CASES = {
 
 #: training settings per golden case (default: TrainConfig(epochs=1))
 GOLDEN_TRAIN = {
+    # one prediction per position (batch, 3, 2): a tagger
+    "residual": TrainConfig(epochs=1, task="tokens"),
     "noisy": TrainConfig(
         epochs=1,
         sigma=0.01,

@@ -27,6 +27,7 @@ from ablagen.codegen.options import MODES, GenerateOptions, StudyConfig, relativ
 from ablagen.codegen.plan import parse_kinds, parse_methods
 from ablagen.codegen.render import render_script
 from ablagen.data import check_task, output_access, resolve_data
+from ablagen.data.tasks import check_one_label_per_sample
 from ablagen.data.shapes import count_classes
 from ablagen.data.sources import check_fits
 from ablagen.data.synthetic import check_synthetic
@@ -165,6 +166,10 @@ def _model_info(
     access = output_access(output, str(loaded.path))
     first = access.prediction
     check_task(opts.train.task, first, None if batch is None else batch[1], where)
+    if opts.templates is None:  # the built-in loss (a user's loss.py.j2 may differ)
+        check_one_label_per_sample(
+            opts.train.task, first, None if batch is None else batch[1], where
+        )
     if data.dataset == "synthetic":
         check_synthetic(opts.train.task, first, loaded.example_inputs[0][0], where)
     classes = (

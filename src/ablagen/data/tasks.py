@@ -45,15 +45,6 @@ class Task:
                 f"but the model in {where} returns {shape}",
                 _fix(self.name),
             )
-        labels_per_sample = target is None or target.dim() == 1
-        if self.name == "classification" and prediction.dim() > 2 and labels_per_sample:
-            raise ConfigError(
-                f"--task classification needs one score vector per sample "
-                f"{self.shape_hint} for one label per sample, but the model in {where} "
-                f"returns {shape}",
-                "return one vector per sample (e.g. logits[:, -1]), give per-position "
-                "labels, or pick --task lm or tokens",
-            )
         if target is None:
             return
         if self.name in ("tokens", "lm") and tuple(target.shape) != shape[:2]:
@@ -73,6 +64,23 @@ class Task:
                 f"--task classification: the targets from {where} are {target.dtype}, not labels",
                 "return integer class labels, or use --task regression or multilabel",
             )
+
+
+def check_one_label_per_sample(
+    task: str, prediction: torch.Tensor, target: torch.Tensor | None, where: str
+) -> None:
+    """The built-in classification loss takes (batch, classes) scores, or per-position
+    scores with per-position labels: refuse a (batch, 1, classes)-like prediction for
+    one label per sample (nanoGPT's inference output) before every run fails on it."""
+    labels_per_sample = target is None or target.dim() == 1
+    if task == "classification" and prediction.dim() > 2 and labels_per_sample:
+        raise ConfigError(
+            f"--task classification needs one score vector per sample (batch, classes) "
+            f"for one label per sample, but the model in {where} returns "
+            f"{tuple(prediction.shape)}",
+            "return one vector per sample (e.g. logits[:, -1]), give per-position "
+            "labels, pick --task lm or tokens, or bring your own loss with --templates",
+        )
 
 
 def _fix(task: str) -> str:

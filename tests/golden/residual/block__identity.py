@@ -1,11 +1,11 @@
 """Ablation block:identity of class ResNet.
 
-block (Block, a block) -- identity: it is skipped, its input passes straight through.
+block (Block block) -- identity: it is skipped, its input passes straight through.
 
 Model:  ../models/residual.py (class ResNet, sha256 1a02e1564647e609)
 Run:    python block__identity.py --epochs 1 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
-    ablagen generate ../models/residual.py --out . --dataset synthetic --components block:identity --components block.lin:zero --components fn.gelu:mean --components 'block.lin[2]:mask' --components out:zero --epochs 1
+    ablagen generate ../models/residual.py --out . --dataset synthetic --components block:identity --components block.lin:zero --components fn.gelu:mean --components 'block.lin[2]:mask' --components out:zero --epochs 1 --task tokens
 Standalone (Python, torch; never ablagen): writes the JSON result
 (metrics per epoch, parameter counts, wall time) to --out; exit codes: EXIT_CODES.
 """
@@ -35,6 +35,7 @@ SAMPLE_SHAPE = (3, 6)  # one input sample of the model, no batch dimension
 NUM_OUTPUTS = 2  # size of the model's last output dimension
 VAL_FRACTION = 0.2  # share of the data held out for validation
 SPLIT_SEED = 0  # fixes the split: every variant sees the same data
+IGNORE_INDEX = -100  # target tokens with this value are not scored
 TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
 STOP_AT_TARGET = False  # stop training once the target is reached
 PATIENCE = None  # early stopping: epochs without val-loss gain (None: off)
@@ -70,14 +71,14 @@ def new_model():
 
 
 # -----------------------------------------------------------------------------
-# ablation: block (Block, block) -- identity: it is skipped, its input passes straight through
+# ablation: block (Block block) -- identity: it is skipped, its input passes straight through
 VARIANT = "block:identity"
 ABLATED_PARAMS = 42  # parameters that no longer affect the output
 
 
 def ablate(model):
     """Ablate block (Block): it is skipped, its input passes straight through."""
-    setattr(model, "block", nn.Identity())  # block: skipped
+    model.block = nn.Identity()  # block: skipped
     return model
 
 
@@ -87,13 +88,14 @@ SYNTHETIC_SAMPLES = 512  # train + validation samples
 
 
 def load_data():
-    """Seeded synthetic data shaped like the model's input; targets come from a fixed
-    random projection of the inputs, so there is something to learn."""
+    """Seeded synthetic data shaped like the model's input; one label per position, the
+    largest score of a fixed random projection of its features, so there is something
+    to learn."""
     generator = torch.Generator().manual_seed(SPLIT_SEED)
     x = torch.randn((SYNTHETIC_SAMPLES, *SAMPLE_SHAPE), generator=generator)
-    projection = torch.randn(x[0].numel(), NUM_OUTPUTS, generator=generator)
-    scores = x.reshape(len(x), -1).float() @ projection
-    y = scores.argmax(dim=1)
+    positions = x.reshape(len(x), SAMPLE_SHAPE[0], -1)  # (samples, positions, features)
+    projection = torch.randn(positions.shape[2], NUM_OUTPUTS, generator=generator)
+    y = (positions @ projection).argmax(dim=2)  # one label per position
     return split(x, y)
 
 
@@ -113,15 +115,23 @@ def make_optimizer(model, lr):
 
 
 # -----------------------------------------------------------------------------
-# loss and accuracy: override this include to train another kind of model
+# loss and accuracy (per token)
 def loss_fn(output, target):
-    """The mean cross-entropy of a batch."""
-    return F.cross_entropy(output, target)
+    """The mean cross-entropy over every token of a batch (IGNORE_INDEX skipped)."""
+    scores = output
+    return F.cross_entropy(
+        scores.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX
+    )
 
 
 def count_correct(output, target):
-    """How many labels of a batch the predictions match (a tensor: no host sync)."""
-    return (output.argmax(dim=1) == target).sum()
+    """Tokens tagged right, IGNORE_INDEX skipped (a tensor: no host sync)."""
+    return ((output.argmax(dim=-1) == target) & (target != IGNORE_INDEX)).sum()
+
+
+def count_labels(target):
+    """Tokens that are scored: the accuracy's denominator."""
+    return (target != IGNORE_INDEX).sum()
 
 
 # -----------------------------------------------------------------------------
@@ -136,7 +146,7 @@ def evaluate(model, x, y, batch_size):
         target = y[start : start + batch_size]
         total_loss += loss_fn(output, target) * len(target)
         right += count_correct(output, target)
-    return float(total_loss) / len(x), int(right) / y.numel()  # per label
+    return float(total_loss) / len(x), int(right) / int(count_labels(y))  # per label
 
 
 def train(args):
@@ -148,9 +158,11 @@ def train(args):
     model = ablate(model).to(device)
     optimizer = make_optimizer(model, args.lr)
     order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
-    history, status, epochs_to_target, train_time = [], "ok", None, 0.0
-    best_train_loss, best_val_loss, stale_epochs = math.inf, math.inf, 0
-    for epoch in range(1, args.epochs + 1):
+    status = "ok"
+    # the state one epoch hands the next
+    run = dict(epoch=0, history=[], epochs_to_target=None, train_time=0.0)
+    run.update(best_train_loss=math.inf, best_val_loss=math.inf, stale_epochs=0)
+    for epoch in range(run["epoch"] + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         model.train()
@@ -168,40 +180,45 @@ def train(args):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         train_loss = float(total_loss) / len(x_train)  # waits for the epoch's last step
-        train_time += time.perf_counter() - start
-        train_acc = int(right) / y_train.numel()  # per label (a token, a pixel, ...)
+        run["train_time"] += time.perf_counter() - start
+        train_acc = int(right) / int(
+            count_labels(y_train)
+        )  # per label (a token, a pixel, ...)
         val_loss, val_acc = evaluate(model, x_val, y_val, args.batch_size)
         row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc)
-        history.append(dict(row, val_loss=val_loss, val_acc=val_acc))
+        row.update(val_loss=val_loss, val_acc=val_acc)
+        run["history"].append(row)
         print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}", end=" ")
         print(f"val loss {val_loss:.4f} val acc {val_acc:.4f}", flush=True)
-        exploded = train_loss > DIVERGENCE_FACTOR * best_train_loss
+        exploded = train_loss > DIVERGENCE_FACTOR * run["best_train_loss"]
         if exploded or not math.isfinite(train_loss + val_loss):
             status = "diverged"
             break
-        best_train_loss = min(best_train_loss, train_loss)
-        if val_acc >= TARGET_ACC and epochs_to_target is None:
-            epochs_to_target = epoch
+        run["best_train_loss"] = min(run["best_train_loss"], train_loss)
+        if val_acc >= TARGET_ACC and run["epochs_to_target"] is None:
+            run["epochs_to_target"] = epoch
             if STOP_AT_TARGET:
                 break
-        stale_epochs = 0 if val_loss < best_val_loss else stale_epochs + 1
-        best_val_loss = min(best_val_loss, val_loss)
-        if PATIENCE and stale_epochs >= PATIENCE:
+        improved = val_loss < run["best_val_loss"]
+        run["stale_epochs"] = 0 if improved else run["stale_epochs"] + 1
+        run["best_val_loss"] = min(run["best_val_loss"], val_loss)
+        if PATIENCE and run["stale_epochs"] >= PATIENCE:
             print(f"early stopping: no val-loss gain for {PATIENCE} epochs")
             break
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
+    history = run["history"]
     samples = len(x_train) * len(history)
     return {
         "status": status,
         "history": history,
         "final": {k: v for k, v in history[-1].items() if k not in ("epoch", "lr")},
         "epochs_run": len(history),
-        "epochs_to_target": epochs_to_target,
+        "epochs_to_target": run["epochs_to_target"],
         "params_total": params_total,
         "params_effective": params_total - ABLATED_PARAMS,
         "model_bytes": sum(t.nbytes for t in model.state_dict().values()),
-        "samples_per_s": samples / train_time if train_time else None,
+        "samples_per_s": samples / run["train_time"] if run["train_time"] else None,
         "peak_memory_bytes": peak_memory_bytes(device),
     }
 
@@ -225,9 +242,9 @@ def parse_args(argv=None):
 
 
 def seed_everything(seed):
-    """Seed Python and torch: one seed, one run on CPU at a fixed thread count."""
+    """Seed Python's and torch's random numbers: the same seed, the same run on CPU."""
     random.seed(seed)
-    torch.manual_seed(seed)  # (use_deterministic_algorithms: same results, slow import)
+    torch.manual_seed(seed)
 
 
 def peak_memory_bytes(device):
@@ -247,6 +264,15 @@ def save_atomic(path, write):
     os.replace(tmp, path)
 
 
+def json_safe(value):
+    """NaN and infinities as None (JSON has no such numbers), in dicts and lists too."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -261,8 +287,7 @@ def main(argv=None):
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     result["wall_time_s"] = time.perf_counter() - started
     if args.out:
-        result = json.loads(json.dumps(result), parse_constant=lambda nan: None)  # null
-        text = json.dumps(result, indent=2, sort_keys=True)
+        text = json.dumps(json_safe(result), indent=2, sort_keys=True)
         save_atomic(args.out, lambda path: Path(path).write_text(text))
     print(f"{VARIANT}: {result['status']} in {result['wall_time_s']:.1f}s")
     return EXIT_CODES[result["status"]]
