@@ -88,12 +88,14 @@ def test_generates_and_runs(tmp_path, capsys, case):
     scripts = sorted(v["script"] for v in manifest["variants"])
     # a functional call's ablation when there is one: it edits the traced graph
     variant = next((s for s in scripts if s.startswith("fn_")), scripts[0])
-    _run(study / "baseline.py")
+    weights = str(tmp_path / "baseline.pt")  # knockout.py and screen.py load them
+    _run(study / "baseline.py", "--checkpoint", weights)
     _run(study / variant)
     study = _generate(case, tmp_path / "knockout", capsys, "--mode", "knockout")
-    _run(study / "knockout.py")
+    _run(study / "knockout.py", "--checkpoint", weights)
     study = _generate(case, tmp_path / "screen", capsys, "--mode", "screen")
-    result = _run(study / "screen.py")  # untraceable: probes on hooks, no graph
+    # untraceable: probes on hooks, no graph
+    result = _run(study / "screen.py", "--checkpoint", weights)
     assert result["screen"].get("path", "graph") == (
         "graph" if case.traceable else "hooks"
     )
