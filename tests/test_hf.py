@@ -287,7 +287,7 @@ def test_gpt2_knockout_generates(tmp_path, capsys):
     )
     code, _, err = run_cli(
         ["generate", model_file, "--out", tmp_path / "s", "--kinds", "heads",
-         "--mode", "knockout"],
+         "--mode", "knockout", "--task", "tokens"],  # hidden states: one per position
         capsys,
     )  # fmt: skip
     assert code == 0, err
