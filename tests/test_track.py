@@ -249,7 +249,8 @@ def test_export_without_a_tty_prints_plain_lines(study: Path) -> None:
     )
     assert runs + variants == total
     assert lines[1].startswith(f"[{' ' * (len(str(total)) - 1)}1/{total}] ")
-    assert lines[-2].startswith(
+    summary = [line for line in lines if line.startswith("tensorboard: ")]
+    assert len(summary) == 1 and summary[0].startswith(
         f"tensorboard: {runs} runs of {variants} variants, {total} entries"
     )
     assert "[6/8] created   a:zero seed=0 failed" in lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -102,11 +103,13 @@ def test_killing_the_ray_driver_leaves_no_process_and_resumes(tmp_path: Path) ->
     reference = make_study(tmp_path / "reference", variants)
     mark = uuid.uuid4().hex
     proc = ray_run(study, mark)
-    assert wait_for(
-        lambda: (study / "results.sqlite").exists()
-        and any(status == "ok" for *_, status, _ in db_rows(study)),
-        300,
-    )
+    def one_stored() -> bool:
+        try:  # the file exists a moment before its table does
+            return any(status == "ok" for *_, status, _ in db_rows(study))
+        except sqlite3.OperationalError:
+            return False
+
+    assert wait_for(lambda: (study / "results.sqlite").exists() and one_stored(), 300)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert wait_for(
