@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_orchestrate import counter, db_rows, make_study
+from conftest_orchestrate import counter, db_rows, make_study, session_pids
 
 from ablagen.cli import main
 from ablagen.studydir import RESULTS_DB
@@ -28,21 +28,6 @@ pytestmark = [
 ]
 
 VARIANTS = {"baseline": ("ok", 0.2), **{f"v{i}:zero": ("ok", 0.2) for i in range(9)}}
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session ``sid``: the orchestrator and all it started."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def wait_until(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:

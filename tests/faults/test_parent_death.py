@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_orchestrate import counter, make_study
+from conftest_orchestrate import counter, make_study, session_pids
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -24,21 +24,6 @@ pytestmark = [
         not Path("/proc/self/stat").exists(), reason="needs Linux /proc"
     ),
 ]
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session ``sid``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:

@@ -19,7 +19,14 @@ package and its ``knockout.py`` embeds it whole. Edit it here, never in a script
 """
 
 from .calls import CALL_NAMES, CallSiteHook, ablate_call
-from .graph import ablate_node, first_input, out_of_place, skip_node, trace
+from .graph import (
+    ablate_node,
+    first_input,
+    forward_defaults,
+    out_of_place,
+    skip_node,
+    trace,
+)
 from .heads import (
     HEAD_ABLATIONS,
     HeadAblation,
@@ -59,6 +66,7 @@ __all__ = [
     "ZeroAblation",
     "ablate_node",
     "trace",
+    "forward_defaults",
     "ablate_output",
     "first_input",
     "out_of_place",

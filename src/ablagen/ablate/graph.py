@@ -9,17 +9,22 @@ import torch
 from .operators import Ablation
 
 
+def forward_defaults(model: torch.nn.Module, num_inputs: int = 1) -> dict:
+    """The defaults of ``model.forward``'s parameters after its first ``num_inputs``."""
+    later = list(inspect.signature(model.forward).parameters.values())[num_inputs:]
+    return {
+        p.name: p.default
+        for p in later
+        if p.default is not p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
 def trace(model: torch.nn.Module, num_inputs: int = 1) -> torch.fx.GraphModule:
     """torch.fx's trace of ``model`` called with ``num_inputs`` tensors. The forward's
     later parameters keep their defaults: an optional ``mask=None`` or ``hidden=None``
     is traced as None (``if mask is not None`` takes the branch it takes when called
     with one tensor), not as an input."""
-    later = list(inspect.signature(model.forward).parameters.values())[num_inputs:]
-    defaults = {
-        p.name: p.default
-        for p in later
-        if p.default is not p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    defaults = forward_defaults(model, num_inputs)
     return torch.fx.symbolic_trace(model, concrete_args=defaults or None)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import inspect
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -207,12 +206,9 @@ def _model_info(
 def _trace_defaults(model: torch.nn.Module) -> str:
     """forward's defaulted parameters after the input, as a dict literal for torch.fx
     (``{"mask": None}``); "" when there are none or one is not a literal."""
-    later = list(inspect.signature(model.forward).parameters.values())[1:]
-    defaults = {
-        p.name: p.default
-        for p in later
-        if p.default is not p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    from ablagen.ablate import forward_defaults  # torch, only when scripts are written
+
+    defaults = forward_defaults(model)
     try:
         if ast.literal_eval(repr(defaults)) == defaults:
             return repr(defaults) if defaults else ""
