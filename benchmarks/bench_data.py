@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from ablagen.codegen.context import TrainConfig
-from ablagen.codegen.study import GenerateOptions, generate_study
+from ablagen.generate.context import TrainConfig
+from ablagen.generate.build import GenerateOptions, generate_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

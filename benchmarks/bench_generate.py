@@ -7,7 +7,7 @@ each whole rendered script) on a sample of the same scripts, and finally checks 
 every generated file passes ``black --check``.
 
 Then times ``ablagen generate`` through the CLI, start-up included, with black by
-shape (codegen/shapes.py) and without, side by side.
+shape (generate/by_shape.py) and without, side by side.
 
     python benchmarks/bench_generate.py [--sample 40] [--quick] [--rounds 2]
 """
@@ -27,8 +27,8 @@ import black
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from ablagen.codegen.render import BLACK_MODE  # noqa: E402
-from ablagen.codegen.study import GenerateOptions, generate_study  # noqa: E402
+from ablagen.generate.render import BLACK_MODE  # noqa: E402
+from ablagen.generate.build import GenerateOptions, generate_study  # noqa: E402
 
 
 def main() -> None:

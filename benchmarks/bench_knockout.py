@@ -41,17 +41,17 @@ from torch.utils.flop_counter import FlopCounterMode
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from ablagen.analysis import analyze  # noqa: E402
-from ablagen.codegen.context import TrainConfig  # noqa: E402
-from ablagen.codegen.knockout import knockouts_for  # noqa: E402
-from ablagen.codegen.plan import ablation_spec, plan_variants  # noqa: E402
-from ablagen.codegen.study import GenerateOptions, generate_study  # noqa: E402
+from ablagen.analyze import analyze  # noqa: E402
+from ablagen.generate.context import TrainConfig  # noqa: E402
+from ablagen.generate.knockout_mode import knockouts_for  # noqa: E402
+from ablagen.generate.variants import ablation_spec, plan_variants  # noqa: E402
+from ablagen.generate.build import GenerateOptions, generate_study  # noqa: E402
 from ablagen.knockout_engine import (
     activation_means,
     evaluate_naive,
     run_knockouts,
 )  # noqa: E402
-from ablagen.loading import load_model  # noqa: E402
+from ablagen.analyze.loading import load_model  # noqa: E402
 
 MODEL = HERE.parent / "examples" / "resnet_small.py"
 KINDS = ("layer", "block", "activation", "neuron")

@@ -57,9 +57,9 @@ sys.path.insert(0, str(HERE))
 from bench_data import load  # noqa: E402
 from bench_knockout import digits  # noqa: E402
 
-from ablagen.codegen.context import TrainConfig  # noqa: E402
-from ablagen.codegen.study import GenerateOptions, generate_study  # noqa: E402
-from ablagen.errors import AblagenError  # noqa: E402
+from ablagen.generate.context import TrainConfig  # noqa: E402
+from ablagen.generate.build import GenerateOptions, generate_study  # noqa: E402
+from ablagen.core.errors import AblagenError  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 GOAL = {"cpu": 0.97, "cuda": 0.95}

@@ -46,8 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from ablagen.fsutil import sha256_file  # noqa: E402
-from ablagen.studydir import (  # noqa: E402
+from ablagen.core.atomic import sha256_file  # noqa: E402
+from ablagen.core.studydir import (  # noqa: E402
     LOGS_DIR,
     MANIFEST,
     RESULTS_DB,

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ablagen.loading import load_model  # noqa: E402
+from ablagen.analyze.loading import load_model  # noqa: E402
 from ablagen.perturb import PerturbedOptimizer  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

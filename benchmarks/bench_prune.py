@@ -36,8 +36,8 @@ from ablagen.prune.importance import (
     unit_scores,
 )
 from ablagen.prune.plan import make_plan
-from ablagen.ranking import load_ranking
-from ablagen.studydir import load_manifest
+from ablagen.rank.ranking import load_ranking
+from ablagen.core.studydir import load_manifest
 from ablagen.sweep.stats import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]

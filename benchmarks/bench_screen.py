@@ -38,14 +38,14 @@ sys.path.insert(0, str(HERE))
 
 from bench_knockout import correct, digits  # noqa: E402
 
-from ablagen.analysis import analyze  # noqa: E402
-from ablagen.codegen.knockout import knockouts_for  # noqa: E402
-from ablagen.codegen.plan import ablation_spec, plan_variants  # noqa: E402
-from ablagen.errors import ComponentError  # noqa: E402
+from ablagen.analyze import analyze  # noqa: E402
+from ablagen.generate.knockout_mode import knockouts_for  # noqa: E402
+from ablagen.generate.variants import ablation_spec, plan_variants  # noqa: E402
+from ablagen.core.errors import ComponentError  # noqa: E402
 from ablagen.knockout_engine import evaluate_naive, run_knockouts  # noqa: E402
 from ablagen.knockout_engine.means import activation_means  # noqa: E402
-from ablagen.loading import load_model  # noqa: E402
-from ablagen.pipeline import spearman  # noqa: E402
+from ablagen.analyze.loading import load_model  # noqa: E402
+from ablagen.study.pipeline import spearman  # noqa: E402
 from ablagen.screen import GGN_RANK, GGN_SHARE, screen_knockouts  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"

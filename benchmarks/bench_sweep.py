@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from ablagen.orchestrate import RunOptions, parse_seeds, run_study  # noqa: E402
 from ablagen.orchestrate import local  # noqa: E402
-from ablagen.ranking import load_records  # noqa: E402
+from ablagen.rank.ranking import load_records  # noqa: E402
 from ablagen.sweep import SweepOptions, generate_sweep, parse_lrs  # noqa: E402
 
 

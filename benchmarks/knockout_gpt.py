@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ablagen.analysis import build_inventory
-from ablagen.codegen.knockout import knockouts_for
-from ablagen.codegen.plan import ablation_spec
+from ablagen.analyze import build_inventory
+from ablagen.generate.knockout_mode import knockouts_for
+from ablagen.generate.variants import ablation_spec
 from ablagen.knockout_engine import activation_means, evaluate_naive, run_knockouts
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py"

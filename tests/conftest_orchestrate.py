@@ -12,8 +12,8 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
-from ablagen.fsutil import sha256_file
-from ablagen.studydir import MANIFEST, RESULTS_DB, Manifest, VariantEntry
+from ablagen.core.atomic import sha256_file
+from ablagen.core.studydir import MANIFEST, RESULTS_DB, Manifest, VariantEntry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "orchestrate"
 FAKE = FIXTURES / "fake_script.py"

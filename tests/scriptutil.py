@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ablagen.codegen.context import TrainConfig
-from ablagen.codegen.study import GenerateOptions, generate_study
+from ablagen.generate.context import TrainConfig
+from ablagen.generate.build import GenerateOptions, generate_study
 
 _counter = itertools.count()
 

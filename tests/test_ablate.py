@@ -29,7 +29,7 @@ from ablagen.ablate import (
     ablate_output,
     skip_node,
 )
-from ablagen.codegen.embed import extract_definitions
+from ablagen.generate.embed import extract_definitions
 from ablagen.knockout_engine import KNOCKOUT_METHODS
 
 X = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))

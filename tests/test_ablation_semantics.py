@@ -73,7 +73,7 @@ X = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
 def test_baseline_model_equals_original(digits_study):
-    from ablagen.loading import load_model
+    from ablagen.analyze.loading import load_model
 
     module, reference, ablated = _models(digits_study, "baseline.py")
     original = load_model(str(EXAMPLES / "digits_cnn.py")).model

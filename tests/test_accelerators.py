@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ablagen import perturb
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 from conftest import EXAMPLES, MODELS, run_cli
 from scriptutil import generate, load_script
 from test_noise_block import noise_block

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 from scriptutil import generate
 
 #: slow enough per epoch that a kill lands mid-run; dropout and noise use RNG streams

@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 
 from ablagen import __version__
-from ablagen.analysis import analyze
-from ablagen.loading import load_model
+from ablagen.analyze import analyze
+from ablagen.analyze.loading import load_model
 from conftest import EXAMPLES, MODELS, run_cli
 
 

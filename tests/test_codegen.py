@@ -12,9 +12,9 @@ import black
 import pytest
 import torch
 
-from ablagen.codegen.render import BLACK_MODE
-from ablagen.studydir import load_manifest
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.render import BLACK_MODE
+from ablagen.core.studydir import load_manifest
+from ablagen.generate.context import TrainConfig
 from conftest import EXAMPLES, MODELS, ROOT, run_cli
 from scriptutil import generate, load_script
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ablagen.studydir import load_manifest
+from ablagen.core.studydir import load_manifest
 from conftest import ROOT
 
 STUDY = ROOT / "generated" / "digits_cnn"

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablagen.analysis.inventory import build_inventory
-from ablagen.codegen.plan import ablation_spec
-from ablagen.hybrid import counted_once
+from ablagen.analyze.inventory import build_inventory
+from ablagen.generate.variants import ablation_spec
+from ablagen.arms.hybrid import counted_once
 
 
 class Chain(nn.Module):
@@ -108,7 +108,7 @@ def test_removed_together_each_parameter_counts_once():
 def test_examples_zeroed_layers_match_autograd(example):
     """Branches, residual adds, attention reading x.size(): a shape read carries no
     values, so a LayerNorm read only by qkv and by size() is cut off with qkv."""
-    from ablagen.loading import load_model
+    from ablagen.analyze.loading import load_model
     from conftest import EXAMPLES
 
     loaded = load_model(str(EXAMPLES / example))

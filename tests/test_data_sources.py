@@ -20,9 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ablagen.codegen.context import DataSpec, TrainConfig
-from ablagen.errors import AblagenError
-from ablagen.ranking import higher_is_better
+from ablagen.generate.context import DataSpec, TrainConfig
+from ablagen.core.errors import AblagenError
+from ablagen.rank.ranking import higher_is_better
 from scriptutil import generate, load_script
 
 ROOT = Path(__file__).resolve().parents[1]

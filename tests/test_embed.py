@@ -1,8 +1,8 @@
-"""Joining library modules into one block of code (``codegen.embed``)."""
+"""Joining library modules into one block of code (``generate.embed``)."""
 
 from __future__ import annotations
 
-from ablagen.codegen.embed import join_modules, strip_package_scaffolding
+from ablagen.generate.embed import join_modules, strip_package_scaffolding
 
 
 def test_scaffolding_is_stripped_and_the_rest_kept() -> None:

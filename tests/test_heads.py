@@ -12,19 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablagen.ablate import HeadMaskAblation, HeadMeanAblation, ablate_head
-from ablagen.analysis import build_inventory
-from ablagen.codegen.knockout import knockouts_for
-from ablagen.codegen.plan import ablation_spec, parse_kinds, plan_variants
-from ablagen.errors import ComponentError
+from ablagen.analyze import build_inventory
+from ablagen.generate.knockout_mode import knockouts_for
+from ablagen.generate.variants import ablation_spec, parse_kinds, plan_variants
+from ablagen.core.errors import ComponentError
 from ablagen.knockout_engine import (
     activation_means,
     evaluate_fast,
     evaluate_naive,
     run_knockouts,
 )
-from ablagen.noise_scales import noise_scales
-from ablagen.ranking import ImportanceRow, Ranking
-from ablagen.studydir import Manifest
+from ablagen.arms.noise_scales import noise_scales
+from ablagen.rank.ranking import ImportanceRow, Ranking
+from ablagen.core.studydir import Manifest
 from conftest import EXAMPLES
 
 TOL = 1e-5
@@ -345,8 +345,8 @@ def test_a_heads_noise_scale_reaches_exactly_its_slices():
 
 
 def test_every_kind_is_ranked():
-    from ablagen.analysis import KINDS
-    from ablagen.studydir import ABLATION_KINDS
+    from ablagen.analyze import KINDS
+    from ablagen.core.studydir import ABLATION_KINDS
 
     assert set(ABLATION_KINDS) == set(KINDS)
 

@@ -22,9 +22,9 @@ from ablagen.ablate import (
     ablate_call,
     ablate_head,
 )
-from ablagen.analysis import build_inventory
-from ablagen.analysis.behaviour import acts_like_activation
-from ablagen.analysis.ops import is_activation_module, unit_count
+from ablagen.analyze import build_inventory
+from ablagen.analyze.behaviour import acts_like_activation
+from ablagen.analyze.ops import is_activation_module, unit_count
 from conftest import EXAMPLES, run_cli
 
 transformers = pytest.importorskip("transformers")

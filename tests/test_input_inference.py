@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from ablagen.errors import InputShapeError
-from ablagen.loading import load_model
+from ablagen.core.errors import InputShapeError
+from ablagen.analyze.loading import load_model
 from conftest import run_cli
 
 CNN = """

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ablagen.analysis import analyze, build_inventory
-from ablagen.analysis.inventory import neuron_ranges
-from ablagen.loading import load_model
+from ablagen.analyze import analyze, build_inventory
+from ablagen.analyze.inventory import neuron_ranges
+from ablagen.analyze.loading import load_model
 from conftest import EXAMPLES, MODELS
 
 ALL = ("identity", "zero", "mean")

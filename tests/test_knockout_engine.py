@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ablagen.analysis import analyze
-from ablagen.codegen.knockout import knockouts_for
-from ablagen.codegen.knockout_block import knockout_block_source
-from ablagen.codegen.plan import ablation_spec
+from ablagen.analyze import analyze
+from ablagen.generate.knockout_mode import knockouts_for
+from ablagen.generate.knockout_block import knockout_block_source
+from ablagen.generate.variants import ablation_spec
 from ablagen.knockout_engine import (
     Knockout,
     activation_means,
@@ -28,7 +28,7 @@ from ablagen.knockout_engine import (
     inspect_graph,
     run_knockouts,
 )
-from ablagen.loading import load_model
+from ablagen.analyze.loading import load_model
 from conftest import EXAMPLES, MODELS
 
 TOLERANCE = 1e-5

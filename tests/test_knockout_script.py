@@ -19,10 +19,10 @@ import black
 import pytest
 import torch
 
-from ablagen.analysis import analyze
-from ablagen.studydir import split_result
-from ablagen.codegen.plan import parse_kinds, plan_variants
-from ablagen.loading import load_model
+from ablagen.analyze import analyze
+from ablagen.core.studydir import split_result
+from ablagen.generate.variants import parse_kinds, plan_variants
+from ablagen.analyze.loading import load_model
 from conftest import EXAMPLES, MODELS, ROOT, run_cli
 from scriptutil import generate, load_script
 
@@ -317,7 +317,7 @@ def test_a_model_named_like_the_engines_classes_is_kept_and_the_engines_give_way
 def test_long_runs_train_their_baseline_once_without_resume_code(tmp_path, mode):
     """knockout.py and screen.py of a 3+ epoch study run (their baseline trains once,
     start to end) and carry none of the retrain scripts' mid-run checkpoint code."""
-    from ablagen.codegen.context import TrainConfig
+    from ablagen.generate.context import TrainConfig
 
     study = generate(
         EXAMPLES / "digits_cnn.py",

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from ablagen.errors import InputShapeError, ModelFileError, ModelNotFoundError
-from ablagen.loading import load_model, parse_shape, split_model_spec
+from ablagen.core.errors import InputShapeError, ModelFileError, ModelNotFoundError
+from ablagen.analyze.loading import load_model, parse_shape, split_model_spec
 from conftest import EXAMPLES, MODELS, run_cli
 
 

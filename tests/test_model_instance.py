@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ablagen.cli import main
-from ablagen.loading import constructor_call
+from ablagen.analyze.loading import constructor_call
 from scriptutil import generate
 
 NET = """

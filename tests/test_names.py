@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ablagen.codegen.names import (
+from ablagen.generate.names import (
     DEFINED,
     bindings,
     clashing_names,

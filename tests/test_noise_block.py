@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ablagen import perturb
-from ablagen.codegen.context import TrainConfig
-from ablagen.codegen.env import make_environment
-from ablagen.errors import TemplateError
+from ablagen.generate.context import TrainConfig
+from ablagen.generate.env import make_environment
+from ablagen.core.errors import TemplateError
 
 #: schedule -> {script constant: (library field, value used here)}; small values, so
 #: a few steps see the factor change

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from ablagen.errors import ConfigError
-from ablagen.noise_scales import noise_scales, scale_for
-from ablagen.ranking import FailedVariant, ImportanceRow, Ranking
-from ablagen.studydir import Manifest
+from ablagen.core.errors import ConfigError
+from ablagen.arms.noise_scales import noise_scales, scale_for
+from ablagen.rank.ranking import FailedVariant, ImportanceRow, Ranking
+from ablagen.core.studydir import Manifest
 
 PARAMETERS = [
     ["conv1.weight", [8, 1, 3, 3]],
@@ -219,7 +219,7 @@ def test_bad_options_are_config_errors(lo: float, hi: float, temp: float) -> Non
 
 
 def test_noise_scales_read_back_what_they_wrote(tmp_path) -> None:
-    from ablagen.noise_scales import NoiseScales, load_noise_scales, write_noise_scales
+    from ablagen.arms.noise_scales import NoiseScales, load_noise_scales, write_noise_scales
 
     scales = noise_scales(MANIFEST, RANKING)
     assert any(isinstance(v, tuple) for v in scales.parameters.values())

@@ -11,7 +11,7 @@ import pytest
 from conftest_orchestrate import make_study
 
 from ablagen.cli import main
-from ablagen.studydir import MANIFEST
+from ablagen.core.studydir import MANIFEST
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ from conftest import EXAMPLES
 from conftest_orchestrate import write_manifest
 
 from ablagen.cli import main
-from ablagen.errors import ConfigError
+from ablagen.core.errors import ConfigError
 from ablagen.orchestrate import RunOptions, run_study
 from ablagen.orchestrate import placement
 from ablagen.orchestrate.store import ResultStore
@@ -195,8 +195,8 @@ class _Stop(Exception):
 @pytest.mark.parametrize(
     "command, where, extra",
     [
-        ("study", "ablagen.pipeline", ["--kinds", "layer", "--no-arms"]),
-        ("sweep", "ablagen.sweep.run", ["--lrs", "0.01", "--arms", "plain"]),
+        ("study", "ablagen.study.pipeline", ["--kinds", "layer", "--no-arms"]),
+        ("sweep", "ablagen.sweep.driver", ["--lrs", "0.01", "--arms", "plain"]),
     ],
 )
 def test_study_and_sweep_spread_their_runs_over_the_gpus_asked_for(

@@ -18,7 +18,7 @@ from conftest_orchestrate import (
     write_manifest,
 )
 
-from ablagen.errors import StudyError
+from ablagen.core.errors import StudyError
 from ablagen.orchestrate import Progress, ResultStore, RunOptions, run_study
 from ablagen.orchestrate.local import preload_modules
 

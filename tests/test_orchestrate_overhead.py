@@ -296,7 +296,7 @@ def test_run_study_starts_its_pool_first_and_leaves_none(tmp_path: Path, spied) 
     study: adopted when there are runs, killed on bad input or nothing to run."""
     from conftest_orchestrate import make_study
 
-    from ablagen.errors import StudyError
+    from ablagen.core.errors import StudyError
 
     study = make_study(tmp_path / "s", {"baseline": "ok", "a:zero": "ok"})
     options = RunOptions(jobs=2, preload=())

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from conftest_orchestrate import make_study
 
-from ablagen.errors import ConfigError, StudyError
+from ablagen.core.errors import ConfigError, StudyError
 from ablagen.orchestrate import ResultStore, RunOptions, RunSpec, parse_seeds
 from ablagen.orchestrate.outcome import RawOutcome, classify, tail
 from ablagen.orchestrate.owner import Owner
-from ablagen.orchestrate.records import RunRecord
-from ablagen.studydir import RESULTS_DB
+from ablagen.orchestrate.run_record import RunRecord
+from ablagen.core.studydir import RESULTS_DB
 
 SHA = "a" * 64
 
@@ -175,7 +175,7 @@ def test_store_roundtrip_and_filters(tmp_path: Path) -> None:
 
 def test_latest_ok_follows_the_manifest(tmp_path: Path) -> None:
     study = make_study(tmp_path / "s", {"baseline": "ok", "a:zero": "ok"})
-    from ablagen.studydir import load_manifest
+    from ablagen.core.studydir import load_manifest
 
     manifest = load_manifest(study)
     base, var = manifest.variant("baseline"), manifest.variant("a:zero")

@@ -215,8 +215,8 @@ def test_pruned_script_equals_plan_applied_in_process(ranked_study, tmp_path, ca
     mine = pruned_script.apply_plan(copy.deepcopy(model), pruned_script.PLAN).eval()
 
     from ablagen.prune.importance import unit_scores
-    from ablagen.ranking import load_ranking
-    from ablagen.studydir import load_manifest
+    from ablagen.rank.ranking import load_ranking
+    from ablagen.core.studydir import load_manifest
 
     scores = unit_scores(load_ranking(digits_study), load_manifest(digits_study))
     ref = copy.deepcopy(model)

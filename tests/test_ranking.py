@@ -8,9 +8,9 @@ import math
 import pytest
 from scipy import stats
 
-from ablagen.errors import StudyError
-from ablagen.orchestrate.records import RunRecord
-from ablagen.ranking import (
+from ablagen.core.errors import StudyError
+from ablagen.orchestrate.run_record import RunRecord
+from ablagen.rank.ranking import (
     IMPORTANCE_JSON,
     Ranking,
     load_ranking,
@@ -19,7 +19,7 @@ from ablagen.ranking import (
     single_seed_note,
     write_importance,
 )
-from ablagen.studydir import Manifest, VariantEntry
+from ablagen.core.studydir import Manifest, VariantEntry
 
 SEEDS = (0, 1, 2, 3, 4)
 BASE_ACC = (0.90, 0.92, 0.88, 0.91, 0.89)

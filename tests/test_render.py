@@ -67,8 +67,8 @@ def test_noise_scale_table_is_compact_exact_and_black_stable() -> None:
     """Per-unit lists wrap many numbers to a line; black (fenced off) leaves them."""
     import black
 
-    from ablagen.codegen.env import py_table
-    from ablagen.codegen.render import BLACK_MODE
+    from ablagen.generate.env import py_table
+    from ablagen.generate.render import BLACK_MODE
 
     scales = {"fc1.weight": [round(0.1 + i / 7, 6) for i in range(64)], "fc2.b": 0.5}
     text = "# fmt: off\nNOISE_SCALES = " + py_table(scales) + "\n# fmt: on\n"
@@ -96,8 +96,8 @@ def test_formatting_by_shape_is_black_itself(path) -> None:
 
     import black
 
-    from ablagen.codegen.render import BLACK_MODE
-    from ablagen.codegen.shapes import format_by_shape
+    from ablagen.generate.render import BLACK_MODE
+    from ablagen.generate.by_shape import format_by_shape
 
     def fmt(text: str) -> str:
         return black.format_str(text, mode=BLACK_MODE)

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-import ablagen.ranking
+import ablagen.rank.ranking
 from ablagen.cli import main
-from ablagen.noise_scales import NOISE_SCALES_JSON, noise_scales, write_noise_scales
-from ablagen.orchestrate.records import RunRecord
-from ablagen.ranking import IMPORTANCE_CSV, IMPORTANCE_JSON, rank, write_importance
-from ablagen.report import (
+from ablagen.arms.noise_scales import NOISE_SCALES_JSON, noise_scales, write_noise_scales
+from ablagen.orchestrate.run_record import RunRecord
+from ablagen.rank.ranking import IMPORTANCE_CSV, IMPORTANCE_JSON, rank, write_importance
+from ablagen.report.markdown import (
     CURVES_PNG,
     IMPORTANCE_PNG,
     REPORT_MD,
     write_plots,
     write_report,
 )
-from ablagen.studydir import load_manifest
+from ablagen.core.studydir import load_manifest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DROPS = {"conv1:zero": 0.5, "fc1:zero": 0.1, "fc1[0:4]:mask": 0.0}
@@ -281,7 +281,7 @@ def test_importance_json_and_csv_agree(study: Path) -> None:
 
 @pytest.fixture()
 def fake_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ablagen.ranking, "load_records", lambda study_dir: _records())
+    monkeypatch.setattr(ablagen.rank.ranking, "load_records", lambda study_dir: _records())
 
 
 def test_cli_rank_prints_table_and_writes_files(
@@ -355,7 +355,7 @@ def test_one_seed_gives_no_interval_and_suggests_seeds(
     interval), and the report, report.html, the CSV and `ablagen rank` say once that
     more seeds give intervals."""
     seed0 = [r for r in _records() if r.seed == 0]
-    monkeypatch.setattr(ablagen.ranking, "load_records", lambda study_dir: seed0)
+    monkeypatch.setattr(ablagen.rank.ranking, "load_records", lambda study_dir: seed0)
     assert main(["rank", str(study)]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps the note
     assert "│ 2 │ conv1:zero │ layer │ zero │ +0.5000 │ – │ 1 │ – │" in out

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import ablagen.ranking
+import ablagen.rank.ranking
 from ablagen.cli import main
-from ablagen.html_report import REPORT_HTML
-from ablagen.report import REPORT_MD, config_rows, write_stage_index
-from ablagen.studydir import load_manifest
+from ablagen.report.html import REPORT_HTML
+from ablagen.report.markdown import REPORT_MD, config_rows, write_stage_index
+from ablagen.core.studydir import load_manifest
 from test_report import _manifest_json, _records
 
 COMMAND = "ablagen generate ../m.py --out . --dataset build_data --epochs 8"
@@ -59,7 +59,7 @@ def test_configuration_rows_are_plain_and_once(study: Path) -> None:
 def test_rank_writes_and_names_report_html_with_the_same_configuration(
     study: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    monkeypatch.setattr(ablagen.ranking, "load_records", lambda study_dir: _records())
+    monkeypatch.setattr(ablagen.rank.ranking, "load_records", lambda study_dir: _records())
     assert main(["rank", str(study)]) == 0
     err = capsys.readouterr().err
     assert re.search(r"wrote .*report\.md, report\.html$", err.strip())

@@ -16,7 +16,7 @@ import pytest
 from test_report import study  # noqa: F401  (the fixture: a study with fake results)
 from test_report import _write_everything
 
-from ablagen.html_report import REPORT_HTML, markdown_html
+from ablagen.report.html import REPORT_HTML, markdown_html
 from conftest import EXAMPLES, ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from conftest_orchestrate import db_rows, make_study
 from scriptutil import generate
 
 from ablagen.cli import app, main
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 from ablagen.orchestrate import RunOptions, placement
 
 TABULAR = EXAMPLES / "tabular_mlp.py"  # 2-D input: (N, 13)

@@ -445,7 +445,7 @@ def test_attention_heads_of_a_tiny_gpt_against_exact_knockout():
 
     from conftest import EXAMPLES
 
-    from ablagen.pipeline import spearman
+    from ablagen.study.pipeline import spearman
 
     spec = importlib.util.spec_from_file_location("tiny_gpt", EXAMPLES / "tiny_gpt.py")
     gpt = importlib.util.module_from_spec(spec)

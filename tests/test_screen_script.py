@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from ablagen.codegen.knockout import knockouts_for
-from ablagen.codegen.plan import ablation_spec, parse_kinds, plan_variants
-from ablagen.analysis import analyze
-from ablagen.loading import load_model
+from ablagen.generate.knockout_mode import knockouts_for
+from ablagen.generate.variants import ablation_spec, parse_kinds, plan_variants
+from ablagen.analyze import analyze
+from ablagen.analyze.loading import load_model
 from ablagen.screen import screen_knockouts
 from conftest import EXAMPLES, run_cli
 from scriptutil import generate, load_script

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 from conftest import EXAMPLES, ROOT
 from scriptutil import generate
 

@@ -7,7 +7,7 @@ from textwrap import dedent
 import libcst as cst
 import pytest
 
-from ablagen.errors import ModelFileError
+from ablagen.core.errors import ModelFileError
 from ablagen.source import embed_model_source
 from ablagen.source.gather import needed_statements, top_level_statements
 from ablagen.source.transforms import (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ablagen.studydir import load_manifest
+from ablagen.core.studydir import load_manifest
 from conftest import EXAMPLES, MODELS, run_cli
 from scriptutil import load_script
 
@@ -54,10 +54,10 @@ def test_second_study_run_trains_nothing_traces_once_and_reports_once(
 ):
     from dataclasses import replace
 
-    import ablagen.codegen.prepare
-    import ablagen.pipeline
-    from ablagen.codegen.study import GenerateOptions
-    from ablagen.pipeline import run_full_study
+    import ablagen.generate.prepare
+    import ablagen.study.pipeline
+    from ablagen.generate.build import GenerateOptions
+    from ablagen.study.pipeline import run_full_study
     from ablagen.study import STUDY_TRAIN, ArmOptions, StudyOptions
 
     calls = {"analyze": 0, "report": 0}
@@ -70,14 +70,14 @@ def test_second_study_run_trains_nothing_traces_once_and_reports_once(
         return wrapper
 
     monkeypatch.setattr(
-        ablagen.codegen.prepare,
+        ablagen.generate.prepare,
         "analyze",
-        counting("analyze", ablagen.codegen.prepare.analyze),
+        counting("analyze", ablagen.generate.prepare.analyze),
     )
     monkeypatch.setattr(
-        ablagen.pipeline,
+        ablagen.study.pipeline,
         "write_report",
-        counting("report", ablagen.pipeline.write_report),
+        counting("report", ablagen.study.pipeline.write_report),
     )
     manifest_before = (study / "manifest.json").read_bytes()
     opts = StudyOptions(
@@ -116,7 +116,7 @@ def test_hybrid_command_renders_the_arms_the_study_rendered(study, capsys):
 
 
 def test_hybrid_script_carries_the_noise_scales(study):
-    from ablagen.hybrid import energy_matched
+    from ablagen.arms.hybrid import energy_matched
 
     raw = json.loads((study / "noise_scales.json").read_text())["parameters"]
     scales = energy_matched(raw, load_manifest(study).model["parameters"])
@@ -159,7 +159,7 @@ def test_rank_without_results_says_run_it_first(tmp_path, capsys):
 
 
 def test_energy_matched_scales_keep_the_order_and_the_total_noise():
-    from ablagen.hybrid import energy_matched
+    from ablagen.arms.hybrid import energy_matched
 
     parameters = [["a.weight", [4, 3]], ["a.bias", [4]], ["b.weight", [2, 4]]]
     raw = {
@@ -184,7 +184,7 @@ def test_energy_matched_scales_keep_the_order_and_the_total_noise():
 def test_spearman_is_scipys_and_none_where_undefined():
     import scipy.stats
 
-    from ablagen.pipeline import spearman
+    from ablagen.study.pipeline import spearman
 
     a, b = [0.9, 0.1, 0.5, 0.5, 0.3], [0.8, 0.2, 0.4, 0.6, 0.1]
     assert spearman(a, b) == pytest.approx(
@@ -197,7 +197,7 @@ def test_spearman_is_scipys_and_none_where_undefined():
 def test_two_stage_retrains_the_top_and_the_most_uncertain():
     from types import SimpleNamespace as Row
 
-    from ablagen.pipeline import _retrain_choice
+    from ablagen.study.pipeline import _retrain_choice
 
     rows = [
         Row(variant="a", ci_low=0.8, ci_high=0.9),
@@ -210,7 +210,7 @@ def test_two_stage_retrains_the_top_and_the_most_uncertain():
 
 
 def _row(rank, variant, mean):
-    from ablagen.ranking import ImportanceRow
+    from ablagen.rank.ranking import ImportanceRow
 
     component, method = variant.split(":")
     return ImportanceRow(rank, variant, component, "activation", method, mean, None,
@@ -225,7 +225,7 @@ def test_two_stage_ablated_arm_removes_the_least_important_of_the_whole_ranking(
     matter, nor the verification's own bottom (b, e) as it used to."""
     from types import SimpleNamespace
 
-    from ablagen.hybrid import least_important, removal_order
+    from ablagen.arms.hybrid import least_important, removal_order
 
     screen = tuple(
         _row(i + 1, f"{c}:identity", 0.6 - 0.1 * i) for i, c in enumerate("abcdef")

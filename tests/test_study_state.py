@@ -11,12 +11,12 @@ import pytest
 import typer
 
 from ablagen.cli import app
-from ablagen.codegen.command import regenerate_command
-from ablagen.codegen.context import TrainConfig
-from ablagen.codegen.options import GenerateOptions, StudyConfig
+from ablagen.generate.command import regenerate_command
+from ablagen.generate.context import TrainConfig
+from ablagen.generate.request import GenerateOptions, StudyConfig
 from ablagen.orchestrate import RunOptions, parse_seeds
 from ablagen.study import STUDY_TRAIN, ArmOptions, RankOptions, StudyOptions
-from ablagen.studydir import load_manifest
+from ablagen.core.studydir import load_manifest
 from conftest import MODELS
 
 
@@ -80,7 +80,7 @@ def test_regenerate_command_spells_only_what_differs_from_the_defaults() -> None
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    from ablagen.codegen.study import generate_study
+    from ablagen.generate.build import generate_study
 
     out = tmp_path_factory.mktemp("state") / "mlp"
     opts = GenerateOptions(
@@ -110,7 +110,7 @@ def test_manifest_config_reads_back_equal(generated) -> None:
 
 def test_recorded_options_prepare_the_same_study(generated) -> None:
     """What a later command (ablagen hybrid) rebuilds from the manifest is the study."""
-    from ablagen.codegen.prepare import prepare
+    from ablagen.generate.prepare import prepare
 
     config = generated.config
     opts = config.options(generated.out, str(MODELS / "mlp.py"))
@@ -120,7 +120,7 @@ def test_recorded_options_prepare_the_same_study(generated) -> None:
 
 
 def test_train_config_and_data_spec_round_trip() -> None:
-    from ablagen.codegen.context import DataSpec
+    from ablagen.generate.context import DataSpec
 
     train = TrainConfig(epochs=3, patience=None, stop_at_target=True, sigma=0.1)
     assert (

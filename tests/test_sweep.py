@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ablagen.errors import ConfigError
+from ablagen.core.errors import ConfigError
 from ablagen.sweep import parse_arms, parse_lrs
 from ablagen.sweep.stats import (
     paired_t,

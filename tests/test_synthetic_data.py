@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 from ablagen.data.synthetic import token_range
 from conftest import EXAMPLES, MODELS, run_cli
 from scriptutil import generate, load_script

@@ -17,7 +17,7 @@ from conftest_orchestrate import make_study
 
 from ablagen.cli import main
 from ablagen.cli.export import optional_values
-from ablagen.studydir import RESULTS_DB
+from ablagen.core.studydir import RESULTS_DB
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
@@ -206,8 +206,8 @@ def test_export_replaces_a_changed_run_and_keeps_one_of_each(study: Path, capsys
 
 
 def test_parent_runs_carry_the_importance(tmp_path: Path, capsys) -> None:
-    from ablagen.ranking import load_records, rank
-    from ablagen.studydir import load_manifest
+    from ablagen.rank.ranking import load_records, rank
+    from ablagen.core.studydir import load_manifest
 
     study = make_study(tmp_path / "s", {"baseline": "ok", "a:zero": "ok"})
     assert main(["run", str(study), "--seeds", "0,1,2", "-q"]) == 0

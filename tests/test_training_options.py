@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 from conftest import EXAMPLES, MODELS
 from scriptutil import generate, load_script
 
@@ -244,7 +244,7 @@ def test_dropout_override_reaches_the_model(tmp_path):
 
 
 def test_dropout_needs_a_dropout_constant(tmp_path):
-    from ablagen.errors import ConfigError
+    from ablagen.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="exposes no DROPOUT"):
         generate(MODELS / "mlp.py", tmp_path / "m", dropout=0.2, dataset="synthetic")

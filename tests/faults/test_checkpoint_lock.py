@@ -16,7 +16,7 @@ from ablagen.cli import main
 from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.options import RunOptions
 from ablagen.orchestrate.runner import plan_runs
-from ablagen.studydir import load_manifest
+from ablagen.core.studydir import load_manifest
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from conftest_orchestrate import counter, db_rows, make_study
 
-import ablagen.fsutil
+import ablagen.core.atomic
 from ablagen.cli import main
-from ablagen.fsutil import WriteError, atomic_write_text
+from ablagen.core.atomic import WriteError, atomic_write_text
 from ablagen.orchestrate.store import ResultStore
 
 pytestmark = pytest.mark.timeout(180)
@@ -206,7 +206,7 @@ def test_report_writes_on_a_full_disk(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ablagen.ranking
+    import ablagen.rank.ranking
     from test_report import _manifest_json, _records
 
     study = tmp_path / "study"
@@ -215,18 +215,18 @@ def test_report_writes_on_a_full_disk(
     (study / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     for v in manifest["variants"]:
         (study / v["script"]).write_text("# script\n", encoding="utf-8")
-    monkeypatch.setattr(ablagen.ranking, "load_records", lambda study_dir: _records())
+    monkeypatch.setattr(ablagen.rank.ranking, "load_records", lambda study_dir: _records())
     assert main(["rank", str(study)]) == 0
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in study.iterdir()}
-    real = ablagen.fsutil.tempfile.mkstemp
+    real = ablagen.core.atomic.tempfile.mkstemp
 
     def mkstemp(*args, prefix: str = "", **kwargs):
         if prefix == f".{target}.":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, prefix=prefix, **kwargs)
 
-    monkeypatch.setattr(ablagen.fsutil.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(ablagen.core.atomic.tempfile, "mkstemp", mkstemp)
     assert main(["rank", str(study)]) == 2
     err = one_line_error(capsys)
     assert f"cannot write {study / target} (No space left on device)" in err
@@ -242,7 +242,7 @@ def test_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
     def fsync(fd: int) -> None:
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
-    monkeypatch.setattr(ablagen.fsutil.os, "fsync", fsync)
+    monkeypatch.setattr(ablagen.core.atomic.os, "fsync", fsync)
     with pytest.raises(WriteError) as info:
         atomic_write_text(path, "new", "the ranking")
     assert str(info.value) == (

@@ -12,7 +12,7 @@ from conftest_orchestrate import counter, db_rows, make_study
 from ablagen.cli import main
 from ablagen.orchestrate.options import RunOptions
 from ablagen.orchestrate.runner import plan_runs
-from ablagen.studydir import load_manifest
+from ablagen.core.studydir import load_manifest
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ import pytest
 from conftest_orchestrate import counter, db_rows, make_study, session_pids
 
 from ablagen.cli import main
-from ablagen.studydir import RESULTS_DB
+from ablagen.core.studydir import RESULTS_DB
 
 pytestmark = [
     pytest.mark.timeout(120),

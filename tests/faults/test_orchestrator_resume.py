@@ -20,7 +20,7 @@ from faults.test_orchestrator_killed import session_pids, wait_until
 from scriptutil import generate
 
 from ablagen.cli import main
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 
 pytestmark = [
     pytest.mark.slow,

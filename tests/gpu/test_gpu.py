@@ -59,7 +59,7 @@ class Net(nn.Module):
 def study(tmp_path_factory) -> Path:
     from scriptutil import generate
 
-    from ablagen.codegen.context import TrainConfig
+    from ablagen.generate.context import TrainConfig
 
     root = tmp_path_factory.mktemp("gpu")
     model = root / "net.py"

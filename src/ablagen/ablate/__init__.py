@@ -3,7 +3,7 @@
 Self-contained on purpose: it imports only the standard library and torch, so its
 source can be embedded into generated scripts that never import ablagen. A retrain
 script carries only the definitions its ablation uses
-(:func:`ablagen.codegen.embed.extract_definitions`); the knockout engine imports the
+(:func:`ablagen.generate.embed.extract_definitions`); the knockout engine imports the
 package and its ``knockout.py`` embeds it whole. Edit it here, never in a script.
 
 - :mod:`.operators`: ``ABLATIONS``, the registry of operators by method name, each
@@ -44,7 +44,7 @@ from .operators import (
     ZeroAblation,
 )
 
-#: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
+#: the modules :func:`ablagen.generate.embed.embed_package` joins, dependencies first
 EMBED_ORDER = ("operators", "hooks", "graph", "heads", "calls")
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Command-line interface: typer commands only. Logic lives in the library modules.
 
-Every :class:`~ablagen.errors.AblagenError` becomes one line on stderr and exit 2.
+Every :class:`~ablagen.core.errors.AblagenError` becomes one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import typer
 
 from ablagen.cli.app import app
-from ablagen.errors import AblagenError
+from ablagen.core.errors import AblagenError
 
 # Importing a command module registers its commands on ``app``.
 from ablagen.cli import analyze as _analyze  # noqa: E402,F401

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
-from ablagen.cli.options import InputShapeOpt, ModelArg, NeuronGroupsOpt
+from ablagen.cli.flags import InputShapeOpt, ModelArg, NeuronGroupsOpt
 
 
 @app.command()
@@ -21,8 +21,8 @@ def analyze(
     ] = False,
 ) -> None:
     """List every ablatable component: layers, blocks, activations, neuron groups."""
-    from ablagen.analysis import analyze as build
-    from ablagen.loading import load_model
+    from ablagen.analyze import analyze as build
+    from ablagen.analyze.loading import load_model
 
     loaded = load_model(model, input_shape)
     inventory = build(loaded, neuron_groups)

@@ -188,7 +188,7 @@ def export(
     TensorBoard. Exporting again updates, never duplicates."""
     from rich.console import Console
 
-    from ablagen.errors import ConfigError
+    from ablagen.core.errors import ConfigError
     from ablagen.track import Target, export_study
 
     targets = []

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
-from ablagen.cli.options import (
+from ablagen.cli.flags import (
     TRAIN,
     AmpOpt,
     BatchSizeOpt,
@@ -26,8 +26,8 @@ from ablagen.cli.options import (
     WeightDecayOpt,
     component_ids,
 )
-from ablagen.codegen.context import TrainConfig
-from ablagen.codegen.options import GenerateOptions
+from ablagen.generate.context import TrainConfig
+from ablagen.generate.request import GenerateOptions
 
 #: every default below is a field default of these (stated nowhere else)
 _GEN = GenerateOptions(model="", out=Path())
@@ -190,8 +190,8 @@ def generate(
     ] = _GEN.force,
 ) -> None:
     """Write a study directory: baseline.py, one script per variant, manifest.json."""
-    from ablagen.codegen.study import generate_study
-    from ablagen.loading import split_model_spec
+    from ablagen.generate.build import generate_study
+    from ablagen.analyze.loading import split_model_spec
 
     train = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,

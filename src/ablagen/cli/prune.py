@@ -10,7 +10,7 @@ from ablagen.cli.app import app
 
 
 def _ratios(text: str) -> tuple[float, ...]:
-    from ablagen.errors import ConfigError
+    from ablagen.core.errors import ConfigError
 
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
@@ -51,7 +51,7 @@ def prune(
     pruned_<ratio>.py per ratio, runs them and writes STUDY/prune/prune.json."""
     import importlib.util
 
-    from ablagen.errors import ConfigError
+    from ablagen.core.errors import ConfigError
     from ablagen.orchestrate.options import parse_seeds
 
     if importlib.util.find_spec("torch_pruning") is None:
@@ -59,7 +59,7 @@ def prune(
             "ablagen prune needs Torch-Pruning, which is not installed",
             "pip install 'ablagen[prune]' (torch-pruning 1.6.x)",
         )
-    from ablagen.prune.study import PruneOptions, prune_study
+    from ablagen.prune.ratios import PruneOptions, prune_study
 
     options = PruneOptions(
         ratios=_ratios(ratios),

@@ -62,7 +62,7 @@ def rank(
 ) -> None:
     """Rank components by paired importance over seeds; write importance.json/.csv,
     noise_scales.json, plots and report.md into the study directory."""
-    from ablagen.report import rank_study
+    from ablagen.report.markdown import rank_study
 
     given = getattr(ctx.get_parameter_source("metric"), "name", "DEFAULT")
     _screen_has_no_accuracy(study, metric, given != "DEFAULT")
@@ -93,7 +93,7 @@ def _print_table(ranking, study: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ablagen.ranking import NO_INTERVAL, single_seed_note
+    from ablagen.rank.ranking import NO_INTERVAL, single_seed_note
 
     table = Table(
         title=f"importance on {ranking.metric} ({ranking.confidence:.0%} CI, paired by seed)"
@@ -139,8 +139,8 @@ def _print_table(ranking, study: str) -> None:
 def _screen_has_no_accuracy(study: str, metric: str, given: bool) -> None:
     """``--metric val_acc`` given on a screen study: one line, exit 2 (the default
     val_acc stands for the screen's own val_loss; an explicit one is a mistake)."""
-    from ablagen.errors import StudyError
-    from ablagen.studydir import load_manifest
+    from ablagen.core.errors import StudyError
+    from ablagen.core.studydir import load_manifest
 
     if metric != "val_acc" or not given:
         return

@@ -10,7 +10,7 @@ import typer
 
 from ablagen.cli.app import app
 from ablagen.cli.export import TrackOpt, tracked
-from ablagen.cli.options import (
+from ablagen.cli.flags import (
     CheckpointEveryOpt,
     DeviceOpt,
     GpusOpt,
@@ -139,7 +139,7 @@ def _run(study_dir: str, options, quiet: bool, track, warm) -> None:
     from rich.console import Console
 
     from ablagen.orchestrate import run_study
-    from ablagen.orchestrate.render import PlainProgress, RichProgress, print_summary
+    from ablagen.orchestrate.display import PlainProgress, RichProgress, print_summary
 
     console = Console(highlight=False)
     reporter = (
@@ -182,7 +182,7 @@ def status(
     from rich.console import Console
 
     from ablagen.orchestrate import parse_seeds, study_status
-    from ablagen.orchestrate.render import print_status
+    from ablagen.orchestrate.display import print_status
 
     state = study_status(study_dir, parse_seeds(seeds) if seeds is not None else None)
     _warn_if_model_changed(study_dir)
@@ -197,8 +197,8 @@ def status(
 
 def _warn_if_model_changed(study_dir: str) -> None:
     """One warning line on stderr when the model file changed since generate."""
-    from ablagen.errors import StudyError
-    from ablagen.studydir import load_manifest, model_changed
+    from ablagen.core.errors import StudyError
+    from ablagen.core.studydir import load_manifest, model_changed
 
     try:
         changed = model_changed(study_dir, load_manifest(study_dir))

@@ -11,7 +11,7 @@ import typer
 
 from ablagen.cli.app import app
 from ablagen.cli.export import TrackOpt, tracked
-from ablagen.cli.options import (
+from ablagen.cli.flags import (
     AmpOpt,
     ChannelsLastOpt,
     CheckpointEveryOpt,
@@ -35,7 +35,7 @@ from ablagen.cli.options import (
     RunsPerGpuOpt,
 )
 from ablagen.cli.run import MaxMemoryOpt
-from ablagen.codegen.options import GenerateOptions
+from ablagen.generate.request import GenerateOptions
 from ablagen.orchestrate.options import RunOptions
 from ablagen.study.options import (
     STUDY_TRAIN,
@@ -98,8 +98,8 @@ def hybrid(
     match_noise: MatchOpt = _ARMS.match_noise,
 ) -> None:
     """Write hybrid.py (importance-guided noise), perturbed.py (uniform noise) and ablated.py."""
-    from ablagen.hybrid import ARMS as FILES
-    from ablagen.hybrid import write_arms
+    from ablagen.arms.hybrid import ARMS as FILES
+    from ablagen.arms.hybrid import write_arms
 
     manifest = write_arms(
         study_dir,
@@ -238,11 +238,11 @@ def study(
     """The main job: generate, run, rank, noise scales, the four arms, report."""
     from rich.console import Console
 
-    from ablagen.loading import split_model_spec
+    from ablagen.analyze.loading import split_model_spec
     from ablagen.orchestrate import parse_seeds
     from ablagen.orchestrate.placement import parse_gpus
-    from ablagen.orchestrate.render import PlainProgress, RichProgress
-    from ablagen.pipeline import check_screen_metric, run_full_study, stage_dirs
+    from ablagen.orchestrate.display import PlainProgress, RichProgress
+    from ablagen.study.pipeline import check_screen_metric, run_full_study, stage_dirs
 
     given = getattr(ctx.get_parameter_source("metric"), "name", "DEFAULT")
     check_screen_metric(mode, screen, None if given == "DEFAULT" else metric)
@@ -341,7 +341,7 @@ def study(
 def _print_outcome(outcome, console) -> None:
     from rich.table import Table
 
-    from ablagen.html_report import REPORT_HTML
+    from ablagen.report.html import REPORT_HTML
 
     rows = outcome.ranking.ranking.rows
     console.print(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
-from ablagen.cli.options import (
+from ablagen.cli.flags import (
     AMP_HELP,
     CHANNELS_LAST_HELP,
     COMPILE_HELP,
@@ -21,9 +21,9 @@ from ablagen.cli.options import (
     KeepCheckpointsOpt,
     RunsPerGpuOpt,
 )
-from ablagen.codegen.context import TrainConfig
+from ablagen.generate.context import TrainConfig
 from ablagen.orchestrate.options import RunOptions
-from ablagen.sweep.options import ARM_HELP, ARMS, SweepOptions
+from ablagen.sweep.config import ARM_HELP, ARMS, SweepOptions
 
 #: every default below is a field default of these (stated nowhere else)
 _SWEEP = SweepOptions(target="")
@@ -168,7 +168,7 @@ def sweep(
     from ablagen.orchestrate import parse_seeds
     from ablagen.orchestrate.local import warm_pool
     from ablagen.orchestrate.placement import parse_gpus
-    from ablagen.orchestrate.render import PlainProgress, RichProgress
+    from ablagen.orchestrate.display import PlainProgress, RichProgress
     from ablagen.sweep import parse_arms, parse_floats, parse_lrs
 
     given = dict(
@@ -216,7 +216,7 @@ def sweep(
         if quiet
         else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
     )
-    # the pool's workers import torch while this process does (ablagen.sweep.run)
+    # the pool's workers import torch while this process does (ablagen.sweep.driver)
     with warm_pool(out or Path.cwd(), replace(opts.run, seeds=opts.seeds)) as warm:
         from ablagen.sweep import run_sweep
 

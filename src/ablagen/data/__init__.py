@@ -1,7 +1,7 @@
 """Data sources and tasks, resolved at generate time.
 
 :func:`resolve_data` turns ``--dataset`` and the model file's data functions into the
-:class:`~ablagen.codegen.context.DataSpec` the scripts are rendered from (reading the
+:class:`~ablagen.generate.context.DataSpec` the scripts are rendered from (reading the
 user's folder, CSV or text file once, so the scripts record its classes, columns and
 vocabulary); :func:`check_task` runs one batch of that data through the model and
 checks the task's loss can take the model's output (:mod:`ablagen.data.tasks`);

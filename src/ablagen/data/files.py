@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ablagen.codegen.context import DataSpec
-from ablagen.errors import ConfigError, InputShapeError
-from ablagen.codegen.options import relative_to as relative_posix
-from ablagen.loading import LoadedModel
+from ablagen.generate.context import DataSpec
+from ablagen.core.errors import ConfigError, InputShapeError
+from ablagen.generate.request import relative_to as relative_posix
+from ablagen.analyze.loading import LoadedModel
 
 #: what torchvision's ImageFolder reads (its IMG_EXTENSIONS)
 IMAGE_EXTENSIONS = (

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ablagen.errors import InputShapeError
+from ablagen.core.errors import InputShapeError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ablagen.errors import InputShapeError
+from ablagen.core.errors import InputShapeError
 
 #: the classes of scikit-learn's bundled datasets
 SKLEARN_CLASSES = {"digits": 10, "wine": 3, "breast_cancer": 2}

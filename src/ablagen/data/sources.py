@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ablagen.codegen.context import (
+from ablagen.generate.context import (
     DATASETS,
     FILE_DATASETS,
     SKLEARN_DATASETS,
@@ -25,8 +25,8 @@ from ablagen.codegen.context import (
     DataSpec,
 )
 from ablagen.data import files, synthetic
-from ablagen.errors import ConfigError, InputShapeError
-from ablagen.loading import LoadedModel
+from ablagen.core.errors import ConfigError, InputShapeError
+from ablagen.analyze.loading import LoadedModel
 
 USER_FUNCTIONS = ("build_data", "build_datasets", "build_loaders")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ablagen.errors import ConfigError
+from ablagen.core.errors import ConfigError
 
 
 def token_range(model: nn.Module, example: torch.Tensor) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ablagen.errors import ConfigError
+from ablagen.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Self-contained on purpose: it imports only the standard library, torch and
 :mod:`ablagen.ablate` (itself self-contained), because
 ablagen embeds this source verbatim into every generated ``knockout.py``
-(``ablagen.codegen.knockout_block``). Edit it here, never in a script.
+(``ablagen.generate.knockout_block``). Edit it here, never in a script.
 
 Fast path (traced models): a forward pass over a chunk of validation data caches every
 node's output; an ablation changes only the descendants of the node it replaces, so a
@@ -19,10 +19,10 @@ retrain scripts carry too; ``knockout.py`` embeds that package ahead of this one
 """
 
 from .fast import CPU_MAX_ROWS, evaluate_fast
-from .graph import GraphFacts, functionalize, inspect_graph
+from .interpreter import GraphFacts, functionalize, inspect_graph
 from .means import activation_means
 from .naive import ablated_copy, evaluate_naive
-from .records import (
+from .tally import (
     KNOCKOUT_METHODS,
     CorrectFn,
     Knockout,
@@ -31,19 +31,19 @@ from .records import (
     Metrics,
     Score,
 )
-from .run import run_knockouts
+from .score import run_knockouts
 from .targets import Target, ablation_for, resolve
 
-#: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
+#: the modules :func:`ablagen.generate.embed.embed_package` joins, dependencies first
 EMBED_ORDER = (
     "values",
-    "records",
-    "graph",
+    "tally",
+    "interpreter",
     "targets",
     "fast",
     "naive",
     "means",
-    "run",
+    "score",
 )
 
 __all__ = [

@@ -10,8 +10,8 @@ from torch import fx, nn
 
 from ablagen.ablate import Ablation, trace
 
-from .graph import GraphFacts, _forward, inspect_graph
-from .records import (
+from .interpreter import GraphFacts, _forward, inspect_graph
+from .tally import (
     CorrectFn,
     Knockout,
     KnockoutReport,

@@ -8,8 +8,8 @@ from torch import nn
 
 from ablagen.ablate import Ablation, ablate_call, ablate_head, ablate_output, trace
 
-from .graph import _forward, functionalize
-from .records import Knockout
+from .interpreter import _forward, functionalize
+from .tally import Knockout
 from .targets import resolve
 
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from ablagen.ablate import ablate_call, ablate_head, ablate_node, ablate_output, trace
 
-from .graph import functionalize
-from .records import CorrectFn, Knockout, LossFn, Metrics, Score, _Tally
+from .interpreter import functionalize
+from .tally import CorrectFn, Knockout, LossFn, Metrics, Score, _Tally
 from .targets import ablation_for, resolve
 
 

@@ -15,7 +15,7 @@ from ablagen.ablate import (
     first_input,
 )
 
-from .records import KNOCKOUT_METHODS, Knockout
+from .tally import KNOCKOUT_METHODS, Knockout
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ablagen.orchestrate.options import (
     parse_ids,
     parse_seeds,
 )
-from ablagen.orchestrate.records import STATUSES, RunRecord
+from ablagen.orchestrate.run_record import STATUSES, RunRecord
 from ablagen.orchestrate.runner import Progress, run_study
 from ablagen.orchestrate.status import StudyStatus, study_status
 from ablagen.orchestrate.store import ResultStore

@@ -3,7 +3,7 @@
 A backend runs :class:`RunSpec` s and reports each as a :class:`RawOutcome`; the
 runner owns the store, the progress and the statuses (:func:`.outcome.classify`).
 A backend is built by a factory ``(study_dir, options, tmp_dir, scripts) ->
-Backend``; the factory must fail fast with a :class:`~ablagen.errors.BackendError`
+Backend``; the factory must fail fast with a :class:`~ablagen.core.errors.BackendError`
 when the backend cannot work (missing package), before anything is started.
 ``__enter__`` starts it (processes, cluster connection), ``close`` stops it and
 any run still in flight. Register a new one with :func:`register_backend`.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ablagen.errors import ConfigError
+from ablagen.core.errors import ConfigError
 from ablagen.orchestrate.options import RunOptions, RunSpec
 from ablagen.orchestrate.outcome import RawOutcome
 

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ablagen.errors import BackendError
+from ablagen.core.errors import BackendError
 from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import (

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablagen.errors import ConfigError
-from ablagen.orchestrate.records import RunRecord
+from ablagen.core.errors import ConfigError
+from ablagen.orchestrate.run_record import RunRecord
 
 DEVICES = ("cpu", "cuda")
 FAILED_STATUSES = ("failed", "diverged", "timeout", "crashed", "oom")

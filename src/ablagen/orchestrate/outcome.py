@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ablagen.orchestrate.options import RunSpec
-from ablagen.orchestrate.records import RunRecord
-from ablagen.studydir import EXIT_DIVERGED
+from ablagen.orchestrate.run_record import RunRecord
+from ablagen.core.studydir import EXIT_DIVERGED
 
 TAIL_LINES = 30
 TAIL_CHARS = 4000

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablagen.codegen.context import TrainConfig
-from ablagen.errors import ConfigError
+from ablagen.generate.context import TrainConfig
+from ablagen.core.errors import ConfigError
 from ablagen.orchestrate.options import RunOptions
 
 

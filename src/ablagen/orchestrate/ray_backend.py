@@ -43,8 +43,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ablagen.errors import BackendError
-from ablagen.fsutil import writing
+from ablagen.core.errors import BackendError
+from ablagen.core.atomic import writing
 from ablagen.orchestrate import ray_warm
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import RawOutcome

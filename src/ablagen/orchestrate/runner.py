@@ -21,7 +21,7 @@ holder and left alone.
 I/O faults stop the call as data, not a traceback: when an outcome cannot be stored
 (full disk, read-only or unwritable store), or a run died of a full disk (its log
 says ``[Errno 28]``), the runs in flight are stopped and put back to pending, and a
-:class:`~ablagen.fsutil.WriteError` names the path and the fix. What was stored
+:class:`~ablagen.core.atomic.WriteError` names the path and the fix. What was stored
 before stays; the same command resumes once there is room.
 """
 
@@ -43,8 +43,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from ablagen.errors import StudyError
-from ablagen.fsutil import WriteError, io_fix, sha256_file, writing
+from ablagen.core.errors import StudyError
+from ablagen.core.atomic import WriteError, io_fix, sha256_file, writing
 from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.backends import Backend, get_backend
 from ablagen.orchestrate.options import (
@@ -63,9 +63,9 @@ from ablagen.orchestrate.outcome import (
 )
 from ablagen.orchestrate.owner import Owner, pid_alive
 from ablagen.orchestrate.placement import check_amp, recorded_amp
-from ablagen.orchestrate.records import RunRecord
+from ablagen.orchestrate.run_record import RunRecord
 from ablagen.orchestrate.store import LOW_SPACE_BYTES, ResultStore, free_bytes
-from ablagen.studydir import (
+from ablagen.core.studydir import (
     BASELINE_ID,
     LOGS_DIR,
     RESULTS_DB,
@@ -246,7 +246,7 @@ def run_study(
 
     Bad input (not a study, corrupt manifest, unknown ``--only`` id, changed script,
     fp16 scripts on CPU, backend unavailable) raises an
-    :class:`~ablagen.errors.AblagenError` before any run starts. Failing runs are
+    :class:`~ablagen.core.errors.AblagenError` before any run starts. Failing runs are
     data: they end up in the store and the summary.
     ``warm``: a pool the caller started early (``local.warm_pool``), adopted by a
     backend that can use it; the caller stops it if not. Without one, the local

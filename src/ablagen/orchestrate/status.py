@@ -45,10 +45,10 @@ from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.checkpoints import Checkpoint
 from ablagen.orchestrate.options import RunOptions, args_json, check_seeds
 from ablagen.orchestrate.owner import Owner
-from ablagen.orchestrate.records import STATUSES, RunRecord
+from ablagen.orchestrate.run_record import STATUSES, RunRecord
 from ablagen.orchestrate.runner import resolve_seeds
 from ablagen.orchestrate.store import ResultStore
-from ablagen.studydir import load_manifest
+from ablagen.core.studydir import load_manifest
 
 STATUS_SCHEMA = 1
 CELL_STATUSES = (*STATUSES, "running", "pending")

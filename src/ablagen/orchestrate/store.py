@@ -32,7 +32,7 @@ reused, or an older session of this very process) are reset by
 on start: a first attempt's row is deleted, a retried one gets its old status back.
 
 A write that fails (full disk, read-only filesystem, permissions) raises
-:class:`~ablagen.fsutil.WriteError` naming the database and the fix, and the
+:class:`~ablagen.core.atomic.WriteError` naming the database and the fix, and the
 transaction is rolled back. Reading never writes: on a full disk, where SQLite cannot
 create the WAL index of a cleanly closed store, a reader opens it immutable.
 Schema 2 added the ``oom`` status and ``peak_memory_bytes``; a schema-1 store is
@@ -58,12 +58,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ablagen.errors import StudyError
-from ablagen.fsutil import WriteError, io_fix
+from ablagen.core.errors import StudyError
+from ablagen.core.atomic import WriteError, io_fix
 from ablagen.orchestrate.options import RunSpec, args_json
 from ablagen.orchestrate.owner import Owner
-from ablagen.orchestrate.records import STATUSES, RunRecord
-from ablagen.studydir import RESULTS_DB, Manifest, load_manifest
+from ablagen.orchestrate.run_record import STATUSES, RunRecord
+from ablagen.core.studydir import RESULTS_DB, Manifest, load_manifest
 
 SCHEMA_VERSION = 2
 WAL_LIMIT_BYTES = 1 << 20

@@ -1,9 +1,9 @@
 """The perturbation-aware optimizer: θ_{t+1} = θ_t − η (∇L(θ_t) + δ_t).
 
-Self-contained on purpose: its modules import only the standard library, torch
-and each other, because ablagen embeds their source into every generated
-training script (``ablagen.codegen.perturb_block``, in ``EMBED_ORDER``). Edit
-them here, never in a script.
+The library's full optimizer: every noise kind and schedule, buffers drawn ahead,
+the divergence guard. Scripts that add noise carry a short, plain version of it
+(``templates/noise.py.j2``: only their own kind and schedule), and
+``tests/test_noise_block.py`` holds the two to the same noise, bit for bit.
 
 - ``noise``: the noise kinds (a registry: ``register_noise``);
 - ``schedules``: σ_t over the steps (a registry: ``register_schedule``);
@@ -40,8 +40,6 @@ from .schedules import (
     make_schedule,
     register_schedule,
 )
-
-EMBED_ORDER = ("registry", "noise", "schedules", "buffers", "divergence", "optimizer")
 
 __all__ = [
     "NOISE_KINDS",

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 import torch
 import torch_pruning as tp
 
-from ablagen.ranking import Ranking
-from ablagen.studydir import Manifest
+from ablagen.rank.ranking import Ranking
+from ablagen.core.studydir import Manifest
 
 
 def unit_scores(

@@ -17,7 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ablagen.errors import AblagenError
+from ablagen.core.errors import AblagenError
 
 Criterion = Callable[[tp.DependencyGraph, dict], tp.importance.Importance]
 

@@ -31,11 +31,11 @@ from .passes import (
     prepare_graph,
     pull_back,
 )
-from .records import CURVATURES, Estimate, ScreenReport
-from .run import GGN_RANK, GGN_SHARE, screen_batches, screen_knockouts
+from .results import CURVATURES, Estimate, ScreenReport
+from .chunked import GGN_RANK, GGN_SHARE, screen_batches, screen_knockouts
 
-#: the modules :func:`ablagen.codegen.embed.embed_package` joins, dependencies first
-EMBED_ORDER = ("records", "estimates", "passes", "hooks", "run")
+#: the modules :func:`ablagen.generate.embed.embed_package` joins, dependencies first
+EMBED_ORDER = ("results", "estimates", "passes", "probes", "chunked")
 
 __all__ = [
     "CURVATURES",

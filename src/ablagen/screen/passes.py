@@ -27,7 +27,7 @@ import torch
 from torch import fx, nn
 
 from ablagen.ablate import out_of_place, trace
-from ablagen.knockout_engine.graph import GraphFacts, _forward, inspect_graph
+from ablagen.knockout_engine.interpreter import GraphFacts, _forward, inspect_graph
 from ablagen.knockout_engine.values import _clone, _tensors
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import libcst as cst
 
-from ablagen.errors import ModelFileError
+from ablagen.core.errors import ModelFileError
 from ablagen.source.gather import TopLevel, needed_statements, top_level_statements
 from ablagen.source.transforms import (
     DropMainGuard,

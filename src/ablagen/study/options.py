@@ -1,18 +1,18 @@
 """Options of ``ablagen rank``, ``ablagen hybrid`` and ``ablagen study``.
 
 Each is a frozen dataclass whose field defaults are the CLI's defaults; the
-library functions take them whole (:func:`ablagen.report.rank_study`,
-:func:`ablagen.hybrid.render_arms`, :func:`ablagen.pipeline.run_full_study`).
+library functions take them whole (:func:`ablagen.report.markdown.rank_study`,
+:func:`ablagen.arms.hybrid.render_arms`, :func:`ablagen.study.pipeline.run_full_study`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ablagen.codegen.context import TrainConfig
-from ablagen.codegen.options import GenerateOptions
-from ablagen.errors import ConfigError
-from ablagen.noise_scales import (
+from ablagen.generate.context import TrainConfig
+from ablagen.generate.request import GenerateOptions
+from ablagen.core.errors import ConfigError
+from ablagen.arms.noise_scales import (
     DEFAULT_MAX_SCALE,
     DEFAULT_MIN_SCALE,
     DEFAULT_TEMPERATURE,
@@ -64,7 +64,7 @@ class ArmOptions:
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """Options of ``ablagen study`` (:func:`ablagen.pipeline.run_full_study`)."""
+    """Options of ``ablagen study`` (:func:`ablagen.study.pipeline.run_full_study`)."""
 
     generate: GenerateOptions
     seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the ablation runs (the ranking)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ablagen.orchestrate.records import RunRecord
-from ablagen.ranking import higher_is_better, metric_value
-from ablagen.studydir import Manifest
+from ablagen.orchestrate.run_record import RunRecord
+from ablagen.rank.ranking import higher_is_better, metric_value
+from ablagen.core.studydir import Manifest
 from ablagen.sweep.grid import SWEEP_KIND, Point, series_label
 from ablagen.sweep.stats import (
     CONFIDENCE,

@@ -8,10 +8,10 @@ Public API::
     run_study(study, options, progress=LiveTracker([Target("mlflow")], [study]))
 
 Both need the ``track`` extra (``pip install 'ablagen[track]'``: mlflow-skinny and
-tensorboard); without it, a :class:`~ablagen.errors.ConfigError` says so.
+tensorboard); without it, a :class:`~ablagen.core.errors.ConfigError` says so.
 """
 
-from ablagen.track.export import (
+from ablagen.track.export_study import (
     TRACKERS,
     ExportEvent,
     ExportSummary,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from ablagen.errors import ConfigError, OutputError
+from ablagen.core.errors import ConfigError, OutputError
 
 INSTALL = "install it with `pip install 'ablagen[track]'`"
 

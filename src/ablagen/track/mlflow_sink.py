@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ablagen.errors import OutputError
+from ablagen.core.errors import OutputError
 from ablagen.track.deps import require_mlflow, writable_dir
 from ablagen.track.runs import DIGEST_TAG, RUN_KEY_TAG, TrackedRun
 

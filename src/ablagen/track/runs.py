@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablagen.orchestrate.records import RunRecord
-from ablagen.ranking import Ranking
-from ablagen.studydir import Manifest, VariantEntry
+from ablagen.orchestrate.run_record import RunRecord
+from ablagen.rank.ranking import Ranking
+from ablagen.core.studydir import Manifest, VariantEntry
 
 RUN_KEY_TAG = "ablagen.run_key"
 DIGEST_TAG = "ablagen.digest"

@@ -1,0 +1,1 @@
+"""Arms: importance turned into noise scales, and the training arms that use them."""

@@ -1,0 +1,1 @@
+"""Shared ground: the exception hierarchy, atomic file writes, the study directory's layout."""

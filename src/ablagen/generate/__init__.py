@@ -1,0 +1,1 @@
+"""Generate: a model file and its options -> one standalone script per variant."""

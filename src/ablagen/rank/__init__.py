@@ -1,0 +1,1 @@
+"""Rank: importance of each ablated variant, with its uncertainty over seeds."""

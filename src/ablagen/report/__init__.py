@@ -1,0 +1,1 @@
+"""Report: what a study writes for people, ``report.md`` with its plots and ``report.html``."""
