@@ -51,6 +51,7 @@ MODEL = '''"""A tiny MLP for the chaos soak (benchmarks/chaos.py)."""
 
 import atexit
 import errno
+import json
 import os
 import sys
 
@@ -72,12 +73,19 @@ class Net(nn.Module):
 
 
 def count_completion():
-    """The soak's instrument: one line per run that wrote its result."""
+    """The soak's instrument: one line per run that wrote its result, with the
+    result's status (a failed run runs again by design: only "ok" is a completion)."""
     path, argv = os.environ.get("COUNTER_ENV"), sys.argv
-    if path and "--out" in argv and os.path.exists(argv[argv.index("--out") + 1]):
-        with open(path, "a") as fh:
-            seed, sid = argv[argv.index("--seed") + 1], os.getsid(0)
-            fh.write(f"{VARIANT} {seed} session {sid} pid {os.getpid()}\\n")
+    if not (path and "--out" in argv):
+        return
+    try:
+        with open(argv[argv.index("--out") + 1]) as fh:
+            status = json.load(fh).get("status", "?")
+    except (OSError, ValueError):
+        return
+    with open(path, "a") as fh:
+        seed, sid = argv[argv.index("--seed") + 1], os.getsid(0)
+        fh.write(f"{VARIANT} {seed} {status} session {sid} pid {os.getpid()}\\n")
 
 
 def build_data():
@@ -110,6 +118,7 @@ class Report:
     exit_codes: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # the sessions' stderr lines
     duplicates: list[str] = field(default_factory=list)  # "variant seed"
+    failed_results: list[str] = field(default_factory=list)  # "variant seed status"
     reference_s: float = 0.0
     chaos_s: float = 0.0
 
@@ -361,8 +370,10 @@ def soak(
         final = ok_rows(study)
         report.lost = report.runs - len(set(final) & set(reference))
         lines = counter.read_text().splitlines() if counter.exists() else []
-        counts = Counter(" ".join(line.split()[:2]) for line in lines)
+        rows = [line.split() for line in lines]
+        counts = Counter(" ".join(row[:2]) for row in rows if row[2] == "ok")
         report.duplicates = sorted(k for k, n in counts.items() if n > 1)
+        report.failed_results = sorted(" ".join(row[:3]) for row in rows if row[2] != "ok")
         report.duplicated = len(report.duplicates)
         report.differing = sum(
             1 for key, result in reference.items() if final.get(key, result) != result
@@ -444,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  said: {line}")
         for key in report.duplicates:
             print(f"  completed more than once: {key}")
+        for key in report.failed_results:
+            print(f"  wrote a result that is not ok (then ran again): {key}")
     return 0 if report.clean else 1
 
 
