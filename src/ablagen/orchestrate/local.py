@@ -47,7 +47,7 @@ from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import (
     RawOutcome,
-    finished_result,
+    from_reply,
     gigabytes,
     read_tail,
 )
@@ -606,24 +606,7 @@ class LocalBackend:
             result_text: str | None = out.read_text(encoding="utf-8", errors="replace")
         except OSError:
             result_text = None
-        code, error = reply.get("exit_code"), reply.get("error")
-        killed = error is not None or (code is not None and code < 0)
-        if killed and not reply.get("timed_out") and not reply.get("oom"):
-            done = finished_result(result_text)  # it died after its last write
-            if done is not None:
-                code, error = done[1], None
-        return RawOutcome(
-            spec=spec,
-            exit_code=code,
-            wall_time_s=float(reply.get("wall_time_s") or 0.0),
-            result_text=result_text,
-            timed_out=bool(reply.get("timed_out")),
-            error=error,
-            backend=self.name,
-            oom=bool(reply.get("oom")),
-            peak_memory_bytes=reply.get("peak_memory_bytes"),
-            memory_limit_bytes=self.memory_limit,
-        )
+        return from_reply(spec, reply, result_text, self.name, self.memory_limit)
 
     def submit(self, spec: RunSpec) -> None:
         self._todo.put(spec)

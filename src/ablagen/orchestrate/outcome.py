@@ -52,6 +52,37 @@ class RawOutcome:
     memory_limit_bytes: int | None = None  # the limit it ran under, if any
 
 
+def from_reply(
+    spec: RunSpec,
+    reply: dict[str, Any],
+    result_text: str | None,
+    backend: str,
+    memory_limit_bytes: int | None,
+) -> RawOutcome:
+    """The outcome of a worker's reply (see :mod:`.worker`; the local pool and the
+    Ray backend send the same request and get the same reply) and the result text
+    the run left. A run killed after its result was complete (the script writes
+    ``--out`` atomically at its very end) is the result's, not the kill's."""
+    code, error = reply.get("exit_code"), reply.get("error")
+    killed = error is not None or (code is not None and code < 0)
+    if killed and not reply.get("timed_out") and not reply.get("oom"):
+        done = finished_result(result_text)  # it died after its last write
+        if done is not None:
+            code, error = done[1], None
+    return RawOutcome(
+        spec=spec,
+        exit_code=code,
+        wall_time_s=float(reply.get("wall_time_s") or 0.0),
+        result_text=result_text,
+        timed_out=bool(reply.get("timed_out")),
+        error=error,
+        backend=backend,
+        oom=bool(reply.get("oom")),
+        peak_memory_bytes=reply.get("peak_memory_bytes"),
+        memory_limit_bytes=memory_limit_bytes,
+    )
+
+
 def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
     """The last ``lines`` lines of ``text``, at most ``chars`` characters."""
     kept = "\n".join(text.rstrip().splitlines()[-lines:])

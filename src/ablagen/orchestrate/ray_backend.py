@@ -47,7 +47,7 @@ from ablagen.core.errors import BackendError
 from ablagen.core.atomic import writing
 from ablagen.orchestrate import ray_warm
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
-from ablagen.orchestrate.outcome import RawOutcome
+from ablagen.orchestrate.outcome import RawOutcome, from_reply
 
 CONNECT_TIMEOUT_S = 5.0
 CONNECT_RETRIES = 5  # one a second
@@ -395,17 +395,8 @@ class RayBackend:
         log_file = self.study_dir / spec.log_path
         with writing(log_file, "the run log"):
             log_file.write_text(reply["log"], encoding="utf-8")
-        return RawOutcome(
-            spec,
-            reply.get("exit_code"),
-            float(reply.get("wall_time_s") or 0.0),
-            result_text=reply.get("result"),
-            timed_out=bool(reply.get("timed_out")),
-            error=reply.get("error"),
-            backend=self.name,
-            oom=bool(reply.get("oom")),
-            peak_memory_bytes=reply.get("peak_memory_bytes"),
-            memory_limit_bytes=self.memory_limit,
+        return from_reply(
+            spec, reply, reply.get("result"), self.name, self.memory_limit
         )
 
     def _restart(self, slot: int) -> None:
