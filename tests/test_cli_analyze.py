@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 
 from ablagen import __version__
 from ablagen.analyze import analyze
@@ -26,7 +29,8 @@ def test_analyze_json_equals_library_inventory(capsys):
 
 def test_analyze_table_lists_every_component(capsys):
     code, out, _ = run_cli(
-        ["analyze", str(MODELS / "cnn_mixed.py"), "--neuron-groups", "2"], capsys
+        ["analyze", str(MODELS / "cnn_mixed.py"), "--neuron-groups", "2", "--flat"],
+        capsys,
     )
     assert code == 0
     inv = analyze(load_model(str(MODELS / "cnn_mixed.py")), neuron_groups=2)
@@ -39,3 +43,60 @@ def test_fallback_warns_on_stderr_once(capsys):
     assert code == 0
     assert err.count("warning:") == 1 and "functional activations" in err
     assert json.loads(out)["traced"] is False
+
+
+TREE_GOLDEN = Path(__file__).resolve().parent / "golden" / "analyze_tree"
+
+
+def test_tree_of_resnet_small_equals_its_golden(capsys):
+    code, out, err = run_cli(["analyze", str(EXAMPLES / "resnet_small.py")], capsys)
+    assert code == 0 and err == ""
+    golden = TREE_GOLDEN / "resnet_small.txt"
+    if os.environ.get("ABLAGEN_UPDATE_GOLDEN"):
+        golden.write_text(out, encoding="utf-8")
+    assert out == golden.read_text(encoding="utf-8")
+
+
+def _tree_ids(out: str) -> list[str]:
+    """The component id that starts each tree line (after the guides)."""
+    lines = out.splitlines()[2:]  # title and column header
+    return [re.sub(r"^[│├└─ ]+", "", line).split("  ")[0] for line in lines]
+
+
+def test_tree_folds_groups_and_heads_and_shows_every_other_component(capsys):
+    path = str(EXAMPLES / "tiny_gpt.py")
+    code, out, _ = run_cli(["analyze", path], capsys)
+    assert code == 0
+    inv = analyze(load_model(path))
+    ids = _tree_ids(out)
+    listed = [c.id for c in inv.components if c.kind not in ("neuron", "head")]
+    assert sorted(set(listed) - set(ids)) == [] and len(ids) == len(set(ids))
+    lines = dict(zip(ids, out.splitlines()[2:]))
+    for module in {c.module for c in inv.components if c.kind == "neuron"}:
+        groups = [
+            c for c in inv.components if c.kind == "neuron" and c.module == module
+        ]
+        units = sum(c.units[1] - c.units[0] for c in groups)
+        assert f"{units} units in {len(groups)} groups · mask" in lines[module]
+    heads = [c for c in inv.components if c.kind == "head" and c.module == "h.0.attn"]
+    assert len(heads) == 4 and "4 heads · mask,mean" in lines["h.0.attn"]
+    assert "residual" in lines["h.0"] and "residual" not in lines["h.1"]
+
+
+def test_tree_of_resnet18_fits_in_about_80_lines(capsys):
+    """The issue's example: torchvision's ResNet-18 (736 components, a 741-line
+    table) reads as a tree of under 80 lines, every block and layer on one."""
+    path = f"{MODELS / 'resnet18.py'}:resnet18"
+    code, out, _ = run_cli(["analyze", path], capsys)
+    assert code == 0
+    inv = analyze(load_model(path))
+    lines = out.splitlines()
+    assert len(inv.components) > 700 and len(lines) <= 80
+    ids = _tree_ids(out)
+    for comp in inv.components:
+        if comp.kind in ("layer", "block", "activation"):
+            assert comp.id in ids
+    # a module of no component of its own still shows where its layers sit
+    assert "layer2.0.downsample" in ids
+    code, flat, _ = run_cli(["analyze", path, "--flat"], capsys)
+    assert code == 0 and all(c.id in flat for c in inv.components)

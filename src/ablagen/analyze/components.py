@@ -92,6 +92,9 @@ class Inventory:
     # component id -> the parameter names zeroing it cuts off (traced models; in
     # memory only: several ablations removed together count their union once)
     cuts: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    # functional call site id (``fn.<node>``) -> the module whose forward makes the
+    # call, "" for the model's own (traced models; in memory only, for the tree view)
+    callers: dict[str, str] = field(default_factory=dict, compare=False)
 
     def get(self, component_id: str) -> Component | None:
         for comp in self.components:

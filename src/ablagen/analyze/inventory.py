@@ -75,7 +75,15 @@ def build_inventory(
         )
         comps, cuts = _with_cuts(model, graph, comps)
         return Inventory(
-            label, True, shapes, tuple(comps), parameters, tuple(problems), "fx", cuts
+            label,
+            True,
+            shapes,
+            tuple(comps),
+            parameters,
+            tuple(problems),
+            "fx",
+            cuts,
+            _callers(graph, comps),
         )
     hooked = list(_from_calls(model, calls, neuron_groups))
     try:
@@ -126,6 +134,16 @@ def _with_cuts(
         own = 0 if comp.call_site is not None else comp.params
         out.append(replace(comp, cut_params=count) if count > own else comp)
     return out, cuts
+
+
+def _callers(graph: fx.GraphModule, comps: list[Component]) -> dict[str, str]:
+    """Each functional call site with the module whose forward makes the call."""
+    nodes = {n.name: n for n in graph.graph.nodes}
+    return {
+        c.id: _owner_module(nodes[c.node]) or ""
+        for c in comps
+        if c.module is None and c.node in nodes
+    }
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""``ablagen analyze``: the component inventory as a table or JSON."""
+"""``ablagen analyze``: the component inventory as a tree of modules, a table or JSON."""
 
 from __future__ import annotations
 
@@ -17,7 +17,15 @@ def analyze(
     input_shape: InputShapeOpt = None,
     neuron_groups: NeuronGroupsOpt = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print stable JSON instead of a table.")
+        bool, typer.Option("--json", help="Print stable JSON instead of the tree.")
+    ] = False,
+    flat: Annotated[
+        bool,
+        typer.Option(
+            "--flat",
+            help="Print one table row per component (every neuron group and head) "
+            "instead of the tree of modules.",
+        ),
     ] = False,
 ) -> None:
     """List every ablatable component: layers, blocks, activations, neuron groups."""
@@ -33,7 +41,13 @@ def analyze(
     if as_json:
         typer.echo(json.dumps(inventory.to_json(), indent=2, sort_keys=True))
         return
-    _print_table(inventory)
+    if flat:
+        _print_table(inventory)
+        return
+    from ablagen.analyze.module_tree import render_tree
+
+    types = {name: type(m).__name__ for name, m in loaded.model.named_modules()}
+    typer.echo(render_tree(inventory, types), nl=False)
 
 
 def _print_table(inventory) -> None:
