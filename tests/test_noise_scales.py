@@ -219,10 +219,72 @@ def test_bad_options_are_config_errors(lo: float, hi: float, temp: float) -> Non
 
 
 def test_noise_scales_read_back_what_they_wrote(tmp_path) -> None:
-    from ablagen.arms.noise_scales import NoiseScales, load_noise_scales, write_noise_scales
+    from ablagen.arms.noise_scales import (
+        NoiseScales,
+        load_noise_scales,
+        write_noise_scales,
+    )
 
     scales = noise_scales(MANIFEST, RANKING)
     assert any(isinstance(v, tuple) for v in scales.parameters.values())
     assert NoiseScales.from_json(scales.to_json()) == scales
     write_noise_scales(tmp_path, scales)
     assert load_noise_scales(tmp_path) == scales
+
+
+def _unit_energy(scales, parameters=PARAMETERS) -> float:
+    from ablagen.arms.hybrid import arm_scales
+    from ablagen.arms.noise_scales import scale_values
+
+    matched = arm_scales(scales, parameters)
+    total = 0.0
+    for name, shape in parameters:
+        units = scale_values(matched[name])
+        total += sum(u * u for u in units) * math.prod(shape) / len(units)
+    return total
+
+
+def test_shuffled_scales_permute_the_hybrids_among_components() -> None:
+    from ablagen.arms.noise_scales import shuffled_noise_scales
+
+    hybrid = noise_scales(MANIFEST, RANKING)
+    shuffled = shuffled_noise_scales(MANIFEST, RANKING, hybrid, seed=0)
+    mine, theirs = hybrid.components, shuffled.components
+    assert sorted(mine) == sorted(theirs)
+    # the same multiset of (importance, scale) pairs: only who gets which changed
+    pairs = sorted((c["importance"], c["scale"]) for c in mine.values())
+    assert sorted((c["importance"], c["scale"]) for c in theirs.values()) == pairs
+    # a derangement of the parameter-carrying components; fn.relu_2 owns no
+    # parameter, so it keeps its own importance and nothing is lost to it
+    carriers = [c for c in mine if c != "fn.relu_2"]
+    assert theirs["fn.relu_2"] == mine["fn.relu_2"]
+    moved = [c for c in carriers if theirs[c]["importance"] != mine[c]["importance"]]
+    assert (
+        len(moved) >= len(carriers) - 2
+    )  # ties (0.40 twice, 0.30 twice) may land home
+    assert shuffled.parameters != hybrid.parameters
+    # assigned to parameters by the hybrid's rules: fc1's units from their groups
+    per_unit = shuffled.parameters["fc1.weight"]
+    assert per_unit[12] == theirs["fc1[12]"]["scale"]
+    assert per_unit[0] == theirs["fc1[0:8]"]["scale"]
+    assert (shuffled.min_scale, shuffled.max_scale) == (
+        hybrid.min_scale,
+        hybrid.max_scale,
+    )
+    # the same total noise once energy-matched: as much as scale 1 everywhere
+    count = sum(math.prod(shape) for _, shape in PARAMETERS)
+    assert _unit_energy(shuffled) == pytest.approx(count, rel=1e-4)
+    assert _unit_energy(hybrid) == pytest.approx(count, rel=1e-4)
+
+
+def test_shuffled_scales_are_deterministic_per_seed() -> None:
+    from ablagen.arms.noise_scales import shuffled_noise_scales
+
+    hybrid = noise_scales(MANIFEST, RANKING)
+    first = shuffled_noise_scales(MANIFEST, RANKING, hybrid, seed=0).dumps()
+    assert shuffled_noise_scales(MANIFEST, RANKING, hybrid, seed=0).dumps() == first
+    others = {
+        shuffled_noise_scales(MANIFEST, RANKING, hybrid, seed=s).dumps()
+        for s in (1, 2, 3)
+    }
+    assert others - {first}  # another seed, another permutation

@@ -205,7 +205,7 @@ def test_digits_report_renders_in_chromium(digits_study: Path, tmp_path: Path) -
     data = png.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 50_000  # a page, not a blank
     text = page.read_text()
-    assert "The four arms" in text and "arm:hybrid" in text
+    assert "The five arms" in text and "arm:shuffled" in text
     if os.environ.get("ABLAGEN_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(png, SCREENSHOT)

@@ -41,10 +41,11 @@ def test_study_writes_ranking_noise_scales_arms_and_report(study):
         "arm:ablated",
         "arm:perturbed",
         "arm:hybrid",
+        "arm:shuffled",
     ]
-    assert all(a["seeds"] == [0, 1] for a in arms)
+    assert all(a["seeds"] == [0, 1] for a in arms)  # shuffled.py trained too
     report = (study / "report.md").read_text()
-    assert "The four arms" in report and "arm:hybrid" in report
+    assert "The five arms" in report and "arm:shuffled" in report
     ranked = json.loads((study / "importance.json").read_text())["rows"]
     assert ranked and not any(r["variant"].startswith("arm:") for r in ranked)
 
@@ -106,7 +107,7 @@ def test_second_study_run_trains_nothing_traces_once_and_reports_once(
 def test_hybrid_command_renders_the_arms_the_study_rendered(study, capsys):
     """``ablagen hybrid`` rebuilds the state from the manifest and the ranking files:
     the same scripts and manifest as the pipeline's objects gave."""
-    names = ("ablated.py", "perturbed.py", "hybrid.py", "manifest.json")
+    names = ("ablated.py", "perturbed.py", "hybrid.py", "shuffled.py", "manifest.json")
     before = {name: (study / name).read_bytes() for name in names}
     code, out, err = run_cli(
         ["hybrid", study, "--sigma", "0.01", "--ablate-bottom", "1"], capsys
@@ -133,6 +134,22 @@ def test_hybrid_script_carries_the_noise_scales(study):
     assert module.SIGMA == 0.01
     perturbed = load_script(study / "perturbed.py")
     assert perturbed.SIGMA == 0.01 and not hasattr(perturbed, "NOISE_SCALES")
+
+
+def test_shuffled_script_carries_the_hybrids_scales_permuted(study):
+    from ablagen.arms.hybrid import arm_scales
+    from ablagen.arms.noise_scales import load_noise_scales, shuffled_noise_scales
+    from ablagen.rank.ranking import load_ranking
+
+    manifest, noise = load_manifest(study), load_noise_scales(study)
+    parameters = manifest.model["parameters"]
+    shuffled = shuffled_noise_scales(manifest, load_ranking(study), noise, seed=0)
+    module = load_script(study / "shuffled.py")
+    assert module.NOISE_SCALES == arm_scales(shuffled, parameters)
+    assert module.NOISE_SCALES != load_script(study / "hybrid.py").NOISE_SCALES
+    assert module.SIGMA == 0.01
+    scales = sorted(c["scale"] for c in shuffled.components.values())
+    assert scales == sorted(c["scale"] for c in noise.components.values())
 
 
 def test_ablated_arm_removes_the_least_important_component(study):
@@ -271,7 +288,7 @@ def test_two_stage_study_writes_a_report_at_its_top(tmp_path, capsys):
     )
     md = (out / "report.md").read_text()
     assert "(screen/report.md)" in md and "(retrain/report.md)" in md
-    assert "## Taylor screen versus retraining" in md and "## The four arms" in md
+    assert "## Taylor screen versus retraining" in md and "## The five arms" in md
     assert 'href="retrain/report.html"' in (out / "report.html").read_text()
     screen = json.loads((out / "screen" / "importance.json").read_text())["rows"]
     verified = json.loads((out / "retrain" / "importance.json").read_text())["rows"]

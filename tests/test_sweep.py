@@ -38,6 +38,7 @@ def test_parse_lrs_list_and_log_range():
         1e-1,
     )
     assert parse_arms("hybrid,plain") == ("plain", "hybrid")  # drawing order
+    assert parse_arms("shuffled,hybrid,plain") == ("plain", "hybrid", "shuffled")
     for bad in ("", "1e-3,0", "1e-3,-1", "abc", "1e-3:1e-3:4", "1e-3,1e-3"):
         with pytest.raises(ConfigError):
             parse_lrs(bad)
@@ -85,6 +86,7 @@ def test_drop_variance_and_paired_tests_match_hand_formulas():
         (["--lrs", "-1e-3"], "is not positive"),
         (["--arms", "plain,noisy"], "unknown arm 'noisy'"),
         (["--arms", "plain,hybrid"], "the hybrid arm needs a ranked study"),
+        (["--arms", "plain,shuffled"], "the shuffled arm needs a ranked study"),
         (["--sigmas", "0.01,0.1", "--seeds", "0-19"], "more than --max-runs 500"),
         (["--seeds", "0,1", "--max-runs", "10"], "more than --max-runs 10"),
     ],

@@ -2,7 +2,7 @@
 
 :func:`render_arms` takes the study's :class:`~ablagen.rank.ranking.Ranking` and
 :class:`~ablagen.arms.noise_scales.NoiseScales` (objects, as ``ablagen study`` holds them)
-and renders three scripts, each listed in the manifest as an entry of kind ``arm``:
+and renders four scripts, each listed in the manifest as an entry of kind ``arm``:
 
 - ``ablated.py``   (``arm:ablated``):   the baseline with its K least important
   components removed together, the way the ranking says they were ablated;
@@ -10,12 +10,15 @@ and renders three scripts, each listed in the manifest as an entry of kind ``arm
   the same base sigma on every parameter (the control arm);
 - ``hybrid.py``    (``arm:hybrid``):    the baseline trained with gradient noise whose
   sigma is scaled per parameter (and per output unit) by the noise scales:
-  important parts get little noise, unimportant ones more.
+  important parts get little noise, unimportant ones more;
+- ``shuffled.py`` (``arm:shuffled``): the hybrid's scales permuted among components
+  by a seeded permutation (:func:`~ablagen.arms.noise_scales.shuffled_noise_scales`),
+  at the same total noise: the control that shows whether the ranking matters.
 
 ``ablagen hybrid STUDY`` (:func:`write_arms`) is the later command: it reads the
 ranking and noise scales ``ablagen rank`` wrote, loads the model with the study's
-recorded options and adds the scripts. The fourth arm is ``baseline.py`` itself.
-:func:`compare_arms` summarises the four over seeds from the result store.
+recorded options and adds the scripts. The fifth arm is ``baseline.py`` itself.
+:func:`compare_arms` summarises the five over seeds from the result store.
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ from ablagen.generate.prepare import Prepared, prepare
 from ablagen.generate.writer import add_scripts
 from ablagen.core.errors import StudyError
 from ablagen.core.atomic import atomic_write_text, sha256_bytes
-from ablagen.arms.noise_scales import NoiseScales, load_noise_scales, scale_values
+from ablagen.arms.noise_scales import (
+    NoiseScales,
+    load_noise_scales,
+    scale_values,
+    shuffled_noise_scales,
+)
 from ablagen.rank.ranking import ImportanceRow, Ranking, load_ranking
 from ablagen.study.options import ArmOptions
 from ablagen.core.studydir import (
@@ -50,8 +58,9 @@ ARMS = {
     "arm:ablated": "ablated.py",
     "arm:perturbed": "perturbed.py",
     "arm:hybrid": "hybrid.py",
+    "arm:shuffled": "shuffled.py",
 }
-ARM_ORDER = (BASELINE_ID, "arm:ablated", "arm:perturbed", "arm:hybrid")
+ARM_ORDER = (BASELINE_ID, "arm:ablated", "arm:perturbed", "arm:hybrid", "arm:shuffled")
 ARMS_JSON = "arms.json"
 
 
@@ -90,18 +99,25 @@ def render_arms(
         ARMS["arm:perturbed"], "arm:perturbed", f"Perturbed arm of {label}: uniform gradient noise.",
         (f"Every parameter gets {arm.noise} gradient noise of sigma {arm.sigma:g} (the control arm).",), train=noisy,
     )  # fmt: skip
-    scales = noise.to_json()["parameters"]
-    order = [name for name, _ in manifest.model["parameters"]]  # the model's order
-    hybrid_scales = {name: scales[name] for name in order if name in scales}
-    matched = ""
-    if arm.match_noise:
-        hybrid_scales = energy_matched(hybrid_scales, manifest.model["parameters"])
-        matched = " rescaled so the total noise energy equals the perturbed arm's,"
+    parameters = manifest.model["parameters"]
+    shuffled = shuffled_noise_scales(manifest, ranking, noise, arm.shuffle_seed)
+    hybrid_scales = arm_scales(noise, parameters, arm.match_noise)
+    matched = (
+        " rescaled so the total noise energy equals the perturbed arm's,"
+        if arm.match_noise
+        else ""
+    )
     files["arm:hybrid"] = prepared.render(
         ARMS["arm:hybrid"], "arm:hybrid", f"Hybrid arm of {label}: importance-guided gradient noise.",
         (f"Base sigma {arm.sigma:g} ({arm.noise}), scaled per parameter and output unit by noise_scales.json{matched}:",
          "important components get less noise, unimportant ones more."),
         train=noisy, noise_scales=hybrid_scales,
+    )  # fmt: skip
+    files["arm:shuffled"] = prepared.render(
+        ARMS["arm:shuffled"], "arm:shuffled", f"Shuffled arm of {label}: the hybrid's noise scales, permuted among components.",
+        (f"Base sigma {arm.sigma:g} ({arm.noise}), scaled by noise_scales.json's component scales after a permutation",
+         f"among components (seed {arm.shuffle_seed}){matched}: the ranking carries no information here."),
+        train=noisy, noise_scales=arm_scales(shuffled, parameters, arm.match_noise),
     )  # fmt: skip
     scripts = []
     for arm_id, data in files.items():
@@ -147,6 +163,16 @@ def prepare_recorded(study: Path, manifest: Manifest) -> Prepared:
             f"regenerate it: {config.command} (from the study directory)",
         )
     return prepared
+
+
+def arm_scales(
+    noise: NoiseScales, parameters: list[list[Any]], match: bool = True
+) -> dict[str, Any]:
+    """The scales in the model's parameter order (``manifest.model["parameters"]``),
+    rescaled to the perturbed arm's total noise when ``match``."""
+    scales = noise.to_json()["parameters"]
+    ordered = {name: scales[name] for name, _ in parameters if name in scales}
+    return energy_matched(ordered, parameters) if match else ordered
 
 
 def energy_matched(
@@ -277,7 +303,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def compare_arms(study_dir: str | Path, seeds: tuple[int, ...]) -> list[ArmResult]:
-    """Final metrics of the four arms over ``seeds`` (ok runs of the current scripts)."""
+    """Final metrics of the five arms over ``seeds`` (ok runs of the current scripts)."""
     from ablagen.orchestrate import ResultStore
 
     with ResultStore(study_dir, readonly=True) as store:

@@ -32,12 +32,16 @@ Assignment to parameters (names and shapes from ``manifest.model["parameters"]``
   output units) keeps the dimension of its most important slice.
 * Parameters of modules with no ranked component get ``default`` (1.0).
   Components whose variants all failed are unranked: default, not max.
+
+The shuffled control (:func:`shuffled_noise_scales`) assigns the same component
+scales after a seeded permutation among components: the ranking's information gone.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +239,56 @@ def noise_scales(
     """Per-parameter σ multipliers from a ranking (see the module docstring)."""
     _check_options(min_scale, max_scale, temperature, default)
     importance = _component_importance(ranking)
+    return _scales_from(
+        manifest, ranking, importance, min_scale, max_scale, temperature, default
+    )
+
+
+def shuffled_noise_scales(
+    manifest: Manifest, ranking: Ranking, noise: NoiseScales, seed: int = 0
+) -> NoiseScales:
+    """The shuffled control: ``noise``'s component scales permuted among components.
+
+    The components whose scale reaches a parameter (an owner layer, output units or
+    parameter slices; not an activation with no owner) trade importances by a
+    permutation drawn from ``random.Random(seed)`` over their sorted ids, redrawn
+    until no component keeps its own (for two or more). Their scales are then
+    assigned to parameters exactly as :func:`noise_scales` assigns them: the same
+    multiset of component scales, the same range, no information from the ranking.
+    ``energy_matched`` then gives it the same total noise as the hybrid's.
+    Deterministic: the same ranking and seed give the same scales.
+    """
+    importance = _component_importance(ranking)
+    carriers = sorted(c for c in importance if _carries(manifest, ranking, c))
+    order = list(carriers)
+    rng = random.Random(seed)
+    for _ in range(1000):  # a derangement: about 1 draw in e is one
+        rng.shuffle(order)
+        if len(order) < 2 or all(a != b for a, b in zip(order, carriers)):
+            break
+    shuffled = dict(importance)
+    for comp, source in zip(carriers, order):
+        shuffled[comp] = importance[source]
+    return _scales_from(
+        manifest, ranking, shuffled, noise.min_scale, noise.max_scale,
+        noise.temperature, noise.default,
+    )  # fmt: skip
+
+
+def _carries(manifest: Manifest, ranking: Ranking, comp_id: str) -> bool:
+    """Whether a component's importance reaches any parameter (:func:`_attribute`)."""
+    return any(_attribute(manifest, ranking, {comp_id: 0.0}))
+
+
+def _scales_from(
+    manifest: Manifest,
+    ranking: Ranking,
+    importance: dict[str, float],
+    min_scale: float,
+    max_scale: float,
+    temperature: float,
+    default: float,
+) -> NoiseScales:
     top = max((max(v, 0.0) for v in importance.values()), default=0.0)
 
     def to_scale(value: float) -> float:

@@ -97,7 +97,7 @@ def hybrid(
     ablate_bottom: BottomOpt = _ARMS.ablate_bottom,
     match_noise: MatchOpt = _ARMS.match_noise,
 ) -> None:
-    """Write hybrid.py (importance-guided noise), perturbed.py (uniform noise) and ablated.py."""
+    """Write hybrid.py (importance-guided noise), shuffled.py (its scales permuted), perturbed.py (uniform noise) and ablated.py."""
     from ablagen.arms.hybrid import ARMS as FILES
     from ablagen.arms.hybrid import write_arms
 
@@ -152,7 +152,7 @@ def study(
         str, typer.Option(help="Seeds of the ablation runs.")
     ] = _seed_list(_STUDY.seeds),
     arm_seeds: Annotated[
-        str, typer.Option(help="Seeds of the four arms.")
+        str, typer.Option(help="Seeds of the arms (the baseline's too).")
     ] = _seed_list(_STUDY.arm_seeds),
     jobs: Annotated[
         int | None,
@@ -220,7 +220,7 @@ def study(
     ablate_bottom: BottomOpt = _ARMS.ablate_bottom,
     match_noise: MatchOpt = _ARMS.match_noise,
     arms: Annotated[
-        bool, typer.Option(help="Train the four arms after ranking.")
+        bool, typer.Option(help="Train the arms after ranking.")
     ] = _STUDY.with_arms,
     backend: Annotated[str, typer.Option(help="local or ray.")] = _RUN.backend,
     max_memory: MaxMemoryOpt = _RUN.max_memory_gb,
@@ -235,7 +235,7 @@ def study(
     ] = False,
     track: TrackOpt = None,
 ) -> None:
-    """The main job: generate, run, rank, noise scales, the four arms, report."""
+    """The main job: generate, run, rank, noise scales, the five arms, report."""
     from rich.console import Console
 
     from ablagen.analyze.loading import split_model_spec
@@ -348,7 +348,7 @@ def _print_outcome(outcome, console) -> None:
         f"\nmost important: {', '.join(r.variant for r in rows[:3]) or 'none ranked'}"
     )
     if outcome.arms:
-        table = Table(title="the four arms (final validation metrics over seeds)")
+        table = Table(title="the arms (final validation metrics over seeds)")
         for column in (
             "arm",
             "seeds",

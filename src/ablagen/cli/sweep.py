@@ -58,7 +58,8 @@ def sweep(
         str | None,
         typer.Option(
             help="; ".join(f"{a}: {h}" for a, h in ARM_HELP.items())
-            + f". [default: {', '.join(ARMS)}; hybrid only for a ranked study]"
+            + f". [default: {', '.join(a for a in ARMS if a != 'shuffled')}; hybrid only"
+            " for a ranked study; shuffled (ranked too) only when listed]"
         ),
     ] = None,
     sigmas: Annotated[

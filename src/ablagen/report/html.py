@@ -1,7 +1,7 @@
 """``report.html``: the study report as one self-contained page for a browser.
 
 Same content as ``report.md`` (the importance table with intervals, failed
-variants, the importance and curve plots, the noise scales, the four arms and any
+variants, the importance and curve plots, the noise scales, the arms and any
 other section, the reproduce commands), rendered with Jinja2 from
 ``templates/report/report.html.j2``. The plots are embedded as ``data:`` URIs and
 the CSS and the few lines of JavaScript that sort the table are inline, so the file

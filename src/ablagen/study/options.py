@@ -53,6 +53,8 @@ class ArmOptions:
     ablate_bottom: int = 2  # components the ablated arm removes (0: no ablated arm)
     # rescale the hybrid's scales: the same total noise as the perturbed arm
     match_noise: bool = True
+    # the shuffled arm: the seed of its permutation of the scales among components
+    shuffle_seed: int = 0
 
     def validate(self) -> ArmOptions:
         if self.sigma < 0 or self.ablate_bottom < 0:
@@ -68,7 +70,7 @@ class StudyOptions:
 
     generate: GenerateOptions
     seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the ablation runs (the ranking)
-    arm_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the four arms
+    arm_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the arms
     run: RunOptions = field(default_factory=RunOptions)
     arms: ArmOptions = field(default_factory=ArmOptions)
     rank: RankOptions = field(default_factory=RankOptions)

@@ -149,7 +149,7 @@ def _one_study(
         sections.append((f"{name.capitalize()} screen versus {verdict}", section))
     arm_runs, arms = None, []
     if opts.with_arms:
-        step("hybrid: ablated, perturbed and importance-guided arms")
+        step("hybrid: ablated, perturbed, importance-guided and shuffled arms")
         with warm_pool(study, opts.run) as warm:  # warms while the arms render
             removal = None
             if screen is not None:  # the whole ranking: the screen, verified
@@ -182,7 +182,7 @@ def _one_study(
         seeds = ",".join(map(str, opts.arm_seeds))
         sections.append(
             (
-                "The four arms",
+                "The five arms",
                 f"Final validation metrics over seeds {', '.join(map(str, opts.arm_seeds))} "
                 f"(`arms.json`; reproduce with `ablagen hybrid STUDY` then "
                 f"`ablagen run STUDY --only {','.join(arm_ids)} --seeds {seeds}`).\n\n"
@@ -271,7 +271,7 @@ def _stage_index(opts: StudyOptions, outcome: StudyOutcome, rows, verdict: str) 
     if outcome.arms:
         sections.append(
             (
-                "The four arms",
+                "The five arms",
                 f"Final validation metrics, from `{second.name}/arms.json`.\n\n"
                 + arms_markdown(outcome.arms, opts.generate.train.target_acc),
             )

@@ -16,15 +16,18 @@ from ablagen.core.errors import ConfigError
 from ablagen.orchestrate.options import RunOptions
 
 #: the arms, in the order they are drawn and tabled
-ARMS = ("plain", "perturbed", "annealed", "hybrid")
+ARMS = ("plain", "perturbed", "annealed", "hybrid", "shuffled")
 ARM_HELP = {
     "plain": "sigma = 0: the bare optimizer",
     "perturbed": "constant gradient noise of std sigma on every parameter",
     "annealed": "Neelakantan et al. (2015): sigma_t^2 = sigma^2 / (1 + t)^0.55",
     "hybrid": "importance-guided noise scales at the perturbed arm's total noise",
+    "shuffled": "the hybrid's scales permuted among components (the control)",
 }
 #: noise arms: each is swept over every sigma; plain has sigma 0 only
-NOISY_ARMS = ("perturbed", "annealed", "hybrid")
+NOISY_ARMS = ("perturbed", "annealed", "hybrid", "shuffled")
+#: arms that need a ranked study; shuffled only runs when asked for (--arms)
+RANKED_ARMS = ("hybrid", "shuffled")
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_MAX_RUNS = 500
 SWEEP_DIR = "sweep"

@@ -6,7 +6,9 @@ unchanged: resumable, on the local warm pool or Ray, one record per arm x lr x s
 Scripts are rendered with the study's recorded options (or the model file's), each
 with its learning rate and noise in the config block; the hybrid arm's per-parameter
 scales come from the ranked study's :class:`~ablagen.arms.noise_scales.NoiseScales`,
-rescaled by :func:`ablagen.arms.hybrid.energy_matched` to the perturbed arm's total noise.
+rescaled by :func:`ablagen.arms.hybrid.energy_matched` to the perturbed arm's total noise;
+the shuffled arm's are the same scales permuted among components (the study's
+``shuffled.py`` at its default seed), at the same total noise.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from ablagen.generate.prepare import Prepared, prepare
 from ablagen.generate.writer import check_out, write_study
 from ablagen.core.errors import StudyError
 from ablagen.core.atomic import sha256_bytes
-from ablagen.arms.hybrid import energy_matched
+from ablagen.arms.hybrid import arm_scales
 from ablagen.analyze.loading import split_model_spec
-from ablagen.arms.noise_scales import NOISE_SCALES_JSON, NoiseScales, load_noise_scales
+from ablagen.arms.noise_scales import (
+    NOISE_SCALES_JSON,
+    NoiseScales,
+    load_noise_scales,
+    shuffled_noise_scales,
+)
 from ablagen.orchestrate.placement import check_devices
-from ablagen.rank.ranking import IMPORTANCE_JSON
+from ablagen.rank.ranking import IMPORTANCE_JSON, load_ranking
 from ablagen.core.studydir import (
     MANIFEST,
     Manifest,
@@ -36,7 +43,13 @@ from ablagen.core.studydir import (
     load_manifest,
 )
 from ablagen.sweep.grid import SWEEP_KIND, Point, grid
-from ablagen.sweep.config import ARMS, SWEEP_DIR, SweepOptions, check_arms
+from ablagen.sweep.config import (
+    ARMS,
+    RANKED_ARMS,
+    SWEEP_DIR,
+    SweepOptions,
+    check_arms,
+)
 
 
 @dataclass(frozen=True)
@@ -84,19 +97,23 @@ def resolve_target(target: str) -> Target:
 
 
 def choose_arms(opts: SweepOptions, target: Target) -> tuple[str, ...]:
-    """The arms asked for; by default all four, hybrid only when the study is ranked."""
+    """The arms asked for; by default plain, perturbed and annealed, and hybrid when
+    the study is ranked (shuffled only when asked for)."""
     if opts.arms is None:
-        return tuple(a for a in ARMS if a != "hybrid" or target.ranked)
+        return tuple(
+            a for a in ARMS if a not in RANKED_ARMS or (a == "hybrid" and target.ranked)
+        )
     arms = check_arms(opts.arms)
-    if "hybrid" in arms and not target.ranked:
+    needs = [a for a in arms if a in RANKED_ARMS]
+    if needs and not target.ranked:
         where = (
             f"{target.study} has no ranking ({IMPORTANCE_JSON}, {NOISE_SCALES_JSON})"
             if target.study
             else f"{opts.target} is a model file, not a ranked study"
         )
         raise StudyError(
-            f"the hybrid arm needs a ranked study: {where}",
-            "run `ablagen study MODEL` (or `ablagen rank STUDY`) and sweep the study, or drop hybrid from --arms",
+            f"the {' and '.join(needs)} arm{'s need' if len(needs) > 1 else ' needs'} a ranked study: {where}",
+            f"run `ablagen study MODEL` (or `ablagen rank STUDY`) and sweep the study, or drop {','.join(needs)} from --arms",
         )
     return arms
 
@@ -165,11 +182,28 @@ def point_train(base: TrainConfig, point: Point) -> TrainConfig:
     ).validate()
 
 
-def hybrid_scales(noise: NoiseScales, parameters: list[list[Any]]) -> dict[str, Any]:
-    """The ranked scales in the model's parameter order, at the uniform arm's energy."""
-    scales = noise.to_json()["parameters"]
-    ordered = {name: scales[name] for name, _ in parameters if name in scales}
-    return energy_matched(ordered, parameters)
+def ranked_scales(
+    arms: tuple[str, ...],
+    target: Target,
+    noise: NoiseScales | None,
+    parameters: list[list[Any]],
+) -> dict[str, dict[str, Any]]:
+    """The hybrid's and the shuffled arm's scales (those asked for), in the model's
+    parameter order, at the uniform arm's energy."""
+    wanted = [a for a in arms if a in RANKED_ARMS]
+    if not wanted:
+        return {}
+    assert target.study is not None and target.manifest is not None  # choose_arms
+    noise = noise or load_noise_scales(target.study)
+    out = {}
+    for arm in wanted:
+        if arm == "shuffled":
+            ranking = load_ranking(target.study)
+            scales = shuffled_noise_scales(target.manifest, ranking, noise)
+        else:
+            scales = noise
+        out[arm] = arm_scales(scales, parameters)
+    return out
 
 
 def _describe(point: Point, base: TrainConfig) -> tuple[str, ...]:
@@ -180,6 +214,8 @@ def _describe(point: Point, base: TrainConfig) -> tuple[str, ...]:
         "annealed": (f"The annealed arm (Neelakantan et al. 2015): {kind} noise, sigma_t^2 = {point.sigma:g}^2 / (1 + t)^0.55.",),
         "hybrid": (f"The hybrid arm: {kind} noise of base sigma {point.sigma:g}, scaled per parameter and output unit by",
                    "the study's noise_scales.json, rescaled to the perturbed arm's total noise energy."),
+        "shuffled": (f"The shuffled arm: {kind} noise of base sigma {point.sigma:g}, scaled by the study's component scales",
+                     "permuted among components (seed 0), rescaled to the perturbed arm's total noise energy."),
     }[point.arm]  # fmt: skip
 
 
@@ -218,18 +254,15 @@ def generate_sweep(
             "regenerate the study first (its report names the command)",
         )
     parameters = [[n, list(s)] for n, s in prepared.inventory.parameters]
-    scales = None
-    if "hybrid" in arms:
-        assert target.study is not None  # choose_arms checked it is ranked
-        scales = hybrid_scales(noise or load_noise_scales(target.study), parameters)
+    scales = ranked_scales(arms, target, noise, parameters)
     points = tuple(grid(opts.series(arms), opts.lrs))
     label = prepared.loaded.ref.label
     files: dict[str, bytes] = {}
     entries = []
     for point in points:
         fields: dict[str, Any] = {"train": point_train(gen.train, point)}
-        if point.arm == "hybrid":
-            fields["noise_scales"] = scales
+        if point.arm in scales:
+            fields["noise_scales"] = scales[point.arm]
         data = prepared.render(
             point.script, point.variant_id,
             f"Learning-rate sweep of {label}: {point.series}, lr {point.lr:g}.",
