@@ -64,8 +64,9 @@ def same(a: float, b: float, rel: float = 0.0) -> bool:
 
 def mlflow_runs(uri: str) -> list:
     mlflow.set_tracking_uri(uri)
-    exps = mlflow.search_experiments()
-    assert len(exps) == 1  # one experiment per study
+    # one experiment per study, besides the "Default" one a SQLite store starts with
+    exps = [e for e in mlflow.search_experiments() if e.name != "Default"]
+    assert len(exps) == 1
     return mlflow.search_runs(
         experiment_ids=[exps[0].experiment_id], output_format="list"
     )
@@ -150,7 +151,7 @@ def test_live_tracking_then_export_is_idempotent(study: Path, capsys) -> None:
     argv = ["run", str(study), "--seeds", "0,1", "--jobs", "2"]
     assert main([*argv, "--track", "mlflow", "--track", "tensorboard"]) == 1
     capsys.readouterr()
-    uri = (study / "mlruns").resolve().as_uri()
+    uri = f"sqlite:///{(study / 'mlflow.db').resolve()}"
     check_mlflow(study, uri)
     check_tensorboard(study, study / "tensorboard")
 
@@ -194,9 +195,10 @@ def test_export_replaces_a_changed_run_and_keeps_one_of_each(study: Path, capsys
     out = capsys.readouterr().out
     # b:zero's run and the parents whose importance changed are written again
     assert "1 created" not in out and "replaced" in out
-    check_mlflow(study, mlruns.resolve().as_uri())
+    uri = f"sqlite:///{(mlruns / 'mlflow.db').resolve()}"  # a directory: SQLite in it
+    check_mlflow(study, uri)
     check_tensorboard(study, tb)
-    runs = mlflow_runs(mlruns.resolve().as_uri())
+    runs = mlflow_runs(uri)
     (b,) = [
         r
         for r in runs
@@ -214,7 +216,7 @@ def test_parent_runs_carry_the_importance(tmp_path: Path, capsys) -> None:
     assert main(["export", str(study), "--mlflow", "-q"]) == 0
     capsys.readouterr()
     row = rank(load_manifest(study), load_records(study)).row("a:zero")
-    runs = mlflow_runs((study / "mlruns").resolve().as_uri())
+    runs = mlflow_runs(f"sqlite:///{(study / 'mlflow.db').resolve()}")
     (parent,) = [
         r
         for r in runs
@@ -257,6 +259,43 @@ def test_export_without_a_tty_prints_plain_lines(study: Path) -> None:
     assert (
         lines[-1] == f"view: tensorboard --logdir {(study / 'tensorboard').resolve()}"
     )
+
+
+def test_the_default_store_opens_in_plain_mlflow_without_a_flag(tmp_path: Path):
+    """The export's default store is SQLite (STUDY/mlflow.db): mlflow.search_runs in
+    a fresh process without MLFLOW_ALLOW_FILE_STORE opens it, artifacts included,
+    with the URI the view line prints."""
+    study = make_study(tmp_path / "study", {"baseline": "ok", "a:zero": "ok"})
+    assert main(["run", str(study), "-q"]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ALLOW_FILE_STORE"}
+    export = subprocess.run(
+        [sys.executable, "-m", "ablagen", "export", str(study), "--mlflow", "-q"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert export.returncode == 0 and export.stderr == "", export.stderr
+    uri = f"sqlite:///{(study / 'mlflow.db').resolve()}"
+    assert (
+        export.stdout.splitlines()[-1] == f"view: mlflow ui --backend-store-uri {uri}"
+    )
+    assert not (study / "mlruns").exists()
+    reader = f"""
+import mlflow
+mlflow.set_tracking_uri({uri!r})
+runs = mlflow.search_runs(experiment_names=[{str(study.resolve())!r}], output_format="list")
+seed_runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+client = mlflow.MlflowClient()
+files = sorted(a.path for r in runs for a in client.list_artifacts(r.info.run_id))
+print(len(runs), len(seed_runs), files[0] if files else "-")
+"""
+    read = subprocess.run(
+        [sys.executable, "-c", reader],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr
+    stored = sqlite_runs(study)
+    total, seeds, artifact = read.stdout.split()
+    assert (int(total), int(seeds)) == (len(stored) + 2, len(stored))
+    assert artifact != "-" and (study / "mlartifacts").is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +353,22 @@ def test_missing_extra_names_the_pip_install(
         f"error: {module} is not installed; install it with `pip install 'ablagen[track]'`\n"
     )
     assert main(["run", str(ran_study), "--track", module]) == 2  # before any run
+    assert "pip install 'ablagen[track]'" in capsys.readouterr().err
+    assert _listing(ran_study) == before
+
+
+def test_the_sqlite_store_without_sqlalchemy_names_the_pip_install(
+    ran_study, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # mlflow-skinny alone
+    before = _listing(ran_study)
+    assert main(["export", str(ran_study), "--mlflow"]) == 2
+    assert capsys.readouterr().err == (
+        "error: MLflow's SQLite store needs sqlalchemy, which is not installed; "
+        "install it with `pip install 'ablagen[track]'`, or pass a tracking "
+        "server's URI to --mlflow\n"
+    )
+    assert main(["run", str(ran_study), "--track", "mlflow"]) == 2  # before any run
     assert "pip install 'ablagen[track]'" in capsys.readouterr().err
     assert _listing(ran_study) == before
 

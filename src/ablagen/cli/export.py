@@ -143,6 +143,8 @@ def viewer_command(kind: str, location: str) -> str:
     """The command that shows the exported runs."""
     if kind == "tensorboard":
         return f"tensorboard --logdir {location}"
+    if location.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {location}"
     if location.startswith("file:"):
         return f"MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {location}"
     return f"open {location} in a browser"
@@ -159,7 +161,7 @@ def export(
         typer.Option(
             "--mlflow",
             metavar="[URI]",
-            help="Export to MLflow; URI of a tracking server or store (default: a file: store in STUDY/mlruns).",
+            help="Export to MLflow; URI of a tracking server or store, or a directory (default: MLflow's SQLite store STUDY/mlflow.db, artifacts in STUDY/mlartifacts).",
         ),
     ] = None,
     tensorboard: Annotated[

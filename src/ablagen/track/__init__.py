@@ -7,8 +7,9 @@ Public API::
     export_study("studies/digits_cnn", [Target("mlflow"), Target("tensorboard")])
     run_study(study, options, progress=LiveTracker([Target("mlflow")], [study]))
 
-Both need the ``track`` extra (``pip install 'ablagen[track]'``: mlflow-skinny and
-tensorboard); without it, a :class:`~ablagen.core.errors.ConfigError` says so.
+Both need the ``track`` extra (``pip install 'ablagen[track]'``: mlflow-skinny with
+SQLAlchemy and alembic for its SQLite store, and tensorboard); without it, a
+:class:`~ablagen.core.errors.ConfigError` says so.
 """
 
 from ablagen.track.export_study import (

@@ -12,12 +12,26 @@ INSTALL = "install it with `pip install 'ablagen[track]'`"
 
 
 def require_mlflow() -> ModuleType:
-    """``mlflow`` (the ``mlflow-skinny`` package), or a one-line error."""
+    """``mlflow`` (the ``mlflow-skinny`` package will do), or a one-line error."""
     try:
         import mlflow
     except ImportError:
         raise ConfigError("mlflow is not installed", INSTALL) from None
     return mlflow
+
+
+def require_sqlite_store() -> None:
+    """SQLAlchemy and alembic, which MLflow's SQLite store needs (``mlflow-skinny``
+    leaves them out; the ``track`` extra brings them), or a one-line error."""
+    try:
+        import sqlalchemy  # noqa: F401
+        import alembic  # noqa: F401
+    except ImportError as exc:
+        package = (exc.name or "sqlalchemy").split(".")[0]
+        raise ConfigError(
+            f"MLflow's SQLite store needs {package}, which is not installed",
+            f"{INSTALL}, or pass a tracking server's URI to --mlflow",
+        ) from None
 
 
 def require_tensorboard() -> type:

@@ -26,7 +26,6 @@ from ablagen.core.studydir import Manifest, load_manifest
 from ablagen.track.runs import TrackedRun, child_run, parent_run, study_runs
 
 TRACKERS = ("mlflow", "tensorboard")
-MLFLOW_DIR = "mlruns"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -40,11 +39,11 @@ class Target:
     experiment: str | None = None  # MLflow experiment (default: the study's path)
 
     def resolve(self, study: Path) -> str:
-        if self.location:
-            return self.location
-        folder = MLFLOW_DIR if self.kind == "mlflow" else TENSORBOARD_DIR
-        path = (study / folder).resolve()
-        return path.as_uri() if self.kind == "mlflow" else str(path)
+        if self.kind == "mlflow":
+            from ablagen.track.mlflow_sink import sqlite_uri, store_uri
+
+            return store_uri(self.location) if self.location else sqlite_uri(study)
+        return self.location or str((study / TENSORBOARD_DIR).resolve())
 
 
 def parse_track(values: Sequence[str]) -> tuple[Target, ...]:
@@ -208,7 +207,12 @@ class LiveTracker:
     def check(self) -> None:
         """Fail before any run: open every target of the studies that exist now;
         for one not generated yet, check the extra and any place given explicitly."""
-        from ablagen.track.deps import require_mlflow, require_tensorboard
+        from ablagen.track.deps import (
+            require_mlflow,
+            require_sqlite_store,
+            require_tensorboard,
+        )
+        from ablagen.track.mlflow_sink import store_uri
 
         for study in self.studies:
             if (study / "manifest.json").is_file():
@@ -217,6 +221,8 @@ class LiveTracker:
             for target in self.targets:
                 if target.kind == "mlflow":
                     require_mlflow()
+                    if store_uri(target.location or "mlflow").startswith("sqlite:"):
+                        require_sqlite_store()
                 else:
                     require_tensorboard()
                 if target.location:

@@ -8,9 +8,12 @@ is deleted and written again, and its children are pointed at the new parent. So
 exporting twice, or exporting after ``run --track mlflow`` logged the same runs
 live, never duplicates a run.
 
-The default store is MLflow's ``file:`` store under the study (no server needed).
-MLflow 3 keeps that store in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``;
-ablagen sets the variable for its own process when it writes one.
+The default store is MLflow's SQLite store, ``STUDY/mlflow.db`` with the artifacts
+in ``STUDY/mlartifacts`` (no server needed): the store MLflow 3 recommends, which
+``mlflow ui --backend-store-uri sqlite:///...`` and ``mlflow.search_runs`` open as
+they are. A plain directory given as the store gets the same layout; a ``file:``
+URI, asked for by name, is MLflow's old file store (MLflow 3 opens it only with
+``MLFLOW_ALLOW_FILE_STORE=true``: ablagen sets it for its own process).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ablagen.core.errors import OutputError
-from ablagen.track.deps import require_mlflow, writable_dir
+from ablagen.track.deps import require_mlflow, require_sqlite_store, writable_dir
 from ablagen.track.runs import DIGEST_TAG, RUN_KEY_TAG, TrackedRun
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -33,14 +36,44 @@ RUN_STATUS.update(dict.fromkeys(("ranked", "baseline", "arm", "unranked"), "FINI
 _BATCH = 100  # MLflow takes at most 100 params or tags, 1000 metrics, per batch
 
 
+#: the SQLite store's file and its artifacts' directory, in a store directory
+STORE_DB = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def sqlite_uri(directory: Path) -> str:
+    """The SQLite store ablagen writes in ``directory``."""
+    return f"sqlite:///{(directory / STORE_DB).resolve()}"
+
+
 def local_path(uri: str) -> Path | None:
-    """The directory of a ``file:`` URI or plain path; None for a server URI."""
+    """The directory a local store lives in (a ``file:`` URI's own, a ``sqlite:``
+    file's parent, a plain path); None for a server URI."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
+    if parsed.scheme == "sqlite":
+        return Path(unquote(uri[len("sqlite:///") :])).parent
     if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
         return Path(uri)
     return None
+
+
+def store_uri(uri: str) -> str:
+    """The tracking URI ablagen writes to: a plain directory becomes the SQLite store
+    in it; URIs are kept as they are."""
+    path = local_path(uri)
+    if path is not None and urlparse(uri).scheme not in ("file", "sqlite"):
+        return sqlite_uri(path)
+    return uri
+
+
+def _quiet_migrations() -> None:
+    """MLflow and alembic log each schema step when a SQLite store is created."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "mlflow.store.db", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -55,12 +88,18 @@ class MLflowSink:
         require_mlflow()
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri
+        self.uri = uri = store_uri(uri)
         path = local_path(uri)
+        artifacts = None
         if path is not None:
             writable_dir(path, "MLflow store")
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            uri = path.resolve().as_uri()
+            if uri.startswith("sqlite:"):
+                require_sqlite_store()
+                _quiet_migrations()
+                artifacts = (path.resolve() / ARTIFACTS_DIR).as_uri()
+            else:
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+                uri = path.resolve().as_uri()
         try:
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
@@ -68,7 +107,9 @@ class MLflowSink:
                 found.experiment_id
                 if found is not None
                 else self.client.create_experiment(
-                    experiment, tags={STUDY_TAG: str(study.resolve())}
+                    experiment,
+                    artifact_location=artifacts,
+                    tags={STUDY_TAG: str(study.resolve())},
                 )
             )
             self.existing = {
