@@ -157,14 +157,16 @@ def test_call_site_ablation_touches_one_site_only(tmp_path):
     )
     x = torch.randn(4, 5)
     _, ref, ablated = _models(study, "relu_1__zero.py")
-    assert torch.allclose(
-        ablated(x), ref.b(torch.zeros(4, 5))
-    )  # b sees zeros: a's relu was zeroed
+    # b sees zeros: a's relu was zeroed (the first relu, on x, still runs: x < 0
+    # somewhere, so a model that zeroed both or the first would differ)
+    assert (x < 0).any() and (ref.a(ref.relu(x)) != ref.a(x)).any()
+    for _ in range(3):  # the per-forward call counter restarts at every forward
+        assert torch.allclose(ablated(x), ref.b(torch.zeros(4, 5)))
     _, ref, ablated = _models(study, "relu_0__identity.py")
-    assert torch.allclose(
-        ablated(x), ref.b(ref.relu(ref.a(x)))
-    )  # the first relu skipped, the second kept
-    assert torch.allclose(ablated(x), ablated(x))  # the per-forward call counter resets
+    expected = ref.b(ref.relu(ref.a(x)))  # the first relu skipped, the second kept
+    assert not torch.allclose(expected, ref(x))  # skipping it changes the output
+    for _ in range(3):  # a counter that did not restart would skip the wrong site
+        assert torch.allclose(ablated(x), expected)
 
 
 def test_block_identity_and_functional_call_in_residual_net(tmp_path):
@@ -255,3 +257,28 @@ def test_functional_activations_applied_in_place_are_ablated_where_read(tmp_path
             assert torch.allclose(
                 ablated(x), forward(ref, relu, tanh), atol=1e-6
             ), script
+
+
+def _constant_init(module):
+    if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+        torch.nn.init.constant_(module.weight, 0.01)
+        torch.nn.init.constant_(module.bias, -0.05)
+
+
+def test_model_apply_on_every_ablated_variant_is_nn_modules(digits_study):
+    """``model.apply(fn)`` on every ablated variant is nn.Module's own (no operator
+    shadows it): ``fn`` reaches every module once, and re-initialising the ablated
+    model gives what ablating the re-initialised model gives."""
+    scripts = sorted(p.name for p in digits_study.glob("*.py") if p.stem != "baseline")
+    assert len(scripts) == 9  # every method of the fixture: hooks, graph, mask, mean
+    for script in scripts:
+        module, reference, ablated = _models(digits_study, script)
+        seen = []
+        assert ablated.apply(seen.append) is ablated, script
+        assert sorted(map(id, seen)) == sorted(map(id, ablated.modules())), script
+        assert ablated.apply(_constant_init) is ablated
+        expected = module.ablate(copy.deepcopy(reference).apply(_constant_init)).eval()
+        params = dict(ablated.named_parameters())
+        for name, value in expected.named_parameters():
+            assert torch.equal(params[name], value), (script, name)
+        assert torch.equal(ablated(X), expected(X)), script

@@ -39,18 +39,21 @@ def wait_until(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:
     return False
 
 
-def ok_count(study: Path) -> int:
+def status_count(study: Path, status: str) -> int:
     if not (study / RESULTS_DB).exists():
         return 0
     conn = sqlite3.connect(study / RESULTS_DB, timeout=10)
     try:
-        return conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'ok'").fetchone()[
-            0
-        ]
+        query = "SELECT COUNT(*) FROM runs WHERE status = ?"
+        return conn.execute(query, (status,)).fetchone()[0]
     except sqlite3.OperationalError:
         return 0  # the schema is being created
     finally:
         conn.close()
+
+
+def ok_count(study: Path) -> int:
+    return status_count(study, "ok")
 
 
 def start_orchestrator(study: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -119,8 +122,10 @@ def test_sigterm_stops_runs_and_gives_their_rows_back(tmp_path: Path) -> None:
         {"baseline": ("ok", 0.0), "slow:zero": ("hang", 0), "b:zero": ("hang", 0)},
     )
     proc = start_orchestrator(study)
-    assert wait_until(lambda: ok_count(study) >= 1), proc.communicate(timeout=5)
-    time.sleep(0.3)  # both hangs are in flight
+    # both hangs are in flight: their rows are taken (a fixed sleep raced this)
+    assert wait_until(
+        lambda: ok_count(study) >= 1 and status_count(study, "running") == 2
+    ), proc.communicate(timeout=5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err.decode().startswith(
