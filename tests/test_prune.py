@@ -307,3 +307,206 @@ def test_recalibrate_norms_measures_batchnorm_statistics_again():
     torch.testing.assert_close(bn.running_mean, per_batch.mean(-1).mean(0))
     torch.testing.assert_close(bn.running_var, per_batch.var(-1).mean(0))
     assert bn.momentum == 0.1 and not model.training and not bn.training
+
+
+# --------------------------------------------------------------------------- transformers
+def bert_tiny():
+    pytest.importorskip("transformers")
+    return _module(EXAMPLES / "hf_bert_tiny.py", "hf_bert_tiny_prune")
+
+
+def bert_heads(model) -> dict[str, int]:
+    return {
+        f"{name}.{proj}": m.num_attention_heads
+        for name, m in model.named_modules()
+        if name.endswith("attention.self")
+        for proj in ("query", "key", "value")
+    }
+
+
+def linear_scores(model) -> dict[str, torch.Tensor]:
+    """A made-up measured importance for every Linear output unit."""
+    gen = torch.Generator().manual_seed(2)
+    return {
+        name: torch.rand(m.out_features, generator=gen)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
+
+
+@pytest.mark.parametrize("ratio,heads_left", [(0.3, 2), (0.5, 2), (0.7, 1)])
+def test_bert_heads_and_mlp_plan_equals_torch_pruning(ratio, heads_left):
+    """Whole heads (Torch-Pruning's prune_num_heads, ratio of the heads rounded up)
+    and MLP neurons; the residual stream (the embeddings' group) kept whole."""
+    example = bert_tiny()
+    model, x = example.build_model().eval(), example.example_input()
+    heads, scores = bert_heads(model), linear_scores(model)
+    plan = make_plan(model, x, measured(scores), ratio, heads=heads)
+    mine = apply_plan(copy.deepcopy(model), plan.layers).eval()
+
+    ref = copy.deepcopy(model)  # Torch-Pruning's own pruning, attributes set by hand
+    names = {m: n for n, m in ref.named_modules()}
+    modules = dict(ref.named_modules())
+    pruner = tp.pruner.BasePruner(
+        ref, x, importance=tp.importance.RandomImportance(), pruning_ratio=ratio,
+        ignored_layers=[ref.classifier], num_heads={modules[n]: h for n, h in heads.items()},
+        prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+    )  # fmt: skip
+    pruner.importance = measured(scores)(pruner.DG, names)
+    pruner.step()
+    for layer in ref.bert.encoder.layer:
+        attn = layer.attention.self
+        attn.num_attention_heads = pruner.num_heads[attn.query]
+        attn.all_head_size = attn.query.out_features
+
+    assert sum(p.numel() for p in mine.parameters()) == sum(
+        p.numel() for p in ref.parameters()
+    )
+    for (name, a), (_, b) in zip(mine.state_dict().items(), ref.state_dict().items()):
+        assert a.shape == b.shape, name
+    with torch.no_grad():
+        torch.testing.assert_close(mine(x).logits, ref.eval()(x).logits, rtol=0, atol=0)
+    layers = dict(mine.named_modules())
+    for i in range(2):
+        attn = f"bert.encoder.layer.{i}.attention.self"
+        assert plan.layers[attn]["set"] == {
+            "all_head_size": 8 * heads_left,
+            "num_attention_heads": heads_left,
+        }
+        kept = plan.layers[f"{attn}.query"]["out"]
+        assert (
+            len(kept) == 8 * heads_left and kept == plan.layers[f"{attn}.value"]["out"]
+        )
+        assert {k // 8 for k in kept} and all(  # whole heads: 8 units each
+            set(range(8 * (k // 8), 8 * (k // 8) + 8)) <= set(kept) for k in kept
+        )
+        fc = f"bert.encoder.layer.{i}.intermediate.dense"
+        assert layers[fc].out_features == len(plan.layers[fc]["out"]) == int(64 * (1 - ratio))  # fmt: skip
+    for name, kept in plan.layers.items():  # the pruned shapes are the plan's
+        weight = getattr(layers[name], "weight", None)
+        if "out" in kept:
+            assert weight.shape[0] == len(kept["out"]), name
+        if "in" in kept:
+            assert weight.shape[1] == len(kept["in"]), name
+    untouched = ("embeddings", "LayerNorm", "attention.output.dense", "output.dense")
+    for name in plan.layers:  # the residual stream's width (32) is kept
+        if any(part in name for part in untouched):
+            assert "out" not in plan.layers[name], name
+    assert mine.bert.embeddings.word_embeddings.weight.shape == (24, 32)
+
+
+def test_fused_qkv_heads_refused_in_one_line():
+    """tiny_gpt's heads live in one fused qkv layer split by a stored width:
+    Torch-Pruning 1.6 cannot remove whole heads there, and the plan says so."""
+    gpt = _module(EXAMPLES / "tiny_gpt.py", "tiny_gpt_prune")
+    torch.manual_seed(0)
+    model, x = gpt.TinyGPT().eval(), gpt.example_input()
+    heads = {f"h.{i}.attn.qkv": 4 for i in range(2)}
+    with pytest.raises(PruneError, match="Torch-Pruning cannot group") as err:
+        make_plan(model, x, measured(linear_scores(model)), 0.5, heads=heads)
+    assert "\n" not in str(err.value)
+
+
+def test_unit_scores_of_heads_spread_over_query_key_value():
+    from types import SimpleNamespace
+
+    from ablagen.prune.importance import attention_heads, unit_scores
+
+    def head(i):
+        slices = [[f"attn.{p}.weight", 0, 2 * i, 2 * i + 2] for p in ("q", "k", "v")]
+        slices.append(["attn.out.weight", 1, 2 * i, 2 * i + 2])
+        return {"id": f"attn.heads[{i}]", "kind": "head", "module": "attn", "num_heads": 2, "slices": slices}  # fmt: skip
+
+    comps = [head(0), head(1)]
+    comps += [{"id": f"attn.q[{u}]", "kind": "neuron", "module": "attn.q", "op": "Linear", "unit_dim": -1, "units": [u, u + 1], "output_shape": [2, 5, 4]} for u in range(4)]  # fmt: skip
+    comps += [{"id": "fc[0:2]", "kind": "neuron", "module": "fc", "op": "Linear", "unit_dim": -1, "units": [0, 2], "output_shape": [2, 5, 4]}]  # fmt: skip
+    comps += [{"id": "conv[0:1]", "kind": "neuron", "module": "conv", "op": "Conv1d", "unit_dim": -1, "units": [0, 1], "output_shape": [2, 3, 7]}]  # fmt: skip
+    by_id = {c["id"]: c for c in comps}
+    manifest = SimpleNamespace(components=comps, component=by_id.get)
+    row = lambda c, mean: SimpleNamespace(component=c, mean=mean, seeds=(0,), diffs=(mean,))  # noqa: E731  # fmt: skip
+    ranking = SimpleNamespace(
+        rows=[row("attn.heads[0]", 0.5), row("attn.heads[1]", 0.1)]
+        + [row(f"attn.q[{u}]", 9.0) for u in range(4)]
+        + [row("fc[0:2]", 0.3), row("conv[0:1]", 0.7)]
+    )
+    scores = unit_scores(ranking, manifest)
+    for proj in ("q", "k", "v"):  # the heads' scores, not the neurons' (9.0)
+        assert scores[f"attn.{proj}"].tolist() == pytest.approx([0.5, 0.5, 0.1, 0.1])
+    assert scores["fc"].tolist() == pytest.approx([0.3, 0.3, 0.0, 0.0])
+    assert (
+        "conv" not in scores and "attn.out" not in scores
+    )  # a conv's last dim: no channels
+    assert attention_heads(manifest) == {"attn.k": 2, "attn.q": 2, "attn.v": 2}
+
+
+def test_pruning_section_in_report_md_and_html(tmp_path):
+    from ablagen.report.markdown import prune_markdown, report_extra_sections
+
+    assert prune_markdown(tmp_path) is None
+    stat = lambda v, lo, hi: {
+        "value": v,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": 2,
+    }  # noqa: E731
+    summary = {
+        "finetune_epochs": 1,
+        "seeds": [0, 1],
+        "scripts": {
+            "pruned_0.5.py": {
+                "ratio": 0.5, "runs": 2, "ok": 2, "errors": [],
+                "stats": {"before.params": stat(100, 100, 100), "before.val_acc": stat(0.9, 0.85, 0.95),
+                          "pruned.params": stat(40, 40, 40), "pruned.val_acc": stat(0.5, 0.4, 0.6),
+                          "finetuned.val_acc": stat(0.8, 0.7, 0.9)},
+            }
+        },
+    }  # fmt: skip
+    (tmp_path / "prune").mkdir()
+    (tmp_path / "prune" / "prune.json").write_text(json.dumps(summary))
+    text = prune_markdown(tmp_path)
+    lines = text.splitlines()
+    assert "2 seed(s), 1 fine-tuning epoch(s)" in lines[0]
+    baseline = next(line for line in lines if line.startswith("| baseline"))
+    assert "| 100 [100, 100] |" in baseline and "0.9000 [0.8500, 0.9500]" in baseline
+    row = next(line for line in lines if line.startswith("| 0.5 |"))
+    assert row.endswith("| 0.5000 [0.4000, 0.6000] | 0.8000 [0.7000, 0.9000] |")
+    report = "# t\n\n## A\n\na\n\n## Reproduce\n\n```sh\nx\n```\n\n## Arms\n\n| a |\n|---|\n\n## More\n\nm\n"
+    assert report_extra_sections(report) == [("Arms", "| a |\n|---|"), ("More", "m\n")]
+
+
+@pytest.mark.slow
+def test_prune_bert_heads_end_to_end(tmp_path, capsys):
+    """A knockout study of hf_bert_tiny's heads (1 epoch, seed 0), ranked on the
+    validation loss, pruned at 0.5: the script runs standalone, removes two heads a
+    layer, and report.md and report.html gain their Pruning section."""
+    pytest.importorskip("transformers")
+    study = tmp_path / "bert"
+    base = [sys.executable, "-m", "ablagen"]
+    gen = ["generate", str(EXAMPLES / "hf_bert_tiny.py"), "--out", str(study)]
+    gen += ["--mode", "knockout", "--kinds", "heads", "--epochs", "1"]
+    for cmd in (gen, ["run", str(study), "--seeds", "0", "-j", "1", "--quiet"],
+                ["rank", str(study), "--metric", "val_loss", "--no-plots"]):  # fmt: skip
+        done = subprocess.run(base + cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    argv = ["prune", study, "--ratios", "0.5", "--seeds", "0", "--finetune-epochs", "1"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    script = study / "prune" / "pruned_0.5.py"
+    assert b"import ablagen" not in script.read_bytes()
+    assert b"gc.freeze" not in script.read_bytes()
+    result = json.loads((study / "prune" / "results" / "pruned_0.5_seed0.json").read_text())  # fmt: skip
+    assert result["status"] == "ok"
+    pruned = _module(script, "pruned_bert")
+    model = apply_plan(pruned.new_model().eval(), pruned.PLAN)
+    assert result["pruned"]["params"] == sum(p.numel() for p in model.parameters())
+    assert result["before"]["params"] == sum(p.numel() for p in pruned.new_model().parameters())  # fmt: skip
+    for layer in model.bert.encoder.layer:  # two of four heads, the MLP unranked: whole
+        assert layer.attention.self.num_attention_heads == 2
+        assert layer.attention.self.query.weight.shape == (16, 32)
+        assert layer.intermediate.dense.weight.shape == (64, 32)
+    assert result["pruned"]["macs"] < result["before"]["macs"]
+    report = (study / "report.md").read_text()
+    assert "## Pruning" in report and "![prune.png](prune/prune.png)" in report
+    assert report.index("## Pruning") < report.index("## Reproduce")
+    html = (study / "report.html").read_text()
+    assert "Pruning" in html and "val_acc fine-tuned" in html

@@ -92,16 +92,18 @@ def render_pruned(
             "prune a study whose model file gives build_data() or a built-in DATASET",
         )
     layers, model = len(plan.layers), prepared.base["model"]
+    heads = any("set" in kept for kept in plan.layers.values())
+    units = "channels and attention heads" if heads else "channels"
     ctx = ScriptContext(
         script_name=script_name(plan.ratio),
         variant_id=f"pruned:{plan.ratio:g}",
-        title=f"Pruned {prepared.loaded.ref.label}: {plan.ratio:.0%} of the channels of each group removed.",
+        title=f"Pruned {prepared.loaded.ref.label}: {plan.ratio:.0%} of the {units} of each group removed.",
         description=(
             "Trains the baseline exactly like baseline.py (or loads it from --checkpoint),",
-            f"keeps the channels PLAN lists ({layers} layers; chosen by {criterion} over",
+            f"keeps the {units} PLAN lists ({layers} modules; chosen by {criterion} over",
             "Torch-Pruning's dependency groups), slices the weights with plain torch,",
-            "re-measures BatchNorm statistics on the training data, measures parameters,",
-            "MACs and CPU latency (batch 1 and 64), then fine-tunes",
+            "re-measures BatchNorm statistics on the training data (if any), measures",
+            "parameters, MACs and CPU latency (batch 1 and 64), then fine-tunes",
             "for --finetune-epochs and measures again (result: before, pruned, finetuned).",
         ),
         ablations=(),
@@ -130,7 +132,11 @@ def prune_study(
 ) -> PruneOutcome:
     """Plans from the study's ranking, the scripts, and (``options.run``) their runs."""
     from ablagen.arms.hybrid import prepare_recorded
-    from ablagen.prune.importance import MeasuredImportance, unit_scores
+    from ablagen.prune.importance import (
+        MeasuredImportance,
+        attention_heads,
+        unit_scores,
+    )
     from ablagen.rank.ranking import load_ranking
     from ablagen.core.studydir import load_manifest
 
@@ -141,9 +147,10 @@ def prune_study(
     scores = unit_scores(ranking, manifest)
     if not scores:
         raise PruneError(
-            f"{study.name}'s ranking has no ranked channels or neurons",
-            "generate the study with --kinds neurons (knockout or screen mode), run and rank it",
+            f"{study.name}'s ranking has no ranked channels, neurons or heads",
+            "generate the study with --kinds neurons or heads (knockout or screen mode), run and rank it",
         )
+    heads = attention_heads(manifest)
     prepared = prepare_recorded(study, manifest)
     model, example = prepared.loaded.model, prepared.loaded.example_inputs[0]
 
@@ -153,7 +160,7 @@ def prune_study(
     out = study / PRUNE_DIR
     rendered = {}
     for ratio in options.ratios:
-        plan = make_plan(model, example, measured, ratio)
+        plan = make_plan(model, example, measured, ratio, heads=heads)
         rendered[script_name(ratio)] = render_pruned(
             prepared, plan, "ablagen's measured importance", options.finetune_epochs
         )
@@ -176,7 +183,31 @@ def prune_study(
         text = json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n"
         atomic_write_text(outcome.json_path, text)
         atomic_write_bytes(out / PRUNE_PNG, plot_prune(outcome.summary))
+        refresh_report(study)
     return outcome
+
+
+def refresh_report(study: Path) -> Path | None:
+    """Write the study's ``report.md`` and ``report.html`` again, now with their
+    Pruning section (from ``prune.json``), keeping the sections a caller added
+    after Reproduce; nothing where ``ablagen rank`` wrote no report yet."""
+    from ablagen.arms.noise_scales import NOISE_SCALES_JSON, load_noise_scales
+    from ablagen.core.studydir import load_manifest
+    from ablagen.rank.ranking import load_ranking, load_records
+    from ablagen.report.markdown import REPORT_MD, report_extra_sections, write_report
+
+    report = study / REPORT_MD
+    if not report.is_file():
+        return None
+    noise = load_noise_scales(study) if (study / NOISE_SCALES_JSON).is_file() else None
+    return write_report(
+        study,
+        load_manifest(study),
+        load_ranking(study),
+        load_records(study),
+        report_extra_sections(report.read_text()),
+        noise=noise,
+    )
 
 
 def run_script(path: Path, seed: int, options: PruneOptions, results: Path) -> dict:

@@ -3,7 +3,8 @@
 A plan maps a module's name to the indices it keeps, ``{"out": [...], "in": [...]}``:
 ``out`` along its output channels (dim 0 of a weight, and every per-channel vector:
 bias, BatchNorm's running statistics), ``in`` along its input channels (dim 1 of a
-weight). Torch-Pruning found the groups and chose the indices when the script was
+weight); an attention module that lost heads also names the attributes that hold
+its head count and width, ``{"set": {"num_attention_heads": 2, ...}}``. Torch-Pruning found the groups and chose the indices when the script was
 written; the script only slices tensors, so it reads without Torch-Pruning and
 runs without it. This module is stdlib + torch only: it is pasted into the scripts
 verbatim (and imported by ablagen's tests, so both run the same code).
@@ -41,10 +42,14 @@ def prune_module(module, out=None, into=None):
 
 
 def apply_plan(model, plan):
-    """``model`` with every layer in ``plan`` sliced to its kept channels (in place)."""
+    """``model`` with every layer in ``plan`` sliced to its kept channels and every
+    attention module's head count set (in place)."""
     modules = dict(model.named_modules())
     for name, kept in plan.items():
-        prune_module(modules[name], kept.get("out"), kept.get("in"))
+        if "out" in kept or "in" in kept:
+            prune_module(modules[name], kept.get("out"), kept.get("in"))
+        for attr, value in kept.get("set", {}).items():
+            setattr(modules[name], attr, value)
     return model
 
 

@@ -214,6 +214,59 @@ def _noise_markdown(noise: NoiseScales | None) -> str:
     return head + _table(["component", "importance (max over methods)", "scale"], rows)
 
 
+PRUNE_JSON = Path("prune") / "prune.json"  # written by ``ablagen prune``
+PRUNE_PNG = Path("prune") / "prune.png"
+
+
+def _stat(stats: dict, key: str, fmt: str) -> str:
+    s = stats.get(key)
+    if s is None or s.get("value") is None:
+        return "n/a"
+    if s.get("ci_low") is None or s.get("ci_high") is None:
+        return f"{s['value']:{fmt}}"
+    return f"{s['value']:{fmt}} [{s['ci_low']:{fmt}}, {s['ci_high']:{fmt}}]"
+
+
+def prune_markdown(study: Path) -> str | None:
+    """The Pruning section from ``STUDY/prune/prune.json`` (``ablagen prune``):
+    per ratio the size, CPU latency and validation accuracy right after pruning and
+    after fine-tuning, with 95 % intervals over seeds; None where there is none."""
+    path = study / PRUNE_JSON
+    if not path.is_file():
+        return None
+    import json
+
+    summary = json.loads(path.read_text())
+    rows = sorted(
+        (r for r in summary.get("scripts", {}).values() if r.get("stats")),
+        key=lambda r: r["ratio"],
+    )
+    intro = (
+        f"`ablagen prune`: {len(summary.get('seeds', []))} seed(s), "
+        f"{summary.get('finetune_epochs')} fine-tuning epoch(s); mean [95 % CI] over "
+        "seeds. `prune/prune.json` holds every run."
+    )
+    if not rows:
+        return intro + "\n\nNo pruned run finished ok."
+    table = [["baseline", *(_stat(rows[0]["stats"], f"before.{k}", f) for k, f in (("params", ".0f"), ("macs", ".0f"), ("latency_ms_b1", ".2f"), ("latency_ms_b64", ".2f"), ("val_acc", ".4f"))), "–"]]  # fmt: skip
+    for r in rows:
+        st = r["stats"]
+        table.append([f"{r['ratio']:g}", _stat(st, "pruned.params", ".0f"), _stat(st, "pruned.macs", ".0f"),
+                      _stat(st, "pruned.latency_ms_b1", ".2f"), _stat(st, "pruned.latency_ms_b64", ".2f"),
+                      _stat(st, "pruned.val_acc", ".4f"), _stat(st, "finetuned.val_acc", ".4f")])  # fmt: skip
+    header = ["ratio", "params", "MACs", "ms b1", "ms b64", "val_acc pruned", "val_acc fine-tuned"]  # fmt: skip
+    failed = [f"{r['runs'] - r['ok']} run(s) of ratio {r['ratio']:g} failed: {r['errors'][0]}" for r in rows if r.get("errors")]  # fmt: skip
+    return "\n\n".join([intro, _table(header, table), *failed])
+
+
+def report_extra_sections(report_md: str) -> list[tuple[str, str]]:
+    """The sections a ``report.md`` has after its Reproduce section (those a caller
+    passed as ``extra_sections``), read back so a rewrite keeps them."""
+    _, found, rest = report_md.partition("\n\n## Reproduce\n\n")
+    parts = rest.split("\n\n## ")[1:] if found else []
+    return [(p.partition("\n\n")[0], p.partition("\n\n")[2]) for p in parts]
+
+
 def config_rows(manifest: Manifest) -> list[tuple[str, str]]:
     """The study's settings as (name, plain value) rows, for report.md and report.html:
     the mode once, the command as typed, nested settings one per row (``train.lr``),
@@ -340,12 +393,15 @@ def write_report(
     names = (IMPORTANCE_PNG, CURVES_PNG) if link_plots else ()
     plots = [f"![{name}]({name})" for name in names if (study / name).is_file()]
     commands = "\n".join(reproduce_commands(study, manifest, ranking))
+    pruning = prune_markdown(study)
+    prune_png = f"\n\n![prune.png]({PRUNE_PNG.as_posix()})" if (study / PRUNE_PNG).is_file() else ""  # fmt: skip
     sections = [
         ("Configuration", _config_markdown(manifest)),
         ("Importance ranking", intro + "\n\n" + ranking_markdown(ranking)),
         ("Failed variants", _failed_markdown(ranking)),
         ("Plots", "\n\n".join(plots) or "None written (`--no-plots`)."),
         ("Noise scales", _noise_markdown(noise)),
+        *([("Pruning", pruning + prune_png)] if pruning else []),
         ("Reproduce", f"```sh\n{commands}\n```"),
         *extra_sections,
     ]
@@ -367,9 +423,10 @@ def write_report(
         records,
         title=str(title),
         intro=intro,
-        sections=list(extra_sections),
+        sections=[*([("Pruning", pruning)] if pruning else []), *extra_sections],
         commands=commands.splitlines(),
-        plots=[name for name in names if (study / name).is_file()],
+        plots=[name for name in names if (study / name).is_file()]
+        + ([PRUNE_PNG.as_posix()] if pruning and (study / PRUNE_PNG).is_file() else []),
         noise=noise,
     )
     return path
