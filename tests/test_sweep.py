@@ -104,7 +104,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 
 @pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
-    """A ranked knockout study of the wine MLP, then 4 arms x 2 lrs x 2 seeds."""
+    """A ranked knockout study of the wine MLP, then 5 arms x 2 lrs x 2 seeds."""
     study = tmp_path / "wine"
     code, _, err = run_cli(
         ["study", EXAMPLES / "tabular_mlp.py", "--out", study, "--mode", "knockout",
@@ -115,6 +115,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     code, _, err = run_cli(["sweep", tmp_path, "--arms", "hybrid"], capsys)
     assert code == 2 and "not an ablagen study" in err
     sweep = ["sweep", study, "--lrs", "0.001,0.03", "--seeds", "0,1", "--epochs", "2",
+             "--arms", "plain,perturbed,annealed,hybrid,shuffled",
              "--quiet", "--jobs", "2"]  # fmt: skip
     code, out, err = run_cli(sweep, capsys)
     assert code == 0, err
@@ -126,12 +127,13 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
         "perturbed sigma=0.01",
         "annealed sigma=0.01",
         "hybrid sigma=0.01",
+        "shuffled sigma=0.01",
     ]
     from ablagen.orchestrate import ResultStore
 
     with ResultStore(folder, readonly=True) as store:
         records = store.records()
-    assert len(records) == 4 * 2 * 2 and all(r.ok for r in records)
+    assert len(records) == 5 * 2 * 2 and all(r.ok for r in records)
     by_key = {(r.variant_id, r.seed): r.result["final"]["val_acc"] for r in records}
     for series in data["series"]:
         values = np.array(
@@ -166,6 +168,16 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     # a generated script reruns alone with plain python and gives the stored number
     script = folder / "perturbed__sigma_0p01__lr_0p03.py"
     assert "NOISE_SCALES" in (folder / "hybrid__sigma_0p01__lr_0p03.py").read_text()
+    from ablagen.arms.hybrid import arm_scales
+    from ablagen.arms.noise_scales import load_noise_scales, shuffled_noise_scales
+    from ablagen.core.studydir import load_manifest
+    from ablagen.rank.ranking import load_ranking
+    from scriptutil import load_script
+
+    manifest, noise = load_manifest(study), load_noise_scales(study)
+    shuffled = shuffled_noise_scales(manifest, load_ranking(study), noise)
+    module = load_script(folder / "shuffled__sigma_0p01__lr_0p03.py")
+    assert module.NOISE_SCALES == arm_scales(shuffled, manifest.model["parameters"])
     result = tmp_path / "r.json"
     subprocess.run([sys.executable, script, "--seed", "1", "--out", result], check=True,
                    capture_output=True, cwd=folder)  # fmt: skip
@@ -181,5 +193,5 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     code, out, err = run_cli(sweep, capsys)
     assert code == 0, err
     with ResultStore(folder, readonly=True) as store:
-        assert len(store.records()) == 16
+        assert len(store.records()) == 20
     assert (study / "report.md").read_text().count("<!-- ablagen:sweep sweep -->") == 1
