@@ -213,6 +213,13 @@ class _Tally:
     backend: str = ""
     ran: list[RunRecord] = field(default_factory=list)
     running: int = 0
+    failed: int = 0  # of ``ran``, kept as they come (an event costs O(1), not O(runs))
+    #: the backend's capacity: runs queued beyond it (``queue_ahead``) wait, not run
+    jobs: int = 0
+
+    def add(self, record: RunRecord) -> None:
+        self.ran.append(record)
+        self.failed += not record.ok
 
     def event(
         self,
@@ -225,8 +232,8 @@ class _Tally:
             event=kind,
             total=self.total,
             done=len(self.ran),
-            failed=sum(1 for r in self.ran if not r.ok),
-            running=self.running,
+            failed=self.failed,
+            running=min(self.running, self.jobs) if self.jobs else self.running,
             skipped_ok=self.skipped_ok,
             skipped_failed=self.skipped_failed,
             backend=self.backend,
@@ -434,8 +441,14 @@ class _Session:
 
     def execute(self, todo: list[RunSpec], wait: bool = True) -> None:
         """Run ``todo`` on the started backend, at most ``capacity`` at a time; with
-        ``wait``, then wait for the runs another orchestrator held."""
+        ``wait``, then wait for the runs another orchestrator held.
+
+        A backend with a queue of its own (``queue_ahead`` > 0: the local pool) is
+        handed that many claimed runs beyond its capacity, so a worker that finishes
+        starts its next run at once, while this thread stores the outcome."""
         self.jobs = self.backend.capacity
+        limit = self.jobs + max(0, int(getattr(self.backend, "queue_ahead", 0)))
+        self.tally.jobs = self.jobs
         self.tally.backend = self.backend.describe()
         self.notify(self.tally.event("start"))
         signals = _Signals()
@@ -445,7 +458,7 @@ class _Session:
         with signals.installed():
             try:
                 while pending or inflight or waiting:
-                    while pending and len(inflight) < self.jobs:
+                    while pending and len(inflight) < limit:
                         spec = pending.popleft()
                         with signals.deferred():
                             started = self._start(spec)
@@ -460,7 +473,7 @@ class _Session:
                                 self.notify(self.tally.event("waiting", spec=spec))
                             else:
                                 self.elsewhere.append(spec)
-                    if waiting and len(inflight) < self.jobs:
+                    if waiting and len(inflight) < limit:
                         pending.extend(self._look_at(waiting))
                         if pending:
                             continue
@@ -501,7 +514,7 @@ class _Session:
             (self.study / raw.spec.result_path).unlink(missing_ok=True)
         if record.ok and not self.keep_checkpoints:
             checkpoints.finished(self.study, raw.spec)
-        self.tally.ran.append(record)
+        self.tally.add(record)
         self.tally.running = len(inflight)
         self.notify(self.tally.event("finished", record=record))
 

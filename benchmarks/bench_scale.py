@@ -1,0 +1,242 @@
+"""Issue 27, part 4: the orchestrator at 10,000 runs of a trivial script.
+
+Run alone: ``python benchmarks/bench_scale.py [--runs 10000] [--variants 100]
+[--backends local,ray] [--jobs 2] [--json PATH] [--keep DIR]``.
+
+A synthetic study (no generator, no torch in the scripts): ``--variants`` scripts
+(a baseline and layer variants) whose manifest lists ``--runs / --variants`` seeds;
+each run parses its arguments, writes its result JSON and exits. For each backend,
+``ablagen run``'s own code path (``run_study``, the pool started first thing, as the
+CLI does) runs every run into a fresh ``results.sqlite``, in a child process of this
+one, which reports:
+
+* ``runs_per_s``: runs / the wall time of ``run_study`` (pool start included);
+* ``claim_ms`` and ``finish_ms`` (p50, p99): the store's two writes per run, each one
+  ``BEGIN IMMEDIATE`` ... ``COMMIT`` with ``synchronous=FULL``, timed around
+  ``ResultStore.claim`` and ``ResultStore.finish``;
+* ``driver_peak_rss_mb``: the driver process's peak resident set size
+  (``ru_maxrss``; its children, the workers and runs, are not in it), and
+  ``driver_rss_growth_mb``: how much the RSS grew between the 10th and the last
+  100th of the runs (flat in the number of runs: about the same at 1k and 10k).
+
+Then, on the study the last backend filled, ``ablagen status STUDY --json`` and
+``ablagen rank STUDY --no-plots`` are timed as commands (Python start and imports
+included), best of 3 each. Goals (a 2-core machine): >= 50 runs/s local, >= 20
+runs/s Ray; ``status`` and ``rank`` under 2 s; driver memory flat in the runs.
+
+Compare sizes in one invocation (``--runs 1000,10000``) so both share the
+machine's load at the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from ablagen.core.atomic import sha256_file  # noqa: E402
+from ablagen.core.studydir import MANIFEST, Manifest, VariantEntry  # noqa: E402
+
+TRIVIAL = '''"""Trivial variant {index}: writes its result JSON and exits."""
+
+import json
+import os
+import sys
+
+argv = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+seed = int(argv.get("--seed", 0))
+acc = 0.5 + 0.001 * {index} + 0.0001 * (seed % 7)
+result = {{"schema": 1, "status": "ok", "seed": seed, "epochs": 1,
+          "final": {{"val_acc": acc, "val_loss": 1.0 - acc}}, "wall_time_s": 0.0}}
+out = argv.get("--out")
+if out:
+    with open(out + ".tmp", "w") as fh:
+        json.dump(result, fh)
+    os.replace(out + ".tmp", out)
+'''
+
+
+def synthetic_study(study: Path, runs: int, variants: int) -> Path:
+    """``variants`` trivial scripts, ``runs // variants`` seeds in the manifest."""
+    study.mkdir(parents=True)
+    seeds = max(1, runs // variants)
+    entries = []
+    for i in range(variants):
+        vid = "baseline" if i == 0 else f"layer{i}:zero"
+        script = "baseline.py" if i == 0 else f"layer{i}__zero.py"
+        (study / script).write_text(TRIVIAL.format(index=i))
+        entries.append(
+            VariantEntry(
+                vid,
+                None if i == 0 else f"layer{i}",
+                "baseline" if i == 0 else "layer",
+                None if i == 0 else "zero",
+                script,
+                sha256_file(study / script),
+            )
+        )
+    manifest = Manifest(
+        "0.1.0",
+        "retrain",
+        {"path": "synthetic", "sha256": "", "name": "Trivial"},
+        {"seeds": list(range(seeds))},
+        tuple(entries),
+    )
+    (study / MANIFEST).write_text(manifest.dumps())
+    return study
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(study: Path, backend: str, jobs: int) -> dict:
+    """One backend's run of the whole study, in this (fresh) process."""
+    from ablagen.orchestrate import RunOptions, run_study
+    from ablagen.orchestrate.store import ResultStore
+
+    timings: dict[str, list[float]] = {"claim": [], "finish": []}
+    for name in timings:
+        original = getattr(ResultStore, name)
+
+        def timed(self, *args, _original=original, _into=timings[name], **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                _into.append(time.perf_counter() - start)
+
+        setattr(ResultStore, name, timed)
+
+    total = len(json.loads((study / MANIFEST).read_text())["variants"]) * len(
+        json.loads((study / MANIFEST).read_text())["config"]["seeds"]
+    )
+    rss: dict[str, float] = {}
+
+    def progress(event) -> None:
+        if event.event == "finished":
+            if event.done == max(1, total // 10):
+                rss["tenth"] = _rss_mb()
+            if event.done == total - max(1, total // 100):
+                rss["last"] = _rss_mb()
+
+    bare = backend.endswith("-bare")  # workers that preload nothing (no torch)
+    options = RunOptions(
+        jobs=jobs, backend=backend.removesuffix("-bare"), preload=() if bare else None
+    )
+    start = time.perf_counter()
+    summary = run_study(study, options, progress=progress)
+    wall = time.perf_counter() - start
+
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 2)
+
+    ok = sum(1 for r in summary.ran if r.ok)
+    return {
+        "backend": backend,
+        "runs": len(summary.ran),
+        "ok": ok,
+        "wall_s": round(wall, 2),
+        "runs_per_s": round(len(summary.ran) / wall, 1),
+        "claim_ms": {"p50": pct(timings["claim"], 0.5), "p99": pct(timings["claim"], 0.99)},
+        "finish_ms": {
+            "p50": pct(timings["finish"], 0.5),
+            "p99": pct(timings["finish"], 0.99),
+        },
+        "driver_peak_rss_mb": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
+        "driver_rss_growth_mb": round(rss.get("last", 0.0) - rss.get("tenth", 0.0), 1),
+    }
+
+
+def timed_command(argv: list[str], repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(
+            argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        best = min(best, time.perf_counter() - start)
+    return round(best, 2)
+
+
+def measure(runs: int, variants: int, backends: list[str], jobs: int, keep: Path | None) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="ablagen-bench-scale-"))
+    figures: dict = {"runs": runs, "variants": variants, "jobs": jobs, "backends": {}}
+    try:
+        template = synthetic_study(base / "template", runs, variants)
+        study = template
+        for backend in backends:
+            study = base / backend
+            shutil.copytree(template, study)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(study), backend, str(jobs)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                figures["backends"][backend] = {"error": proc.stderr.strip()[-400:]}
+                continue
+            figures["backends"][backend] = json.loads(proc.stdout.splitlines()[-1])
+        cli = [sys.executable, "-m", "ablagen"]
+        figures["status_s"] = timed_command([*cli, "status", str(study), "--json"])
+        figures["rank_s"] = timed_command([*cli, "rank", str(study), "--no-plots"])
+        if keep is not None:
+            shutil.copytree(study, keep / f"{runs}", dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return figures
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        print(json.dumps(child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="10000", help="one size, or several: 1000,10000")
+    parser.add_argument("--variants", type=int, default=100)
+    parser.add_argument("--backends", default="local,ray")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="copy the last study here")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    results = []
+    for runs in (int(r) for r in args.runs.split(",")):
+        figures = measure(runs, args.variants, args.backends.split(","), args.jobs, args.keep)
+        figures["load_avg_1m_before"] = round(load, 2)
+        results.append(figures)
+        for backend, f in figures["backends"].items():
+            if "error" in f:
+                print(f"{runs} runs, {backend}: failed: {f['error']}")
+                continue
+            print(
+                f"{runs} runs, {backend}: {f['runs_per_s']} runs/s ({f['wall_s']} s, {f['ok']} ok);"
+                f" claim p50/p99 {f['claim_ms']['p50']}/{f['claim_ms']['p99']} ms,"
+                f" finish p50/p99 {f['finish_ms']['p50']}/{f['finish_ms']['p99']} ms;"
+                f" driver peak RSS {f['driver_peak_rss_mb']} MB,"
+                f" grew {f['driver_rss_growth_mb']} MB from 10 % to 99 % of the runs"
+            )
+        print(f"{runs} runs: ablagen status {figures['status_s']} s, ablagen rank {figures['rank_s']} s")
+        load = os.getloadavg()[0]
+    print(f"load average (1 min) before each size: {[r['load_avg_1m_before'] for r in results]}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The orchestrator's cost per run does not grow with the number of runs.
+
+An in-process backend finishes every run at once (no processes), so what is left is
+the runner and the store: the SQL statements each run costs are counted (SQLite's
+trace callback) at three study sizes, and every statement is checked to find its
+row through an index, not by scanning the table (which would make each run's cost
+grow with the runs stored: n² in all).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest_orchestrate import make_study
+
+from ablagen.orchestrate import ResultStore, RunOptions, run_study
+from ablagen.orchestrate import backends
+from ablagen.orchestrate.outcome import RawOutcome
+
+VARIANTS = ("baseline", "a:zero", "b:zero", "c:zero")
+
+
+class InstantBackend:
+    """Every submitted run is done at once: an ok result, or a failure for seed 1."""
+
+    name = "instant"
+    capacity = 2
+
+    def __init__(self, study: Path, options, tmp: Path, scripts) -> None:
+        self.done: list[RawOutcome] = []
+
+    def describe(self) -> str:
+        return "in-process, instant"
+
+    def __enter__(self) -> InstantBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, spec) -> None:
+        ok = spec.seed != 1
+        result = {"schema": 1, "status": "ok", "seed": spec.seed, "final": {"val_acc": 0.5}}
+        self.done.append(
+            RawOutcome(
+                spec=spec,
+                exit_code=0 if ok else 1,
+                wall_time_s=0.01,
+                result_text=json.dumps(result) if ok else None,
+                backend=self.name,
+            )
+        )
+
+    def next_done(self, timeout: float | None = None) -> RawOutcome | None:
+        return self.done.pop(0) if self.done else None
+
+    def close(self) -> None:
+        self.done.clear()
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL statement the stores opened from now on execute."""
+    statements: list[str] = []
+    connect = ResultStore._connect
+
+    def traced_connect(self) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(ResultStore, "_connect", traced_connect)
+    monkeypatch.setitem(backends._BACKENDS, "instant", InstantBackend)
+    return statements
+
+
+def _run(tmp_path: Path, seeds: int, statements: list[str]) -> tuple[int, list]:
+    study = make_study(
+        tmp_path / f"study{seeds}",
+        dict.fromkeys(VARIANTS, "ok"),
+        config={"seeds": list(range(seeds))},
+    )
+    events = []
+    statements.clear()
+    summary = run_study(study, RunOptions(backend="instant"), progress=events.append)
+    assert len(summary.ran) == len(VARIANTS) * seeds
+    finished = [e for e in events if e.event == "finished"]
+    # the progress counts are right at every event (kept as runs come, not recounted)
+    failed = 0
+    for event in finished:
+        failed += not event.record.ok
+        assert event.failed == failed
+    assert failed == len(VARIANTS)  # seed 1 of each variant
+    return len(statements), list(statements)
+
+
+def test_store_statements_per_run_are_constant_and_indexed(
+    tmp_path: Path, traced: list[str]
+) -> None:
+    sizes = (2, 4, 8)  # seeds; x 4 variants = 8, 16, 32 runs
+    counts = {}
+    seen: list[str] = []
+    for seeds in sizes:
+        counts[seeds], statements = _run(tmp_path, seeds, traced)
+        seen += statements
+    per_run_small = (counts[4] - counts[2]) / (4 * len(VARIANTS) - 2 * len(VARIANTS))
+    per_run_large = (counts[8] - counts[4]) / (8 * len(VARIANTS) - 4 * len(VARIANTS))
+    assert per_run_small == per_run_large > 0
+    assert per_run_large <= 12  # claim and finish: two transactions of a few statements
+
+    conn = sqlite3.connect(tmp_path / "study8" / "results.sqlite")
+    try:
+        checked = 0
+        for sql in dict.fromkeys(seen):
+            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
+                continue
+            if " runs" not in sql:
+                continue
+            plan = " | ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "SCAN runs" not in plan, (sql, plan)
+            checked += 1
+        assert checked > 0
+    finally:
+        conn.close()
