@@ -160,15 +160,41 @@ def test_amp_fp16_on_cpu_and_no_grad_accum_are_refused_in_one_line(make):
         )
 
 
-def test_amp_fp16_loop_runs_with_a_grad_scaler(make):
-    """The fp16 path (CUDA only from the command line) is the same code on CPU."""
+def test_amp_fp16_loop_runs_with_a_grad_scaler(make, monkeypatch):
+    """The fp16 path (CUDA only from the command line) is the same code on CPU: every
+    backward goes through an enabled GradScaler, and the losses follow float32's."""
     module = make(amp="fp16", sigma=0.01, grad_clip=1.0, epochs=2)
+    scalers = []
+
+    class Recording(torch.amp.GradScaler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaled = self.stepped = 0
+            scalers.append(self)
+
+        def scale(self, outputs):
+            self.scaled += 1
+            return super().scale(outputs)
+
+        def step(self, optimizer, *args, **kwargs):
+            self.stepped += 1
+            return super().step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Recording)
     args = module.parse_args(["--amp", "none"])
     args.amp = "fp16"  # past the CPU refusal
     torch.manual_seed(0)
-    result = module.train(args)
-    assert result["status"] == "ok"
-    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    half = module.train(args)
+    (scaler,) = scalers
+    steps = scaler.stepped
+    assert half["status"] == "ok" and scaler.is_enabled()
+    assert steps > 0 and scaler.scaled == steps  # one scaled backward per step
+    assert scaler.get_scale() > 1.0  # the losses were multiplied up
+    full = run(module, "--amp", "none")
+    assert full["status"] == "ok" and not scalers[-1].is_enabled()
+    assert losses(half) != losses(full)  # fp16 did run
+    for (a, b), (c, d) in zip(losses(half), losses(full)):
+        assert a == pytest.approx(c, rel=0.05) and b == pytest.approx(d, rel=0.05)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@
   syncs, so each reported sync is attributed to its script line instead
   (tests/hostreads.py; tests/test_no_host_sync.py checks the same on CPU, and this
   recorder without a GPU);
-- a generated script runs on the GPU end to end, records the GPU's name, and, if
-  the scripts take ``--amp``, trains in bf16 and fp16;
+- a generated script runs on the GPU end to end, records the GPU's name, and one
+  generated with ``--amp`` trains in bf16 and fp16 to float32's losses (10 %);
 - the perturbed optimizer on CUDA: bit-identical to torch.optim at sigma 0, one
   seeded generator per device (and per GPU with two), reproducible noise, the
   fused non-finite check skipping a step;
@@ -29,7 +29,13 @@ import pytest
 import torch
 from torch import nn
 
-from hostreads import assert_none_per_step, cuda_syncs, generate_digits, train_one_epoch
+from hostreads import (
+    StepLoopSync,
+    assert_none_per_step,
+    cuda_syncs,
+    generate_digits,
+    train_one_epoch,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -78,7 +84,8 @@ KNOWN = {  # loops known to sync per step, and why
 
 def _loop(name: str, source: str, *options: str):
     known = KNOWN.get(name)
-    marks = [pytest.mark.xfail(strict=True, reason=known)] if known else []
+    xfail = pytest.mark.xfail(strict=True, raises=StepLoopSync, reason=known)
+    marks = [xfail] if known else []
     return pytest.param(source, list(options), id=name, marks=marks)
 
 
@@ -153,14 +160,32 @@ def test_a_generated_script_trains_on_the_gpu_and_names_it(study):
     assert result["peak_memory_bytes"] > 0
 
 
+@pytest.fixture(scope="module")
+def amp_study(tmp_path_factory) -> Path:
+    """The study's model generated with ``--amp bf16``: its scripts take ``--amp``."""
+    from scriptutil import generate
+
+    from ablagen.generate.context import TrainConfig
+
+    root = tmp_path_factory.mktemp("gpu-amp")
+    model = root / "net.py"
+    model.write_text(textwrap.dedent(MODEL))
+    train = TrainConfig(epochs=3, batch_size=32, sigma=0.01, amp="bf16")
+    return generate(
+        model, root / "s", train=train, dataset="synthetic", components=("fc1",)
+    )
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_when_the_scripts_take_amp(study, precision):
-    script = study / "baseline.py"
-    if '"--amp"' not in script.read_text():
-        pytest.skip("the generated scripts have no --amp option yet")
-    result = _run(script, "--amp", precision)
-    assert result["status"] == "ok"
-    assert all(v == v for v in result["final"].values() if isinstance(v, float))
+def test_mixed_precision_trains_like_float32_on_the_gpu(amp_study, precision):
+    script = amp_study / "baseline.py"
+    assert '"--amp"' in script.read_text()  # generated with --amp: never skipped
+    mixed = _run(script, "--amp", precision)
+    full = _run(script, "--amp", "none")
+    assert mixed["status"] == full["status"] == "ok"
+    assert mixed["final"] != full["final"]  # the lower precision did run
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert mixed["final"][key] == pytest.approx(full["final"][key], rel=0.1), key
 
 
 # -- the perturbed optimizer's CUDA paths ------------------------------------------
