@@ -12,10 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any
 
 from ablagen.arms import noise_scales as noise_mod
 from ablagen.rank import ranking as ranking_mod
@@ -34,6 +31,9 @@ from ablagen.rank.ranking import (
 from ablagen.study.options import RankOptions
 from ablagen.core.studydir import BASELINE_ID, Manifest, load_manifest
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 REPORT_MD = "report.md"
 IMPORTANCE_PNG = "importance.png"
 CURVES_PNG = "curves.png"
@@ -51,6 +51,8 @@ def _png(fig: Figure) -> bytes:
 
 def plot_importance(ranking: Ranking, max_bars: int = MAX_BARS) -> bytes:
     """Horizontal bars of mean importance (top ``max_bars``) with their CI as error bars."""
+    from matplotlib.figure import Figure  # lazy: --no-plots never imports it
+
     rows = ranking.rows[:max_bars]
     fig = Figure(figsize=(8.0, max(2.5, 0.32 * len(rows) + 1.4)), layout="constrained")
     ax = fig.subplots()
@@ -107,6 +109,9 @@ def plot_curves(
             break
     else:
         return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(8.0, 4.5), layout="constrained")
     ax = fig.subplots()
     for vid in ids:
