@@ -324,16 +324,48 @@ def test_tokens_ignore_index_replaces_the_custom_loss(tmp_path):
     assert result["status"] == "ok" and 0 <= result["final"]["val_acc"] <= 1
 
 
-def test_regression_and_classification_still_train(tmp_path):
+def _trained(study: Path) -> tuple[dict, torch.nn.Module, tuple]:
+    """baseline.py's train() in-process, seeded as main() does: its result, the model
+    it trained (new_model's) and its data."""
+    module = load_script(study / "baseline.py")
+    models = []
+    build = module.new_model
+    module.new_model = lambda: models.append(build()) or models[-1]
+    args = module.parse_args(["--device", "cpu"])
+    module.seed_everything(args.seed)
+    result = module.train(args)
+    (model,) = models
+    return result, model.eval(), module.load_data()
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_regression_and_classification_still_train(tmp_path, task):
+    """The final metrics are the trained model's on the held-out samples: MSE for a
+    regression (no accuracy), cross-entropy and accuracy for a classification."""
+    targets = "x.sum(dim=1)" if task == "regression" else "(x.sum(dim=1) > 0).long()"
+    outputs = 1 if task == "regression" else 2
     study = _task_study(
         tmp_path,
-        "regression",
-        "INPUT_SHAPE = (4,)\nmodel = nn.Linear(4, 1)",
+        task,
+        f"INPUT_SHAPE = (4,)\nmodel = nn.Linear(4, {outputs})",
         "torch.randn(128, 4, generator=g)",
-        "x.sum(dim=1)",
+        targets,
     )
-    result = run(study / "baseline.py")
-    assert result["status"] == "ok" and result["final"]["val_acc"] is None
+    result, model, (_, _, x_val, y_val) = _trained(study)
+    assert result["status"] == "ok"
+    with torch.no_grad():
+        out = model(x_val)
+    final = result["final"]
+    if task == "regression":
+        expected = torch.nn.functional.mse_loss(out.squeeze(-1), y_val)
+        assert final["val_acc"] is None
+    else:
+        expected = torch.nn.functional.cross_entropy(out, y_val)
+        accuracy = (out.argmax(-1) == y_val).float().mean().item()
+        assert final["val_acc"] == pytest.approx(accuracy)
+    assert final["val_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    # and from the command line, the same numbers
+    assert run(study / "baseline.py")["final"] == pytest.approx(final)
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -366,12 +366,15 @@ def build_data():
 
 
 def test_streamed_data_knockout_and_screen_run(tmp_path, capsys):
-    """knockout.py and screen.py on build_datasets(); the streamed screen, given the
-    baseline the in-memory one trained on the same samples, estimates what it does."""
+    """knockout.py and screen.py on build_datasets(); given the baseline the in-memory
+    ones trained on the same samples, the streamed knockout measures and the streamed
+    screen estimates what they do."""
     model = tmp_path / "model.py"
     model.write_text(textwrap.dedent(STREAMED))
     (tmp_path / "held.py").write_text(textwrap.dedent(IN_MEMORY))
-    for name, mode in (("model", "knockout"), ("model", "screen"), ("held", "screen")):
+    for name, mode in (
+        ("model", "knockout"), ("held", "knockout"), ("model", "screen"), ("held", "screen")
+    ):  # fmt: skip
         code, _, err = run_cli(
             ["generate", tmp_path / f"{name}.py", "--out", tmp_path / f"{name}_{mode}",
              "--mode", mode, "--batch-size", "5"],
@@ -381,9 +384,10 @@ def test_streamed_data_knockout_and_screen_run(tmp_path, capsys):
     weights = tmp_path / "b.pt"
     results = {}
     for study, script, extra in (
-        ("model_knockout", "knockout.py", []),
-        ("held_screen", "screen.py", ["--checkpoint", str(weights)]),
+        ("held_screen", "screen.py", ["--checkpoint", str(weights)]),  # trains, saves
         ("model_screen", "screen.py", ["--checkpoint", str(weights)]),
+        ("held_knockout", "knockout.py", ["--checkpoint", str(weights)]),
+        ("model_knockout", "knockout.py", ["--checkpoint", str(weights)]),
     ):
         streamed = ["--num-workers", "0"] if study.startswith("model") else []
         done = subprocess.run(
@@ -394,6 +398,16 @@ def test_streamed_data_knockout_and_screen_run(tmp_path, capsys):
         results[study] = json.loads((tmp_path / study / "r.json").read_text())
     text = (tmp_path / "model_screen" / "screen.py").read_text()
     assert "screen_batches(" in text and "validation_batches(args" in text
+    held, streamed = results["held_knockout"], results["model_knockout"]
+    assert held["variants"].keys() == streamed["variants"].keys()
+    assert len(held["variants"]) > 3
+    for vid, want in held["variants"].items():
+        got = streamed["variants"][vid]
+        assert got["status"] == want["status"] == "ok", vid
+        for key in ("val_loss", "val_acc"):
+            assert got["final"][key] == pytest.approx(
+                want["final"][key], rel=1e-5, abs=1e-7
+            ), (vid, key)
     held, streamed = results["held_screen"], results["model_screen"]
     assert streamed["screen"]["ggn_samples"] == held["screen"]["ggn_samples"] == 8
     assert held["variants"].keys() == streamed["variants"].keys()
