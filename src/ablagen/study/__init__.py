@@ -1,6 +1,6 @@
-"""The options of the study's later stages (rank, arms, the whole study).
+"""``ablagen study``, the main job (``pipeline``), and its later stages' options.
 
-Light on purpose: the CLI imports these dataclasses at start-up and takes its
+Light on purpose: the CLI imports the options dataclasses at start-up and takes its
 defaults from their field defaults, so every default is stated once.
 """
 
