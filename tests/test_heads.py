@@ -381,12 +381,22 @@ def test_tiny_gpt_trains_on_a_text_file_and_scores_its_heads(tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code == 0, err
-    run = subprocess.run(
-        [sys.executable, "knockout.py", "--out", "r.json"],
-        cwd=out, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads((out / "r.json").read_text())
-    heads = {k: v for k, v in result["variants"].items() if ".heads[" in k}
+    for script in ("baseline.py", "knockout.py"):  # baseline.py trains, knockout loads
+        run = subprocess.run(
+            [sys.executable, script, "--out", f"{script}.json",
+             "--checkpoint", str(tmp_path / "baseline.pt")],
+            cwd=out, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+    trained = json.loads((out / "baseline.py.json").read_text())["final"]
+    result = json.loads((out / "knockout.py.json").read_text())
+    variants = result["variants"]
+    assert variants["baseline"]["final"]["val_loss"] == pytest.approx(
+        trained["val_loss"], rel=1e-5
+    )  # the knockout's baseline is baseline.py's model
+    heads = {k: v for k, v in variants.items() if ".heads[" in k}
     assert len(heads) == 8 and all(v["status"] == "ok" for v in heads.values())
-    assert all("val_ppl" in v["final"] for v in heads.values())
+    for vid, entry in variants.items():  # perplexity is exp of the token loss
+        final = entry["final"]
+        assert final["val_ppl"] == pytest.approx(math.exp(final["val_loss"])), vid
+    assert len({v["final"]["val_loss"] for v in heads.values()}) > 1

@@ -265,15 +265,28 @@ def test_hf_bert_example_knockout_end_to_end(tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code == 0, err
-    result = tmp_path / "r.json"
-    run = subprocess.run(
-        [sys.executable, "knockout.py", "--out", str(result)],
-        cwd=out, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    variants = json.loads(result.read_text())["variants"]
-    heads = [v for k, v in variants.items() if ".heads[" in k]
-    assert len(heads) == 16 and all(v["status"] == "ok" for v in heads)
+    weights = tmp_path / "baseline.pt"  # baseline.py trains and saves, knockout loads
+    results = {}
+    for script in ("baseline.py", "knockout.py"):
+        results[script] = tmp_path / f"{script}.json"
+        run = subprocess.run(
+            [sys.executable, script, "--out", str(results[script]),
+             "--checkpoint", str(weights)],
+            cwd=out, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+    trained = json.loads(results["baseline.py"].read_text())["final"]
+    variants = json.loads(results["knockout.py"].read_text())["variants"]
+    # the knockout's own baseline is baseline.py's model, measured the same way
+    for key in ("val_loss", "val_acc"):
+        assert variants["baseline"]["final"][key] == pytest.approx(
+            trained[key], rel=1e-5
+        ), key
+    heads = {k: v for k, v in variants.items() if ".heads[" in k}
+    assert len(heads) == 16 and all(v["status"] == "ok" for v in heads.values())
+    # each knockout is measured on the trained model: a head's mask changes the loss
+    losses = [v["final"]["val_loss"] for v in heads.values()]
+    assert len(set(losses)) > 1 and trained["val_loss"] not in losses
 
 
 def test_gpt2_knockout_generates(tmp_path, capsys):
