@@ -236,3 +236,28 @@ def test_tracked_runs_tag_no_interval_verdict_for_one_seed() -> None:
     assert "importance/ci_low" not in {p.key for p in one.metrics}
     five = parent_run(entry, rank(MANIFEST, study_records()))
     assert five.tags["importance.ci_includes_zero"] == "false"
+
+
+def test_the_one_t_interval_is_scipys_and_serves_ranking_and_sweep():
+    """rank.intervals.t_interval against scipy.stats.t.interval; the ranking's and
+    the sweep's intervals are that one."""
+    import numpy as np
+    from scipy import stats
+
+    from ablagen.rank.intervals import t_interval
+    from ablagen.rank.ranking import _stats
+    from ablagen.sweep.stats import t_interval as sweep_interval
+
+    values = [0.12, 0.31, 0.25, 0.4, 0.05]
+    low, high = stats.t.interval(
+        0.9, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+    )
+    got = t_interval(values, 0.9)
+    assert (got.low, got.high) == pytest.approx((low, high), rel=1e-12)
+    assert got.std == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+    assert _stats(values, 0.9) == (got.mean, got.std, got.low, got.high)
+    at95 = t_interval(values)
+    swept = sweep_interval(np.array(values))
+    assert (swept.value, swept.low, swept.high) == (at95.mean, at95.low, at95.high)
+    one = t_interval([0.3])
+    assert (one.mean, one.std, one.low, one.high) == (0.3, None, None, None)

@@ -41,6 +41,7 @@ from ablagen.core.errors import StudyError
 from ablagen.core.atomic import atomic_write_text
 from ablagen.orchestrate.run_record import RunRecord
 from ablagen.core.studydir import ABLATION_KINDS, BASELINE_ID, Manifest, VariantEntry
+from ablagen.rank.intervals import t_interval
 
 T = TypeVar("T")
 IMPORTANCE_JSON = "importance.json"
@@ -356,17 +357,8 @@ def _check_metric(metric: str, sel: Selection) -> None:
 def _stats(
     diffs: list[float], confidence: float
 ) -> tuple[float, float | None, float | None, float | None]:
-    n = len(diffs)
-    mean = math.fsum(diffs) / n
-    if n < 2:
-        return mean, None, None, None
-    std = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1))
-    # Student's t quantile (scipy.stats.t.ppf, same values) without importing
-    # scipy.stats (~2 s); lazy: the CLI starts without scipy
-    from scipy.special import stdtrit
-
-    half = float(stdtrit(n - 1, 0.5 + confidence / 2.0)) * std / math.sqrt(n)
-    return mean, std, mean - half, mean + half
+    interval = t_interval(diffs, confidence)
+    return interval.mean, interval.std, interval.low, interval.high
 
 
 def rank(

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ablagen.rank.intervals import t_interval as student_t
+
 CONFIDENCE = 0.95
 BOOTSTRAP = 2000  # resamples; the generator is seeded: figures are deterministic
 
@@ -67,18 +69,8 @@ def _clean(value: float | None) -> float | None:
 
 def t_interval(values: np.ndarray) -> Interval:
     """Mean and two-sided Student-t interval (None bounds below two values)."""
-    from scipy import stats
-
-    n = len(values)
-    mean = float(np.mean(values)) if n else math.nan
-    if n < 2:
-        return Interval(mean, None, None)
-    half = (
-        float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1))
-        * float(np.std(values, ddof=1))
-        / math.sqrt(n)
-    )
-    return Interval(mean, mean - half, mean + half)
+    t = student_t(np.asarray(values, dtype=float).tolist(), CONFIDENCE)
+    return Interval(t.mean, t.low, t.high)
 
 
 def window_decades(log_lrs: np.ndarray, good: np.ndarray, tol: float) -> float:
