@@ -1,18 +1,23 @@
 """Head to head: ablagen's measured importance against Torch-Pruning's criteria.
 
-    python benchmarks/bench_prune.py [--study DIR] [--seeds 0,1,2] [--ratios 0.3,0.5,0.7]
-                                     [--epochs 3] [--finetune-epochs 2]
+    python benchmarks/bench_prune.py [--model resnet_small|hf_bert_tiny] [--study DIR]
+        [--seeds 0,1,2] [--ratios 0.3,0.5,0.7] [--epochs 3] [--finetune-epochs 2]
 
-On ``examples/resnet_small.py`` (digits): a knockout study over every output channel
-(built in ``--study`` unless it is already ranked there), then per seed the baseline
-trained exactly as the pruned scripts train it, and for every criterion and ratio the
-same Torch-Pruning groups pruned (ablagen's measured importance, mean over the study's
-seeds, and ``ablagen-seed``: the knockouts of that seed's own model; Torch-Pruning's L1,
-L2, Taylor and random, restricted to the groups ablagen ranked), the plan applied with
-the scripts' own plain-torch surgery, evaluated, fine-tuned for the same budget and
-evaluated again. Prints a Markdown table: validation accuracy right after pruning and
-after fine-tuning (mean over seeds), and for each criterion the paired difference
-against ablagen's with its 95 % t-interval. Writes the figures as JSON (--out).
+Models: ``examples/resnet_small.py`` (digits; every output channel) and
+``examples/hf_bert_tiny.py`` (a 2-layer BERT, 4 heads a layer, on a token task; its
+attention heads and MLP neurons). Two studies are built in ``--study`` unless they
+are already ranked there: a knockout study (``DIR/knockout``) and a screen study
+(``DIR/screen``, gradient estimates), both over the same seeds. Then per seed the
+baseline is trained exactly as the pruned scripts train it, and for every criterion
+and ratio the same Torch-Pruning groups are pruned: ablagen's measured importance
+(``ablagen``: the knockouts, mean over the study's seeds; ``ablagen-seed``: the
+knockouts of that seed's own model; ``screen``: the screen's estimates, mean over
+seeds) and Torch-Pruning's L1, L2, Taylor, Hessian (OBD) and random, restricted to
+the groups ablagen ranked. The plan is applied with the scripts' own plain-torch
+surgery, evaluated, fine-tuned for the same budget and evaluated again. Prints
+Markdown tables: validation accuracy and loss right after pruning and after
+fine-tuning (mean over seeds), and for each criterion the paired difference against
+ablagen's with its 95 % t-interval. Writes the figures as JSON (--out).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ablagen.prune.importance import (
     CRITERIA,
     MeasuredImportance,
     SameGroups,
+    attention_heads,
     unit_scores,
 )
 from ablagen.prune.plan import make_plan
@@ -41,21 +47,32 @@ from ablagen.core.studydir import load_manifest
 from ablagen.sweep.stats import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "examples" / "resnet_small.py"
-ORDER = ("ablagen", "ablagen-seed", "l1", "l2", "taylor", "random")
+MODELS = {  # model file, the kinds its studies rank, the metric they rank on
+    "resnet_small": (ROOT / "examples" / "resnet_small.py", "neurons", "val_acc"),
+    # its task saturates (val_acc 1.0 after 2 epochs): one unit's knockout never
+    # changes the accuracy, so the knockouts are ranked on the validation loss
+    "hf_bert_tiny": (
+        ROOT / "examples" / "hf_bert_tiny.py",
+        "heads,neurons",
+        "val_loss",
+    ),
+}
+ORDER = ("ablagen", "ablagen-seed", "screen", "l1", "l2", "taylor", "hessian", "random")
+OBD_SAMPLES = 128  # per-sample squared gradients averaged for the Hessian criterion
 
 
 def ablagen(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "ablagen", *args], check=True)
 
 
-def ranked_study(study: Path, epochs: int, seeds: str) -> None:
+def ranked_study(study: Path, model: str, mode: str, epochs: int, seeds: str) -> None:
     if (study / "importance.json").is_file():
         return
-    ablagen("generate", str(MODEL), "--out", str(study), "--mode", "knockout",
-            "--kinds", "neurons", "--epochs", str(epochs), "--force")  # fmt: skip
+    path, kinds, metric = MODELS[model]
+    ablagen("generate", str(path), "--out", str(study), "--mode", mode,
+            "--kinds", kinds, "--epochs", str(epochs), "--force")  # fmt: skip
     ablagen("run", str(study), "--seeds", seeds, "-j", "1", "--quiet")
-    ablagen("rank", str(study), "--no-plots")
+    ablagen("rank", str(study), "--no-plots", "--metric", metric)
 
 
 def script_module(path: Path):
@@ -67,42 +84,58 @@ def script_module(path: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default="/tmp/bench_prune_study")
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet_small")
+    parser.add_argument(
+        "--study", default=None, help="[default: /tmp/bench_prune_MODEL]"
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ratios", default="0.3,0.5,0.7")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--criteria", default=",".join(ORDER), help="a subset of: " + ",".join(ORDER))  # fmt: skip
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
-    study = Path(args.study)
-    ranked_study(study, args.epochs, args.seeds)
+    order = [c for c in ORDER if c in args.criteria.split(",")]
+    root = Path(args.study or f"/tmp/bench_prune_{args.model}")
+    study, screen = root / "knockout", root / "screen"
+    ranked_study(study, args.model, "knockout", args.epochs, args.seeds)
+    if "screen" in order:
+        ranked_study(screen, args.model, "screen", args.epochs, args.seeds)
     ablagen("prune", str(study), "--ratios", "0.5", "--no-run")
     s = script_module(study / "prune" / "pruned_0.5.py")  # its helpers: one code path
-    scores = unit_scores(load_ranking(study), load_manifest(study))
-
     ranking, manifest = load_ranking(study), load_manifest(study)
+    scores = unit_scores(ranking, manifest)
+    heads = attention_heads(manifest)
 
-    def measured(graph, names):
-        return MeasuredImportance(scores, names, graph.is_out_channel_pruning_fn)
+    def measured_by(table):
+        return lambda graph, names: MeasuredImportance(
+            table, names, graph.is_out_channel_pruning_fn
+        )
+
+    measured = measured_by(scores)
+    screened = (
+        measured_by(unit_scores(load_ranking(screen), load_manifest(screen)))
+        if "screen" in order
+        else None
+    )
 
     def criterion(name, seed):
         if name == "ablagen":
             return measured
         if name == "ablagen-seed":  # the knockouts of this very model
-            own = unit_scores(ranking, manifest, seed)
-            return lambda graph, names: MeasuredImportance(
-                own, names, graph.is_out_channel_pruning_fn
-            )
+            return measured_by(unit_scores(ranking, manifest, seed))
+        if name == "screen":
+            return screened
         return lambda graph, names: SameGroups(CRITERIA[name](), measured(graph, names))
 
     figures: dict = {}  # (criterion, ratio) -> {"pruned": [...], "finetuned": [...]}
     sizes: dict = {}
     started = time.perf_counter()
     for seed in seeds:
-        checkpoint = study / "prune" / f"bench_baseline_seed{seed}.pt"
+        checkpoint = root / f"bench_baseline_seed{seed}.pt"
         argv = ["--seed", str(seed), "--epochs", str(args.epochs)]
         argv += ["--finetune-epochs", str(args.finetune_epochs)]
         run = s.parse_args(argv + ["--checkpoint", str(checkpoint)])
@@ -110,55 +143,79 @@ def main() -> None:
         result, model = s.trained_baseline(run)
         model.eval()
         x_train, y_train, x_val, y_val = s.load_data()
-        baseline_acc = s.evaluate(model, x_val, y_val, run.batch_size)[1]
-        figures.setdefault("baseline", []).append(baseline_acc)
+        baseline = s.evaluate(model, x_val, y_val, run.batch_size)
+        figures.setdefault("baseline", []).append(baseline[1])
+        figures.setdefault("baseline_loss", []).append(baseline[0])
 
         def taylor_grads(m):
             m.zero_grad()
             s.loss_fn(m(x_train[:512]), y_train[:512]).backward()
 
-        for name in ORDER:
+        def obd_grads(m):
+            """Squared per-sample gradients, averaged, left in .grad (the diagonal
+            Fisher that GroupHessianImportance reads; its own accumulate_grad in
+            Torch-Pruning 1.6.0 keeps only the last sample's)."""
+            squares = {p: torch.zeros_like(p) for p in m.parameters()}
+            for i in range(OBD_SAMPLES):
+                m.zero_grad()
+                s.loss_fn(m(x_train[i : i + 1]), y_train[i : i + 1]).backward()
+                for p in m.parameters():
+                    if p.grad is not None:
+                        squares[p] += p.grad.pow(2)
+            for p in m.parameters():
+                p.grad = squares[p] / OBD_SAMPLES
+
+        fill = {"taylor": taylor_grads, "hessian": obd_grads}
+        for name in order:
             for ratio in ratios:
-                before = taylor_grads if name == "taylor" else None
                 torch.manual_seed(seed)  # the random criterion's draw
-                plan = make_plan(model, x_val[:2], criterion(name, seed), ratio, before)
+                plan = make_plan(model, x_val[:2], criterion(name, seed), ratio,
+                                 fill.get(name), heads=heads)  # fmt: skip
                 pruned = s.apply_plan(copy.deepcopy(model), plan.layers)
                 s.recalibrate_norms(pruned, x_train, run.batch_size)
-                acc = s.evaluate(pruned, x_val, y_val, run.batch_size)[1]
+                loss, acc = s.evaluate(pruned, x_val, y_val, run.batch_size)
                 torch.manual_seed(seed)
                 history = s.finetune(pruned, run, x_train, y_train, x_val, y_val)
-                row = figures.setdefault(
-                    f"{name}@{ratio:g}", {"pruned": [], "finetuned": []}
-                )
-                row["pruned"].append(acc)
-                row["finetuned"].append(history[-1]["val_acc"] if history else acc)
-                if name == "ablagen" and seed == seeds[0]:
+                row = figures.setdefault(f"{name}@{ratio:g}", {})
+                final = history[-1] if history else {"val_acc": acc, "val_loss": loss}
+                for key, value in (("pruned", acc), ("pruned_loss", loss),
+                                   ("finetuned", final["val_acc"]),
+                                   ("finetuned_loss", final["val_loss"])):  # fmt: skip
+                    row.setdefault(key, []).append(value)
+                if name == order[0] and seed == seeds[0]:
                     sizes[ratio] = s.measure(pruned, x_val, "cpu")
         sizes.setdefault("baseline", s.measure(model, x_val, "cpu"))
         print(
             f"seed {seed} done ({time.perf_counter() - started:.0f}s)", file=sys.stderr
         )
 
-    print(f"\nresnet_small on digits, {len(seeds)} seeds, baseline {args.epochs} epochs, "
+    print(f"\n{args.model}, {len(seeds)} seeds, baseline {args.epochs} epochs, "
           f"fine-tuning {args.finetune_epochs} epochs; baseline val_acc "
-          f"{np.mean(figures['baseline']):.4f}\n")  # fmt: skip
+          f"{np.mean(figures['baseline']):.4f}, val_loss "
+          f"{np.mean(figures['baseline_loss']):.4f}; "
+          f"{time.perf_counter() - started:.0f} s\n")  # fmt: skip
     print("| ratio | params | MACs | ms b1 | ms b64 |")
     print("|---|---:|---:|---:|---:|")
     for key in ["baseline", *ratios]:
         z = sizes[key]
         print(f"| {key} | {z['params']} | {z['macs']} | {z['latency_ms_b1']:.2f} | {z['latency_ms_b64']:.2f} |")  # fmt: skip
-    for stage in ("pruned", "finetuned"):
-        print(f"\nval_acc {'right after pruning' if stage == 'pruned' else 'after fine-tuning'}"
-              " (mean; criterion minus ablagen, paired 95 % CI):\n")  # fmt: skip
+    stages = {
+        "pruned": "val_acc right after pruning",
+        "finetuned": "val_acc after fine-tuning",
+        "pruned_loss": "val_loss right after pruning",
+        "finetuned_loss": "val_loss after fine-tuning",
+    }
+    for stage, title in stages.items():
+        print(f"\n{title} (mean; criterion minus ablagen, paired 95 % CI):\n")
         print("| criterion | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |")
         print("|---|" + "---|" * len(ratios))
-        for name in ORDER:
+        for name in order:
             cells = []
             for ratio in ratios:
                 values = np.array(figures[f"{name}@{ratio:g}"][stage])
-                mine = np.array(figures[f"ablagen@{ratio:g}"][stage])
+                mine = np.array(figures[f"{order[0]}@{ratio:g}"][stage])
                 cell = f"{values.mean():.4f}"
-                if name != "ablagen":
+                if name != order[0]:
                     d = t_interval(values - mine)
                     ci = "" if d.low is None else f" [{d.low:+.4f}, {d.high:+.4f}]"
                     cell += f" ({d.value:+.4f}{ci})"

@@ -26,12 +26,15 @@ def prune(
     study: Annotated[
         str,
         typer.Argument(
-            help="A ranked study (knockout or screen over neuron groups).",
+            help="A ranked study (knockout or screen over neuron groups and/or attention heads).",
             show_default=False,
         ),
     ],
     ratios: Annotated[
-        str, typer.Option(help="Shares of each group's channels to remove, in (0, 1).")
+        str,
+        typer.Option(
+            help="Shares of each group's channels (or heads) to remove, in (0, 1)."
+        ),
     ] = "0.3,0.5,0.7",
     finetune_epochs: Annotated[
         int, typer.Option(help="Epochs of fine-tuning after the surgery.")
@@ -47,8 +50,9 @@ def prune(
         bool, typer.Option("--no-run", help="Write the scripts only.")
     ] = False,
 ) -> None:
-    """Prune the ranked channels with Torch-Pruning's groups: writes STUDY/prune/
-    pruned_<ratio>.py per ratio, runs them and writes STUDY/prune/prune.json."""
+    """Prune the ranked channels and attention heads with Torch-Pruning's groups:
+    writes STUDY/prune/pruned_<ratio>.py per ratio, runs them, writes
+    STUDY/prune/prune.json and prune.png and adds a Pruning section to the report."""
     import importlib.util
 
     from ablagen.core.errors import ConfigError

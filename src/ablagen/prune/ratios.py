@@ -100,11 +100,12 @@ def render_pruned(
         title=f"Pruned {prepared.loaded.ref.label}: {plan.ratio:.0%} of the {units} of each group removed.",
         description=(
             "Trains the baseline exactly like baseline.py (or loads it from --checkpoint),",
-            f"keeps the {units} PLAN lists ({layers} modules; chosen by {criterion} over",
-            "Torch-Pruning's dependency groups), slices the weights with plain torch,",
-            "re-measures BatchNorm statistics on the training data (if any), measures",
-            "parameters, MACs and CPU latency (batch 1 and 64), then fine-tunes",
-            "for --finetune-epochs and measures again (result: before, pruned, finetuned).",
+            f"keeps the {units} PLAN lists ({layers} modules;",
+            f"chosen by {criterion} over Torch-Pruning's dependency groups),",
+            "slices the weights with plain torch, re-measures BatchNorm statistics on the",
+            "training data (if any), measures parameters, MACs and CPU latency (batch 1",
+            "and 64), then fine-tunes for --finetune-epochs and measures again (result:",
+            "before, pruned, finetuned).",
         ),
         ablations=(),
         extra={
