@@ -146,3 +146,46 @@ def test_negative_checkpoint_every_is_one_line(tmp_path):
     bad = _run(study / "baseline.py", "--checkpoint-every", "-1")
     assert bad.returncode == 2
     assert "--checkpoint-every must be 0" in bad.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_in_use_is_refused_in_one_line_and_left_intact(tmp_path):
+    """One run owns its --resume-from file (flock on FILE.lock while it lives): a
+    second script process on the same file is refused (exit 2, one line) and neither
+    reads nor touches it; the lock goes with the first process."""
+    import fcntl
+
+    import torch
+
+    study = _study(tmp_path, streamed=False)
+    script, ckpt = study / "baseline.py", study / "run.ckpt"
+    first = subprocess.Popen(  # many epochs: alive until killed below
+        [sys.executable, script.name, "--resume-from", ckpt.name, "--epochs", "999"],
+        cwd=study,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            not ckpt.exists() and first.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert ckpt.exists() and first.poll() is None
+        second = _run(script, "--resume-from", ckpt.name, "--out", "second.json")
+        assert first.poll() is None  # still running: the second met a live owner
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"error: baseline: {ckpt.name} is in use by another run; let it end first"
+    ]
+    assert "resumed" not in second.stdout
+    result = json.loads((study / "second.json").read_text())
+    assert result["status"] == "refused" and "in use by another run" in result["error"]
+    state = torch.load(ckpt, weights_only=True)["baseline"]  # whole: saved atomically
+    note = json.loads((study / f"{ckpt.name}.json").read_text())
+    assert state["run"]["epoch"] >= note["epoch"] >= 1  # the note follows the file
+    with open(study / f"{ckpt.name}.lock") as lock:  # released with the first process
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -11,7 +11,6 @@ Standalone (Python, torch; never ablagen): writes the JSON result
 """
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -100,9 +99,8 @@ def ablate(model):
 # -----------------------------------------------------------------------------
 # data: the model file's build_data()
 def load_data():
-    """(x_train, y_train, x_val, y_val) from the model file's own build_data()."""
-    x_train, y_train, x_val, y_val = build_data()
-    return tuple(torch.as_tensor(t) for t in (x_train, y_train, x_val, y_val))
+    """The model file's build_data() as tensors: (x_train, y_train, x_val, y_val)."""
+    return tuple(torch.as_tensor(t) for t in build_data())
 
 
 # -----------------------------------------------------------------------------
@@ -114,14 +112,52 @@ def make_optimizer(model, lr):
 
 # -----------------------------------------------------------------------------
 # loss and accuracy
-def loss_fn(output, target):
-    """The mean cross-entropy of a batch."""
-    return F.cross_entropy(output, target)
+loss_fn = F.cross_entropy  # the mean over a batch
 
 
 def count_correct(output, target):
     """How many labels of a batch the predictions match (a tensor: no host sync)."""
     return (output.argmax(dim=1) == target).sum()
+
+
+# -----------------------------------------------------------------------------
+# mid-run checkpoints: a killed run resumes after its last saved epoch
+class ResumeRefused(Exception):
+    """--resume-from names another run's checkpoint, or one a live run holds (exit 2)."""
+
+
+def save_run_state(args, parts, generators, run):
+    """Save the parts, the RNGs and ``run`` atomically, with a note for ablagen status."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    state.update(run=run, rng=[random.getstate()] + [g.get_state() for g in generators])
+    save_atomic(args.resume_from, lambda tmp: torch.save({VARIANT: state}, tmp))
+    note = json.dumps({"epoch": run["epoch"], "variant": VARIANT, "seed": args.seed})
+    save_atomic(f"{args.resume_from}.json", lambda tmp: Path(tmp).write_text(note))
+
+
+def load_run_state(args, parts, generators, run):
+    """Own the --resume-from file, then restore what it saved (unless --restart)."""
+    path, lock = args.resume_from, os.path.realpath(f"{args.resume_from}.lock")
+    if os.name != "nt" and os.environ.get("ABLAGEN_CHECKPOINT_LOCK") != lock:
+        import fcntl  # no flock on Windows; under `ablagen run` the worker holds it
+
+        try:  # the descriptor is never closed: the lock goes when the process ends
+            fcntl.flock(os.open(lock, os.O_CREAT), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResumeRefused(f"{path} is in use by another run; let it end first")
+    if args.restart or not os.path.exists(path):  # --restart: the next save replaces it
+        return
+    try:
+        state = torch.load(path, weights_only=True)[VARIANT]  # another run's: KeyError
+        for name, part in parts.items():  # another model shape raises here
+            part.load_state_dict(state[name])
+    except Exception:  # one line, no traceback: nothing to chain
+        raise ResumeRefused(f"{path} is not this run's checkpoint; --restart drops it")
+    random.setstate(state["rng"][0])
+    for generator, saved in zip(generators, state["rng"][1:]):
+        generator.set_state(saved)
+    run.update(state["run"])
+    print(f"resumed {VARIANT} after epoch {run['epoch']} from {path}", flush=True)
 
 
 # -----------------------------------------------------------------------------
@@ -137,43 +173,6 @@ def evaluate(model, x, y, batch_size):
         total_loss += loss_fn(output, target) * len(target)
         right += count_correct(output, target)
     return float(total_loss) / len(x), int(right) / y.numel()  # per label
-
-
-# -----------------------------------------------------------------------------
-# mid-run checkpoints: a killed run resumes after its last saved epoch
-class ResumeRefused(Exception):
-    """A --resume-from file of another script or model shape (exit 2)."""
-
-
-def save_run_state(args, parts, generators, run):
-    """Save the parts, the RNGs and ``run`` atomically, with a note for ablagen status."""
-    state = {name: part.state_dict() for name, part in parts.items()}
-    state.update(run=run, rng=[random.getstate()] + [g.get_state() for g in generators])
-    save_atomic(args.resume_from, lambda tmp: torch.save({VARIANT: state}, tmp))
-    note = json.dumps({"epoch": run["epoch"], "variant": VARIANT, "seed": args.seed})
-    save_atomic(f"{args.resume_from}.json", lambda tmp: Path(tmp).write_text(note))
-
-
-def load_run_state(path, parts, generators, run):
-    """Restore the parts, the RNGs and ``run`` saved at ``path``."""
-    try:
-        state = torch.load(path, weights_only=True)[VARIANT]  # another run's: KeyError
-        for name, part in parts.items():  # another model shape raises here
-            part.load_state_dict(state[name])
-    except Exception:
-        why = f"{VARIANT}: {path} is not this run's checkpoint"
-        raise ResumeRefused(f"{why}; rerun with --restart to start again") from None
-    random.setstate(state["rng"][0])
-    for generator, saved in zip(generators, state["rng"][1:]):
-        generator.set_state(saved)
-    run.update(state["run"])
-    print(f"resumed {VARIANT} after epoch {run['epoch']} from {path}", flush=True)
-
-
-def remove_run_state(path):
-    """Delete a mid-run checkpoint and its note."""
-    for name in (path, f"{path}.json"):
-        Path(name).unlink(missing_ok=True)
 
 
 def train(args):
@@ -192,8 +191,8 @@ def train(args):
     run.update(best_train_loss=math.inf, best_val_loss=math.inf, stale_epochs=0)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     generators = [torch.default_generator, order]  # dropout; the data order
-    if args.resume_from and os.path.exists(args.resume_from):
-        load_run_state(args.resume_from, parts, generators, run)
+    if args.resume_from:
+        load_run_state(args, parts, generators, run)
     for epoch in range(run["epoch"] + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
@@ -240,7 +239,8 @@ def train(args):
             run.update(epoch=epoch)
             save_run_state(args, parts, generators, run)
     if args.resume_from and not args.keep_checkpoint:  # finished: nothing to resume
-        remove_run_state(args.resume_from)
+        for name in (args.resume_from, f"{args.resume_from}.json"):
+            Path(name).unlink(missing_ok=True)
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
     history = run["history"]
@@ -277,12 +277,10 @@ def parse_args(argv=None):
     parser.add_argument("--resume-from", default=None)  # mid-run checkpoint file
     parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY)
     parser.add_argument("--keep-checkpoint", action="store_true")  # once finished
-    parser.add_argument("--restart", action="store_true")  # drop --resume-from's file
+    parser.add_argument("--restart", action="store_true")  # train from epoch 1
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
         parser.exit(2, "error: --checkpoint-every must be 0 (no checkpoints) or more\n")
-    if args.restart and args.resume_from:
-        remove_run_state(args.resume_from)
     return args
 
 
@@ -328,8 +326,8 @@ def main(argv=None):
         result["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else None
         result.update(train(args))
     except ResumeRefused as exc:  # a user error: one line, no traceback, exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        result.update(status="refused", error=str(exc))
+        result.update(status="refused", error=f"{VARIANT}: {exc}")
+        print(f"error: {result['error']}", file=sys.stderr)
     except Exception as exc:  # the run failed: say so in the result, exit 1
         traceback.print_exc()
         result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -342,6 +340,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    code = main()
-    gc.freeze()  # skip the collector's last pass over torch's objects at exit
-    sys.exit(code)
+    sys.exit(main())

@@ -356,6 +356,9 @@ def _child(req: dict[str, Any], channel: int) -> None:
         os.chdir(req["cwd"])
         if req.get("lock"):
             _hold_lock(req["lock"])
+            # the script locks its checkpoint itself unless told this process holds it
+            # (a second flock here, on a new descriptor, would conflict with this one)
+            os.environ["ABLAGEN_CHECKPOINT_LOCK"] = os.path.realpath(req["lock"])
         script = req["script"]
         sys.argv = [script, *req["argv"]]  # runpy sets argv[0] to the script's path
         sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as python does

@@ -11,7 +11,6 @@ Standalone (Python, torch; never ablagen): writes the JSON result
 """
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -236,9 +235,7 @@ class GradientNoise:
 
 # -----------------------------------------------------------------------------
 # loss and accuracy
-def loss_fn(output, target):
-    """The mean cross-entropy of a batch."""
-    return F.cross_entropy(output, target)
+loss_fn = F.cross_entropy  # the mean over a batch
 
 
 def count_correct(output, target):
@@ -424,6 +421,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    code = main()
-    gc.freeze()  # skip the collector's last pass over torch's objects at exit
-    sys.exit(code)
+    sys.exit(main())

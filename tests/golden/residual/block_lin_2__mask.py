@@ -11,7 +11,6 @@ Standalone (Python, torch; never ablagen): writes the JSON result
 """
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -347,6 +346,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    code = main()
-    gc.freeze()  # skip the collector's last pass over torch's objects at exit
-    sys.exit(code)
+    sys.exit(main())
