@@ -48,6 +48,40 @@ def test_study_and_sweep_take_runs_options_with_its_help_and_defaults():
             ), f"{command} --{name}"
 
 
+#: the other run flags study and sweep take, and which of them takes each
+SHARED_RUN_FLAGS = {"jobs": ("study", "sweep"), "backend": ("study", "sweep"),
+                    "max_memory": ("study",), "ray_address": ("sweep",),
+                    "timeout": ("sweep",), "retry_failed": ("sweep",)}  # fmt: skip
+
+
+def test_the_other_run_flags_of_study_and_sweep_are_runs():
+    run = _params("run")
+    for name, commands in SHARED_RUN_FLAGS.items():
+        for command in commands:
+            mine, theirs = _params(command)[name], run[name]
+            assert (mine.opts, mine.help, mine.default) == (
+                theirs.opts,
+                theirs.help,
+                theirs.default,
+            ), f"{command} --{name}"
+
+
+def test_run_options_parses_and_names_the_flags_once():
+    """cli.flags.run_options: the one place run flags become RunOptions."""
+    from ablagen.cli.flags import run_options
+
+    assert run_options() == RunOptions()
+    got = run_options(
+        jobs=3, seeds="0-2", only="a:zero,b", gpus="0,1", timeout=5.0,
+        max_memory=2.0, no_wait=True, backend="local", device="cuda",
+    )  # fmt: skip
+    assert got == RunOptions(
+        jobs=3, seeds=(0, 1, 2), only=("a:zero", "b"), gpus=(0, 1), timeout_s=5.0,
+        max_memory_gb=2.0, wait=False, backend="local", device="cuda",
+    )  # fmt: skip
+    assert run_options(seeds=None, gpus=None, only=None) == RunOptions()
+
+
 def test_study_and_sweep_take_generates_accelerator_options():
     gen = _params("generate")
     study, sweep = _params("study"), _params("sweep")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from ablagen.orchestrate.options import RunOptions
 
 ModelArg = Annotated[
     str,
@@ -68,7 +71,62 @@ def component_ids(components: list[str] | None) -> tuple[str, ...]:
 
 
 # -- where the runs go and what they save: `ablagen run`, `study` and `sweep` ---------
-# (defaults at each use: the RunOptions field of the same name)
+# (defaults at each use: the RunOptions field of the same name; run_options() below
+# turns a command's flags into RunOptions)
+JobsOpt = Annotated[
+    int | None,
+    typer.Option("--jobs", "-j", help="Runs at once [default: one per CPU core]."),
+]
+BackendOpt = Annotated[
+    str, typer.Option("--backend", help="Where runs execute: local or ray.")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Join this Ray cluster (HOST:PORT or auto)."),
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", help="Seconds before a run is killed.")
+]
+RetryFailedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--retry-failed", help="Rerun failed, diverged, timed-out and crashed runs."
+    ),
+]
+MaxMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-memory",
+        help="GB of memory per run; a run past it is killed and recorded as oom (0: no limit)"
+        " [default: 80% of the machine's memory / --jobs; ray: no limit].",
+        show_default=False,
+    ),
+]
+
+#: a run flag whose RunOptions field has another name
+_RUN_FIELDS = {"timeout": "timeout_s", "max_memory": "max_memory_gb"}
+
+
+def run_options(**flags: Any) -> RunOptions:
+    """The RunOptions of a command's run flags, given by flag name: the one place
+    they are parsed (``--seeds``, ``--only``, ``--gpus``) and named as fields
+    (``--timeout``, ``--max-memory``, ``--no-wait``); a flag left out keeps the
+    field's default."""
+    from ablagen.orchestrate.options import RunOptions, parse_ids, parse_seeds
+    from ablagen.orchestrate.placement import parse_gpus
+
+    parsers = {"seeds": parse_seeds, "only": parse_ids, "gpus": parse_gpus}
+    fields: dict[str, Any] = {}
+    for flag, value in flags.items():
+        if flag == "no_wait":
+            fields["wait"] = not value
+            continue
+        if flag in parsers and value is not None:
+            value = parsers[flag](value)
+        fields[_RUN_FIELDS.get(flag, flag)] = value
+    return RunOptions(**fields)
+
+
 DEVICES = "Devices and checkpoints"
 
 DeviceOpt = Annotated[

@@ -11,13 +11,20 @@ import typer
 from ablagen.cli.app import app
 from ablagen.cli.export import TrackOpt, tracked
 from ablagen.cli.flags import (
+    BackendOpt,
     CheckpointEveryOpt,
     DeviceOpt,
     GpusOpt,
     GpusPerRunOpt,
+    JobsOpt,
     KeepCheckpointsOpt,
+    MaxMemoryOpt,
+    RayAddressOpt,
     RestartOpt,
+    RetryFailedOpt,
     RunsPerGpuOpt,
+    TimeoutOpt,
+    run_options,
 )
 from ablagen.orchestrate.options import RunOptions
 
@@ -37,41 +44,20 @@ SeedsOpt = Annotated[
         help="Comma list (or range) of seeds, e.g. 0,1,2 or 0-4 [default: the manifest's, else 0].",
     ),
 ]
-MaxMemoryOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-memory",
-        help="GB of memory per run; a run past it is killed and recorded as oom (0: no limit)"
-        " [default: 80% of the machine's memory / --jobs; ray: no limit].",
-        show_default=False,
-    ),
-]
 
 
 @app.command()
 def run(
     study_dir: StudyArg,
-    jobs: Annotated[
-        int | None,
-        typer.Option("--jobs", "-j", help="Runs at once [default: one per CPU core]."),
-    ] = None,
+    jobs: JobsOpt = _RUN.jobs,
     seeds: SeedsOpt = None,
     epochs: Annotated[
         int | None,
         typer.Option("--epochs", help="Epochs per run [default: the script's]."),
     ] = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds before a run is killed.")
-    ] = None,
-    backend: Annotated[
-        str, typer.Option("--backend", help="Where runs execute: local or ray.")
-    ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address", help="Join this Ray cluster (HOST:PORT or auto)."
-        ),
-    ] = None,
+    timeout: TimeoutOpt = _RUN.timeout_s,
+    backend: BackendOpt = _RUN.backend,
+    ray_address: RayAddressOpt = _RUN.ray_address,
     cpus_per_run: Annotated[
         float, typer.Option("--cpus-per-run", help="Ray: CPUs per run.")
     ] = 1.0,
@@ -79,19 +65,14 @@ def run(
     only: Annotated[
         str | None, typer.Option("--only", help="Comma list of variant ids to run.")
     ] = None,
-    retry_failed: Annotated[
-        bool,
-        typer.Option(
-            "--retry-failed", help="Rerun failed, diverged, timed-out and crashed runs."
-        ),
-    ] = False,
+    retry_failed: RetryFailedOpt = _RUN.retry_failed,
     quiet: Annotated[
         bool,
         typer.Option("--quiet", "-q", help="No progress; print the summary line only."),
     ] = False,
     device: DeviceOpt = _RUN.device,
     track: TrackOpt = None,
-    max_memory: MaxMemoryOpt = None,
+    max_memory: MaxMemoryOpt = _RUN.max_memory_gb,
     gpus: GpusOpt = None,
     runs_per_gpu: RunsPerGpuOpt = _RUN.runs_per_gpu,
     keep_checkpoints: KeepCheckpointsOpt = _RUN.keep_checkpoints,
@@ -108,24 +89,22 @@ def run(
     """Run the study's scripts (resuming: runs already ok are skipped, interrupted
     ones continue from their last mid-run checkpoint). Exit 1 if any run is not ok."""
     from ablagen.orchestrate.local import warm_pool
-    from ablagen.orchestrate.options import parse_ids, parse_seeds
-    from ablagen.orchestrate.placement import parse_gpus
 
-    options = RunOptions(
+    options = run_options(
         jobs=jobs,
-        seeds=parse_seeds(seeds) if seeds is not None else None,
+        seeds=seeds,
         epochs=epochs,
-        timeout_s=timeout,
+        timeout=timeout,
         backend=backend,
         ray_address=ray_address,
         cpus_per_run=cpus_per_run,
         gpus_per_run=gpus_per_run,
-        only=parse_ids(only) if only is not None else None,
+        only=only,
         retry_failed=retry_failed,
         device=device,
-        max_memory_gb=max_memory,
-        wait=not no_wait,
-        gpus=parse_gpus(gpus) if gpus is not None else None,
+        max_memory=max_memory,
+        no_wait=no_wait,
+        gpus=gpus,
         runs_per_gpu=runs_per_gpu,
         keep_checkpoints=keep_checkpoints,
         restart=restart,

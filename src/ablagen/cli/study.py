@@ -13,6 +13,9 @@ from ablagen.cli.app import app
 from ablagen.cli.export import TrackOpt, tracked
 from ablagen.cli.flags import (
     AmpOpt,
+    BackendOpt,
+    JobsOpt,
+    MaxMemoryOpt,
     ChannelsLastOpt,
     CheckpointEveryOpt,
     CompileOpt,
@@ -33,8 +36,8 @@ from ablagen.cli.flags import (
     ModelArg,
     NeuronGroupsOpt,
     RunsPerGpuOpt,
+    run_options,
 )
-from ablagen.cli.run import MaxMemoryOpt
 from ablagen.generate.request import GenerateOptions
 from ablagen.orchestrate.options import RunOptions
 from ablagen.study.options import (
@@ -154,10 +157,7 @@ def study(
     arm_seeds: Annotated[
         str, typer.Option(help="Seeds of the arms (the baseline's too).")
     ] = _seed_list(_STUDY.arm_seeds),
-    jobs: Annotated[
-        int | None,
-        typer.Option("--jobs", "-j", help="Runs at once [default: one per core]."),
-    ] = _RUN.jobs,
+    jobs: JobsOpt = _RUN.jobs,
     kinds: Annotated[
         str | None, typer.Option(help="Component kinds to ablate (see generate).")
     ] = _GEN.kinds,
@@ -222,7 +222,7 @@ def study(
     arms: Annotated[
         bool, typer.Option(help="Train the arms after ranking.")
     ] = _STUDY.with_arms,
-    backend: Annotated[str, typer.Option(help="local or ray.")] = _RUN.backend,
+    backend: BackendOpt = _RUN.backend,
     max_memory: MaxMemoryOpt = _RUN.max_memory_gb,
     device: DeviceOpt = _RUN.device,
     gpus: GpusOpt = None,
@@ -240,7 +240,6 @@ def study(
 
     from ablagen.analyze.loading import split_model_spec
     from ablagen.orchestrate import parse_seeds
-    from ablagen.orchestrate.placement import parse_gpus
     from ablagen.orchestrate.display import PlainProgress, RichProgress
     from ablagen.study.pipeline import check_screen_metric, run_full_study, stage_dirs
 
@@ -289,12 +288,12 @@ def study(
         generate=generate,
         seeds=parse_seeds(seeds),
         arm_seeds=parse_seeds(arm_seeds),
-        run=RunOptions(
+        run=run_options(
             jobs=jobs,
             backend=backend,
-            max_memory_gb=max_memory,
+            max_memory=max_memory,
             device=device,
-            gpus=parse_gpus(gpus) if gpus is not None else None,
+            gpus=gpus,
             runs_per_gpu=runs_per_gpu,
             gpus_per_run=gpus_per_run,
             checkpoint_every=checkpoint_every,

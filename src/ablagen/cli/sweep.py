@@ -14,12 +14,18 @@ from ablagen.cli.flags import (
     CHANNELS_LAST_HELP,
     COMPILE_HELP,
     GRAD_ACCUM_HELP,
+    BackendOpt,
     CheckpointEveryOpt,
     DeviceOpt,
     GpusOpt,
     GpusPerRunOpt,
     KeepCheckpointsOpt,
+    JobsOpt,
+    RayAddressOpt,
+    RetryFailedOpt,
     RunsPerGpuOpt,
+    TimeoutOpt,
+    run_options,
 )
 from ablagen.generate.context import TrainConfig
 from ablagen.orchestrate.options import RunOptions
@@ -30,7 +36,6 @@ _SWEEP = SweepOptions(target="")
 _RUN = RunOptions()
 _TRAIN = TrainConfig()
 TRAIN = "Training (unset: the study's own, or the defaults)"
-RUN = "Running"
 
 _Int = Annotated[int | None, typer.Option(rich_help_panel=TRAIN)]
 _Float = Annotated[float | None, typer.Option(rich_help_panel=TRAIN)]
@@ -126,27 +131,11 @@ def sweep(
     grad_accum: Annotated[
         int | None, typer.Option(rich_help_panel=TRAIN, help=GRAD_ACCUM_HELP)
     ] = None,
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            "--jobs",
-            "-j",
-            rich_help_panel=RUN,
-            help="Runs at once [default: one per core].",
-        ),
-    ] = _RUN.jobs,
-    backend: Annotated[
-        str, typer.Option(rich_help_panel=RUN, help="local or ray.")
-    ] = _RUN.backend,
-    ray_address: Annotated[
-        str | None, typer.Option(rich_help_panel=RUN)
-    ] = _RUN.ray_address,
-    timeout: Annotated[
-        float | None, typer.Option(rich_help_panel=RUN, help="Seconds per run.")
-    ] = _RUN.timeout_s,
-    retry_failed: Annotated[
-        bool, typer.Option(rich_help_panel=RUN)
-    ] = _RUN.retry_failed,
+    jobs: JobsOpt = _RUN.jobs,
+    backend: BackendOpt = _RUN.backend,
+    ray_address: RayAddressOpt = _RUN.ray_address,
+    timeout: TimeoutOpt = _RUN.timeout_s,
+    retry_failed: RetryFailedOpt = _RUN.retry_failed,
     device: DeviceOpt = _RUN.device,
     gpus: GpusOpt = None,
     runs_per_gpu: RunsPerGpuOpt = _RUN.runs_per_gpu,
@@ -168,7 +157,6 @@ def sweep(
 
     from ablagen.orchestrate import parse_seeds
     from ablagen.orchestrate.local import warm_pool
-    from ablagen.orchestrate.placement import parse_gpus
     from ablagen.orchestrate.display import PlainProgress, RichProgress
     from ablagen.sweep import parse_arms, parse_floats, parse_lrs
 
@@ -195,14 +183,14 @@ def sweep(
         out=out,
         train=train,
         dataset=dataset,
-        run=RunOptions(
+        run=run_options(
             jobs=jobs,
             backend=backend,
             ray_address=ray_address,
-            timeout_s=timeout,
+            timeout=timeout,
             retry_failed=retry_failed,
             device=device,
-            gpus=parse_gpus(gpus) if gpus is not None else None,
+            gpus=gpus,
             runs_per_gpu=runs_per_gpu,
             gpus_per_run=gpus_per_run,
             checkpoint_every=checkpoint_every,
