@@ -58,6 +58,13 @@ def run(
     timeout: TimeoutOpt = _RUN.timeout_s,
     backend: BackendOpt = _RUN.backend,
     ray_address: RayAddressOpt = _RUN.ray_address,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Ray: a folder every node reaches (path, s3://, gs://...) for checkpoints and results.",
+        ),
+    ] = None,
     cpus_per_run: Annotated[
         float, typer.Option("--cpus-per-run", help="Ray: CPUs per run.")
     ] = 1.0,
@@ -97,6 +104,7 @@ def run(
         timeout=timeout,
         backend=backend,
         ray_address=ray_address,
+        storage=storage,
         cpus_per_run=cpus_per_run,
         gpus_per_run=gpus_per_run,
         only=only,

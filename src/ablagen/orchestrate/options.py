@@ -87,6 +87,7 @@ class RunOptions:
     timeout_s: float | None = None
     backend: str = "local"
     ray_address: str | None = None
+    storage: str | None = None  # Ray: where nodes keep checkpoints and results
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
     only: tuple[str, ...] | None = None
@@ -127,6 +128,12 @@ class RunOptions:
             raise ConfigError(
                 f"--ray-address {self.ray_address} needs the ray backend",
                 "add --backend ray",
+            )
+        if self.storage and self.backend != "ray":
+            raise ConfigError(
+                f"--storage {self.storage} needs the ray backend (local runs keep"
+                " checkpoints and results in the study)",
+                "add --backend ray, or leave --storage out",
             )
         if self.max_memory_gb is not None and not (
             math.isfinite(self.max_memory_gb) and self.max_memory_gb >= 0

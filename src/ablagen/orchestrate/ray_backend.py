@@ -24,14 +24,23 @@ GPUs: ``--gpus-per-run`` is each task's ``num_gpus``, and Ray sets the task's
 ``CUDA_VISIBLE_DEVICES`` (the script inherits it). A fraction shares a GPU:
 ``--gpus-per-run 0.5`` runs two at once per GPU, ``0.25`` four; Ray only counts the
 shares, so the runs sharing a GPU must fit in its memory together. Values above 1
-must be whole numbers (Ray's rule). Mid-run checkpoints resume when the node runs
-the script in the study directory (a shared or local study); in a temporary
-directory a checkpoint lasts only for that try.
+must be whole numbers (Ray's rule).
+
+A node that cannot see the study gets its data from the object store (the study's
+data files, put there once: :func:`data_bundle`, unpacked once per node by
+:func:`.ray_warm.node_data`). Mid-run checkpoints resume when the node runs the
+script in the study directory; elsewhere they live in ``--storage`` (any fsspec
+URI every node reaches: :class:`.ray_warm.CheckpointSync`), or, without it, only
+for that try. A run whose node is lost (not one whose actor died on a live node)
+is submitted again, ``NODE_RETRIES`` times at most, and resumes from its last
+checkpoint in storage; a result it left in storage before its node went is
+recorded instead of running it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -47,8 +56,10 @@ from ablagen.core.errors import BackendError
 from ablagen.core.atomic import writing
 from ablagen.orchestrate import ray_warm
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
-from ablagen.orchestrate.outcome import RawOutcome, from_reply
+from ablagen.orchestrate.outcome import RawOutcome, finished_result, from_reply
 
+NODE_DEATH_WAIT_S = 60.0  # an actor that stopped answering: is its node dead?
+NODE_RETRIES = 3  # tries of a run whose node was lost, before it is recorded crashed
 CONNECT_TIMEOUT_S = 5.0
 CONNECT_RETRIES = 5  # one a second
 LOG_LIMIT = 1 << 20  # bytes of a run's log sent back to the driver (its end)
@@ -144,6 +155,8 @@ def _run_task(
     argv: list[str],
     timeout: float | None,
     threads: int,
+    data: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Body of the Ray task, executed on a worker node."""
     import subprocess
@@ -151,15 +164,11 @@ def _run_task(
     import time
 
     with tempfile.TemporaryDirectory(prefix="ablagen-ray-") as tmp:
-        in_place = Path(study_dir, script_name)
-        if in_place.is_file() and in_place.read_bytes() == script:
-            cwd, path = study_dir, str(in_place)
-        else:
-            cwd, path = tmp, os.path.join(tmp, script_name)
-            Path(path).write_bytes(script)
+        cwd, path = ray_warm.prepare(tmp, script_name, script, study_dir, data)
         if "--resume-from" in argv:  # in the study: resumable; in tmp: for this try
             ckpt = Path(cwd, argv[argv.index("--resume-from") + 1])
             ckpt.parent.mkdir(parents=True, exist_ok=True)
+        store, synced = ray_warm.storage_for(storage, cwd, argv)
         out = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "run.log")
         env = dict(
@@ -169,7 +178,7 @@ def _run_task(
             PYTHONUNBUFFERED="1",
         )
         start = time.monotonic()
-        with open(log_path, "wb") as log:
+        with synced, open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, path, *argv, "--out", out],
                 cwd=cwd,
@@ -188,6 +197,7 @@ def _run_task(
                     os.killpg(proc.pid, 9)  # the run and anything it started
                 code = proc.wait()
         wall = time.monotonic() - start
+        ray_warm.keep_result(store, storage, out)
         with open(log_path, "rb") as fh:
             fh.seek(0, 2)
             fh.seek(max(0, fh.tell() - LOG_LIMIT))
@@ -205,6 +215,43 @@ def _run_task(
         "timed_out": timed_out,
         "host": socket.gethostname(),
     }
+
+
+def data_bundle(study_dir: Path) -> tuple[bytes, int] | None:
+    """The study's data files (``folder:``, ``csv:``, ``text:``; the path its scripts
+    read, relative to the study) as a tar, and how many leading ``..`` that path has:
+    what a node that cannot see the study unpacks (see :func:`.ray_warm.prepare`).
+    None for data made in the scripts (synthetic, ``build_data()``)."""
+    import io
+    import posixpath
+    import tarfile
+
+    from ablagen.core.studydir import load_manifest
+
+    rel = (load_manifest(study_dir).config.get("data") or {}).get("path")
+    if not rel or posixpath.isabs(rel):
+        return None
+    norm = posixpath.normpath(rel)
+    parts = norm.split("/")
+    up = len(parts) - len([p for p in parts if p != ".."])
+    source = study_dir / norm
+    if not source.exists():
+        raise BackendError(
+            f"the study's data {source} does not exist",
+            "put the data back where the study was generated from, or regenerate it",
+        )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(source, arcname="/".join(parts[up:]), filter=_same_everywhere)
+    return buffer.getvalue(), up
+
+
+def _same_everywhere(info: Any) -> Any:
+    """One bundle (one hash) for the same files, whoever made it when."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
 
 
 class RayBackend:
@@ -232,6 +279,13 @@ class RayBackend:
         self._free: list[int] = []
         self._retired: dict[int, Any] = {}  # busy actors of a fallback, by slot
         self.warm_failure: str | None = None  # why the runs are not warm
+        self._starting: dict[Any, int] = {}  # ping of a replacement actor -> slot
+        self._nodes: dict[int, Any] = {}  # slot -> its ping (the actor's node id)
+        self._waiting: list[RunSpec] = []  # submitted while no slot was free
+        self._tries: dict[tuple[str, int, str, str], int] = {}  # runs of lost nodes
+        self._data: dict[str, Any] | None = None  # the study's data bundle
+        self._storage: dict[str, Any] | None = None  # --storage, for the nodes
+        self._store: ray_warm.Storage | None = None  # --storage, for the driver
         self.jobs = options.jobs or 0
         self.threads = max(1, int(options.cpus_per_run))
         # only an explicit --max-memory: the cluster's nodes are not this machine
@@ -267,6 +321,7 @@ class RayBackend:
         }
         if self.memory_limit is not None:
             resources["memory"] = self.memory_limit  # Ray schedules by it
+        self._ship(ray, options)
         self._task = ray.remote(max_retries=0, **resources)(_run_task)
         self._actor_class = ray.remote(max_restarts=0, **resources)(ray_warm.WarmSlot)
         if not self.jobs:
@@ -274,6 +329,32 @@ class RayBackend:
             self.jobs = max(1, int(cpus // options.cpus_per_run))
         self._start_slots()
         return self
+
+    def _ship(self, ray: Any, options: RunOptions) -> None:
+        """Put the study's data in the object store once (only on a cluster: a local
+        instance sees the study) and open ``--storage``."""
+        if options.storage:
+            try:
+                self._store = ray_warm.Storage(options.storage)
+            except (ImportError, ValueError) as exc:
+                raise BackendError(
+                    f"cannot use --storage {options.storage} ({type(exc).__name__}: {_one_line(exc)})",
+                    "install fsspec (and s3fs or gcsfs for s3:// or gs://), or fix the URI",
+                ) from None
+            self._storage = {"uri": options.storage}
+        bundle = data_bundle(self.study_dir) if options.ray_address else None
+        if bundle is not None:
+            import hashlib
+
+            blob, up = bundle
+            sha = hashlib.sha256(blob).hexdigest()[:16]
+            self._data = {"sha": sha, "up": up, "ref": [ray.put(blob)]}
+
+    def _run_storage(self, spec: RunSpec) -> dict[str, Any] | None:
+        """What the node keeps in storage for this run: its result at its study path."""
+        if self._storage is None:
+            return None
+        return {**self._storage, "result": spec.result_path}
 
     def _new_actor(self) -> Any:
         return self._actor_class.remote(
@@ -287,8 +368,9 @@ class RayBackend:
         """One warm actor per slot; on failure, one warning line and fresh processes."""
         ray = self.ray
         self._slots = [self._new_actor() for _ in range(self.jobs)]
+        pings = [slot.ping.remote() for slot in self._slots]
         try:
-            ray.get([slot.ping.remote() for slot in self._slots], timeout=ACTOR_START_S)
+            ray.get(pings, timeout=ACTOR_START_S)
         except Exception as exc:  # noqa: BLE001 - any reason: the tasks still work
             if isinstance(exc, getattr(ray.exceptions, "GetTimeoutError", ())):
                 why = f"they did not start within {ACTOR_START_S:.0f} s"
@@ -296,6 +378,7 @@ class RayBackend:
                 why = f"{type(exc).__name__}: {_one_line(exc)}"
             self._fall_back(why)
             return
+        self._nodes = dict(enumerate(pings))
         self._free = list(range(self.jobs))
 
     def _fall_back(self, why: str) -> None:
@@ -314,15 +397,25 @@ class RayBackend:
                 with contextlib.suppress(Exception):
                     self.ray.kill(actor)
         self._slots, self._free = [], []
+        self._starting.clear()  # (replacement actors: idle, killed above)
+        waiting, self._waiting = self._waiting, []
+        for spec in waiting:
+            self.submit(spec)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def submit(self, spec: RunSpec) -> None:
+        if self._slots and not self._free:  # a lost node's slot, not yet replaced
+            self._waiting.append(spec)
+            return
         script = (self.study_dir / spec.script).read_bytes()
         argv = spec.argv("")[:-2]  # the task adds its own --out
         study = str(self.study_dir.resolve())
-        if self._slots and self._free:
+        storage = self._run_storage(spec)
+        if storage is not None:
+            self._store.remove(storage["result"])  # type: ignore[union-attr]
+        if self._slots:
             index = self._free.pop()
             ref = self._slots[index].run.remote(
                 spec.script,
@@ -331,11 +424,20 @@ class RayBackend:
                 argv,
                 self.options.timeout_s,
                 self.memory_limit,
+                self._data,
+                storage,
             )
             self._pending[ref] = (spec, index)
             return
         ref = self._task.remote(
-            spec.script, script, study, argv, self.options.timeout_s, self.threads
+            spec.script,
+            script,
+            study,
+            argv,
+            self.options.timeout_s,
+            self.threads,
+            self._data,
+            storage,
         )
         self._pending[ref] = (spec, None)
 
@@ -348,16 +450,59 @@ class RayBackend:
                 if deadline is None
                 else max(0.0, min(0.5, deadline - time.monotonic()))
             )
-            done, _ = ray.wait(list(self._pending), num_returns=1, timeout=wait)
+            refs = [*self._pending, *self._starting]
+            done, _ = ray.wait(refs, num_returns=1, timeout=wait) if refs else ([], [])
+            if not refs:
+                time.sleep(wait)
+            if done and done[0] in self._starting:  # a replacement actor is up
+                slot = self._starting.pop(done[0])
+                self._nodes[slot] = done[0]
+                self._slot_free(slot)
+                continue
             if done:
                 ref = done[0]
                 spec, slot = self._pending.pop(ref)
                 outcome = self._outcome(ref, spec, slot)
                 if outcome is not None:
                     return outcome
-                continue  # resubmitted as a fresh-process task
+                continue  # submitted again (a fallback, a lost node)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _slot_free(self, slot: int) -> None:
+        self._free.append(slot)
+        if self._waiting:
+            self.submit(self._waiting.pop(0))
+
+    def _node_lost(self, exc: Exception, slot: int | None) -> bool:
+        """Whether the run failed because its node is gone (not its own doing). An
+        actor that stopped answering (its node's raylet gone, say) is waited for
+        until Ray declares its node dead or ``NODE_DEATH_WAIT_S`` pass."""
+        ray = self.ray
+        if isinstance(exc, getattr(ray.exceptions, "NodeDiedError", ())):
+            return True
+        if "its node has died" in str(exc):  # an ActorDiedError's own words
+            return True
+        unavailable = getattr(ray.exceptions, "ActorUnavailableError", ())
+        deadline = time.monotonic() + (
+            NODE_DEATH_WAIT_S if isinstance(exc, unavailable) else 0.0
+        )
+        node = None
+        if slot is not None and self._nodes.get(slot) is not None:
+            with contextlib.suppress(Exception):
+                node = ray.get(self._nodes[slot], timeout=0)
+        while True:
+            dead = {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
+            if node is not None and node in dead:
+                return True
+            if slot is None and dead:  # a task: its node is not known, but one died
+                return isinstance(
+                    exc,
+                    (ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError),
+                )
+            if time.monotonic() >= deadline:
+                return isinstance(exc, unavailable) and node is None and bool(dead)
+            time.sleep(0.5)
 
     def _outcome(self, ref: Any, spec: RunSpec, slot: int | None) -> RawOutcome | None:
         ray = self.ray
@@ -367,8 +512,17 @@ class RayBackend:
                 with contextlib.suppress(Exception):
                     ray.kill(self._retired.pop(slot))
         except ray.exceptions.RayError as exc:
+            lost = self._node_lost(exc, slot)
             if slot is not None and self._slots:
                 self._restart(slot)  # the actor died with its run: a fresh one
+            tries = self._tries.get(spec.key, 0) + 1
+            if lost and tries <= NODE_RETRIES:
+                self._tries[spec.key] = tries
+                kept = self._kept_result(spec)  # it finished before its node went
+                if kept is not None:
+                    return kept
+                self.submit(spec)  # from its last checkpoint in --storage
+                return None
             oom = isinstance(
                 exc, getattr(ray.exceptions, "OutOfMemoryError", ())
             ) or "OutOfMemory" in str(exc)
@@ -386,7 +540,7 @@ class RayBackend:
                 memory_limit_bytes=self.memory_limit,
             )
         if slot is not None and self._slots:
-            self._free.append(slot)
+            self._slot_free(slot)
         if slot is not None and "warm_failed" in reply:  # its worker could not start
             if self.warm_failure is None:
                 self._fall_back(reply["warm_failed"])
@@ -399,11 +553,25 @@ class RayBackend:
             spec, reply, reply.get("result"), self.name, self.memory_limit
         )
 
+    def _kept_result(self, spec: RunSpec) -> RawOutcome | None:
+        """The run's complete result in ``--storage``, written by this try's node."""
+        if self._store is None:
+            return None
+        done = finished_result(self._store.read_text(spec.result_path))
+        if done is None:
+            return None
+        reply = {"exit_code": done[1], "wall_time_s": done[0].get("wall_time_s")}
+        text = json.dumps(done[0])
+        return from_reply(spec, reply, text, self.name, self.memory_limit)
+
     def _restart(self, slot: int) -> None:
+        """A fresh actor for the slot, free once it is up (on a lost node's slot that
+        may be never: its runs wait for another slot)."""
         with contextlib.suppress(Exception):
             self.ray.kill(self._slots[slot])
         self._slots[slot] = self._new_actor()
-        self._free.append(slot)
+        self._nodes.pop(slot, None)
+        self._starting[self._slots[slot].ping.remote()] = slot
 
     def close(self) -> None:
         ray = self.ray
@@ -423,6 +591,7 @@ class RayBackend:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
         self._slots, self._free, self._retired = [], [], {}
+        self._starting, self._waiting = {}, []
         if self._started_ray:
             self._started_ray = False
             ray.shutdown()

@@ -12,6 +12,14 @@ No process outlives the driver: on the driver's own host a slot looks every
 worker's group) when it does not, without waiting for Ray to notice; its zygote
 dies with the actor (``PR_SET_PDEATHSIG``: a sync actor runs on its main thread),
 and the worker's runs die with the worker, as in the local pool.
+
+A node that cannot see the study (another machine) runs each script in a
+temporary directory of its own (:func:`prepare`): the script's bytes come with the
+call, the study's data (``folder:``, ``csv:``, ``text:``) from Ray's object store,
+fetched once per node and unpacked into a cache that the runs link to
+(:func:`node_data`), and with ``--storage`` its checkpoint comes from and goes to
+that URI while it runs (:class:`CheckpointSync`, through ``fsspec``), as does its
+result, so a run lost with its node resumes on another one.
 """
 
 from __future__ import annotations
@@ -33,6 +41,180 @@ LOG_LIMIT = 1 << 20  # bytes of a run's log sent back to the driver (its end)
 DRIVER_POLL_S = 0.2  # how often a slot checks that its driver still runs
 PARENT_ENV = "ABLAGEN_PARENT_PID"  # worker.py's zygote dies with this process
 WORKER = Path(__file__).with_name("worker.py")
+DATA_CACHE = "ablagen-ray-data"  # under the node's temp dir: one folder per bundle
+UP = "up"  # the run folder's levels standing in for a data path's leading ".."
+SYNC_S = 0.5  # how often a run's checkpoint is looked at for a new save
+
+
+def node_data(data: dict[str, Any] | None) -> str | None:
+    """The folder on this node holding the study's data bundle (``data["ref"]``, a
+    tar in the object store), unpacked once per node; None without data."""
+    if not data:
+        return None
+    root = os.path.join(tempfile.gettempdir(), DATA_CACHE, data["sha"])
+    if os.path.isdir(root):
+        return root
+    import io
+    import tarfile
+
+    import ray
+
+    (ref,) = data["ref"]  # in a list: Ray hands it over unresolved
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    part = tempfile.mkdtemp(prefix=data["sha"] + ".", dir=os.path.dirname(root))
+    with tarfile.open(fileobj=io.BytesIO(ray.get(ref))) as tar:
+        tar.extractall(part, filter="data")
+    try:
+        os.rename(part, root)  # atomic: a run sees all of it or none
+    except OSError:  # another slot of this node was first
+        shutil.rmtree(part, ignore_errors=True)
+    return root
+
+
+def prepare(
+    tmp: str,
+    script_name: str,
+    script: bytes,
+    study_dir: str,
+    data: dict[str, Any] | None,
+) -> tuple[str, str]:
+    """(cwd, script path) of a run: the study itself when this node sees it with the
+    same script, else a folder under ``tmp`` where the script finds its data at its
+    relative path (``DATA_PATH`` is relative to the script's folder)."""
+    in_place = Path(study_dir, script_name)
+    if in_place.is_file() and in_place.read_bytes() == script:
+        return study_dir, str(in_place)
+    cwd = tmp
+    root = node_data(data)
+    if data and root is not None:
+        cwd = os.path.join(tmp, *[UP] * data["up"])
+        os.makedirs(cwd, exist_ok=True)
+        for name in os.listdir(root):
+            os.symlink(os.path.join(root, name), os.path.join(tmp, name))
+    path = os.path.join(cwd, script_name)
+    Path(path).write_bytes(script)
+    return cwd, path
+
+
+class Storage:
+    """``--storage``: a folder every node reaches (any ``fsspec`` URI), with what the
+    runs keep there (checkpoints, results) at their paths in the study."""
+
+    def __init__(self, uri: str) -> None:
+        import fsspec
+
+        self.fs, self.root = fsspec.core.url_to_fs(uri)
+
+    def _at(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self._at(rel)))
+
+    def get(self, rel: str, local: str) -> bool:
+        """Copy ``rel`` to ``local``; False if storage has none."""
+        try:
+            self.fs.get_file(self._at(rel), local)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def read_text(self, rel: str) -> str | None:
+        try:
+            with self.fs.open(self._at(rel), "rb") as fh:
+                return fh.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def put(self, local: str, rel: str) -> None:
+        """Upload ``local`` as ``rel``, whole or not at all (a part, then a move)."""
+        target = self._at(rel)
+        self.fs.makedirs(target.rpartition("/")[0], exist_ok=True)
+        part = f"{target}.part-{socket.gethostname()}-{os.getpid()}"
+        self.fs.put_file(local, part)
+        self.fs.mv(part, target)
+
+    def remove(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._at(rel))
+
+
+class CheckpointSync:
+    """Keeps a run's checkpoint (and its ``.json`` note) in storage while it runs.
+
+    Before the run: storage's copy is fetched when the run has none. While it runs: a
+    thread uploads each new save (checked every ``SYNC_S``). After it: the last save
+    is uploaded, or storage's copy removed when the script removed its own (a run
+    that finished ok), so storage mirrors what the study would hold.
+    """
+
+    def __init__(self, storage: Storage, local: str, rel: str) -> None:
+        self.storage, self.local, self.rel = storage, local, rel
+        self.note = local + ".json"
+        self._seen: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> CheckpointSync:
+        if not os.path.exists(self.local) and self.storage.get(self.rel, self.local):
+            self.storage.get(self.rel + ".json", self.note)
+        self._seen = self._stamp()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.local)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _upload(self) -> None:
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return
+        self.storage.put(self.local, self.rel)  # the checkpoint, then its note
+        if os.path.exists(self.note):
+            self.storage.put(self.note, self.rel + ".json")
+        self._seen = stamp
+
+    def _watch(self) -> None:
+        while not self._stop.wait(SYNC_S):
+            with contextlib.suppress(OSError):
+                self._upload()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if os.path.exists(self.local):
+            self._upload()
+        else:  # the script removed it: a finished run
+            self.storage.remove(self.rel)
+            self.storage.remove(self.rel + ".json")
+
+
+def storage_for(
+    storage: dict[str, Any] | None, cwd: str, argv: list[str]
+) -> tuple[Storage | None, contextlib.AbstractContextManager[Any]]:
+    """The run's storage (None without ``--storage``) and what keeps its checkpoint
+    there while it runs (a no-op for a run without one)."""
+    if not storage:
+        return None, contextlib.nullcontext()
+    store = Storage(storage["uri"])
+    if "--resume-from" not in argv:
+        return store, contextlib.nullcontext()
+    rel = argv[argv.index("--resume-from") + 1]
+    return store, CheckpointSync(store, os.path.join(cwd, rel), rel)
+
+
+def keep_result(
+    store: Storage | None, storage: dict[str, Any] | None, out: str
+) -> None:
+    """Put the run's result where every node (and the driver) finds it."""
+    if store is not None and storage and os.path.exists(out):
+        store.put(out, storage["result"])
 
 
 def _tail(path: str, limit: int = LOG_LIMIT) -> str:
@@ -131,7 +313,10 @@ class WarmSlot:
         return lines[-1] if lines else ""
 
     def ping(self) -> str:
-        return socket.gethostname()
+        """This actor's Ray node id (the driver tells a lost node from a dead actor)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
 
     def _await_ready(self) -> None:
         if self.sock is None:
@@ -151,17 +336,14 @@ class WarmSlot:
         argv: list[str],
         timeout: float | None,
         max_memory: int | None,
+        data: dict[str, Any] | None = None,
+        storage: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         self.runs += 1
         tmp = os.path.join(self.dir, f"run-{self.runs}")
         os.mkdir(tmp)
         try:
-            in_place = Path(study_dir, script_name)
-            if in_place.is_file() and in_place.read_bytes() == script:
-                cwd, path = study_dir, str(in_place)
-            else:
-                cwd, path = tmp, os.path.join(tmp, script_name)
-                Path(path).write_bytes(script)
+            cwd, path = prepare(tmp, script_name, script, study_dir, data)
             lock = None
             if "--resume-from" in argv:  # in the study: resumable; in tmp: this try
                 ckpt = Path(cwd, argv[argv.index("--resume-from") + 1])
@@ -186,14 +368,17 @@ class WarmSlot:
             except OSError as exc:  # never warm: the driver falls back to tasks
                 return {"warm_failed": f"{exc} {self._last_words()}".strip()}
             reply: dict[str, Any] | None
-            try:
-                assert self.sock is not None
-                self.sock.sendall(json.dumps(request).encode() + b"\n")
-                line = self.rfile.readline()
-                reply = json.loads(line) if line else None
-                why = "its socket closed"
-            except (OSError, ValueError) as exc:
-                reply, why = None, f"{type(exc).__name__}: {exc}"
+            store, synced = storage_for(storage, cwd, argv)
+            with synced:
+                try:
+                    assert self.sock is not None
+                    self.sock.sendall(json.dumps(request).encode() + b"\n")
+                    line = self.rfile.readline()
+                    reply = json.loads(line) if line else None
+                    why = "its socket closed"
+                except (OSError, ValueError) as exc:
+                    reply, why = None, f"{type(exc).__name__}: {exc}"
+            keep_result(store, storage, out)
             if reply is None:
                 words = self._last_words()
                 self._stop_worker()  # the next run starts a fresh one
