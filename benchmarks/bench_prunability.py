@@ -1,7 +1,7 @@
 """Noise for prunability: does importance-guided noise make a model lose less when pruned?
 
     python benchmarks/bench_prunability.py [--study DIR] [--rank-seeds 0,1,2]
-                                           [--seeds 3,4,5,6,7] [--epochs 4] [--sigma 0.01]
+                                           [--seeds 3,4,...,12] [--epochs 8] [--sigma 0.01]
                                            [--ratios 0.3,0.5] [--finetune-epochs 1] [--out F]
 
 On ``examples/digits_cnn.py`` (scikit-learn's digits): a knockout study of every output
@@ -106,8 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="/tmp/bench_prunability_study")
     parser.add_argument("--rank-seeds", default="0,1,2")
-    parser.add_argument("--seeds", default="3,4,5,6,7")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seeds", default="3,4,5,6,7,8,9,10,11,12")
+    parser.add_argument("--epochs", type=int, default=8)  # the study's default
     parser.add_argument("--sigma", type=float, default=0.01)
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--finetune-epochs", type=int, default=1)
