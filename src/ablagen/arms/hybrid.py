@@ -62,6 +62,8 @@ ARMS = {
 }
 ARM_ORDER = (BASELINE_ID, "arm:ablated", "arm:perturbed", "arm:hybrid", "arm:shuffled")
 ARMS_JSON = "arms.json"
+#: the seed of the shuffled arm's permutation (fixed: the same study, the same bytes)
+SHUFFLE_SEED = 0
 
 
 ArmScripts = tuple[tuple[VariantEntry, bytes], ...]
@@ -100,7 +102,7 @@ def render_arms(
         (f"Every parameter gets {arm.noise} gradient noise of sigma {arm.sigma:g} (the control arm).",), train=noisy,
     )  # fmt: skip
     parameters = manifest.model["parameters"]
-    shuffled = shuffled_noise_scales(manifest, ranking, noise, arm.shuffle_seed)
+    shuffled = shuffled_noise_scales(manifest, ranking, noise, SHUFFLE_SEED)
     hybrid_scales = arm_scales(noise, parameters, arm.match_noise)
     matched = (
         " rescaled so the total noise energy equals the perturbed arm's,"
@@ -116,7 +118,7 @@ def render_arms(
     files["arm:shuffled"] = prepared.render(
         ARMS["arm:shuffled"], "arm:shuffled", f"Shuffled arm of {label}: the hybrid's noise scales, permuted among components.",
         (f"Base sigma {arm.sigma:g} ({arm.noise}), scaled by noise_scales.json's component scales after a permutation",
-         f"among components (seed {arm.shuffle_seed}){matched}: the ranking carries no information here."),
+         f"among components (seed {SHUFFLE_SEED}){matched}: the ranking carries no information here."),
         train=noisy, noise_scales=arm_scales(shuffled, parameters, arm.match_noise),
     )  # fmt: skip
     scripts = []

@@ -53,8 +53,6 @@ class ArmOptions:
     ablate_bottom: int = 2  # components the ablated arm removes (0: no ablated arm)
     # rescale the hybrid's scales: the same total noise as the perturbed arm
     match_noise: bool = True
-    # the shuffled arm: the seed of its permutation of the scales among components
-    shuffle_seed: int = 0
 
     def validate(self) -> ArmOptions:
         if self.sigma < 0 or self.ablate_bottom < 0:

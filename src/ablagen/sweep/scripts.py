@@ -25,7 +25,7 @@ from ablagen.generate.prepare import Prepared, prepare
 from ablagen.generate.writer import check_out, write_study
 from ablagen.core.errors import StudyError
 from ablagen.core.atomic import sha256_bytes
-from ablagen.arms.hybrid import arm_scales
+from ablagen.arms.hybrid import SHUFFLE_SEED, arm_scales
 from ablagen.analyze.loading import split_model_spec
 from ablagen.arms.noise_scales import (
     NOISE_SCALES_JSON,
@@ -199,7 +199,9 @@ def ranked_scales(
     for arm in wanted:
         if arm == "shuffled":
             ranking = load_ranking(target.study)
-            scales = shuffled_noise_scales(target.manifest, ranking, noise)
+            scales = shuffled_noise_scales(
+                target.manifest, ranking, noise, SHUFFLE_SEED
+            )
         else:
             scales = noise
         out[arm] = arm_scales(scales, parameters)
