@@ -100,3 +100,55 @@ def test_tree_of_resnet18_fits_in_about_80_lines(capsys):
     assert "layer2.0.downsample" in ids
     code, flat, _ = run_cli(["analyze", path, "--flat"], capsys)
     assert code == 0 and all(c.id in flat for c in inv.components)
+
+
+def test_tree_places_call_sites_export_calls_and_heads_by_hand():
+    """A hand-made inventory: a module called at two sites (one line each, its
+    children under the first), a functional call torch.export found (under its
+    module), heads of a module that is no component, a container named by type."""
+    from ablagen.analyze.components import Component, Inventory
+    from ablagen.analyze.module_tree import render_tree
+
+    def comp(id_, kind, module, **kw):
+        base = dict(op="Linear", call_site=None, node=None, input_shape=(2, 4),
+                    output_shape=(2, 4), params=20, methods=("zero",))  # fmt: skip
+        return Component(id=id_, kind=kind, module=module, **{**base, **kw})
+
+    comps = (comp("enc.fc", "layer", "enc.fc"), comp(
+        "enc.fc[0:2]", "neuron", "enc.fc", units=(0, 2), methods=("mask",)
+    ), comp("enc.fc[2:4]", "neuron", "enc.fc", units=(2, 4), methods=("mask",)), comp(
+        "fn.enc.gelu@0",
+        "activation",
+        "enc",
+        op="gelu",
+        params=0,
+        call_op="gelu",
+        call_index=0),  # fmt: skip
+        comp("att.heads[0]", "head", "att", units=(0, 2), methods=("mask", "mean")),
+        comp("att.heads[1]", "head", "att", units=(2, 4), methods=("mask", "mean")),
+        comp("blk@0", "block", "blk", op="Block", call_site=0),
+        comp("blk.fc", "layer", "blk.fc"),
+        comp("blk@1", "block", "blk", op="Block", call_site=1, feeds_residual=True),
+    )
+    inventory = Inventory("class Net", False, ((2, 4),), comps, (("w", (4, 5)),),
+                          tracer="export")  # fmt: skip
+    text = render_tree(inventory, {"enc": "Encoder", "att": "Attention"})
+    lines = [line.rstrip() for line in text.splitlines()]
+    assert lines[0] == "class Net: 9 components, 20 parameters (read by torch.export)"
+    rows = [re.sub(r"^[│├└─ ]+", "", line) for line in lines[2:]]
+    names = [row.split()[0] for row in rows]
+    assert names == [
+        "enc",
+        "enc.fc",
+        "fn.enc.gelu@0",
+        "att",
+        "blk@0",
+        "blk.fc",
+        "blk@1",
+    ]
+    by_name = dict(zip(names, rows))
+    assert by_name["enc"].split() == ["enc", "Encoder"]
+    assert by_name["enc.fc"].endswith("4 units in 2 groups · mask")
+    assert by_name["att"].split()[1:] == ["Attention", "2", "heads", "·", "mask,mean"]
+    assert by_name["blk@1"].endswith("residual") and "│   └── blk.fc" in text
+    assert text == render_tree(inventory, {"enc": "Encoder", "att": "Attention"})
