@@ -102,6 +102,68 @@ def versus(arm: np.ndarray, other: np.ndarray) -> str:
     return f"{c.diff.value:+.4f}{ci}{p}"
 
 
+def tables(acc: dict, ratios: list[float]) -> None:
+    """Print the Markdown tables of ``acc``: (arm, stage, ratio) -> val_acc per seed."""
+
+    def a(arm, stage, ratio=0.0):
+        return np.array(acc[(arm, stage, ratio)])
+
+    print("val_acc (mean [95 % t-interval]) before pruning:\n")
+    print("| arm | val acc | minus plain (paired) |")
+    print("|---|---:|---:|")
+    for arm in ARMS:
+        other = (
+            "" if arm == "plain" else versus(a(arm, "trained"), a("plain", "trained"))
+        )
+        print(f"| {arm} | {cell(a(arm, 'trained'))} | {other} |")
+    for stage, words in STAGES.items():
+        print(f"\naccuracy drop {words} (trained minus pruned val_acc; mean [95 % "
+              "t-interval]; minus plain's drop, paired by seed [95 % t-interval], "
+              "paired t-test p):\n")  # fmt: skip
+        print(
+            "| arm | " + " | ".join(f"drop at {r:g} | vs plain" for r in ratios) + " |"
+        )
+        print("|---|" + "---:|---:|" * len(ratios))
+        for arm in ARMS:
+            cells = []
+            for ratio in ratios:
+                drop = a(arm, "trained") - a(arm, stage, ratio)
+                plain = a("plain", "trained") - a("plain", stage, ratio)
+                cells += [cell(drop), "" if arm == "plain" else versus(drop, plain)]
+            print(f"| {arm} | " + " | ".join(cells) + " |")
+        print(
+            f"\nhybrid against the controls {words} (hybrid minus control, paired):\n"
+        )
+        print("| control | " + " | ".join(f"drop at {r:g} | pruned acc at {r:g}" for r in ratios) + " |")  # fmt: skip
+        print("|---|" + "---:|---:|" * len(ratios))
+        for other in ("shuffled", "reshuffled", "uniform", "plain"):
+            cells = []
+            for ratio in ratios:
+                mine = a("hybrid", "trained") - a("hybrid", stage, ratio)
+                theirs = a(other, "trained") - a(other, stage, ratio)
+                cells += [
+                    versus(mine, theirs),
+                    versus(a("hybrid", stage, ratio), a(other, stage, ratio)),
+                ]
+            print(f"| {other} | " + " | ".join(cells) + " |")
+
+
+def merged(paths: list[str]) -> tuple[dict, list[float], list[int]]:
+    """The figures of several ``--out`` files, seed lists concatenated (the same
+    ranked study, disjoint seeds: one paired sample)."""
+    acc: dict = {}
+    seeds: list[int] = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        seeds += data["seeds"]
+        for key, values in data["accuracy"].items():
+            arm, rest = key.split("/")
+            stage, ratio = rest.split("@")
+            acc.setdefault((arm, stage, float(ratio)), []).extend(values)
+    ratios = sorted({r for (_, stage, r) in acc if stage != "trained"})
+    return acc, ratios, seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="/tmp/bench_prunability_study")
@@ -112,7 +174,20 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="only print the tables of --out files",
+    )
     args = parser.parse_args()
+    if args.merge:
+        acc, ratios, seeds = merged(args.merge)
+        print(
+            f"{len(seeds)} seeds ({','.join(map(str, seeds))}) from {len(args.merge)} runs\n"
+        )
+        tables(acc, ratios)
+        return
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -173,9 +248,6 @@ def main() -> None:
         )
     total = time.perf_counter() - started
 
-    def a(arm, stage, ratio=0.0):
-        return np.array(acc[(arm, stage, ratio)])
-
     kept = {
         r: {n: len(k["out"]) for n, k in p.items() if "out" in k}
         for r, p in plans.items()
@@ -184,44 +256,7 @@ def main() -> None:
           f"sigma {args.sigma:g}, ranking from seeds {args.rank_seeds}; fine-tuning "
           f"{args.finetune_epochs} epoch(s); kept output channels {kept}; "
           f"{total:.0f} s in all ({prep:.0f} s for the ranked study)\n")  # fmt: skip
-    print("val_acc (mean [95 % t-interval]) before pruning:\n")
-    print("| arm | val acc | minus plain (paired) |")
-    print("|---|---:|---:|")
-    for arm in ARMS:
-        other = (
-            "" if arm == "plain" else versus(a(arm, "trained"), a("plain", "trained"))
-        )
-        print(f"| {arm} | {cell(a(arm, 'trained'))} | {other} |")
-    for stage, words in STAGES.items():
-        print(f"\naccuracy drop {words} (trained minus pruned val_acc; mean [95 % "
-              "t-interval]; minus plain's drop, paired by seed [95 % t-interval], "
-              "paired t-test p):\n")  # fmt: skip
-        print(
-            "| arm | " + " | ".join(f"drop at {r:g} | vs plain" for r in ratios) + " |"
-        )
-        print("|---|" + "---:|---:|" * len(ratios))
-        for arm in ARMS:
-            cells = []
-            for ratio in ratios:
-                drop = a(arm, "trained") - a(arm, stage, ratio)
-                plain = a("plain", "trained") - a("plain", stage, ratio)
-                cells += [cell(drop), "" if arm == "plain" else versus(drop, plain)]
-            print(f"| {arm} | " + " | ".join(cells) + " |")
-        print(
-            f"\nhybrid against the controls {words} (hybrid minus control, paired):\n"
-        )
-        print("| control | " + " | ".join(f"drop at {r:g} | pruned acc at {r:g}" for r in ratios) + " |")  # fmt: skip
-        print("|---|" + "---:|---:|" * len(ratios))
-        for other in ("shuffled", "reshuffled", "uniform", "plain"):
-            cells = []
-            for ratio in ratios:
-                mine = a("hybrid", "trained") - a("hybrid", stage, ratio)
-                theirs = a(other, "trained") - a(other, stage, ratio)
-                cells += [
-                    versus(mine, theirs),
-                    versus(a("hybrid", stage, ratio), a(other, stage, ratio)),
-                ]
-            print(f"| {other} | " + " | ".join(cells) + " |")
+    tables(acc, ratios)
     if args.out:
         figures = {
             f"{arm}/{stage}@{ratio:g}": v for (arm, stage, ratio), v in acc.items()
