@@ -276,8 +276,8 @@ def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
     started = time.perf_counter()
-    run = {"seed": args.seed, "epochs": args.epochs, "device": args.device}
-    result = {"schema": 1, "variant": VARIANT, **run, "error": None}
+    result = dict(schema=1, variant=VARIANT, seed=args.seed, epochs=args.epochs)
+    result.update(device=args.device, error=None)
     try:
         result["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else None
         result.update(train(args))
