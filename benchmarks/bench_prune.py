@@ -26,6 +26,7 @@ import argparse
 import copy
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -47,16 +48,15 @@ from ablagen.core.studydir import load_manifest
 from ablagen.sweep.stats import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {  # model file, the kinds its studies rank, the metric they rank on
-    "resnet_small": (ROOT / "examples" / "resnet_small.py", "neurons", "val_acc"),
-    # its task saturates (val_acc 1.0 after 2 epochs): one unit's knockout never
-    # changes the accuracy, so the knockouts are ranked on the validation loss
-    "hf_bert_tiny": (
-        ROOT / "examples" / "hf_bert_tiny.py",
-        "heads,neurons",
-        "val_loss",
-    ),
-}
+MODELS = {  # model file, kinds its studies rank, the metric they rank on, which ids
+    "resnet_small": (ROOT / "examples" / "resnet_small.py", "neurons", "val_acc", None),
+    # the heads and the MLP's hidden neurons (72 components, not the 426 of every
+    # Linear: the rest is the residual stream, kept whole, or scored by the heads).
+    # Its task saturates (val_acc 1.0 after 2 epochs): one unit's knockout never
+    # changes the accuracy, so the studies are ranked on the validation loss.
+    "hf_bert_tiny": (ROOT / "examples" / "hf_bert_tiny.py", "heads,neurons", "val_loss",
+                     r"\.attention\.heads\[|\.intermediate\.dense\["),
+}  # fmt: skip
 ORDER = ("ablagen", "ablagen-seed", "screen", "l1", "l2", "taylor", "hessian", "random")
 OBD_SAMPLES = 128  # per-sample squared gradients averaged for the Hessian criterion
 
@@ -68,9 +68,15 @@ def ablagen(*args: str) -> None:
 def ranked_study(study: Path, model: str, mode: str, epochs: int, seeds: str) -> None:
     if (study / "importance.json").is_file():
         return
-    path, kinds, metric = MODELS[model]
+    path, kinds, metric, select = MODELS[model]
+    only = []
+    if select is not None:
+        listed = subprocess.run([sys.executable, "-m", "ablagen", "analyze", str(path), "--json"],
+                                check=True, capture_output=True, text=True).stdout  # fmt: skip
+        ids = [c["id"] for c in json.loads(listed)["components"] if re.search(select, c["id"])]  # fmt: skip
+        only = ["--components", ",".join(ids)]
     ablagen("generate", str(path), "--out", str(study), "--mode", mode,
-            "--kinds", kinds, "--epochs", str(epochs), "--force")  # fmt: skip
+            "--kinds", kinds, "--epochs", str(epochs), "--force", *only)  # fmt: skip
     ablagen("run", str(study), "--seeds", seeds, "-j", "1", "--quiet")
     ablagen("rank", str(study), "--no-plots", "--metric", metric)
 
