@@ -40,7 +40,6 @@ recorded instead of running it again.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -557,11 +556,11 @@ class RayBackend:
         """The run's complete result in ``--storage``, written by this try's node."""
         if self._store is None:
             return None
-        done = finished_result(self._store.read_text(spec.result_path))
+        text = self._store.read_text(spec.result_path)
+        done = finished_result(text)
         if done is None:
             return None
         reply = {"exit_code": done[1], "wall_time_s": done[0].get("wall_time_s")}
-        text = json.dumps(done[0])
         return from_reply(spec, reply, text, self.name, self.memory_limit)
 
     def _restart(self, slot: int) -> None:
