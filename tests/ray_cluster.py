@@ -142,11 +142,13 @@ class RayCluster:
                 str(self.hidden),
                 *argv,
             ]
+        tmp = self.root / f"{name}-tmp"  # what its runs leave: gone with the cluster
+        tmp.mkdir(exist_ok=True)
         log = open(self.root / f"{name}.log", "wb")
         with log:
             self.nodes[name] = subprocess.Popen(
                 ["setsid", *command],
-                env=self.env,
+                env=dict(self.env, TMPDIR=str(tmp)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
