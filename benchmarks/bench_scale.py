@@ -14,6 +14,10 @@ one, which reports:
 * ``claim_ms`` and ``finish_ms`` (p50, p99): the store's two writes per run, each one
   ``BEGIN IMMEDIATE`` ... ``COMMIT`` with ``synchronous=FULL``, timed around
   ``ResultStore.claim`` and ``ResultStore.finish``;
+* ``instant`` (a backend of this benchmark): no processes at all, every run done
+  when submitted: the runner's and the store's own ceiling;
+* ``local-bare``: the local pool with workers that preload nothing (no torch): a
+  fork of a small process per run instead of one holding torch;
 * ``driver_peak_rss_mb``: the driver process's peak resident set size
   (``ru_maxrss``; its children, the workers and runs, are not in it), and
   ``driver_rss_growth_mb``: how much the RSS grew between the 10th and the last
@@ -43,9 +47,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from ablagen.core.atomic import sha256_file  # noqa: E402
-from ablagen.core.studydir import MANIFEST, Manifest, VariantEntry  # noqa: E402
+MANIFEST = "manifest.json"
 
 TRIVIAL = '''"""Trivial variant {index}: writes its result JSON and exits."""
 
@@ -68,6 +70,10 @@ if out:
 
 def synthetic_study(study: Path, runs: int, variants: int) -> Path:
     """``variants`` trivial scripts, ``runs // variants`` seeds in the manifest."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ablagen.core.atomic import sha256_file
+    from ablagen.core.studydir import Manifest, VariantEntry
+
     study.mkdir(parents=True)
     seeds = max(1, runs // variants)
     entries = []
@@ -88,7 +94,13 @@ def synthetic_study(study: Path, runs: int, variants: int) -> Path:
     manifest = Manifest(
         "0.1.0",
         "retrain",
-        {"path": "synthetic", "sha256": "", "name": "Trivial"},
+        {
+            "path": "synthetic",
+            "sha256": "",
+            "name": "Trivial",
+            # what `ablagen rank` maps its noise scales onto: a weight per layer
+            "parameters": [[f"layer{i}.weight", [4, 4]] for i in range(1, variants)],
+        },
         {"seeds": list(range(seeds))},
         tuple(entries),
     )
@@ -101,10 +113,47 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class InstantBackend:
+    """``--backends instant``: every run is done the moment it is submitted, in this
+    process (no worker, no script): what is left is the runner and the store, the
+    orchestrator's own ceiling."""
+
+    name = "instant"
+
+    def __init__(self, study: Path, options, tmp: Path, scripts) -> None:
+        self.capacity = options.jobs or 2
+        self.done: list = []
+
+    def describe(self) -> str:
+        return "in-process, instant"
+
+    def __enter__(self) -> InstantBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, spec) -> None:
+        from ablagen.orchestrate.outcome import RawOutcome
+
+        result = {"schema": 1, "status": "ok", "seed": spec.seed, "epochs": 1,
+                  "final": {"val_acc": 0.5, "val_loss": 0.5}, "wall_time_s": 0.0}  # fmt: skip
+        self.done.append(RawOutcome(spec, 0, 0.0, json.dumps(result), backend="instant"))
+
+    def next_done(self, timeout: float | None = None):
+        return self.done.pop(0) if self.done else None
+
+    def close(self) -> None:
+        self.done.clear()
+
+
 def child(study: Path, backend: str, jobs: int) -> dict:
     """One backend's run of the whole study, in this (fresh) process."""
     from ablagen.orchestrate import RunOptions, run_study
+    from ablagen.orchestrate.backends import register_backend
     from ablagen.orchestrate.store import ResultStore
+
+    register_backend("instant", InstantBackend)
 
     timings: dict[str, list[float]] = {"claim": [], "finish": []}
     for name in timings:
@@ -162,18 +211,34 @@ def child(study: Path, backend: str, jobs: int) -> dict:
     }
 
 
-def timed_command(argv: list[str], repeat: int = 3) -> float:
-    best = float("inf")
+def _env(src: Path) -> dict[str, str]:
+    """This environment, with ``src`` (an ablagen source tree) first on the path."""
+    paths = [str(src), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def timed_commands(commands: dict[str, list[str]], src: Path, repeat: int = 3) -> dict:
+    """Best of ``repeat`` wall times of each command, taking turns."""
+    best = dict.fromkeys(commands, float("inf"))
     for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(
-            argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        best = min(best, time.perf_counter() - start)
-    return round(best, 2)
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run(
+                argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env=_env(src),
+            )  # fmt: skip
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: round(value, 2) for name, value in best.items()}
 
 
-def measure(runs: int, variants: int, backends: list[str], jobs: int, keep: Path | None) -> dict:
+def measure(
+    runs: int,
+    variants: int,
+    backends: list[str],
+    jobs: int,
+    keep: Path | None,
+    src: Path = ROOT / "src",
+) -> dict:
     base = Path(tempfile.mkdtemp(prefix="ablagen-bench-scale-"))
     figures: dict = {"runs": runs, "variants": variants, "jobs": jobs, "backends": {}}
     try:
@@ -187,14 +252,23 @@ def measure(runs: int, variants: int, backends: list[str], jobs: int, keep: Path
                 capture_output=True,
                 text=True,
                 check=False,
+                env=_env(src),
             )
             if proc.returncode != 0:
                 figures["backends"][backend] = {"error": proc.stderr.strip()[-400:]}
                 continue
             figures["backends"][backend] = json.loads(proc.stdout.splitlines()[-1])
         cli = [sys.executable, "-m", "ablagen"]
-        figures["status_s"] = timed_command([*cli, "status", str(study), "--json"])
-        figures["rank_s"] = timed_command([*cli, "rank", str(study), "--no-plots"])
+        times = timed_commands(
+            {
+                "help_s": [*cli, "--help"],  # the CLI's fixed start, for scale
+                "status_s": [*cli, "status", str(study)],
+                "status_json_s": [*cli, "status", str(study), "--json"],
+                "rank_s": [*cli, "rank", str(study), "--no-plots"],
+            },
+            src,
+        )
+        figures.update(times)
         if keep is not None:
             shutil.copytree(study, keep / f"{runs}", dirs_exist_ok=True)
     finally:
@@ -202,8 +276,28 @@ def measure(runs: int, variants: int, backends: list[str], jobs: int, keep: Path
     return figures
 
 
+def _print(runs: int, tree: str, figures: dict) -> None:
+    for backend, f in figures["backends"].items():
+        if "error" in f:
+            print(f"{runs} runs, {backend} ({tree}): failed: {f['error']}")
+            continue
+        print(
+            f"{runs} runs, {backend} ({tree}): {f['runs_per_s']} runs/s ({f['wall_s']} s,"
+            f" {f['ok']} ok); claim p50/p99 {f['claim_ms']['p50']}/{f['claim_ms']['p99']} ms,"
+            f" finish p50/p99 {f['finish_ms']['p50']}/{f['finish_ms']['p99']} ms;"
+            f" driver peak RSS {f['driver_peak_rss_mb']} MB,"
+            f" grew {f['driver_rss_growth_mb']} MB from 10 % to 99 % of the runs"
+        )
+    print(
+        f"{runs} runs ({tree}): ablagen status {figures['status_s']} s"
+        f" (--json {figures['status_json_s']} s), ablagen rank --no-plots"
+        f" {figures['rank_s']} s; ablagen --help {figures['help_s']} s"
+    )
+
+
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        sys.path.insert(0, os.environ["PYTHONPATH"].split(os.pathsep)[0])
         print(json.dumps(child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -213,27 +307,29 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="copy the last study here")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="an older ablagen source tree (its src/): each size runs on it too, first",
+    )
     args = parser.parse_args()
     load = os.getloadavg()[0]
     results = []
+    trees = [("this", ROOT / "src")]
+    if args.before is not None:
+        trees.insert(0, ("before", args.before.resolve()))
     for runs in (int(r) for r in args.runs.split(",")):
-        figures = measure(runs, args.variants, args.backends.split(","), args.jobs, args.keep)
-        figures["load_avg_1m_before"] = round(load, 2)
-        results.append(figures)
-        for backend, f in figures["backends"].items():
-            if "error" in f:
-                print(f"{runs} runs, {backend}: failed: {f['error']}")
-                continue
-            print(
-                f"{runs} runs, {backend}: {f['runs_per_s']} runs/s ({f['wall_s']} s, {f['ok']} ok);"
-                f" claim p50/p99 {f['claim_ms']['p50']}/{f['claim_ms']['p99']} ms,"
-                f" finish p50/p99 {f['finish_ms']['p50']}/{f['finish_ms']['p99']} ms;"
-                f" driver peak RSS {f['driver_peak_rss_mb']} MB,"
-                f" grew {f['driver_rss_growth_mb']} MB from 10 % to 99 % of the runs"
+        for tree, src in trees:
+            figures = measure(
+                runs, args.variants, args.backends.split(","), args.jobs, args.keep, src
             )
-        print(f"{runs} runs: ablagen status {figures['status_s']} s, ablagen rank {figures['rank_s']} s")
-        load = os.getloadavg()[0]
-    print(f"load average (1 min) before each size: {[r['load_avg_1m_before'] for r in results]}")
+            figures["tree"] = tree
+            figures["load_avg_1m_before"] = round(load, 2)
+            results.append(figures)
+            _print(runs, tree, figures)
+            load = os.getloadavg()[0]
+    print(f"load average (1 min) before each: {[r['load_avg_1m_before'] for r in results]}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

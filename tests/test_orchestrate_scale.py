@@ -125,3 +125,26 @@ def test_store_statements_per_run_are_constant_and_indexed(
         assert checked > 0
     finally:
         conn.close()
+
+
+def test_status_of_many_seeds_counts_each_variants_cells(
+    tmp_path: Path, traced: list[str]
+) -> None:
+    """Past MAX_SEED_COLUMNS seeds, the status table has one column of counts per
+    variant (one column per seed is unreadable at 100 seeds, and slow to lay out)."""
+    from rich.console import Console
+
+    from ablagen.orchestrate import study_status
+    from ablagen.orchestrate.display import MAX_SEED_COLUMNS, status_table
+
+    seeds = MAX_SEED_COLUMNS + 2
+    _run(tmp_path, seeds, traced)
+    state = study_status(tmp_path / f"study{seeds}")
+    console = Console(record=True, width=100)
+    console.print(status_table(state))
+    lines = console.export_text().splitlines()
+    assert any("seeds" in line for line in lines[:4])
+    assert not any("seed 0" in line for line in lines)
+    for variant in VARIANTS:  # seed 1 failed, the rest ok (InstantBackend)
+        (row,) = [line for line in lines if f" {variant} " in line]
+        assert f"{seeds - 1} ok, 1 failed" in row, row

@@ -23,7 +23,7 @@ from ablagen.orchestrate.options import RunSummary
 from ablagen.orchestrate.outcome import gigabytes
 from ablagen.orchestrate.run_record import RunRecord
 from ablagen.orchestrate.runner import Progress
-from ablagen.orchestrate.status import StudyStatus
+from ablagen.orchestrate.status import CELL_STATUSES, Cell, StudyStatus
 
 STYLE = {
     "ok": "green",
@@ -232,12 +232,38 @@ def print_summary(summary: RunSummary, console: Console, quiet: bool = False) ->
         console.print("rerun the failed runs with --retry-failed", highlight=False)
 
 
+#: more seeds than this: one column of counts per variant instead of one per seed
+#: (100 seed columns are unreadable, and took rich seconds to lay out)
+MAX_SEED_COLUMNS = 8
+
+
+def _seed_counts(cells: tuple[Cell, ...]) -> str:
+    """A variant's cells as counts, in the order of CELL_STATUSES: '98 ok, 2 failed'."""
+    counts = {s: 0 for s in CELL_STATUSES}
+    for cell in cells:
+        counts[cell.status] += 1
+    parts = [f"[{STYLE.get(s, '')}]{n} {s}[/]" for s, n in counts.items() if n]
+    resumable = sum(1 for c in cells if c.resume is not None)
+    if resumable:
+        parts.append(f"{resumable} resumable")
+    return ", ".join(parts)
+
+
 def status_table(status: StudyStatus) -> Table:
     table = Table(
         title=f"{escape(status.study_dir)}: {len(status.variants)} variants x {len(status.seeds)} seeds"
     )
     table.add_column("variant", no_wrap=True)
     table.add_column("status", no_wrap=True)
+    if len(status.seeds) > MAX_SEED_COLUMNS:
+        table.add_column("seeds", no_wrap=True)
+        for variant in status.variants:
+            table.add_row(
+                escape(variant.id),
+                f"[{STYLE.get(variant.status, '')}]{variant.status}[/]",
+                _seed_counts(variant.cells),
+            )
+        return table
     for seed in status.seeds:
         table.add_column(f"seed {seed}", no_wrap=True)
     for variant in status.variants:
