@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,8 @@ def test_warm_actors_run_a_study_with_a_crash_a_timeout_and_a_dead_actor(
         records = {r.variant_id: r for r in store.records()}
     assert "warm: True" in (study / records["baseline"].log_path).read_text()
     assert records["a:zero"].error_tail.endswith("killed by SIGABRT")
-    assert records["b:zero"].error_tail.endswith("killed after the 6.0 s timeout")
+    # the wall time it was killed at: 6 s and what a loaded machine adds
+    assert re.search(r"killed after the 6\.\d s timeout$", records["b:zero"].error_tail)
     assert "over the 1.00 GB limit (--max-memory)" in records["m:zero"].error_tail
     assert "ActorDiedError" in records["k:zero"].error_tail
     assert records["z:zero"].result["final"]["val_acc"] == pytest.approx(0.5062)
