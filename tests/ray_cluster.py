@@ -111,9 +111,11 @@ class RayCluster:
     env: dict[str, str]  # what a driver needs to join (the token)
     address: str = ""
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: the first worker port of this cluster's nodes (others' clusters: elsewhere)
+    ports: int = field(default_factory=lambda: random.randrange(20000, 28000, 500))
 
     def _start(self, name: str, argv: list[str], hide: bool) -> None:
-        low = random.randrange(20000, 29000, 100)
+        low = self.ports + 100 * len(self.nodes)  # each node its own 100 ports
         argv = [
             RAY,
             "start",
