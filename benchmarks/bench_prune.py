@@ -78,6 +78,9 @@ def ranked_study(study: Path, model: str, mode: str, epochs: int, seeds: str) ->
     ablagen("generate", str(path), "--out", str(study), "--mode", mode,
             "--kinds", kinds, "--epochs", str(epochs), "--force", *only)  # fmt: skip
     ablagen("run", str(study), "--seeds", seeds, "-j", "1", "--quiet")
+    metric = (
+        "val_loss" if mode == "screen" else metric
+    )  # a screen estimates no accuracy
     ablagen("rank", str(study), "--no-plots", "--metric", metric)
 
 
