@@ -78,8 +78,9 @@ def unit_scores(
             continue
         if comp["kind"] == "head":
             for module, spans in _head_units(comp).items():
-                width = manifest.component(module)
-                width = width["output_shape"][-1] if width else max(s[1] for s in spans)
+                layer = manifest.component(module)  # its width: heads x their units
+                width = comp["num_heads"] * sum(stop - start for start, stop in spans)
+                width = layer["output_shape"][-1] if layer else width
                 layer = head_scores.setdefault(module, torch.zeros(width))
                 for start, stop in spans:
                     layer[start:stop] = value
