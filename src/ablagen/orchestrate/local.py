@@ -145,6 +145,16 @@ def _worker_env(threads: int | None) -> dict[str, str]:
     return env
 
 
+#: variables this process's own imports set (scikit-learn sets both on import; they
+#: tune Intel's OpenMP runtime): a pool started before the data's first import of
+#: sklearn is still the pool the backend would start
+LIBRARY_SET_ENV = frozenset({"KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"})
+
+
+def _without(env: dict[str, str], names: frozenset[str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in names}
+
+
 def _dies_with_us(env: dict[str, str]) -> dict[str, str]:
     """A zygote's environment: it dies with this process (see :mod:`.worker`). Its
     Popen runs in the main thread or a pool thread, which live as long as the pool
@@ -245,7 +255,7 @@ class WarmStart:
             self.proc is not None
             and self.proc.poll() is None
             and self.socks is not None
-            and env == self.env
+            and _without(env, LIBRARY_SET_ENV) == _without(self.env, LIBRARY_SET_ENV)
             and jobs == self.jobs
             and preload[: len(self.base)] == self.base
             and (not relative or Path(cwd).resolve() == Path(self.cwd).resolve())
