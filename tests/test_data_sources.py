@@ -243,6 +243,60 @@ def test_text_word_tokenizer_vocabulary_is_recorded(tmp_path):
     assert x_train[0].tolist() == [module.TEXT_VOCAB.index(w) for w in words[:32]]
 
 
+POSITIONS_LM = """
+import torch
+from torch import nn
+
+INPUT_SHAPE = None
+
+
+class PositionsLM(nn.Module):
+    \"\"\"Token and learned position embeddings, as GPT-2-style models have; the
+    positions (16) are fewer than the vocabulary (VOCAB).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, 8)
+        self.wpe = nn.Embedding(16, 8)
+        self.head = nn.Linear(8, VOCAB)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        return self.head(self.wte(idx) + self.wpe(pos))
+
+
+def example_input():
+    return torch.zeros(2, 16, dtype=torch.long)
+"""
+
+
+@pytest.mark.parametrize("vocab", [8, 64])
+def test_text_vocabulary_is_checked_against_the_token_embedding(tmp_path, vocab):
+    """The token embedding (the one fed the ids) bounds the vocabulary, not the
+    smaller position embedding: 64 ids fit a text of 30-odd bytes, 8 do not."""
+    corpus = write_text(tmp_path / "corpus.txt")
+    distinct = len(set(corpus.read_bytes()))
+    assert 8 < distinct <= 64
+    model = tmp_path / "positions_lm.py"
+    model.write_text(
+        POSITIONS_LM.replace("INPUT_SHAPE = None\n", "").replace("VOCAB", str(vocab))
+    )
+    make = lambda: generate(  # noqa: E731
+        model,
+        tmp_path / "s",
+        dataset=f"text:{corpus}",
+        train=TrainConfig(epochs=1, task="lm"),
+    )
+    if vocab < distinct:
+        with pytest.raises(
+            AblagenError, match=f"distinct byte tokens but the model embeds {vocab}"
+        ):
+            make()
+    else:
+        study = make()
+        assert run(study / "baseline.py")["status"] == "ok"
+
+
 # ----------------------------------------------------------------------------- tasks
 TASK_MODEL = """
 import torch

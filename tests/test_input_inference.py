@@ -180,3 +180,31 @@ def test_a_scripted_model_still_loads(tmp_path):
         "net = torch.jit.script(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))\n"
     )
     assert load_model(str(path)).input_shapes == [(2, 4)]
+
+
+EMBEDDING_LM = """
+import torch.nn as nn
+
+
+class TokenModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 50)
+
+    def forward(self, idx):
+        return self.head(self.wte(idx))
+"""
+
+
+def test_an_embedding_fed_input_shape_floats_is_told_to_use_token_ids(tmp_path, capsys):
+    """--input-shape gives random floats; an embedding first takes ids: the fix is
+    text data or an example_input() of token ids, not another shape."""
+    path = _write(tmp_path, "token_model.py", EMBEDDING_LM, data="")
+    with pytest.raises(InputShapeError) as info:
+        load_model(str(path), "16")
+    message = str(info.value)
+    assert "in wte (Embedding)" in message and "integer token ids" in message
+    assert "--dataset text:FILE" in message and "example_input()" in message
+    code, _, err = run_cli(["analyze", str(path), "--input-shape", "16"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "token ids" in err

@@ -546,6 +546,17 @@ def _check_forward(
         if entered:
             name, module, got = entered[-1]
             where = f" in {name} ({type(module).__name__}){got}"
+        if (
+            input_from == "--input-shape"
+            and entered
+            and isinstance(entered[-1][1], (nn.Embedding, nn.EmbeddingBag))
+        ):
+            raise InputShapeError(
+                f"the model in {path} fails on the input from --input-shape{where}: an "
+                "embedding takes integer token ids, and --input-shape gives random floats",
+                "train it on text (--dataset text:FILE), or give the model file an "
+                "example_input() that returns token ids, e.g. torch.randint(0, VOCAB, (2, T))",
+            ) from exc
         if input_from == "--input-shape":
             raise InputShapeError(
                 f"the model in {path} fails on the input from --input-shape of shape "

@@ -261,20 +261,43 @@ def text_spec(
             f"text {path} has {count} tokens: too few for blocks of {block} in both splits",
             "give more text, or a model with a shorter input",
         )
-    sizes = [
-        m.num_embeddings
-        for m in loaded.model.modules()
-        if isinstance(m, torch.nn.Embedding)
-    ]
+    t = torch.tensor(ids)
+    x = torch.stack([t[:block], t[block + 1 : 2 * block + 1]])
+    y = torch.stack([t[1 : block + 1], t[block + 2 : 2 * block + 2]])
+    sizes = _token_embedding_sizes(loaded.model, x)
     if sizes and len(vocab) > min(sizes):
         raise ConfigError(
             f"text {path} has {len(vocab)} distinct {tokenizer} tokens but the model embeds {min(sizes)}",
             f"give the model a vocabulary of at least {len(vocab)}",
         )
-    t = torch.tensor(ids)
-    x = torch.stack([t[:block], t[block + 1 : 2 * block + 1]])
-    y = torch.stack([t[1 : block + 1], t[block + 2 : 2 * block + 2]])
     spec = replace(
         base, path=relative_posix(file, out), tokenizer=tokenizer, vocab=vocab
     )
     return spec, (x, y)
+
+
+class _Seen(Exception):
+    """The token embedding was found: the forward pass stops there."""
+
+
+def _token_embedding_sizes(model: torch.nn.Module, ids: torch.Tensor) -> list[int]:
+    """The sizes of the embeddings that take the token ids themselves (not a position
+    embedding's arange): seen in one forward pass; every embedding's if none does."""
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    seen: list[int] = []
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if args and args[0] is ids:
+            seen.append(module.num_embeddings)
+            raise _Seen  # the ids may be out of its range: stop before it runs
+
+    handles = [m.register_forward_pre_hook(hook) for m in embeddings]
+    try:
+        with torch.no_grad():
+            model(ids)
+    except Exception:  # _Seen, or a forward the analysis reports in its own words
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen or [m.num_embeddings for m in embeddings]
