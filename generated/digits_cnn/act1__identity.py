@@ -137,11 +137,12 @@ def load_run_state(args, parts, generators, run):
     """Own the --resume-from file, then restore what it saved (unless --restart)."""
     path, lock = args.resume_from, os.path.realpath(f"{args.resume_from}.lock")
     if os.name != "nt" and os.environ.get("ABLAGEN_CHECKPOINT_LOCK") != lock:
-        import fcntl  # no flock on Windows; under `ablagen run` the worker holds it
+        import fcntl  # no fcntl on Windows; under `ablagen run` the worker holds it
 
-        try:  # the descriptor is never closed: the lock goes when the process ends
-            fcntl.flock(os.open(lock, os.O_CREAT), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = os.open(lock, os.O_CREAT | os.O_WRONLY)
+        try:  # this process's lock, until it ends (its DataLoader workers lack it)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another holds it
             raise ResumeRefused(f"{path} is in use by another run; let it end first")
     if args.restart or not os.path.exists(path):  # --restart: the next save replaces it
         return

@@ -20,9 +20,9 @@ A finished run (ok) deletes its checkpoint (the script does, and the orchestrato
 makes sure) unless ``--keep-checkpoints``; a failed, crashed or killed run keeps it,
 so the next ``ablagen run`` (``--retry-failed`` for the failed ones) resumes it.
 
-A checkpoint has one user at a time: the run's process takes an exclusive ``flock``
-on ``FILE.lock`` before the script starts and holds it until the run and all it
-forked have ended (see :mod:`.worker`); a second run of the same file waits.
+A checkpoint has one user at a time: the run's process takes an exclusive POSIX
+lock (``lockf``) on ``FILE.lock`` before the script starts and holds it until it
+ends (see :mod:`.worker`); a second run of the same file waits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ablagen.orchestrate.options import RunOptions, RunSpec, args_hash8
 RUNS_DIR = "runs"
 RESUME_FLAG = b'"--resume-from"'
 NOTE_SUFFIX = ".json"  # the script's note beside the checkpoint
-LOCK_SUFFIX = ".lock"  # held (flock) by the run process using the checkpoint
+LOCK_SUFFIX = ".lock"  # held (lockf) by the run process using the checkpoint
 _NAME = re.compile(r"^seed(\d+)__([0-9a-f]{8})__([0-9a-f]{8})\.pt$")
 
 
@@ -58,7 +58,7 @@ def checkpoint_path(spec: RunSpec) -> str:
 
 
 def lock_path(path: str) -> str:
-    """The file a run holds (``flock``) while it uses checkpoint ``path``."""
+    """The file a run holds (``lockf``) while it uses checkpoint ``path``."""
     return path + LOCK_SUFFIX
 
 

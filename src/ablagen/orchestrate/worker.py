@@ -27,8 +27,8 @@ a run's full collections skip them instead of walking, and so copying, every
 page they live on (~0.4 s a collection with torch loaded).
 ``exit_code`` < 0 means killed by that signal. A timeout
 kills the run's whole process group. With ``lock`` (a checkpointed run: its
-checkpoint's ``.lock`` file) the run holds that file's ``flock`` from before the
-script starts until its last process ends; a second claimant waits for it. EOF
+checkpoint's ``.lock`` file) the run holds that file's ``lockf`` from before the
+script starts until its process ends; a second claimant waits for it. EOF
 on the socket (the orchestrator closed it or died, even by ``kill -9``) or SIGTERM
 kills the running child's group and ends the worker; the zygote ends when its
 workers have.
@@ -306,21 +306,22 @@ def _drop_inherited_finalizers() -> None:
 
 
 def _hold_lock(path: str) -> None:
-    """Lock ``path`` (``flock``, relative to the run's cwd) for the run's whole life:
-    the descriptor stays open in the run and in what it forks, so the lock goes
-    only when all of them have. A run of the same checkpoint that is still alive
-    (an orphan being killed) is waited for: the run never reads a checkpoint that
-    another process may still write. No lock where ``fcntl`` is missing."""
+    """Lock ``path`` (a POSIX ``lockf``, relative to the run's cwd) for the run's
+    whole life: the lock is the run process's own (what it forks, DataLoader
+    workers, do not inherit it) and goes when it ends, as the scripts' own lock
+    does. A run of the same checkpoint that is still alive (an orphan being killed)
+    is waited for: the run never reads a checkpoint that another process may still
+    write. No lock where ``fcntl`` is missing."""
     try:
         import fcntl
     except ImportError:
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         print(f"ablagen: waiting for the process that holds {path}", flush=True)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
 
 
 def _child(req: dict[str, Any], channel: int) -> None:
@@ -357,7 +358,6 @@ def _child(req: dict[str, Any], channel: int) -> None:
         if req.get("lock"):
             _hold_lock(req["lock"])
             # the script locks its checkpoint itself unless told this process holds it
-            # (a second flock here, on a new descriptor, would conflict with this one)
             os.environ["ABLAGEN_CHECKPOINT_LOCK"] = os.path.realpath(req["lock"])
         script = req["script"]
         sys.argv = [script, *req["argv"]]  # runpy sets argv[0] to the script's path
