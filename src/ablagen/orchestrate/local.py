@@ -504,12 +504,6 @@ class LocalBackend:
     def capacity(self) -> int:
         return self.jobs
 
-    @property
-    def queue_ahead(self) -> int:
-        """Claimed runs the pool queues beyond ``capacity`` (see the runner): one per
-        worker, so no worker waits for the orchestrator to store and claim."""
-        return self.jobs
-
     def describe(self) -> str:
         if self.threads is None:
             where = "local, 1 warm worker"

@@ -214,8 +214,7 @@ class _Tally:
     ran: list[RunRecord] = field(default_factory=list)
     running: int = 0
     failed: int = 0  # of ``ran``, kept as they come (an event costs O(1), not O(runs))
-    #: the backend's capacity: runs queued beyond it (``queue_ahead``) wait, not run
-    jobs: int = 0
+    jobs: int = 0  # the backend's capacity
 
     def add(self, record: RunRecord) -> None:
         self.ran.append(record)
@@ -441,13 +440,11 @@ class _Session:
 
     def execute(self, todo: list[RunSpec], wait: bool = True) -> None:
         """Run ``todo`` on the started backend, at most ``capacity`` at a time; with
-        ``wait``, then wait for the runs another orchestrator held.
-
-        A backend with a queue of its own (``queue_ahead`` > 0: the local pool) is
-        handed that many claimed runs beyond its capacity, so a worker that finishes
-        starts its next run at once, while this thread stores the outcome."""
+        ``wait``, then wait for the runs another orchestrator held. A run is claimed
+        (``running`` in the store) only when a slot is free for it, so another
+        orchestrator can take what this one has not started."""
         self.jobs = self.backend.capacity
-        limit = self.jobs + max(0, int(getattr(self.backend, "queue_ahead", 0)))
+        limit = self.jobs  # claimed runs in flight at most
         self.tally.jobs = self.jobs
         self.tally.backend = self.backend.describe()
         self.notify(self.tally.event("start"))
