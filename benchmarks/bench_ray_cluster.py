@@ -80,7 +80,9 @@ def main() -> None:
         )
         calm_wall = time.monotonic() - start
         assert done.returncode == 0, done.stdout + done.stderr
-        lost = lose_a_node(cluster, argv(study, "storage"))
+        lost = lose_a_node(
+            cluster, argv(study, "storage"), storage=cluster.root / "storage"
+        )
         check, counts = rows(study)
         planned = 2 * len(SEEDS)
         logs = [p.read_text() for p in (study / "logs").glob("*.log")]

@@ -336,11 +336,27 @@ class NodeLoss:
     output: str
 
 
+def _in_storage(run_dirs: list[str], storage: Path | None) -> bool:
+    """Whether one of the checkpoints in ``run_dirs`` is in ``storage`` too (None:
+    no storage to wait for). A run uploads each save a moment after it makes it."""
+    if storage is None:
+        return True
+    saved = {
+        (p.parent.name, p.name) for d in run_dirs for p in Path(d).glob("runs/*/*.pt")
+    }
+    return any((p.parent.name, p.name) in saved for p in storage.rglob("*.pt"))
+
+
 def lose_a_node(
-    cluster: RayCluster, argv: list[str], node: str = "w1", within: float = 600.0
+    cluster: RayCluster,
+    argv: list[str],
+    node: str = "w1",
+    within: float = 600.0,
+    storage: Path | None = None,
 ) -> NodeLoss:
     """Run ``ablagen run ARGV`` and SIGKILL node ``node``'s raylet (then the rest of
-    it) as soon as one of its runs has saved a checkpoint; wait for the study."""
+    it) as soon as one of its runs has saved a checkpoint (and, with ``storage``,
+    uploaded it there); wait for the study."""
     start = time.monotonic()
     driver = subprocess.Popen(
         [sys.executable, "-m", "ablagen", "run", *argv],
@@ -352,7 +368,8 @@ def lose_a_node(
     kill_at = -1.0
     try:
         while time.monotonic() - start < within and driver.poll() is None:
-            if run_dirs_with_checkpoint(cluster, node):
+            found = run_dirs_with_checkpoint(cluster, node)
+            if found and _in_storage(found, storage):
                 cluster.kill_node(node)
                 kill_at = time.monotonic() - start
                 break

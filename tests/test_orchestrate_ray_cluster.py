@@ -139,7 +139,7 @@ def test_a_lost_node_s_runs_resume_on_the_other_from_storage(cluster) -> None:
         dataset=f"folder:{digits}",
         components=("conv2",),
         num_workers=0,
-        train=TrainConfig(epochs=4),
+        train=TrainConfig(epochs=30),  # seconds a run: killed between saves
     )
     local = study.with_name("lost-local")  # the same ../data path
     shutil.copytree(study, local)
@@ -149,6 +149,7 @@ def test_a_lost_node_s_runs_resume_on_the_other_from_storage(cluster) -> None:
             cluster,
             [str(study), "--backend", "ray", "--ray-address", cluster.address,
              "--storage", str(storage), "--seeds", "0,1"],
+            storage=storage,
         )  # fmt: skip
     finally:
         cluster.restart("w1")  # for the other tests, in any order
