@@ -150,7 +150,7 @@ def test_negative_checkpoint_every_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_checkpoint_in_use_is_refused_in_one_line_and_left_intact(tmp_path):
-    """One run owns its --resume-from file (flock on FILE.lock while it lives): a
+    """One run owns its --resume-from file (lockf on FILE.lock while it lives): a
     second script process on the same file is refused (exit 2, one line) and neither
     reads nor touches it; the lock goes with the first process."""
     import fcntl
@@ -187,5 +187,5 @@ def test_a_checkpoint_in_use_is_refused_in_one_line_and_left_intact(tmp_path):
     state = torch.load(ckpt, weights_only=True)["baseline"]  # whole: saved atomically
     note = json.loads((study / f"{ckpt.name}.json").read_text())
     assert state["run"]["epoch"] >= note["epoch"] >= 1  # the note follows the file
-    with open(study / f"{ckpt.name}.lock") as lock:  # released with the first process
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(study / f"{ckpt.name}.lock", "a") as lock:  # gone with the first process
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
