@@ -39,7 +39,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,7 +137,9 @@ class InstantBackend:
 
         result = {"schema": 1, "status": "ok", "seed": spec.seed, "epochs": 1,
                   "final": {"val_acc": 0.5, "val_loss": 0.5}, "wall_time_s": 0.0}  # fmt: skip
-        self.done.append(RawOutcome(spec, 0, 0.0, json.dumps(result), backend="instant"))
+        self.done.append(
+            RawOutcome(spec, 0, 0.0, json.dumps(result), backend="instant")
+        )
 
     def next_done(self, timeout: float | None = None):
         return self.done.pop(0) if self.done else None
@@ -192,14 +193,16 @@ def child(study: Path, backend: str, jobs: int) -> dict:
         values = sorted(values)
         return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 2)
 
-    ok = sum(1 for r in summary.ran if r.ok)
     return {
         "backend": backend,
-        "runs": len(summary.ran),
-        "ok": ok,
+        "runs": summary.ran,
+        "ok": summary.ran_ok,
         "wall_s": round(wall, 2),
-        "runs_per_s": round(len(summary.ran) / wall, 1),
-        "claim_ms": {"p50": pct(timings["claim"], 0.5), "p99": pct(timings["claim"], 0.99)},
+        "runs_per_s": round(summary.ran / wall, 1),
+        "claim_ms": {
+            "p50": pct(timings["claim"], 0.5),
+            "p99": pct(timings["claim"], 0.99),
+        },
         "finish_ms": {
             "p50": pct(timings["finish"], 0.5),
             "p99": pct(timings["finish"], 0.99),
@@ -301,12 +304,16 @@ def main() -> None:
         print(json.dumps(child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="10000", help="one size, or several: 1000,10000")
+    parser.add_argument(
+        "--runs", default="10000", help="one size, or several: 1000,10000"
+    )
     parser.add_argument("--variants", type=int, default=100)
     parser.add_argument("--backends", default="local,ray")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--keep", type=Path, default=None, help="copy the last study here")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="copy the last study here"
+    )
     parser.add_argument(
         "--before",
         type=Path,
@@ -329,7 +336,9 @@ def main() -> None:
             results.append(figures)
             _print(runs, tree, figures)
             load = os.getloadavg()[0]
-    print(f"load average (1 min) before each: {[r['load_avg_1m_before'] for r in results]}")
+    print(
+        f"load average (1 min) before each: {[r['load_avg_1m_before'] for r in results]}"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

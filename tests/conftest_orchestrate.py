@@ -81,6 +81,20 @@ def make_torch_study(study: Path) -> Path:
     return study
 
 
+def run_collecting(study: Path, options, **kwargs) -> tuple:
+    """``run_study`` and the records of the runs it finished, in finishing order (from
+    its "finished" events: the summary keeps only the failures' records)."""
+    from ablagen.orchestrate import run_study
+
+    records = []
+
+    def progress(event) -> None:
+        if event.event == "finished":
+            records.append(event.record)
+
+    return run_study(study, options, progress=progress, **kwargs), records
+
+
 def counter(study: Path) -> Counter[str]:
     """How many times each (variant, seed) finished: lines the scripts append."""
     path = study / "counter.txt"

@@ -14,6 +14,7 @@ from conftest_orchestrate import (
     fake_script,
     make_study,
     make_torch_study,
+    run_collecting,
     script_name,
     write_manifest,
 )
@@ -67,9 +68,12 @@ def faults(
 
 
 def test_every_fault_is_recorded_and_the_study_goes_on(faults) -> None:
-    study, summary, _ = faults
-    got = {r.variant_id: (r.status, r.exit_code) for r in summary.ran}
-    assert got == EXPECTED
+    study, summary, events = faults
+    ran = [e.record for e in events if e.event == "finished"]
+    assert {r.variant_id: (r.status, r.exit_code) for r in ran} == EXPECTED
+    # the summary counts every run and keeps the records of the failed ones only
+    assert (summary.ran, summary.ran_ok) == (len(FAULTS), 2)
+    assert summary.ran_failed == tuple(r for r in ran if not r.ok)
     assert not summary.all_ok and {r.variant_id for r in summary.failures} == set(
         EXPECTED
     ) - {"baseline", "ok:zero"}
@@ -117,25 +121,26 @@ def test_resume_skips_ok_and_failed_retry_reruns_failed(tmp_path: Path) -> None:
         tmp_path / "s", {"baseline": "ok", "a:zero": "raise", "b:zero": "ok"}
     )
     first = run_study(study, RunOptions(jobs=2, seeds=(0, 1), **LIGHT))
-    assert len(first.ran) == 6 and len(first.failures) == 2
+    assert first.ran == 6 and first.ran_ok == 4 and len(first.failures) == 2
     before = counter(study)
     again = run_study(study, RunOptions(jobs=2, seeds=(0, 1), **LIGHT))
-    assert again.ran == () and again.skipped_ok == 4 and len(again.skipped_failed) == 2
+    assert again.ran == 0 and again.skipped_ok == 4 and len(again.skipped_failed) == 2
     # nothing ran, failures still reported
     assert not again.all_ok and counter(study) == before
-    retried = run_study(
+    retried, ran = run_collecting(
         study, RunOptions(jobs=2, seeds=(0,), retry_failed=True, **LIGHT)
     )
-    assert [(r.variant_id, r.status, r.attempts) for r in retried.ran] == [
+    assert [(r.variant_id, r.status, r.attempts) for r in ran] == [
         ("a:zero", "failed", 2)
     ]
+    assert retried.ran == 1 and retried.ran_failed == tuple(ran)
     # the failing script is regenerated (new hash): it runs again, without --retry-failed
     (study / script_name("a:zero")).write_text(fake_script("a:zero", "ok"))
     write_manifest(study, ["baseline", "a:zero", "b:zero"])
-    fixed = run_study(
+    fixed, ran = run_collecting(
         study, RunOptions(jobs=2, seeds=(0, 1), only=("a:zero", "baseline"), **LIGHT)
     )
-    assert sorted((r.variant_id, r.seed, r.status) for r in fixed.ran) == [
+    assert sorted((r.variant_id, r.seed, r.status) for r in ran) == [
         ("a:zero", 0, "ok"),
         ("a:zero", 1, "ok"),
     ]
@@ -171,14 +176,14 @@ def test_local_pool_equals_python_script(tmp_path: Path) -> None:
         str(out),
     ]
     reference = subprocess.Popen(argv, cwd=study, stdout=subprocess.DEVNULL)
-    summary = run_study(study, RunOptions(jobs=1, seeds=(0, 1), epochs=2))
-    assert summary.all_ok and [r.seed for r in summary.ran] == [0, 1]
+    summary, ran = run_collecting(study, RunOptions(jobs=1, seeds=(0, 1), epochs=2))
+    assert summary.all_ok and [r.seed for r in ran] == [0, 1]
     assert reference.wait() == 0
-    ref, rec = json.loads(out.read_text()), summary.ran[1]
+    ref, rec = json.loads(out.read_text()), ran[1]
     for key in ("history", "final", "weights_sum", "params_total"):
         assert rec.result[key] == ref[key], key
     # another seed, other numbers
-    assert summary.ran[0].result["final"] != rec.result["final"]
+    assert ran[0].result["final"] != rec.result["final"]
     assert "epoch 2: val_loss" in (study / rec.log_path).read_text()
 
 
@@ -247,7 +252,7 @@ def test_a_script_sees_what_python_shows_it(tmp_path: Path) -> None:
     out = tmp_path / "reference.json"
     argv = [sys.executable, "baseline.py", "--seed", "0", "--out", str(out)]
     subprocess.run(argv, cwd=study, check=True, stdin=subprocess.DEVNULL)
-    (rec,) = run_study(study, RunOptions(jobs=1, **LIGHT)).ran
+    (rec,) = run_collecting(study, RunOptions(jobs=1, **LIGHT))[1]
     ref = json.loads(out.read_text())
     assert rec.status == "ok"
     for key in ("name", "file", "path", "cwd", "stdin"):

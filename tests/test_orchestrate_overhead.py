@@ -310,7 +310,7 @@ def test_run_study_starts_its_pool_first_and_leaves_none(tmp_path: Path, spied) 
     study = make_study(tmp_path / "s", {"baseline": "ok", "a:zero": "ok"})
     options = RunOptions(jobs=2, preload=())
     assert run_study(study, options).all_ok
-    assert run_study(study, options).ran == ()  # all ok already
+    assert run_study(study, options).ran == 0  # all ok already
     with pytest.raises(StudyError):
         run_study(tmp_path / "missing", options)
     assert [z.returncode for _, z in spied] == [0, -9, -9]

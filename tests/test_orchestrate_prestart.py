@@ -12,7 +12,7 @@ import pytest
 from conftest_orchestrate import make_study, make_torch_study
 
 from ablagen.cli import main
-from ablagen.orchestrate import RunOptions, run_study
+from ablagen.orchestrate import ResultStore, RunOptions, run_study
 from ablagen.orchestrate.local import WORKER, WarmStart, warm_pool
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -66,7 +66,13 @@ def test_a_prestarted_pool_runs_the_study_with_the_same_metrics(tmp_path: Path) 
     assert not warm.dir.exists()
     assert summary.all_ok and cold.all_ok
     key = lambda r: (r.variant_id, r.seed)  # noqa: E731
-    for a, b in zip(sorted(cold.ran, key=key), sorted(summary.ran, key=key)):
+    with (
+        ResultStore(cold_study, readonly=True) as c,
+        ResultStore(warm_study, readonly=True) as w,
+    ):
+        ran_cold, ran_warm = c.records(), w.records()
+    assert cold.ran == summary.ran == len(ran_cold) == len(ran_warm) == 2
+    for a, b in zip(sorted(ran_cold, key=key), sorted(ran_warm, key=key)):
         assert key(a) == key(b)
         for field in ("history", "final", "weights_sum", "params_total"):
             assert a.result[field] == b.result[field], field
@@ -81,7 +87,7 @@ def test_a_pool_started_otherwise_is_killed_and_replaced(tmp_path: Path) -> None
         zygote = warm.proc
         summary = run_study(study, RunOptions(jobs=1), warm=warm)
         assert zygote.returncode == -9 and warm.proc is None
-    assert summary.all_ok and len(summary.ran) == 2
+    assert summary.all_ok and summary.ran == 2
     assert _worker_children() == []
 
 

@@ -7,7 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest_orchestrate import TINY_TORCH, make_study, script_name, write_manifest
+from conftest_orchestrate import (
+    TINY_TORCH,
+    make_study,
+    run_collecting,
+    script_name,
+    write_manifest,
+)
 
 from ablagen.orchestrate import ResultStore, RunOptions, run_study
 
@@ -39,7 +45,7 @@ def test_ray_runs_record_every_outcome_into_the_store(tmp_path: Path) -> None:
             "d:zero": "abort",
         },
     )
-    summary = run_study(
+    summary, ran = run_collecting(
         study,
         RunOptions(
             backend="ray",
@@ -49,7 +55,7 @@ def test_ray_runs_record_every_outcome_into_the_store(tmp_path: Path) -> None:
             only=("baseline", "a:zero", "b:zero", "c:zero", "d:zero"),
         ),
     )
-    got = {(r.variant_id, r.seed): r.status for r in summary.ran}
+    got = {(r.variant_id, r.seed): r.status for r in ran}
     expected = {
         "baseline": "ok",
         "a:zero": "failed",
@@ -76,7 +82,7 @@ def test_ray_runs_record_every_outcome_into_the_store(tmp_path: Path) -> None:
 
     # resume: nothing to do
     again = run_study(study, RunOptions(backend="ray", seeds=(0, 1)))
-    assert again.ran == () and again.skipped_ok == 2 and len(again.skipped_failed) == 8
+    assert again.ran == 0 and again.skipped_ok == 2 and len(again.skipped_failed) == 8
 
 
 KILL_ACTOR = '''"""Kills the warm Ray actor it runs under (run -> worker -> zygote -> actor)."""
@@ -117,9 +123,9 @@ def test_warm_actors_run_a_study_with_a_crash_a_timeout_and_a_dead_actor(
     variants = ["baseline", "a:zero", "b:zero", "m:zero", "k:zero", "z:zero"]
     write_manifest(study, variants)
     options = dict(jobs=1, timeout_s=6, max_memory_gb=1.0, only=tuple(variants))
-    summary = run_study(study, RunOptions(backend="ray", cpus_per_run=1, **options))
+    _, ran = run_collecting(study, RunOptions(backend="ray", cpus_per_run=1, **options))
     assert "warning" not in capfd.readouterr().err  # no fallback: warm actors
-    got = {r.variant_id: r.status for r in summary.ran}
+    got = {r.variant_id: r.status for r in ran}
     assert got == {
         "baseline": "ok",
         "a:zero": "crashed",
@@ -159,8 +165,8 @@ def test_no_warm_worker_falls_back_to_fresh_processes_with_one_warning(
     broken.write_text('import sys\n\nsys.exit("ablagen worker: cannot start here")\n')
     monkeypatch.setattr(ray_warm, "WORKER", broken)
     study = make_study(tmp_path / "study", {"baseline": "ok", "a:zero": "raise"})
-    summary = run_study(study, RunOptions(backend="ray", cpus_per_run=1, jobs=2))
-    assert {r.variant_id: r.status for r in summary.ran} == {
+    _, ran = run_collecting(study, RunOptions(backend="ray", cpus_per_run=1, jobs=2))
+    assert {r.variant_id: r.status for r in ran} == {
         "baseline": "ok",
         "a:zero": "failed",
     }

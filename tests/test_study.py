@@ -93,9 +93,9 @@ def test_second_study_run_trains_nothing_traces_once_and_reports_once(
     )
     outcome = run_full_study(opts)
     assert (
-        outcome.ablation_runs.ran == ()
+        outcome.ablation_runs.ran == 0
         and outcome.arm_runs is not None
-        and outcome.arm_runs.ran == ()
+        and outcome.arm_runs.ran == 0
     )
     assert outcome.ablation_runs.skipped_ok == outcome.ablation_runs.planned > 0
     assert calls == {"analyze": 1, "report": 1}  # the arms reuse the traced model

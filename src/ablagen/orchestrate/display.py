@@ -176,12 +176,10 @@ class RichProgress:
 
 def print_summary(summary: RunSummary, console: Console, quiet: bool = False) -> None:
     """The run's outcome: one line of counts, then every run that did not succeed."""
-    ran_ok = sum(1 for r in summary.ran if r.ok)
     by_status: dict[str, int] = {}
-    for rec in summary.ran:
-        if not rec.ok:
-            by_status[rec.status] = by_status.get(rec.status, 0) + 1
-    parts = [f"{ran_ok} ok"]
+    for rec in summary.ran_failed:
+        by_status[rec.status] = by_status.get(rec.status, 0) + 1
+    parts = [f"{summary.ran_ok} ok"]
     if by_status:
         parts.append(
             f"{sum(by_status.values())} not ok ("
@@ -193,10 +191,9 @@ def print_summary(summary: RunSummary, console: Console, quiet: bool = False) ->
     if summary.skipped_failed:
         parts.append(f"{len(summary.skipped_failed)} failed before (not retried)")
     if summary.finished_elsewhere:
-        ok_there = sum(1 for r in summary.finished_elsewhere if r.ok)
         parts.append(
-            f"{len(summary.finished_elsewhere)} run by another orchestrator"
-            f" ({ok_there} ok)"
+            f"{summary.finished_elsewhere} run by another orchestrator"
+            f" ({summary.elsewhere_ok} ok)"
         )
     if summary.running_elsewhere:
         parts.append(

@@ -320,36 +320,44 @@ class HeldRun:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What one :func:`run_study` call did. ``all_ok`` decides the CLI's exit code."""
+    """What one :func:`run_study` call did. ``all_ok`` decides the CLI's exit code.
+
+    Counts, and the records of the runs that did not succeed (what the CLI prints):
+    an ok run leaves no record here, so the driver's memory stays flat in the number
+    of runs. Every outcome is in the store (:class:`~.store.ResultStore`), and each
+    run's record reaches ``run_study(progress=...)`` as its "finished" event.
+    """
 
     study_dir: str
     backend: str
     jobs: int
     planned: int  # runs in scope: selected variants x seeds
-    ran: tuple[RunRecord, ...]  # finished by this call, in finishing order
+    ran: int  # finished by this call
+    ran_ok: int  # of ``ran``, ok
     skipped_ok: int  # already ok in the store (resume)
     skipped_failed: tuple[
         RunRecord, ...
     ]  # failed before, not retried (no --retry-failed)
+    #: of ``ran``, the ones that did not succeed, in finishing order
+    ran_failed: tuple[RunRecord, ...] = ()
     #: held by another live orchestrator and not waited for (``--no-wait``)
     running_elsewhere: tuple[HeldRun, ...] = ()
     wall_time_s: float = 0.0
-    #: held by another orchestrator when this call reached them, waited for: their outcome
-    finished_elsewhere: tuple[RunRecord, ...] = ()
+    #: held by another orchestrator when this call reached them, waited for: how
+    #: many that orchestrator finished, how many of them ok, and the others' records
+    finished_elsewhere: int = 0
+    elsewhere_ok: int = 0
+    elsewhere_failed: tuple[RunRecord, ...] = ()
 
     @property
     def failures(self) -> tuple[RunRecord, ...]:
         """Every run in scope that did not succeed: this call's, the ones another
         orchestrator finished while this one waited, and the skipped ones."""
-        return (
-            tuple(r for r in (*self.ran, *self.finished_elsewhere) if not r.ok)
-            + self.skipped_failed
-        )
+        return self.ran_failed + self.elsewhere_failed + self.skipped_failed
 
     @property
     def ok_count(self) -> int:
-        done = (*self.ran, *self.finished_elsewhere)
-        return self.skipped_ok + sum(1 for r in done if r.ok)
+        return self.skipped_ok + self.ran_ok + self.elsewhere_ok
 
     @property
     def all_ok(self) -> bool:

@@ -211,14 +211,21 @@ class _Tally:
     skipped_ok: int
     skipped_failed: int
     backend: str = ""
-    ran: list[RunRecord] = field(default_factory=list)
+    done: int = 0  # finished by this call
     running: int = 0
-    failed: int = 0  # of ``ran``, kept as they come (an event costs O(1), not O(runs))
+    #: of ``done``, the ones not ok: counted as they come (an event costs O(1), not
+    #: O(runs)); an ok run's record is not kept (memory flat in the runs)
+    not_ok: list[RunRecord] = field(default_factory=list)
     jobs: int = 0  # the backend's capacity
 
+    @property
+    def failed(self) -> int:
+        return len(self.not_ok)
+
     def add(self, record: RunRecord) -> None:
-        self.ran.append(record)
-        self.failed += not record.ok
+        self.done += 1
+        if not record.ok:
+            self.not_ok.append(record)
 
     def event(
         self,
@@ -230,7 +237,7 @@ class _Tally:
         return Progress(
             event=kind,
             total=self.total,
-            done=len(self.ran),
+            done=self.done,
             failed=self.failed,
             running=min(self.running, self.jobs) if self.jobs else self.running,
             skipped_ok=self.skipped_ok,
@@ -322,12 +329,16 @@ def _run_study(
         backend=options.backend,
         jobs=session.jobs,
         planned=len(specs),
-        ran=tuple(session.tally.ran),
+        ran=session.tally.done,
+        ran_ok=session.tally.done - session.tally.failed,
         skipped_ok=skipped_ok,
         skipped_failed=tuple(skipped_failed),
+        ran_failed=tuple(session.tally.not_ok),
         running_elsewhere=tuple(held),
         wall_time_s=time.monotonic() - started,
-        finished_elsewhere=tuple(session.done_elsewhere),
+        finished_elsewhere=session.elsewhere_done,
+        elsewhere_ok=session.elsewhere_done - len(session.elsewhere_failed),
+        elsewhere_failed=tuple(session.elsewhere_failed),
     )
     notify(session.tally.event("end", summary=summary))
     return summary
@@ -434,7 +445,9 @@ class _Session:
     #: the outcome time each run was planned with (see ResultStore.claim)
     seen: dict[Key, float | None] = field(default_factory=dict)
     elsewhere: list[RunSpec] = field(default_factory=list)
-    done_elsewhere: list[RunRecord] = field(default_factory=list)
+    #: runs another orchestrator finished while this one waited; their failures
+    elsewhere_done: int = 0
+    elsewhere_failed: list[RunRecord] = field(default_factory=list)
     jobs: int = 0
     keep_checkpoints: bool = False
 
@@ -534,7 +547,9 @@ class _Session:
         record = self.store.get(spec)
         if record is None or record.status == "running":
             return False
-        self.done_elsewhere.append(record)
+        self.elsewhere_done += 1
+        if not record.ok:
+            self.elsewhere_failed.append(record)
         self.notify(self.tally.event("elsewhere", record=record))
         return True
 
