@@ -261,3 +261,35 @@ def test_the_one_t_interval_is_scipys_and_serves_ranking_and_sweep():
     assert (swept.value, swept.low, swept.high) == (at95.mean, at95.low, at95.high)
     one = t_interval([0.3])
     assert (one.mean, one.std, one.low, one.high) == (0.3, None, None, None)
+
+
+def test_rank_table_prints_tiny_importances_readably(capsys) -> None:
+    """val_loss importances of 1e-5 read as such, not as +0.0000 (four decimals
+    stay for the rest); the numbers: mean and Student-t 95 % half-width of the
+    paired differences (2, 4, 3)e-5 and (10, 12, 14)e-3 over 3 seeds."""
+    from ablagen.cli.rank import _print_table
+
+    manifest = Manifest(
+        "0.1.0",
+        "retrain",
+        {"path": "m.py", "parameters": []},
+        {},
+        tuple(_variant(v) for v in ("baseline", "fc1:mean", "conv1:zero")),
+    )
+    recs = []
+    for seed, tiny, small in zip((0, 1, 2), (2e-5, 4e-5, 3e-5), (0.010, 0.012, 0.014)):
+        recs += [
+            record("baseline", seed, acc=0.5),
+            record("fc1:mean", seed, acc=0.5 - tiny),  # val_loss up by `tiny`
+            record("conv1:zero", seed, acc=0.5 - small),
+        ]
+    _print_table(rank(manifest, recs, metric="val_loss"), "STUDY")
+    rows = {
+        line.split("│")[2].strip(): [c.strip() for c in line.split("│")[5:7]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.count("│") > 5 and ":" in line
+    }
+    assert rows == {
+        "conv1:zero": ["+0.0120 ± 0.0050", "[+0.0070, +0.0170]"],
+        "fc1:mean": ["+3.00e-05 ± 2.48e-05", "[+5.16e-06, +5.48e-05]"],
+    }

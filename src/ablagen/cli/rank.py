@@ -85,7 +85,9 @@ def rank(
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.4f}"
+    from ablagen.rank.ranking import readable
+
+    return "n/a" if value is None else readable(value)
 
 
 def _print_table(ranking, study: str) -> None:
@@ -93,7 +95,7 @@ def _print_table(ranking, study: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ablagen.rank.ranking import NO_INTERVAL, single_seed_note
+    from ablagen.rank.ranking import NO_INTERVAL, readable, single_seed_note
 
     table = Table(
         title=f"importance on {ranking.metric} ({ranking.confidence:.0%} CI, paired by seed)"
@@ -105,7 +107,7 @@ def _print_table(ranking, study: str) -> None:
             no_wrap=True,
         )
     for r in ranking.rows:
-        half = "" if r.ci_high is None else f" ± {r.ci_high - r.mean:.4f}"
+        half = "" if r.ci_high is None else f" ± {readable(r.ci_high - r.mean, False)}"
         ci = (
             NO_INTERVAL
             if r.ci_low is None
@@ -116,7 +118,7 @@ def _print_table(ranking, study: str) -> None:
             escape(r.variant),
             r.kind,
             r.method,
-            f"{r.mean:+.4f}{half}",
+            f"{readable(r.mean)}{half}",
             ci,
             str(r.n),
             r.mark,

@@ -331,6 +331,17 @@ def _num(value: float | None) -> str:
 NO_INTERVAL = "–"
 
 
+def readable(value: float, signed: bool = True) -> str:
+    """An importance (or a half-width) as text: four decimals, or three significant
+    digits in scientific notation below 1e-3, where four decimals read ``+0.0000``
+    (a val_loss importance is often 1e-5): ``+0.0123``, ``+3.21e-05``, ``+0.0000``
+    only for zero itself."""
+    sign = "+" if signed else ""
+    if value == 0 or abs(value) >= 1e-3 or value != value:
+        return f"{value:{sign}.4f}"
+    return f"{value:{sign}.2e}"
+
+
 def single_seed_note(ranking: Ranking, study: str = "STUDY") -> str | None:
     """One line when some variant was ranked on a single seed (None otherwise)."""
     single = sum(r.n == 1 for r in ranking.rows)
