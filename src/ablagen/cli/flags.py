@@ -84,6 +84,13 @@ RayAddressOpt = Annotated[
     str | None,
     typer.Option("--ray-address", help="Join this Ray cluster (HOST:PORT or auto)."),
 ]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Ray: a folder every node reaches (path, s3://, gs://...) for checkpoints and results.",
+    ),
+]
 TimeoutOpt = Annotated[
     float | None, typer.Option("--timeout", help="Seconds before a run is killed.")
 ]
@@ -116,6 +123,10 @@ def run_options(**flags: Any) -> RunOptions:
     from ablagen.orchestrate.placement import parse_gpus
 
     parsers = {"seeds": parse_seeds, "only": parse_ids, "gpus": parse_gpus}
+    if flags.get("storage") and flags.get("backend") == "ray":  # before Ray starts
+        from ablagen.orchestrate.ray_backend import check_storage
+
+        flags["storage"] = check_storage(flags["storage"])
     fields: dict[str, Any] = {}
     for flag, value in flags.items():
         if flag == "no_wait":

@@ -23,6 +23,7 @@ from ablagen.cli.flags import (
     RestartOpt,
     RetryFailedOpt,
     RunsPerGpuOpt,
+    StorageOpt,
     TimeoutOpt,
     run_options,
 )
@@ -58,13 +59,7 @@ def run(
     timeout: TimeoutOpt = _RUN.timeout_s,
     backend: BackendOpt = _RUN.backend,
     ray_address: RayAddressOpt = _RUN.ray_address,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            "--storage",
-            help="Ray: a folder every node reaches (path, s3://, gs://...) for checkpoints and results.",
-        ),
-    ] = None,
+    storage: StorageOpt = _RUN.storage,
     cpus_per_run: Annotated[
         float, typer.Option("--cpus-per-run", help="Ray: CPUs per run.")
     ] = 1.0,

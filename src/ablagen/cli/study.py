@@ -35,7 +35,9 @@ from ablagen.cli.flags import (
     KeepCheckpointsOpt,
     ModelArg,
     NeuronGroupsOpt,
+    RayAddressOpt,
     RunsPerGpuOpt,
+    StorageOpt,
     run_options,
 )
 from ablagen.generate.request import GenerateOptions
@@ -223,6 +225,8 @@ def study(
         bool, typer.Option(help="Train the arms after ranking.")
     ] = _STUDY.with_arms,
     backend: BackendOpt = _RUN.backend,
+    ray_address: RayAddressOpt = _RUN.ray_address,
+    storage: StorageOpt = _RUN.storage,
     max_memory: MaxMemoryOpt = _RUN.max_memory_gb,
     device: DeviceOpt = _RUN.device,
     gpus: GpusOpt = None,
@@ -291,6 +295,8 @@ def study(
         run=run_options(
             jobs=jobs,
             backend=backend,
+            ray_address=ray_address,
+            storage=storage,
             max_memory=max_memory,
             device=device,
             gpus=gpus,

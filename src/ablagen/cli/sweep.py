@@ -24,6 +24,7 @@ from ablagen.cli.flags import (
     RayAddressOpt,
     RetryFailedOpt,
     RunsPerGpuOpt,
+    StorageOpt,
     TimeoutOpt,
     run_options,
 )
@@ -134,6 +135,7 @@ def sweep(
     jobs: JobsOpt = _RUN.jobs,
     backend: BackendOpt = _RUN.backend,
     ray_address: RayAddressOpt = _RUN.ray_address,
+    storage: StorageOpt = _RUN.storage,
     timeout: TimeoutOpt = _RUN.timeout_s,
     retry_failed: RetryFailedOpt = _RUN.retry_failed,
     device: DeviceOpt = _RUN.device,
@@ -187,6 +189,7 @@ def sweep(
             jobs=jobs,
             backend=backend,
             ray_address=ray_address,
+            storage=storage,
             timeout=timeout,
             retry_failed=retry_failed,
             device=device,

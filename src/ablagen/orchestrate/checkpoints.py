@@ -68,8 +68,6 @@ def checkpoint_argv(path: str, options: RunOptions) -> tuple[str, ...]:
     argv: tuple[str, ...] = ("--resume-from", path)
     if options.checkpoint_every is not None:
         argv += ("--checkpoint-every", str(options.checkpoint_every))
-    if options.keep_checkpoints:
-        argv += ("--keep-checkpoint",)
     if options.restart:
         argv += ("--restart",)
     return argv
@@ -88,38 +86,49 @@ class Checkpoint:
     epoch: int | None  # None: no readable note beside it
 
 
-def _epoch(note: Path) -> int | None:
+def _epoch(note: str | None) -> int | None:
     try:
-        epoch = json.loads(note.read_text()).get("epoch")
-    except (OSError, ValueError, AttributeError):
+        epoch = json.loads(note or "").get("epoch")
+    except (ValueError, AttributeError):
         return None
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def named(path: str, size: int, note: str | None) -> Checkpoint | None:
+    """The checkpoint at ``path`` (``runs/<stem>/<name>``, relative to the study),
+    of ``size`` bytes with its note, from its name and note text; None for a file
+    of another name. (Where it lies -- the study, ``--storage`` -- is the caller's.)"""
+    parts = path.split("/")
+    match = _NAME.match(parts[-1])
+    if match is None or len(parts) != 3 or parts[0] != RUNS_DIR:
+        return None
+    return Checkpoint(
+        path=path,
+        stem=parts[1],
+        seed=int(match[1]),
+        args8=match[2],
+        sha8=match[3],
+        bytes=size,
+        epoch=_epoch(note),
+    )
 
 
 def scan(study: Path) -> list[Checkpoint]:
     """Every checkpoint under ``study/runs`` (files of other names are ignored)."""
     found = []
     for path in sorted((study / RUNS_DIR).glob("*/*.pt")):
-        match = _NAME.match(path.name)
-        if match is None:
-            continue
         try:
             size = path.stat().st_size
         except OSError:  # removed meanwhile
             continue
+        note = path.parent / (path.name + NOTE_SUFFIX)
+        text = None
         with contextlib.suppress(OSError):
-            size += (path.parent / (path.name + NOTE_SUFFIX)).stat().st_size
-        found.append(
-            Checkpoint(
-                path=path.relative_to(study).as_posix(),
-                stem=path.parent.name,
-                seed=int(match[1]),
-                args8=match[2],
-                sha8=match[3],
-                bytes=size,
-                epoch=_epoch(path.parent / (path.name + NOTE_SUFFIX)),
-            )
-        )
+            size += note.stat().st_size
+            text = note.read_text()
+        ckpt = named(path.relative_to(study).as_posix(), size, text)
+        if ckpt is not None:
+            found.append(ckpt)
     return found
 
 

@@ -63,6 +63,7 @@ CONNECT_TIMEOUT_S = 5.0
 CONNECT_RETRIES = 5  # one a second
 LOG_LIMIT = 1 << 20  # bytes of a run's log sent back to the driver (its end)
 ACTOR_START_S = 60.0  # a warm actor not up by then: fall back to fresh processes
+STORAGE_NOTE = "storage.json"  # in the study: the --storage its runs used
 
 
 def _import_ray() -> Any:
@@ -331,16 +332,13 @@ class RayBackend:
 
     def _ship(self, ray: Any, options: RunOptions) -> None:
         """Put the study's data in the object store once (only on a cluster: a local
-        instance sees the study) and open ``--storage``."""
+        instance sees the study) and open ``--storage`` (recorded in the study, for
+        ``ablagen status``)."""
         if options.storage:
-            try:
-                self._store = ray_warm.Storage(options.storage)
-            except (ImportError, ValueError) as exc:
-                raise BackendError(
-                    f"cannot use --storage {options.storage} ({type(exc).__name__}: {_one_line(exc)})",
-                    "install fsspec (and s3fs or gcsfs for s3:// or gs://), or fix the URI",
-                ) from None
-            self._storage = {"uri": options.storage}
+            uri = check_storage(options.storage)
+            self._store = ray_warm.Storage(uri)
+            self._storage = {"uri": uri}
+            record_storage(self.study_dir, uri)
         bundle = data_bundle(self.study_dir) if options.ray_address else None
         if bundle is not None:
             import hashlib
@@ -594,6 +592,51 @@ class RayBackend:
         if self._started_ray:
             self._started_ray = False
             ray.shutdown()
+            # the folders of the slots killed busy (their actors are gone now)
+            with contextlib.suppress(OSError):
+                ray_warm.clear_stale_slots(tempfile.gettempdir())
+
+
+def check_storage(uri: str) -> str:
+    """``--storage URI`` as every node reads it (a local path made absolute: a node
+    runs elsewhere), or a one-line error when fsspec cannot open it."""
+    if "://" not in uri and not uri.startswith(("memory:", "file:")):
+        uri = os.path.abspath(os.path.expanduser(uri))
+    try:
+        ray_warm.Storage(uri)
+    except (ImportError, ValueError) as exc:
+        raise BackendError(
+            f"cannot use --storage {uri} ({type(exc).__name__}: {_one_line(exc)})",
+            "install fsspec (and s3fs or gcsfs for s3:// or gs://), or fix the URI",
+        ) from None
+    return uri
+
+
+def record_storage(study_dir: Path, uri: str) -> None:
+    """Say in the study which ``--storage`` its runs keep checkpoints in (what
+    ``ablagen status`` reads a running run's epoch from)."""
+    import json
+
+    from ablagen.core.atomic import atomic_write_text
+
+    text = json.dumps({"storage": uri}, indent=2) + "\n"
+    note = study_dir / STORAGE_NOTE
+    with contextlib.suppress(OSError):
+        if note.read_text(encoding="utf-8") == text:
+            return
+    atomic_write_text(note, text, "the study's storage note")
+
+
+def recorded_storage(study_dir: Path) -> str | None:
+    """The ``--storage`` URI of the study's last Ray run with one (None: none)."""
+    import json
+
+    try:
+        uri = json.loads((study_dir / STORAGE_NOTE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    uri = uri.get("storage") if isinstance(uri, dict) else None
+    return uri if isinstance(uri, str) and uri else None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -11,7 +11,11 @@ No process outlives the driver: on the driver's own host a slot looks every
 ``DRIVER_POLL_S`` whether the driver's pid still runs and ends itself (and its
 worker's group) when it does not, without waiting for Ray to notice; its zygote
 dies with the actor (``PR_SET_PDEATHSIG``: a sync actor runs on its main thread),
-and the worker's runs die with the worker, as in the local pool.
+and the worker's runs die with the worker, as in the local pool. Nor does a slot's
+folder (``ablagen-ray-slot-*`` in the node's temp dir): a slot removes it when its
+driver goes, and one killed outright (its node's Ray stopped, SIGKILL) leaves it to
+the next slot started on that node, which removes every folder whose slot's lock
+is free (:func:`clear_stale_slots`).
 
 A node that cannot see the study (another machine) runs each script in a
 temporary directory of its own (:func:`prepare`): the script's bytes come with the
@@ -44,6 +48,9 @@ WORKER = Path(__file__).with_name("worker.py")
 DATA_CACHE = "ablagen-ray-data"  # under the node's temp dir: one folder per bundle
 UP = "up"  # the run folder's levels standing in for a data path's leading ".."
 SYNC_S = 0.5  # how often a run's checkpoint is looked at for a new save
+SLOT_PREFIX = "ablagen-ray-slot-"  # a slot's folder, under the node's temp dir
+SLOT_LOCK = "slot.lock"  # held (lockf) by the slot's actor while it lives
+UNLOCKED_STALE_S = 3600.0  # a slot folder without a lock file (older versions)
 
 
 def node_data(data: dict[str, Any] | None) -> str | None:
@@ -69,6 +76,56 @@ def node_data(data: dict[str, Any] | None) -> str | None:
     except OSError:  # another slot of this node was first
         shutil.rmtree(part, ignore_errors=True)
     return root
+
+
+def clear_stale_slots(root: str) -> int:
+    """Remove the folders of slots that are gone (their actor killed, with no chance
+    to tidy up) from ``root``; how many went. A slot holds a POSIX lock on its
+    folder's ``SLOT_LOCK`` while it lives (the kernel drops it when the process
+    dies, in whatever way), so a folder whose lock can be taken is nobody's."""
+    import fcntl
+
+    removed = 0
+    for entry in os.scandir(root):
+        if not entry.name.startswith(SLOT_PREFIX) or not entry.is_dir(
+            follow_symlinks=False
+        ):
+            continue
+        try:
+            fd = os.open(os.path.join(entry.path, SLOT_LOCK), os.O_RDWR)
+        except FileNotFoundError:  # made by an older version: by its age
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > UNLOCKED_STALE_S:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live slot
+            os.close(fd)
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        os.close(fd)
+        removed += 1
+    return removed
+
+
+def new_slot_dir() -> tuple[str, int]:
+    """A fresh slot folder and the fd holding its lock (see :func:`clear_stale_slots`).
+    The lock file is locked before it gets its name: no cleaner ever finds it free."""
+    import fcntl
+
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        clear_stale_slots(root)
+    path = tempfile.mkdtemp(prefix=SLOT_PREFIX, dir=root)
+    part = os.path.join(path, SLOT_LOCK + ".part")
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    os.rename(part, os.path.join(path, SLOT_LOCK))
+    return path, fd
 
 
 def prepare(
@@ -125,6 +182,16 @@ class Storage:
                 return fh.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return None
+
+    def glob(self, pattern: str) -> dict[str, int]:
+        """Files matching ``pattern`` (relative, ``*`` wildcards): relative path -> size."""
+        root = self.root.rstrip("/") + "/"
+        found = self.fs.glob(self._at(pattern), detail=True)
+        return {
+            path[len(root) :]: int(info.get("size") or 0)
+            for path, info in sorted(found.items())
+            if path.startswith(root) and info.get("type") != "directory"
+        }
 
     def put(self, local: str, rel: str) -> None:
         """Upload ``local`` as ``rel``, whole or not at all (a part, then a move)."""
@@ -247,7 +314,7 @@ class WarmSlot:
             threading.Thread(
                 target=self._watch_driver, args=(driver[1],), daemon=True
             ).start()
-        self.dir = tempfile.mkdtemp(prefix="ablagen-ray-slot-")
+        self.dir, self._lock = new_slot_dir()  # stale ones of this node go first
         self.worker_path = os.path.join(self.dir, "worker.py")
         Path(self.worker_path).write_text(worker_source, encoding="utf-8")
         self.modules, self.threads = modules, threads
@@ -273,6 +340,7 @@ class WarmSlot:
         if proc is not None:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, 9)  # the zygote's session: zygote and worker
+        shutil.rmtree(self.dir, ignore_errors=True)
         os._exit(1)
 
     def _spawn(self) -> None:

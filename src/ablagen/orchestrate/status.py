@@ -31,7 +31,9 @@ checkpoint of its current script is resumable; its JSON gains ``"resumable_epoch
      "checkpoints": {"files": 3, "bytes": 120000, "stale_files": 1, "stale_bytes": 40000}
 
 ``stale``: checkpoints of scripts no longer in the manifest (removed when the new
-script's run of that seed finishes).
+script's run of that seed finishes). A study run on Ray with ``--storage`` records
+the URI in the study (``storage.json``): the checkpoints there count too (a node
+that cannot see the study saves only there), the furthest copy of each file.
 """
 
 from __future__ import annotations
@@ -182,6 +184,49 @@ def _variant_status(cells: list[Cell]) -> str:
     return next(s for s in _SEVERITY if s in present)
 
 
+def _stored_checkpoints(study: Path) -> list[Checkpoint]:
+    """The checkpoints in the ``--storage`` the study's Ray runs used (recorded in
+    the study by ``ablagen run --storage``): a run on a node that cannot see the
+    study saves there, not in ``runs/``. Unreachable storage: a warning, none."""
+    import sys
+
+    from ablagen.orchestrate.ray_backend import recorded_storage
+    from ablagen.orchestrate.ray_warm import Storage
+
+    uri = recorded_storage(study)
+    if uri is None:
+        return []
+    try:
+        store = Storage(uri)
+        sizes = store.glob(f"{checkpoints.RUNS_DIR}/*/*.pt")
+        notes = store.glob(f"{checkpoints.RUNS_DIR}/*/*.pt{checkpoints.NOTE_SUFFIX}")
+        found = []
+        for path, size in sizes.items():
+            note = path + checkpoints.NOTE_SUFFIX
+            text = store.read_text(note) if note in notes else None
+            ckpt = checkpoints.named(path, size + notes.get(note, 0), text)
+            if ckpt is not None:
+                found.append(ckpt)
+    except (ImportError, ValueError, OSError) as exc:
+        print(
+            f"warning: cannot read the checkpoints in --storage {uri}"
+            f" ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+            file=sys.stderr,
+        )
+        return []
+    return found
+
+
+def _merged(*found: list[Checkpoint]) -> list[Checkpoint]:
+    """One checkpoint per path (the study's and storage's copy): the furthest."""
+    best: dict[str, Checkpoint] = {}
+    for ckpt in (c for group in found for c in group):
+        held = best.get(ckpt.path)
+        if held is None or (ckpt.epoch or 0) > (held.epoch or 0):
+            best[ckpt.path] = ckpt
+    return sorted(best.values(), key=lambda c: c.path)
+
+
 def study_status(
     study_dir: str | Path,
     seeds: tuple[int, ...] | None = None,
@@ -230,7 +275,7 @@ def study_status(
             )
         ):
             latest[key] = rec
-    saved = checkpoints.scan(study)
+    saved = _merged(checkpoints.scan(study), _stored_checkpoints(study))
     scripts = {(Path(v.script).stem, v.sha256[:8]) for v in manifest.variants}
     own = [c for c in saved if (c.stem, c.sha8) in scripts]
     furthest: dict[tuple[str, int], Checkpoint] = {}
