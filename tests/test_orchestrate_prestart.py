@@ -4,8 +4,11 @@ adopted when it matches, killed otherwise, never left behind on bad input."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,8 +64,9 @@ def test_a_prestarted_pool_runs_the_study_with_the_same_metrics(tmp_path: Path) 
         assert warm is not None and warm.proc is not None
         zygote = warm.proc
         summary = run_study(warm_study, options, warm=warm)
-        assert warm.proc is None  # released to the backend, which stopped it
-        assert zygote.poll() == 0  # ended on its own once its workers had
+        assert warm.proc is None  # released to the backend
+        assert zygote.poll() is None  # kept for the next run_study
+    assert zygote.poll() == 0  # ended on its own once the pool closed its workers
     assert not warm.dir.exists()
     assert summary.all_ok and cold.all_ok
     key = lambda r: (r.variant_id, r.seed)  # noqa: E731
@@ -76,6 +80,91 @@ def test_a_prestarted_pool_runs_the_study_with_the_same_metrics(tmp_path: Path) 
         assert key(a) == key(b)
         for field in ("history", "final", "weights_sum", "params_total"):
             assert a.result[field] == b.result[field], field
+    assert _worker_children() == []
+
+
+@pytest.fixture
+def pool_starts(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The command line of every worker zygote started (``subprocess.Popen`` of
+    worker.py, counted on its way through: the processes are real)."""
+    started: list[list[str]] = []
+    popen = subprocess.Popen
+
+    class Counted(popen):  # type: ignore[misc,valid-type]
+        def __init__(self, args, *rest, **kwargs):
+            if str(WORKER) in map(str, args):
+                started.append(list(map(str, args)))
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Counted)
+    return started
+
+
+def test_one_pool_serves_run_study_calls_one_after_another(
+    tmp_path: Path, pool_starts: list[list[str]]
+) -> None:
+    """As the study pipeline runs its stages: two run_study calls with one pool start
+    it once, the second call's runs on the same worker processes, the metrics those
+    of a pool per call; the pool ends when it is closed, not before."""
+    cold_study = make_torch_study(tmp_path / "cold")
+    shared_study = make_torch_study(tmp_path / "shared")
+    options = RunOptions(jobs=2, epochs=1)
+    for seeds in ((0, 1), (2,)):  # each call starts its own pool
+        assert run_study(cold_study, replace(options, seeds=seeds)).all_ok
+    assert len(pool_starts) == 2
+    pool_starts.clear()
+    with warm_pool(shared_study, options) as warm:
+        assert warm is not None
+        first = run_study(shared_study, replace(options, seeds=(0, 1)), warm=warm)
+        assert warm.workers is not None
+        pids = [w.pid for w in warm.workers]
+        second = run_study(shared_study, replace(options, seeds=(2,)), warm=warm)
+        assert [w.pid for w in warm.workers] == pids and None not in pids
+        assert len(pool_starts) == 1
+        assert len(_worker_children()) == 1  # the zygote, kept between the calls
+    assert _worker_children() == []
+    assert first.ran == 2 and second.ran == 1 and first.all_ok and second.all_ok
+    key = lambda r: (r.variant_id, r.seed)  # noqa: E731
+    with (
+        ResultStore(cold_study, readonly=True) as c,
+        ResultStore(shared_study, readonly=True) as w,
+    ):
+        ran_cold = sorted(c.records(), key=key)
+        ran_shared = sorted(w.records(), key=key)
+    assert (
+        [key(r) for r in ran_cold]
+        == [key(r) for r in ran_shared]
+        == [
+            ("baseline", 0),
+            ("baseline", 1),
+            ("baseline", 2),
+        ]
+    )
+    for a, b in zip(ran_cold, ran_shared):
+        for field in ("history", "final", "weights_sum", "params_total"):
+            assert a.result[field] == b.result[field], field
+
+
+def test_a_lost_worker_of_a_shared_pool_is_replaced_for_the_next_call(
+    tmp_path: Path, pool_starts: list[list[str]]
+) -> None:
+    """A worker killed between two calls: the next call starts one in its place
+    (one more zygote, one worker) and runs everything."""
+    study = make_study(tmp_path / "s", {"baseline": "ok", "a:zero": "ok"})
+    options = RunOptions(jobs=2)
+    with warm_pool(study, options) as warm:
+        assert warm is not None
+        assert run_study(study, replace(options, seeds=(0,)), warm=warm).all_ok
+        assert warm.workers is not None
+        lost = warm.workers[0]
+        os.kill(lost.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while lost.alive() and time.monotonic() < deadline:  # its socket's EOF
+            time.sleep(0.01)
+        second = run_study(study, replace(options, seeds=(1,)), warm=warm)
+        assert second.all_ok and second.ran == 2
+        assert len(pool_starts) == 2  # the pool, then one zygote for one worker
+        assert len(pool_starts[1][2].split(",")) == 1
     assert _worker_children() == []
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from ablagen.core.studydir import load_manifest
 from conftest import EXAMPLES, MODELS, run_cli
-from scriptutil import load_script
+from scriptutil import load_script, new_model
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def test_hybrid_script_carries_the_noise_scales(study):
     scales = energy_matched(raw, load_manifest(study).model["parameters"])
     module = load_script(study / "hybrid.py")
     assert module.NOISE_SCALES == scales
-    model = module.new_model()
+    model = new_model(module)
     optimizer = module.make_optimizer(model, 0.01)
     by_param = {
         id(p): g["noise_scale"] for g in optimizer.param_groups for p in g["params"]
@@ -271,10 +271,25 @@ def test_two_stage_ablated_arm_removes_the_least_important_of_the_whole_ranking(
     ]
 
 
-def test_two_stage_study_writes_a_report_at_its_top(tmp_path, capsys):
+def test_two_stage_study_writes_a_report_at_its_top(tmp_path, capsys, monkeypatch):
     """Issue #30.7: the two-stage report was only in retrain/; now OUT/report.md and
     OUT/report.html link both stages, and the command prints where they are. The
-    ablated arm takes the screen's least important, never a verified one."""
+    ablated arm takes the screen's least important, never a verified one. One pool
+    of warm workers runs the three stages (screen, retraining, arms): started once."""
+    import subprocess
+
+    from ablagen.orchestrate.local import WORKER
+
+    pools = []
+    popen = subprocess.Popen
+
+    class Counted(popen):  # the real processes, counted on their way through
+        def __init__(self, args, *rest, **kwargs):
+            if str(WORKER) in map(str, args):
+                pools.append(args)
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Counted)
     out = tmp_path / "two"
     code, stdout, _ = run_cli(
         ["study", EXAMPLES / "digits_cnn.py", "--out", out, "--mode", "two-stage",
@@ -283,6 +298,7 @@ def test_two_stage_study_writes_a_report_at_its_top(tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code == 0
+    assert len(pools) == 1
     assert f"report: {out / 'report.md'} and {out / 'report.html'}" in " ".join(
         stdout.split()
     )

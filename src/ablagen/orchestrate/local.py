@@ -15,8 +15,11 @@ With ``--device cuda`` each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES`
 its runs' environment; see :mod:`.placement`): at most ``--runs-per-gpu`` runs share
 a GPU, and ``--jobs`` defaults to GPUs x runs per GPU.
 Commands start the zygote early (:class:`WarmStart`: ``ablagen run`` before the
-manifest is hashed, ``ablagen study`` before generation), so torch imports while
-they plan; it forks its workers only once the backend adopts it.
+manifest is hashed, ``ablagen study`` and ``ablagen sweep`` before generation), so
+torch imports while they plan; it forks its workers only once a backend adopts it.
+One such pool serves every ``run_study`` call made with it, one after another (the
+study's ablation runs, then its arms; both stages of a two-stage study): the
+workers outlive each backend, so the fixed start is paid once per command.
 Results equal ``python script.py`` run with the same thread count (with fewer
 threads, float reductions may differ in the last bits). One thread per worker in
 the orchestrator feeds it runs and collects outcomes.
@@ -30,6 +33,7 @@ import importlib.util
 import json
 import os
 import queue
+import select
 import shutil
 import signal
 import socket
@@ -168,16 +172,21 @@ PRESTART_ENV = "ABLAGEN_PRESTART"
 
 
 class WarmStart:
-    """The local pool's zygote, started when a command starts, before the manifest
-    is hashed and the store opened (``ablagen study``: before generation).
+    """The local pool, started when a command starts, before the manifest is
+    hashed and the store opened (``ablagen study``, ``ablagen sweep``: before
+    generation), and kept for every ``run_study`` call made with it.
 
-    It imports the base modules (torch: most of a pool's start) at once, then waits
-    on its stdin for the scripts' own top-level imports, known once the runs are
-    planned (:meth:`release`); only then does it fork its workers. The backend
-    adopts it only if it was started exactly as the backend would start one (same
-    environment, workers, base modules); otherwise, or if the command ends first
-    (bad input, nothing to run), it is killed: a single process that has forked
-    nothing, so nothing is left behind.
+    Its zygote imports the base modules (torch: most of a pool's start) at once,
+    then waits on its stdin for the scripts' own top-level imports, known once the
+    first runs are planned (:meth:`release`); only then does it fork its workers. A
+    backend adopts it only if it was started exactly as the backend would start one
+    (same environment, workers, base modules). The first backend releases it; each
+    backend borrows its workers (:meth:`lend`) and hands back those not in the
+    middle of a run when it closes, so the next ``run_study`` finds them ready. A
+    worker lost meanwhile is replaced by a fresh one when next used. Unreleased, if
+    no backend adopts it or the command ends first (bad input, nothing to run), it
+    is killed: a single process that has forked nothing, so nothing is left behind.
+    :meth:`close` ends it all.
     """
 
     def __init__(
@@ -190,6 +199,9 @@ class WarmStart:
     ) -> None:
         self.base, self.jobs = base, jobs
         self.env = _worker_env(threads)
+        # once released: the pool's workers and the zygotes that replace lost ones
+        self.workers: list[_Worker] | None = None
+        self.zygotes: _Zygotes | None = None
         self.cwd = study_dir if study_dir.is_dir() else Path.cwd()
         self.dir = Path(tempfile.mkdtemp(prefix=f"ablagen-run-{os.getpid()}-"))
         self.log_path = self.dir / "workers.log"
@@ -246,20 +258,33 @@ class WarmStart:
         self, env: dict[str, str], preload: list[str], jobs: int, cwd: Path
     ) -> bool:
         """Started as the backend would start its pool? (The zygote's cwd matters
-        only to relative PYTHONPATH entries; runs get their own cwd.)"""
+        only to relative PYTHONPATH entries; runs get their own cwd.) Once released,
+        the later runs' own top-level imports need not be preloaded: the workers
+        learn them from their first run."""
         relative = any(
             p and not os.path.isabs(p)
             for p in env.get("PYTHONPATH", "").split(os.pathsep)
         )
+        alive = (
+            self.workers is not None
+            if self.released
+            else (
+                self.proc is not None
+                and self.proc.poll() is None
+                and self.socks is not None
+            )
+        )
         return (
-            self.proc is not None
-            and self.proc.poll() is None
-            and self.socks is not None
+            alive
             and _without(env, LIBRARY_SET_ENV) == _without(self.env, LIBRARY_SET_ENV)
             and jobs == self.jobs
             and preload[: len(self.base)] == self.base
             and (not relative or Path(cwd).resolve() == Path(self.cwd).resolve())
         )
+
+    @property
+    def released(self) -> bool:
+        return self.zygotes is not None
 
     def release(self, zygotes: _Zygotes) -> list[socket.socket]:
         """Hand the zygote the rest of ``zygotes.preload``; it imports them and forks
@@ -277,6 +302,19 @@ class WarmStart:
         zygotes.procs.append(proc)
         return socks
 
+    def lend(self, preload: list[str], cwd: Path) -> list[_Worker]:
+        """The pool's workers, for one backend; the first call releases the zygote
+        (``preload``: the first runs' modules, the base ones first)."""
+        if self.workers is None:
+            self.zygotes = _Zygotes(self.env, preload, self.dir, cwd)
+            self.workers = [
+                _Worker(self.zygotes, s) for s in self.release(self.zygotes)
+            ]
+        for worker in self.workers:
+            if not worker.alive():  # ended since (killed): a fresh one when first used
+                worker.close()
+        return list(self.workers)
+
     def cancel(self) -> None:
         """Kill the zygote if it was not released (it has forked nothing)."""
         proc, self.proc = self.proc, None
@@ -292,8 +330,13 @@ class WarmStart:
         self.socks = None
 
     def close(self) -> None:
-        """Cancel if unused; remove the log (the backend has stopped the pool)."""
+        """Cancel if unused, else stop the workers and their zygotes; remove the log."""
         self.cancel()
+        for worker in self.workers or ():
+            worker.close()  # its socket's EOF ends the worker (and a run in it)
+        if self.zygotes is not None:
+            self.zygotes.stop()
+        self.workers = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -397,6 +440,16 @@ class _Worker:
                 raise OSError("the worker process ended before it was ready")
             self.pid = int(ready["pid"])
 
+    def alive(self) -> bool:
+        """False once its socket reads EOF (the worker ended); True while it starts."""
+        if self.sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            return not readable or self.sock.recv(1, socket.MSG_PEEK) != b""
+        except OSError:
+            return False
+
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send one run, wait for its reply; a dead worker becomes an error reply."""
         try:
@@ -493,6 +546,7 @@ class LocalBackend:
         )
         self._warm: WarmStart | None = None
         self._workers: list[_Worker | _SubprocessWorker] = []
+        self._busy: set[int] = set()  # indexes of the workers in the middle of a run
         self._todo: queue.Queue[RunSpec | None] = queue.Queue()
         self._done: queue.Queue[RawOutcome | BaseException] = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -517,20 +571,19 @@ class LocalBackend:
 
     def adopt(self, warm: WarmStart) -> bool:
         """Use ``warm`` (started before the runs were planned) for this pool if it
-        was started exactly as :meth:`__enter__` would start one; else stop it now."""
+        was started exactly as :meth:`__enter__` would start one; else stop it now
+        (unless an earlier backend released it: it may still fit a later one)."""
         z = self._zygotes
         if warm.matches(z.env, self.preload, self.jobs, z.cwd):
             self._warm = warm
             return True
-        warm.cancel()
+        if not warm.released:
+            warm.cancel()
         return False
 
     def __enter__(self) -> LocalBackend:
         if self._warm is not None:
-            self._workers = [
-                _Worker(self._zygotes, sock)
-                for sock in self._warm.release(self._zygotes)
-            ]
+            self._workers = list(self._warm.lend(self.preload, self._zygotes.cwd))
         elif hasattr(os, "fork"):
             self._workers = [
                 _Worker(self._zygotes, sock) for sock in self._zygotes.spawn(self.jobs)
@@ -540,7 +593,7 @@ class LocalBackend:
         for index, worker in enumerate(self._workers):
             thread = threading.Thread(
                 target=self._serve,
-                args=(worker, self._env(index)),
+                args=(index, worker, self._env(index)),
                 daemon=True,
                 name=f"ablagen-worker-{index}",
             )
@@ -573,25 +626,35 @@ class LocalBackend:
                     return False
                 worker.close()
                 if attempt == 3:
+                    words = getattr(worker, "zygotes", self._zygotes).last_words()
                     raise BackendError(
-                        f"a local worker process failed to start ({exc}: {self._zygotes.last_words()})",
+                        f"a local worker process failed to start ({exc}: {words})",
                         "check that torch imports in this environment (`python -c 'import torch'`)",
                     ) from exc
         return False
 
-    def _serve(self, worker: _Worker | _SubprocessWorker, env: dict[str, str]) -> None:
+    def _serve(
+        self, index: int, worker: _Worker | _SubprocessWorker, env: dict[str, str]
+    ) -> None:
+        lent = False  # a worker of a pool that outlives this backend: handed back
         try:
             if not self._start_worker(worker):
                 return
             while not self._closing.is_set():
                 spec = self._todo.get()
-                if spec is None:
-                    break
+                with self._lock:
+                    if spec is None or self._closing.is_set():
+                        break
+                    self._busy.add(index)
                 self._done.put(self._run(worker, spec, env))
+                with self._lock:
+                    self._busy.discard(index)
+            lent = self._warm is not None
         except BaseException as exc:  # noqa: BLE001
             self._done.put(exc)  # handed to the main thread, raised there
         finally:
-            worker.close()
+            if not lent:
+                worker.close()
 
     def _run(
         self, worker: _Worker | _SubprocessWorker, spec: RunSpec, env: dict[str, str]
@@ -638,13 +701,19 @@ class LocalBackend:
             return item
 
     def close(self) -> None:
+        """Stop the runs in flight; a pool's idle workers go back to it (see
+        :class:`WarmStart`), the others end."""
         if self._closing.is_set():
             return
-        self._closing.set()
+        with self._lock:
+            self._closing.set()
+            busy = set(self._busy)
         for _ in self._threads:
             self._todo.put(None)
-        for worker in self._workers:
-            worker.interrupt()  # a worker kills its running child when its socket closes
+        for index, worker in enumerate(self._workers):
+            # a pool's worker goes back to it unless it is running or still starting
+            if self._warm is None or index in busy or getattr(worker, "pid", 0) is None:
+                worker.interrupt()  # it kills its running child when its socket closes
         for thread in self._threads:
             thread.join(timeout=15)
         self._zygotes.stop()

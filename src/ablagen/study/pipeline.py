@@ -4,6 +4,10 @@ State flows one way, as objects: the generated study (with its prepared model) g
 to the arms, the ranking and noise scales too; files are written for people and for
 later commands, never read back here. The report is written once, at the end.
 
+One pool of warm workers (``local.warm_pool``) serves the whole pipeline: it starts
+first thing, imports torch while the model is traced and the scripts generated, and
+runs the ablations, the arms and, in a two-stage study, both stages.
+
 Every step is resumable: generating is deterministic (unchanged scripts keep their
 hashes), the orchestrator skips every run already stored as ok, and ranking and
 reports are recomputed from the store. A second ``ablagen study`` on the same model
@@ -12,6 +16,7 @@ therefore trains nothing again.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,7 +36,7 @@ from ablagen.arms.hybrid import (
     write_arms_json,
 )
 from ablagen.orchestrate import RunSummary, run_study
-from ablagen.orchestrate.local import warm_pool
+from ablagen.orchestrate.local import WarmStart, warm_pool
 from ablagen.orchestrate.placement import check_devices
 from ablagen.rank.ranking import ImportanceRow, load_records
 from ablagen.report.html import REPORT_HTML
@@ -82,8 +87,11 @@ def run_full_study(
     step: Step = lambda message: None,
     progress=None,
     extra_sections: tuple[tuple[str, str], ...] = (),
+    warm: WarmStart | None = None,
 ) -> StudyOutcome:
-    """The main job, end to end; ``step`` hears one line per stage."""
+    """The main job, end to end; ``step`` hears one line per stage. ``warm``: the
+    local pool the caller started (``local.warm_pool``); without one, one starts
+    here. Either way that one pool runs every stage's scripts."""
     if opts.generate.mode not in STUDY_MODES:
         raise ConfigError(
             f"unknown study mode {opts.generate.mode!r}",
@@ -91,11 +99,14 @@ def run_full_study(
         )
     # fp16 without CUDA, no GPU, an unknown --gpus index: refused before generating
     check_devices(opts.run, opts.generate.train.amp)
-    if opts.generate.mode == "two-stage":
-        return _two_stage(opts, step, progress)
-    if opts.generate.mode == "screen":  # a screen has no accuracy to rank on
-        opts = replace(opts, rank=replace(opts.rank, metric=SCREEN_METRIC))
-    return _one_study(opts, step, progress, extra_sections)
+    with contextlib.ExitStack() as stack:
+        if warm is None:  # its workers import torch while the scripts are generated
+            warm = stack.enter_context(warm_pool(opts.generate.out, opts.run))
+        if opts.generate.mode == "two-stage":
+            return _two_stage(opts, step, progress, warm)
+        if opts.generate.mode == "screen":  # a screen has no accuracy to rank on
+            opts = replace(opts, rank=replace(opts.rank, metric=SCREEN_METRIC))
+        return _one_study(opts, step, progress, warm, extra_sections)
 
 
 def check_screen_metric(mode: str, screen: str, metric: str | None) -> None:
@@ -114,30 +125,29 @@ def _one_study(
     opts: StudyOptions,
     step: Step,
     progress,
+    warm: WarmStart | None,
     extra_sections: Sequence[tuple[str, str]] = (),
     screen: tuple[str, str, tuple[ImportanceRow, ...]] | None = None,
 ) -> StudyOutcome:
     """Generate, run, rank, arms, report; ``screen``: (its name, the name of this
     study's verdict, its rows): the report compares the two rankings."""
     step("generate: one script per variant")
-    # the pool's workers import torch while the scripts are generated
-    with warm_pool(opts.generate.out, opts.run) as warm:
-        generated = generate_study(opts.generate)
-        if generated.prepared.loaded.input_note:
-            step(generated.prepared.loaded.input_note)
-        study, manifest = generated.out, generated.manifest
-        ablation_ids = tuple(
-            v.id
-            for v in manifest.variants
-            if v.kind in ABLATION_KINDS or v.id == BASELINE_ID
-        )
-        step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
-        ablation_runs = run_study(
-            study,
-            replace(opts.run, seeds=opts.seeds, only=ablation_ids),
-            progress=progress,
-            warm=warm,
-        )
+    generated = generate_study(opts.generate)
+    if generated.prepared.loaded.input_note:
+        step(generated.prepared.loaded.input_note)
+    study, manifest = generated.out, generated.manifest
+    ablation_ids = tuple(
+        v.id
+        for v in manifest.variants
+        if v.kind in ABLATION_KINDS or v.id == BASELINE_ID
+    )
+    step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
+    ablation_runs = run_study(
+        study,
+        replace(opts.run, seeds=opts.seeds, only=ablation_ids),
+        progress=progress,
+        warm=warm,
+    )
     step("rank: importance with 95% intervals, noise scales")
     ranked = rank_and_write(study, manifest, opts.rank)
     sections = list(extra_sections)
@@ -150,33 +160,32 @@ def _one_study(
     arm_runs, arms = None, []
     if opts.with_arms:
         step("hybrid: ablated, perturbed, importance-guided and shuffled arms")
-        with warm_pool(study, opts.run) as warm:  # warms while the arms render
-            removal = None
-            if screen is not None:  # the whole ranking: the screen, verified
-                removal = (
-                    removal_order(screen[2], ranked.ranking.rows),
-                    f"the {screen[0]} screen, corrected by {screen[1]}",
-                )
-            scripts = render_arms(
-                generated.prepared,
-                manifest,
-                ranked.ranking,
-                ranked.noise,
-                opts.arms,
-                removal,
+        removal = None
+        if screen is not None:  # the whole ranking: the screen, verified
+            removal = (
+                removal_order(screen[2], ranked.ranking.rows),
+                f"the {screen[0]} screen, corrected by {screen[1]}",
             )
-            manifest = add_scripts(study, manifest, scripts, ARM_KIND)
-            arm_ids = (
-                BASELINE_ID,
-                *(v.id for v in manifest.variants if v.kind == ARM_KIND),
-            )
-            step(f"run: {len(arm_ids)} arms x {len(opts.arm_seeds)} seeds")
-            arm_runs = run_study(
-                study,
-                replace(opts.run, seeds=opts.arm_seeds, only=arm_ids),
-                progress=progress,
-                warm=warm,
-            )
+        scripts = render_arms(
+            generated.prepared,
+            manifest,
+            ranked.ranking,
+            ranked.noise,
+            opts.arms,
+            removal,
+        )
+        manifest = add_scripts(study, manifest, scripts, ARM_KIND)
+        arm_ids = (
+            BASELINE_ID,
+            *(v.id for v in manifest.variants if v.kind == ARM_KIND),
+        )
+        step(f"run: {len(arm_ids)} arms x {len(opts.arm_seeds)} seeds")
+        arm_runs = run_study(  # the same pool, its workers still warm
+            study,
+            replace(opts.run, seeds=opts.arm_seeds, only=arm_ids),
+            progress=progress,
+            warm=warm,
+        )
         arms = compare_arms(study, opts.arm_seeds)
         write_arms_json(study, arms)
         seeds = ",".join(map(str, opts.arm_seeds))
@@ -205,7 +214,9 @@ def _one_study(
     return StudyOutcome(study, ablation_runs, ranked, arm_runs, arms, report)
 
 
-def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
+def _two_stage(
+    opts: StudyOptions, step: Step, progress, warm: WarmStart | None
+) -> StudyOutcome:
     """Screen every component, then verify the top K and the K most uncertain.
 
     ``--screen taylor`` estimates every ablation with ``screen.py`` (in ``OUT/screen``,
@@ -237,6 +248,7 @@ def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
         ),
         step,
         progress,
+        warm,
     )
     rows = screen.ranking.ranking.rows
     chosen = _retrain_choice(rows, opts.retrain_top)
@@ -253,7 +265,9 @@ def _two_stage(opts: StudyOptions, step: Step, progress) -> StudyOutcome:
         ),
     )
     verdict = "retraining" if opts.verify == "retrain" else "exact knockout"
-    outcome = _one_study(verify, step, progress, screen=(opts.screen, verdict, rows))
+    outcome = _one_study(
+        verify, step, progress, warm, screen=(opts.screen, verdict, rows)
+    )
     return replace(outcome, report=_stage_index(opts, outcome, rows, verdict))
 
 
