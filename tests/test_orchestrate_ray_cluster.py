@@ -178,3 +178,14 @@ def test_a_lost_node_s_runs_resume_on_the_other_from_storage(cluster) -> None:
     )
     assert on_local.returncode == 0, on_local.stdout + on_local.stderr
     assert outcomes(study) == outcomes(local)
+
+
+def test_files_the_model_files_build_data_opens_travel_to_the_nodes(cluster) -> None:
+    """build_data() reads x.npy by its absolute path and y.csv relative to the
+    study: neither exists on the nodes, both are shipped and found there."""
+    from test_orchestrate_ray_storage import own_data_model
+
+    proj = cluster.hidden / "proj"
+    model = own_data_model(proj)
+    study = generate(model, proj / "study", components=("fc1",))
+    on_both_backends(cluster, study, "--seeds", "0")

@@ -5,6 +5,7 @@ run's checkpoint kept there while it runs."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ from conftest_orchestrate import make_study
 from ablagen.core.errors import ConfigError
 from ablagen.core.studydir import MANIFEST, load_manifest
 from ablagen.orchestrate import RunOptions, ray_warm
-from ablagen.orchestrate.ray_backend import data_bundle
+from ablagen.orchestrate.ray_data import data_bundle
 
 pytest.importorskip("fsspec")
 
@@ -49,14 +50,15 @@ def test_a_node_without_the_study_runs_the_script_beside_its_data(
     tmp_path, monkeypatch, rel
 ):
     study = study_with_data(tmp_path, rel)
-    blob, up = data_bundle(study)
+    bundle = data_bundle(study)
+    blob, up = bundle.blob, bundle.up
     assert up == rel.count("..")
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         assert tar.getnames() == [
             rel.removeprefix("../"),
             rel.removeprefix("../") + "/a.txt",
         ]
-    again, _ = data_bundle(study)
+    again = data_bundle(study).blob
     assert again == blob  # the same files: the same bundle (and hash)
 
     node = tmp_path / "node"  # what node_data would unpack on a node
@@ -119,3 +121,122 @@ def test_storage_needs_the_ray_backend():
     with pytest.raises(ConfigError, match="--storage s3://b/p needs the ray backend"):
         RunOptions(storage="s3://b/p")
     assert RunOptions(backend="ray", storage="s3://b/p").storage == "s3://b/p"
+
+
+#: a model file whose build_data() reads two files next to it: one by the absolute
+#: path its author wrote, one relative to the working directory (the study's folder)
+OWN_DATA = """
+import os
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+INPUT_SHAPE = (8,)
+DATA_DIR = Path({folder!r})  # where the inputs are
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def build_data():
+    x = np.load(DATA_DIR / "x.npy")
+    y = np.loadtxt(os.path.join("..", "y.csv"), dtype=np.int64)  # from the study
+    return x[:100], y[:100], x[100:], y[100:]
+"""
+
+
+def own_data_model(folder: Path) -> Path:
+    """``folder``/model.py with its x.npy and y.csv beside it."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.save(folder / "x.npy", rng.normal(size=(120, 8)).astype("float32"))
+    np.savetxt(folder / "y.csv", rng.integers(0, 3, 120), fmt="%d")
+    model = folder / "model.py"
+    model.write_text(OWN_DATA.format(folder=str(folder)))
+    return model
+
+
+@pytest.mark.slow
+def test_files_build_data_opens_travel_and_appear_where_it_reads_them(
+    tmp_path, monkeypatch
+):
+    """The probe finds both files; on a node where they are gone, the run folder
+    has the relative one and a link stands at the absolute path: the script's
+    metrics equal those of its run in the study."""
+    from scriptutil import generate
+
+    from ablagen.generate.context import TrainConfig
+    from ablagen.orchestrate.ray_data import probe_result, start_probe
+
+    proj = tmp_path / "proj"
+    model = own_data_model(proj)
+    study = generate(
+        model, proj / "study", components=("fc1",), train=TrainConfig(epochs=2)
+    )
+    opened = probe_result(start_probe(study))
+    assert opened == ray_warm_opened(proj)
+    bundle = data_bundle(study, opened)
+    assert bundle.up == 1 and bundle.absolute == (str(proj / "x.npy"),)
+
+    here = subprocess.run(
+        [sys.executable, "baseline.py", "--out", str(tmp_path / "here.json")],
+        cwd=study,
+        capture_output=True,
+        text=True,
+    )
+    assert here.returncode == 0, here.stderr
+    moved = tmp_path / "moved"  # the node: the project is not there
+    proj.rename(moved)
+    node = tmp_path / "node"
+    with tarfile.open(fileobj=io.BytesIO(bundle.blob)) as tar:
+        tar.extractall(node, filter="data")
+    monkeypatch.setattr(ray_warm, "node_data", lambda data: str(node))
+    run = tmp_path / "run"
+    script = (moved / "study" / "baseline.py").read_bytes()
+    data = {"sha": "x", "up": bundle.up, "absolute": list(bundle.absolute)}
+    cwd, path = ray_warm.prepare(str(run), "baseline.py", script, str(study), data)
+    assert Path(cwd) == run / "up" and (proj / "x.npy").is_symlink()
+    there = subprocess.run(
+        [sys.executable, path, "--out", str(tmp_path / "there.json")],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert there.returncode == 0, there.stderr
+    final = [
+        json.loads((tmp_path / f).read_text())["final"]
+        for f in ("here.json", "there.json")
+    ]
+    assert final[0] == final[1]
+
+
+def ray_warm_opened(proj: Path):
+    from ablagen.orchestrate.ray_data import Opened
+
+    return Opened(relative=("../y.csv",), absolute=(str(proj / "x.npy"),))
+
+
+def test_a_file_that_cannot_be_put_in_place_fails_the_run_in_one_line(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    node = tmp_path / "node"
+    node.mkdir()
+    want = str(blocker / "x.npy")  # its folder cannot be made
+    with pytest.raises(ray_warm.Unshipped) as caught:
+        ray_warm.place_absolute(str(node), [want])
+    said = str(caught.value)
+    assert f"reads {want}, which node" in said and "\n" not in said
+    assert "put it at that path on every node" in said
+    reply = ray_warm.unshipped_reply(caught.value)
+    assert reply["error"] == said and reply["exit_code"] is None

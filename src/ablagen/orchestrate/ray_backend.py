@@ -27,8 +27,8 @@ shares, so the runs sharing a GPU must fit in its memory together. Values above 
 must be whole numbers (Ray's rule).
 
 A node that cannot see the study gets its data from the object store (the study's
-data files, put there once: :func:`data_bundle`, unpacked once per node by
-:func:`.ray_warm.node_data`). Mid-run checkpoints resume when the node runs the
+data files and those its model file's data function opens, put there once:
+:mod:`.ray_data`, unpacked once per node by :func:`.ray_warm.node_data`). Mid-run checkpoints resume when the node runs the
 script in the study directory; elsewhere they live in ``--storage`` (any fsspec
 URI every node reaches: :class:`.ray_warm.CheckpointSync`), or, without it, only
 for that try. A run whose node is lost (not one whose actor died on a live node)
@@ -54,6 +54,7 @@ from typing import Any
 from ablagen.core.errors import BackendError
 from ablagen.core.atomic import writing
 from ablagen.orchestrate import ray_warm
+from ablagen.orchestrate.ray_data import data_bundle, probe_result, start_probe
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import RawOutcome, finished_result, from_reply
 
@@ -164,7 +165,10 @@ def _run_task(
     import time
 
     with tempfile.TemporaryDirectory(prefix="ablagen-ray-") as tmp:
-        cwd, path = ray_warm.prepare(tmp, script_name, script, study_dir, data)
+        try:
+            cwd, path = ray_warm.prepare(tmp, script_name, script, study_dir, data)
+        except ray_warm.Unshipped as exc:
+            return ray_warm.unshipped_reply(exc)
         if "--resume-from" in argv:  # in the study: resumable; in tmp: for this try
             ckpt = Path(cwd, argv[argv.index("--resume-from") + 1])
             ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -215,43 +219,6 @@ def _run_task(
         "timed_out": timed_out,
         "host": socket.gethostname(),
     }
-
-
-def data_bundle(study_dir: Path) -> tuple[bytes, int] | None:
-    """The study's data files (``folder:``, ``csv:``, ``text:``; the path its scripts
-    read, relative to the study) as a tar, and how many leading ``..`` that path has:
-    what a node that cannot see the study unpacks (see :func:`.ray_warm.prepare`).
-    None for data made in the scripts (synthetic, ``build_data()``)."""
-    import io
-    import posixpath
-    import tarfile
-
-    from ablagen.core.studydir import load_manifest
-
-    rel = (load_manifest(study_dir).config.get("data") or {}).get("path")
-    if not rel or posixpath.isabs(rel):
-        return None
-    norm = posixpath.normpath(rel)
-    parts = norm.split("/")
-    up = len(parts) - len([p for p in parts if p != ".."])
-    source = study_dir / norm
-    if not source.exists():
-        raise BackendError(
-            f"the study's data {source} does not exist",
-            "put the data back where the study was generated from, or regenerate it",
-        )
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(source, arcname="/".join(parts[up:]), filter=_same_everywhere)
-    return buffer.getvalue(), up
-
-
-def _same_everywhere(info: Any) -> Any:
-    """One bundle (one hash) for the same files, whoever made it when."""
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mtime = 0
-    return info
 
 
 class RayBackend:
@@ -321,31 +288,57 @@ class RayBackend:
         }
         if self.memory_limit is not None:
             resources["memory"] = self.memory_limit  # Ray schedules by it
-        self._ship(ray, options)
-        self._task = ray.remote(max_retries=0, **resources)(_run_task)
-        self._actor_class = ray.remote(max_restarts=0, **resources)(ray_warm.WarmSlot)
-        if not self.jobs:
-            cpus = float(ray.cluster_resources().get("CPU", 1))
-            self.jobs = max(1, int(cpus // options.cpus_per_run))
-        self._start_slots()
+        # on a cluster: what the model file's data function opens, found while the
+        # actors start (a local instance sees the study and needs nothing shipped)
+        probe = start_probe(self.study_dir) if options.ray_address else None
+        try:
+            self._open_storage(options)
+            self._task = ray.remote(max_retries=0, **resources)(_run_task)
+            self._actor_class = ray.remote(max_restarts=0, **resources)(
+                ray_warm.WarmSlot
+            )
+            if not self.jobs:
+                cpus = float(ray.cluster_resources().get("CPU", 1))
+                self.jobs = max(1, int(cpus // options.cpus_per_run))
+            self._start_slots()
+            if options.ray_address:
+                self._ship(ray, probe)
+        except BaseException:
+            if probe is not None and probe.poll() is None:
+                probe.kill()
+                probe.wait()
+            self.close()
+            raise
         return self
 
-    def _ship(self, ray: Any, options: RunOptions) -> None:
-        """Put the study's data in the object store once (only on a cluster: a local
-        instance sees the study) and open ``--storage`` (recorded in the study, for
-        ``ablagen status``)."""
+    def _open_storage(self, options: RunOptions) -> None:
+        """Open ``--storage`` (and record it in the study, for ``ablagen status``)."""
         if options.storage:
             uri = check_storage(options.storage)
             self._store = ray_warm.Storage(uri)
             self._storage = {"uri": uri}
             record_storage(self.study_dir, uri)
-        bundle = data_bundle(self.study_dir) if options.ray_address else None
+
+    def _ship(self, ray: Any, probe: Any) -> None:
+        """Put the study's data in the object store once: its data source and the
+        files its model file's data function opened (:mod:`.ray_data`)."""
+        opened = probe_result(probe)
+        if opened is not None and opened.error:
+            sys.stderr.write(
+                "warning: the model file's data function failed while ablagen looked"
+                f" for the files it reads ({opened.error}); none of them is shipped\n"
+            )
+        bundle = data_bundle(self.study_dir, opened)
         if bundle is not None:
             import hashlib
 
-            blob, up = bundle
-            sha = hashlib.sha256(blob).hexdigest()[:16]
-            self._data = {"sha": sha, "up": up, "ref": [ray.put(blob)]}
+            sha = hashlib.sha256(bundle.blob).hexdigest()[:16]
+            self._data = {
+                "sha": sha,
+                "up": bundle.up,
+                "absolute": list(bundle.absolute),
+                "ref": [ray.put(bundle.blob)],
+            }
 
     def _run_storage(self, spec: RunSpec) -> dict[str, Any] | None:
         """What the node keeps in storage for this run: its result at its study path."""

@@ -47,6 +47,7 @@ PARENT_ENV = "ABLAGEN_PARENT_PID"  # worker.py's zygote dies with this process
 WORKER = Path(__file__).with_name("worker.py")
 DATA_CACHE = "ablagen-ray-data"  # under the node's temp dir: one folder per bundle
 UP = "up"  # the run folder's levels standing in for a data path's leading ".."
+ABSOLUTE = ".ablagen-absolute"  # in a bundle: files opened by absolute paths
 SYNC_S = 0.5  # how often a run's checkpoint is looked at for a new save
 SLOT_PREFIX = "ablagen-ray-slot-"  # a slot's folder, under the node's temp dir
 SLOT_LOCK = "slot.lock"  # held (lockf) by the slot's actor while it lives
@@ -145,12 +146,66 @@ def prepare(
     root = node_data(data)
     if data and root is not None:
         cwd = os.path.join(tmp, *[UP] * data["up"])
+        _link_tree(root, tmp, data["up"])
         os.makedirs(cwd, exist_ok=True)
-        for name in os.listdir(root):
-            os.symlink(os.path.join(root, name), os.path.join(tmp, name))
+        place_absolute(root, data.get("absolute") or ())
     path = os.path.join(cwd, script_name)
     Path(path).write_bytes(script)
     return cwd, path
+
+
+def _link_tree(src: str, dst: str, depth: int) -> None:
+    """Link ``src``'s entries into ``dst``; its ``up`` folders (``depth`` of them,
+    one in the other) become real folders of the run, the deepest its cwd."""
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        if name == ABSOLUTE:
+            continue
+        if name == UP and depth > 0:
+            _link_tree(os.path.join(src, UP), os.path.join(dst, UP), depth - 1)
+        else:
+            os.symlink(os.path.join(src, name), os.path.join(dst, name))
+
+
+class Unshipped(Exception):
+    """A file the model file's data function opens cannot be put where it looks."""
+
+
+def place_absolute(root: str, paths: Any) -> None:
+    """Make each file the data function opened by an absolute path appear there:
+    one already at that path is used as it is (a shared filesystem); else a link
+    to the node's copy (under ``root``) is put there. :class:`Unshipped` (one line)
+    when that path cannot be made."""
+    for path in paths:
+        if os.path.lexists(path):
+            continue
+        copy = os.path.join(root, ABSOLUTE, path.lstrip("/"))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.symlink(copy, path)
+        except OSError as exc:
+            if os.path.lexists(path):  # another run of this node was first
+                continue
+            raise Unshipped(
+                f"the model file's data function reads {path}, which node"
+                f" {socket.gethostname()} does not have and cannot make"
+                f" ({exc.strerror}): put it at that path on every node, or open it"
+                " by a path relative to the script's folder so it travels with the"
+                " study's data"
+            ) from None
+
+
+def unshipped_reply(exc: Unshipped) -> dict[str, Any]:
+    """A run that could not start: its one-line reason, as a reply."""
+    return {
+        "exit_code": None,
+        "wall_time_s": 0.0,
+        "timed_out": False,
+        "error": str(exc),
+        "log": str(exc) + "\n",
+        "result": None,
+        "host": socket.gethostname(),
+    }
 
 
 class Storage:
@@ -411,7 +466,10 @@ class WarmSlot:
         tmp = os.path.join(self.dir, f"run-{self.runs}")
         os.mkdir(tmp)
         try:
-            cwd, path = prepare(tmp, script_name, script, study_dir, data)
+            try:
+                cwd, path = prepare(tmp, script_name, script, study_dir, data)
+            except Unshipped as exc:
+                return unshipped_reply(exc)
             lock = None
             if "--resume-from" in argv:  # in the study: resumable; in tmp: this try
                 ckpt = Path(cwd, argv[argv.index("--resume-from") + 1])
