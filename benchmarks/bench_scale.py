@@ -226,10 +226,14 @@ def timed_commands(commands: dict[str, list[str]], src: Path, repeat: int = 3) -
     for _ in range(repeat):
         for name, argv in commands.items():
             start = time.perf_counter()
-            subprocess.run(
-                argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            proc = subprocess.run(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 env=_env(src),
             )  # fmt: skip
+            if proc.returncode != 0:
+                raise SystemExit(
+                    f"{' '.join(argv[2:])} exited {proc.returncode}: {proc.stderr[-400:]}"
+                )
             best[name] = min(best[name], time.perf_counter() - start)
     return {name: round(value, 2) for name, value in best.items()}
 
