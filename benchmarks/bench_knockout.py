@@ -47,6 +47,7 @@ from ablagen.generate.knockout_mode import knockouts_for  # noqa: E402
 from ablagen.generate.variants import ablation_spec, plan_variants  # noqa: E402
 from ablagen.generate.build import GenerateOptions, generate_study  # noqa: E402
 from ablagen.knockout_engine import (
+    Validation,
     activation_means,
     evaluate_naive,
     run_knockouts,
@@ -125,7 +126,10 @@ def child(kind: str, saved: Path, max_batch_mb: float, repeat: int) -> dict:
         means = activation_means(model, knockouts, x_train, 64)
         return (
             evaluate_naive(
-                model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 64
+                model,
+                knockouts,
+                means,
+                Validation(x_val, y_val, F.cross_entropy, correct, batch_size=64),
             ),
             {},
         )

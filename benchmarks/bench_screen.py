@@ -42,7 +42,11 @@ from ablagen.analyze import analyze  # noqa: E402
 from ablagen.generate.knockout_mode import knockouts_for  # noqa: E402
 from ablagen.generate.variants import ablation_spec, plan_variants  # noqa: E402
 from ablagen.core.errors import ComponentError  # noqa: E402
-from ablagen.knockout_engine import evaluate_naive, run_knockouts  # noqa: E402
+from ablagen.knockout_engine import (  # noqa: E402
+    Validation,
+    evaluate_naive,
+    run_knockouts,
+)
 from ablagen.knockout_engine.means import activation_means  # noqa: E402
 from ablagen.analyze.loading import load_model  # noqa: E402
 from ablagen.study.pipeline import spearman  # noqa: E402
@@ -161,9 +165,8 @@ def speed(name, model, knockouts, data, repeat: int) -> list[str]:
 
     def naive():
         means = activation_means(model, knockouts, x_train)
-        return evaluate_naive(
-            model, knockouts, means, x_val, y_val, F.cross_entropy, correct
-        )
+        val = Validation(x_val, y_val, F.cross_entropy, correct)
+        return evaluate_naive(model, knockouts, means, val)
 
     timed["naive loop"] = best(naive, max(1, repeat - 1))
     naive_t, fast_t = timed["naive loop"], timed["exact fast path"]

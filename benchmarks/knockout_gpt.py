@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from ablagen.analyze import build_inventory
 from ablagen.generate.knockout_mode import knockouts_for
 from ablagen.generate.variants import ablation_spec
-from ablagen.knockout_engine import activation_means, evaluate_naive, run_knockouts
+from ablagen.knockout_engine import (
+    Validation,
+    activation_means,
+    evaluate_naive,
+    run_knockouts,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py"
 
@@ -76,9 +81,8 @@ def run(epochs: int = 2, repeat: int = 3) -> int:
         times["fast"].append(time.perf_counter() - started)
         started = time.perf_counter()
         means = activation_means(model, knockouts, x_train)
-        naive = evaluate_naive(
-            model, knockouts, means, x_val, y_val, F.cross_entropy, _correct
-        )
+        val = Validation(x_val, y_val, F.cross_entropy, _correct)
+        naive = evaluate_naive(model, knockouts, means, val)
         times["naive"].append(time.perf_counter() - started)
     diff = max(
         abs(f.metrics.loss - n.metrics.loss)

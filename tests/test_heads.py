@@ -17,6 +17,7 @@ from ablagen.generate.knockout_mode import knockouts_for
 from ablagen.generate.variants import ablation_spec, parse_kinds, plan_variants
 from ablagen.core.errors import ComponentError
 from ablagen.knockout_engine import (
+    Validation,
     activation_means,
     evaluate_fast,
     evaluate_naive,
@@ -226,12 +227,9 @@ def test_knockout_of_heads_fast_equals_naive_equals_hand_written():
     knockouts = knockouts_for(inventory, specs)
     means = activation_means(model, knockouts, x_train, 64)
     correct = lambda out, y: (float((out.argmax(1) == y).sum()), len(y))  # noqa
-    fast = evaluate_fast(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct
-    )
-    naive = evaluate_naive(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct
-    )
+    val = Validation(x_val, y_val, F.cross_entropy, correct)
+    fast = evaluate_fast(model, knockouts, means, val)
+    naive = evaluate_naive(model, knockouts, means, val)
     assert fast.stats["max_copies"] > 1
     assert all(s.path == "fast" and s.status == "ok" for s in fast.scores)
     for f, n in zip(fast.scores, naive):

@@ -22,6 +22,7 @@ from ablagen.generate.knockout_block import knockout_block_source
 from ablagen.generate.variants import ablation_spec
 from ablagen.knockout_engine import (
     Knockout,
+    Validation,
     activation_means,
     evaluate_fast,
     evaluate_naive,
@@ -108,15 +109,12 @@ def test_fast_path_equals_a_fresh_copy_per_ablation(model_file, groups):
     )
     assert any(k.module is None for k in knockouts) and any(k.units for k in knockouts)
     means = activation_means(model, knockouts, x_train, 32)
-    fast = evaluate_fast(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=16
-    )
+    val = Validation(x_val, y_val, F.cross_entropy, correct, batch_size=16)
+    fast = evaluate_fast(model, knockouts, means, val)
     assert (
         fast.stats["max_copies"] > 1 and fast.stats["chunk_samples"] == 16
     )  # stacked, chunked
-    naive = evaluate_naive(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=16
-    )
+    naive = evaluate_naive(model, knockouts, means, val)
     _assert_same(fast.scores, naive)
     with torch.no_grad():
         chunks = [(x_val[i : i + 16], y_val[i : i + 16]) for i in (0, 16, 32)]
@@ -139,12 +137,9 @@ def test_hooks_and_graph_edits_agree_on_what_a_module_ablation_is():
     assert all(
         torch.allclose(graph_means[k], hook_means[k], atol=1e-6) for k in graph_means
     )
-    hooks = evaluate_naive(
-        model, modular, graph_means, x_val, y_val, F.cross_entropy, correct, via="hooks"
-    )
-    edits = evaluate_naive(
-        model, modular, graph_means, x_val, y_val, F.cross_entropy, correct, via="graph"
-    )
+    val = Validation(x_val, y_val, F.cross_entropy, correct)
+    hooks = evaluate_naive(model, modular, graph_means, val, via="hooks")
+    edits = evaluate_naive(model, modular, graph_means, val, via="graph")
     _assert_same(hooks, edits)
 
 
@@ -163,15 +158,9 @@ def test_tuple_outputs_and_modules_called_twice(model_file):
         shape, 24, 2, classes=2 if model_file == "reused.py" else 3, tokens=tokens
     )
     means = activation_means(model, knockouts, x_train)
-    fast = evaluate_fast(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=8
-    )
-    _assert_same(
-        fast.scores,
-        evaluate_naive(
-            model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8
-        ),
-    )
+    val = Validation(x_val, y_val, F.cross_entropy, correct, batch_size=8)
+    fast = evaluate_fast(model, knockouts, means, val)
+    _assert_same(fast.scores, evaluate_naive(model, knockouts, means, val))
 
 
 class InPlaceBlock(nn.Module):
@@ -266,9 +255,8 @@ def _shapes_kept(
     """The identity knockouts whose node keeps its input's shape (like the inventory's)."""
     labels = torch.zeros(len(x), dtype=torch.long)
     means = activation_means(model, knockouts, x)
-    scores = evaluate_naive(
-        model, knockouts, means, x, labels, F.cross_entropy, correct, via="graph"
-    )
+    val = Validation(x, labels, F.cross_entropy, correct)
+    scores = evaluate_naive(model, knockouts, means, val, via="graph")
     return [k for k, s in zip(knockouts, scores) if s.status == "ok"]
 
 
@@ -282,12 +270,9 @@ def test_in_place_writes_leave_the_cache_clean():
     knockouts = _shapes_kept(model, _graph_knockouts(model), x_train)
     assert len(knockouts) > 40
     means = activation_means(model, knockouts, x_train)
-    fast = evaluate_fast(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, batch_size=8
-    )
-    naive = evaluate_naive(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8, via="graph"
-    )
+    val = Validation(x_val, y_val, F.cross_entropy, correct, batch_size=8)
+    fast = evaluate_fast(model, knockouts, means, val)
+    naive = evaluate_naive(model, knockouts, means, val, via="graph")
     _assert_same(fast.scores, naive)
 
 
@@ -302,9 +287,8 @@ def test_models_the_cache_cannot_serve_still_score_exactly(cls):
         model, knockouts, x_train, x_val, y_val, F.cross_entropy, correct, batch_size=8
     )
     means = activation_means(model, knockouts, x_train, 8)
-    naive = evaluate_naive(
-        model, knockouts, means, x_val, y_val, F.cross_entropy, correct, 8
-    )
+    val = Validation(x_val, y_val, F.cross_entropy, correct, batch_size=8)
+    naive = evaluate_naive(model, knockouts, means, val)
     _assert_same(report.scores, naive)
     if cls is ReadsAfterWrite:  # a value read after an in-place write: no cache at all
         assert report.path == "naive" and "writes into" in report.notes[0]
@@ -318,28 +302,9 @@ def test_memory_budget_bounds_the_cache_and_the_stacks():
     )
     means = activation_means(model, knockouts, x_train)
     budget_mb = 0.5
-    small = evaluate_fast(
-        model,
-        knockouts,
-        means,
-        x_val,
-        y_val,
-        F.cross_entropy,
-        correct,
-        64,
-        max_batch_mb=budget_mb,
-    )
-    roomy = evaluate_fast(
-        model,
-        knockouts,
-        means,
-        x_val,
-        y_val,
-        F.cross_entropy,
-        correct,
-        64,
-        max_batch_mb=256,
-    )
+    val = Validation(x_val, y_val, F.cross_entropy, correct, batch_size=64)
+    small = evaluate_fast(model, knockouts, means, val, max_batch_mb=budget_mb)
+    roomy = evaluate_fast(model, knockouts, means, val, max_batch_mb=256)
     assert small.stats["chunk_samples"] < roomy.stats["chunk_samples"]
     assert (
         small.stats["cache_peak_bytes"] + small.stats["stack_peak_bytes"]

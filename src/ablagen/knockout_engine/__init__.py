@@ -30,6 +30,7 @@ from .tally import (
     LossFn,
     Metrics,
     Score,
+    Validation,
 )
 from .score import run_knockouts
 from .targets import Target, ablation_for, resolve
@@ -58,6 +59,7 @@ __all__ = [
     "Metrics",
     "Score",
     "Target",
+    "Validation",
     "ablated_copy",
     "ablation_for",
     "activation_means",

@@ -11,14 +11,7 @@ from torch import fx, nn
 from ablagen.ablate import Ablation, trace
 
 from .interpreter import GraphFacts, _forward, inspect_graph
-from .tally import (
-    CorrectFn,
-    Knockout,
-    KnockoutReport,
-    LossFn,
-    Score,
-    _Tally,
-)
+from .tally import Knockout, KnockoutReport, Score, Validation, _Tally
 from .targets import Target, ablation_for, resolve
 from .values import _clone, _copy_k, _nbytes, _zip
 
@@ -147,19 +140,15 @@ def evaluate_fast(
     model: nn.Module,
     knockouts: list[Knockout],
     means: dict[str, torch.Tensor],
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    loss_fn: LossFn,
-    correct_fn: CorrectFn,
-    batch_size: int = 64,
+    val: Validation,
     max_batch_mb: float = 256.0,
     max_rows: int | None = None,
 ) -> KnockoutReport:
     """Score every knockout on the traced graph (see the module docstring); those it
     cannot take come back as "skipped", with the reason as their error."""
-    started, fns = time.perf_counter(), (loss_fn, correct_fn)
+    started = time.perf_counter()
     model.eval()
-    facts = inspect_graph(trace(model), x_val)
+    facts = inspect_graph(trace(model), val.x)
     groups: dict[tuple[fx.Node, ...], list[tuple[Knockout, Target]]] = defaultdict(list)
     skipped: dict[str, str] = {}
     ops: dict[str, Ablation] = {}
@@ -180,13 +169,13 @@ def evaluate_fast(
     chunk = max(
         1,
         min(
-            batch_size,
-            len(x_val),
+            val.batch_size,
+            len(val.x),
             (budget // 2 - facts.static_bytes) // max(1, per_sample),
         ),
     )
     free = budget - chunk * per_sample - facts.static_bytes
-    rows = max_rows or (CPU_MAX_ROWS if x_val.device.type == "cpu" else 2**62)
+    rows = max_rows or (CPU_MAX_ROWS if val.x.device.type == "cpu" else 2**62)
     plans = [_plan(facts, members) for members in groups.values()]
     copies = [
         int(
@@ -204,14 +193,13 @@ def evaluate_fast(
     tallies = {k.variant_id: _Tally() for k in knockouts}
     base, cache_peak = _Tally(), 0
     with torch.no_grad():
-        for start in range(0, len(x_val), chunk):
-            x, y = x_val[start : start + chunk], y_val[start : start + chunk]
+        for x, y in val.batches(chunk):
             cache = _cache_forward(facts, x)
             cache_peak = max(
                 cache_peak,
                 sum(_nbytes(v) for n, v in cache.items() if n.op != "get_attr"),
             )
-            base.add(cache[facts.nodes[-1]], y, *fns)
+            base.add(cache[facts.nodes[-1]], y, val.loss_fn, val.correct_fn)
             for plan, size in zip(plans, copies):
                 live = [m for m in plan.members if m[0].variant_id not in errors]
                 for i in range(0, len(live), size):
@@ -222,7 +210,7 @@ def evaluate_fast(
                         cache,
                         ops,
                         y,
-                        fns,
+                        val,
                         tallies,
                         errors,
                     )
@@ -263,7 +251,7 @@ def _score(
     cache: dict[fx.Node, Any],
     ops: dict[str, Ablation],
     y: torch.Tensor,
-    fns: tuple[LossFn, CorrectFn],
+    val: Validation,
     tallies: dict[str, _Tally],
     errors: dict[str, str],
 ) -> None:
@@ -272,9 +260,9 @@ def _score(
         outputs = _outputs(facts, plan, members, cache, ops)
     except Exception as exc:  # one bad ablation must not take the others down
         for member in members if len(members) > 1 else []:
-            _score(facts, plan, [member], cache, ops, y, fns, tallies, errors)
+            _score(facts, plan, [member], cache, ops, y, val, tallies, errors)
         if len(members) == 1:
             errors[members[0][0].variant_id] = f"{type(exc).__name__}: {exc}"
         return
     for (k, _), output in zip(members, outputs):
-        tallies[k.variant_id].add(output, y, *fns)
+        tallies[k.variant_id].add(output, y, val.loss_fn, val.correct_fn)

@@ -8,7 +8,7 @@ from torch import nn
 from ablagen.ablate import ablate_call, ablate_head, ablate_node, ablate_output, trace
 
 from .interpreter import functionalize
-from .tally import CorrectFn, Knockout, LossFn, Metrics, Score, _Tally
+from .tally import Knockout, Metrics, Score, Validation, _Tally
 from .targets import ablation_for, resolve
 
 
@@ -42,22 +42,12 @@ def ablated_copy(
     return gm
 
 
-def _evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    fns: tuple[LossFn, CorrectFn],
-    batch_size: int,
-) -> Metrics:
+def _evaluate(model: nn.Module, val: Validation) -> Metrics:
     tally = _Tally()
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            tally.add(
-                model(x[start : start + batch_size]),
-                y[start : start + batch_size],
-                *fns,
-            )
+        for x, y in val.batches():
+            tally.add(model(x), y, val.loss_fn, val.correct_fn)
     return tally.metrics()
 
 
@@ -65,22 +55,15 @@ def evaluate_naive(
     model: nn.Module,
     knockouts: list[Knockout],
     means: dict[str, torch.Tensor],
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    loss_fn: LossFn,
-    correct_fn: CorrectFn,
-    batch_size: int = 64,
+    val: Validation,
     via: str = "auto",
 ) -> tuple[Score, ...]:
     """Each knockout on a fresh copy of the model, the whole validation set through it."""
     scores = []
     for k in knockouts:
         try:
-            ablated = ablated_copy(model, k, means.get(k.variant_id), via, x_val[:2])
-            metrics = _evaluate(
-                ablated, x_val, y_val, (loss_fn, correct_fn), batch_size
-            )
-            scores.append(Score(k.variant_id, "ok", metrics, "naive"))
+            ablated = ablated_copy(model, k, means.get(k.variant_id), via, val.x[:2])
+            scores.append(Score(k.variant_id, "ok", _evaluate(ablated, val), "naive"))
         except Exception as exc:  # one bad ablation must not take the others down
             scores.append(
                 Score(

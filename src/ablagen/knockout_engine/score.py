@@ -6,7 +6,7 @@ from torch import nn
 from .fast import evaluate_fast
 from .means import activation_means
 from .naive import _evaluate, evaluate_naive
-from .tally import CorrectFn, Knockout, KnockoutReport, LossFn, Score
+from .tally import CorrectFn, Knockout, KnockoutReport, LossFn, Score, Validation
 
 
 def run_knockouts(
@@ -24,33 +24,21 @@ def run_knockouts(
 ) -> KnockoutReport:
     """Score every knockout: on the fast path where it applies, on the naive one elsewhere."""
     model.eval()
+    val = Validation(x_val, y_val, loss_fn, correct_fn, batch_size)
     means = activation_means(model, knockouts, x_train, batch_size, traced)
     if traced:
-        report = evaluate_fast(
-            model,
-            knockouts,
-            means,
-            x_val,
-            y_val,
-            loss_fn,
-            correct_fn,
-            batch_size,
-            max_batch_mb,
-            max_rows,
-        )
+        report = evaluate_fast(model, knockouts, means, val, max_batch_mb, max_rows)
         baseline, notes, stats = report.baseline, report.notes, report.stats
         scores = {s.variant_id: s for s in report.scores}
     else:
-        baseline = _evaluate(model, x_val, y_val, (loss_fn, correct_fn), batch_size)
+        baseline = _evaluate(model, val)
         notes, stats = ("naive path: torch.fx could not trace the model",), {}
         scores = {
             k.variant_id: Score(k.variant_id, "skipped", None, "fast")
             for k in knockouts
         }
     rest = [k for k in knockouts if scores[k.variant_id].status == "skipped"]
-    naive = evaluate_naive(
-        model, rest, means, x_val, y_val, loss_fn, correct_fn, batch_size
-    )
+    naive = evaluate_naive(model, rest, means, val)
     scores.update({s.variant_id: s for s in naive})
     paths = {s.path for s in scores.values()}
     path = (

@@ -1,5 +1,7 @@
-"""The engine's records (knockouts, metrics, scores, reports) and the loss/accuracy tally."""
+"""The engine's records (knockouts, metrics, scores, reports), the validation data with
+how a batch of it is scored, and the loss/accuracy tally."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,6 +65,25 @@ LossFn = Callable[[Any, torch.Tensor], torch.Tensor]  # the mean loss of a batch
 CorrectFn = Callable[
     [Any, torch.Tensor], tuple[float, int]
 ]  # (right, counted) in a batch
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors do not compare to one bool
+class Validation:
+    """The held-out data every knockout is scored on, and how a batch of it is scored:
+    ``loss_fn`` and ``correct_fn`` on ``batch_size`` samples at a time, as the
+    scripts' ``evaluate()`` scores them."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_fn: LossFn
+    correct_fn: CorrectFn
+    batch_size: int = 64
+
+    def batches(self, size: int | None = None) -> Iterator[tuple[Any, torch.Tensor]]:
+        """``(x, y)`` in order, ``size`` samples at a time (default ``batch_size``)."""
+        step = size or self.batch_size
+        for start in range(0, len(self.x), step):
+            yield self.x[start : start + step], self.y[start : start + step]
 
 
 class _Tally:
