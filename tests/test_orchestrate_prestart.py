@@ -115,8 +115,10 @@ def test_one_pool_serves_run_study_calls_one_after_another(
     pool_starts.clear()
     with warm_pool(shared_study, options) as warm:
         assert warm is not None
+        # released once the scripts exist: the workers fork while run_study plans
+        warm.prepare([shared_study / "baseline.py"], shared_study)
+        assert warm.proc is None and warm.workers is not None
         first = run_study(shared_study, replace(options, seeds=(0, 1)), warm=warm)
-        assert warm.workers is not None
         pids = [w.pid for w in warm.workers]
         second = run_study(shared_study, replace(options, seeds=(2,)), warm=warm)
         assert [w.pid for w in warm.workers] == pids and None not in pids

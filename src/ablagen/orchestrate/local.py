@@ -315,6 +315,13 @@ class WarmStart:
                 worker.close()
         return list(self.workers)
 
+    def prepare(self, scripts: list[Path], cwd: Path) -> None:
+        """Release the zygote as soon as the scripts exist (their imports are known),
+        so that it imports them and forks its workers while ``run_study`` reads the
+        manifest, hashes the scripts and opens the store. A no-op once released."""
+        if self.workers is None and self.proc is not None:
+            self.lend(preload_modules(scripts, tuple(self.base)), cwd)
+
     def cancel(self) -> None:
         """Kill the zygote if it was not released (it has forked nothing)."""
         proc, self.proc = self.proc, None

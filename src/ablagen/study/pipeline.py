@@ -141,6 +141,9 @@ def _one_study(
         for v in manifest.variants
         if v.kind in ABLATION_KINDS or v.id == BASELINE_ID
     )
+    if warm is not None:  # its workers fork while run_study plans
+        scripts = [study / v.script for v in manifest.variants if v.id in ablation_ids]
+        warm.prepare(scripts, study)
     step(f"run: {len(ablation_ids)} variants x {len(opts.seeds)} seeds")
     ablation_runs = run_study(
         study,

@@ -57,6 +57,8 @@ def run_sweep(
             warm = stack.enter_context(warm_pool(sweep_dir(opts, target), run))
         generated = generate_sweep(opts, noise)
         out = generated.out
+        if warm is not None:  # its workers fork while run_study plans
+            warm.prepare([out / point.script for point in generated.points], out)
         step(
             f"run: {len(generated.points)} scripts x {len(opts.seeds)} seeds "
             f"({', '.join(generated.arms)}) in {out}"
