@@ -7,7 +7,9 @@ Run alone: ``python benchmarks/bench_orchestrate.py [--study DIR | --synthetic N
 same study: a generated script's start-up beyond a bare ``import torch`` process
 (``bench_startup``'s measure, best of 3); ``ablagen run --backend local`` against
 ``--backend ray`` (warm actors) with the ``ray.init`` time measured on its own
-(goal: ray <= local + ray.init + 2 s), with whether both gave the same metrics;
+(goal: ray <= local + ray.init + 2 s), with whether both gave the same metrics,
+and ``ray.shutdown()`` of a local instance as Ray does it against the backend's
+(its helper processes SIGKILLed first), best of two each;
 and the time from launching ``ablagen run --backend local`` to its first run's
 start with the pool started once the runs are planned (``ABLAGEN_PRESTART=0``, as
 before) and at once (the default), best of two each, alternating.
@@ -234,6 +236,43 @@ ray.shutdown()
 """
 
 
+RAY_SHUTDOWN = """
+import logging, sys, time
+import ray
+from ablagen.orchestrate.ray_backend import _stop_helpers
+ray.init(address="local", num_cpus=int(sys.argv[1]), include_dashboard=False,
+         logging_level=logging.ERROR, log_to_driver=False)
+slot = ray.remote(num_cpus=1)(type("Slot", (), {"ping": lambda self: 1}))
+actors = [slot.remote() for _ in range(int(sys.argv[1]))]
+ray.get([a.ping.remote() for a in actors])
+for actor in actors:
+    ray.kill(actor)
+start = time.perf_counter()
+if sys.argv[2] == "ablagen":
+    _stop_helpers(ray)
+ray.shutdown()
+print(time.perf_counter() - start)
+"""
+
+
+def shutdown_times(jobs: int) -> dict[str, float]:
+    """``ray.shutdown()`` of a local instance with ``jobs`` actors, as Ray does it
+    and as the backend does (its helper processes SIGKILLed first), best of two
+    each, alternating."""
+    times: dict[str, list[float]] = {"ray": [], "ablagen": []}
+    for _ in range(2):
+        for how in times:
+            out = subprocess.run(
+                [sys.executable, "-c", RAY_SHUTDOWN, str(jobs), how],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            )
+            times[how].append(float(out.stdout.split()[-1]))
+    return {how: round(min(t), 2) for how, t in times.items()}
+
+
 def overhead(study: Path, epochs: int, jobs: int) -> dict[str, float | bool]:
     """Issue 20's figures side by side: start-up, local vs Ray wall time."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -268,7 +307,10 @@ def overhead(study: Path, epochs: int, jobs: int) -> dict[str, float | bool]:
         early.append(first_run_start(study))
     ray_wall, ray = run_orchestrator(study, epochs, jobs, "ray")
     finals = {v: r.get("final") for v, r in local.items()}
+    shutdown = shutdown_times(jobs)
     return {
+        "ray_shutdown_as_ray_s": shutdown["ray"],
+        "ray_shutdown_as_backend_s": shutdown["ablagen"],
         "first_run_starts_late_pool_s": round(min(late), 2),
         "first_run_starts_early_pool_s": round(min(early), 2),
         "early_pool_same_metrics": bool(finals)
@@ -349,6 +391,11 @@ def main() -> None:
                 f"ray {numbers['ray_wall_s']:.2f} s, ray.init {numbers['ray_init_s']:.2f} s: "
                 f"ray - local - init = {numbers['ray_minus_local_minus_init_s']:.2f} s "
                 f"(goal <= 2 s); same metrics: {numbers['same_metrics']}"
+            )
+            print(
+                f"ray.shutdown() of a local instance with {opts.jobs} actors: as Ray does"
+                f" it {numbers['ray_shutdown_as_ray_s']:.2f} s, as the backend does"
+                f" (helpers SIGKILLed first) {numbers['ray_shutdown_as_backend_s']:.2f} s"
             )
             print(
                 f"ablagen run to its first run's start: pool started once the runs are "

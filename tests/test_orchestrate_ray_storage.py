@@ -236,7 +236,11 @@ def test_a_file_that_cannot_be_put_in_place_fails_the_run_in_one_line(tmp_path):
     with pytest.raises(ray_warm.Unshipped) as caught:
         ray_warm.place_absolute(str(node), [want])
     said = str(caught.value)
-    assert f"reads {want}, which node" in said and "\n" not in said
-    assert "put it at that path on every node" in said
+    assert (
+        said.startswith(f"build_data() reads {want}, which node") and "\n" not in said
+    )
+    assert said.endswith(
+        "put it there on every node, or open it relative to the script's folder"
+    )
     reply = ray_warm.unshipped_reply(caught.value)
-    assert reply["error"] == said and reply["exit_code"] is None
+    assert (reply["exit_code"], reply["log"], reply["result"]) == (2, said + "\n", None)

@@ -584,10 +584,38 @@ class RayBackend:
         self._starting, self._waiting = {}, []
         if self._started_ray:
             self._started_ray = False
+            _stop_helpers(ray)
             ray.shutdown()
             # the folders of the slots killed busy (their actors are gone now)
             with contextlib.suppress(OSError):
                 ray_warm.clear_stale_slots(tempfile.gettempdir())
+
+
+#: helper processes of a local Ray instance that hold nothing of ours: the autoscaler
+#: monitor alone takes 1 s to answer ray.shutdown()'s SIGTERM (Ray waits for each
+#: process in turn), the other two a few ms
+HELPERS = ("monitor", "dashboard", "log_monitor")
+
+
+def _stop_helpers(ray: Any) -> None:
+    """SIGKILL the helper processes of the local instance this driver started, so
+    ``ray.shutdown()`` (raylet and GCS, gracefully) takes 0.4 s, not 1.2 s."""
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    processes = getattr(node, "all_processes", None)
+    if not isinstance(processes, dict):  # another Ray: its own shutdown
+        return
+    stopped = []
+    for kind in HELPERS:
+        for info in processes.get(kind, ()):
+            proc = getattr(info, "process", None)
+            with contextlib.suppress(Exception):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    stopped.append(proc)
+    for proc in stopped:
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=1)
 
 
 def check_storage(uri: str) -> str:

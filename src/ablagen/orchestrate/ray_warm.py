@@ -187,21 +187,18 @@ def place_absolute(root: str, paths: Any) -> None:
             if os.path.lexists(path):  # another run of this node was first
                 continue
             raise Unshipped(
-                f"the model file's data function reads {path}, which node"
-                f" {socket.gethostname()} does not have and cannot make"
-                f" ({exc.strerror}): put it at that path on every node, or open it"
-                " by a path relative to the script's folder so it travels with the"
-                " study's data"
+                f"build_data() reads {path}, which node {socket.gethostname()}"
+                f" lacks and cannot make ({exc.strerror}): put it there on every"
+                " node, or open it relative to the script's folder"
             ) from None
 
 
 def unshipped_reply(exc: Unshipped) -> dict[str, Any]:
-    """A run that could not start: its one-line reason, as a reply."""
+    """A run that could not start: failed (exit 2, bad input), its log the reason."""
     return {
-        "exit_code": None,
+        "exit_code": 2,
         "wall_time_s": 0.0,
         "timed_out": False,
-        "error": str(exc),
         "log": str(exc) + "\n",
         "result": None,
         "host": socket.gethostname(),
