@@ -29,7 +29,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from scriptutil import load_script
+from scriptutil import load_script, seed_as_main
 
 #: Tensor methods that hand a tensor's value to Python (a device sync on a GPU).
 READ_METHODS = (
@@ -228,7 +228,7 @@ def train_one_epoch(
     module = load_script(script)
     argv = ["--device", device, "--epochs", "1", "--batch-size", str(batch_size)]
     args = module.parse_args([*argv, *flags])
-    module.seed_everything(args.seed)
+    seed_as_main(module, args.seed)
     return module.train(args)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -29,3 +30,27 @@ def load_script(path: Path) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+#: train()'s line that builds the model, as the script writes it: ``model = DigitsCNN()``
+_BUILD = re.compile(r"^    model = (?P<expression>[^#\n]+?)(?:  #.*)?$", re.MULTILINE)
+
+
+def new_model(module: ModuleType):
+    """A fresh model, built by the expression the script itself builds it with."""
+    source = Path(module.__file__).read_text()
+    expression = _BUILD.search(source, source.index("\ndef train"))["expression"]
+    return eval(expression, vars(module))  # noqa: S307 - the script's own expression
+
+
+def seed_as_main(module: ModuleType, seed: int) -> None:
+    """Seed as the script's main() does before it calls train()."""
+    module.random.seed(seed)
+    module.torch.manual_seed(seed)
+
+
+def load_tensors(module: ModuleType) -> tuple:
+    """(x_train, y_train, x_val, y_val) as the script's train() gets them."""
+    if hasattr(module, "load_data"):
+        return module.load_data()
+    return tuple(module.torch.as_tensor(t) for t in module.build_data())

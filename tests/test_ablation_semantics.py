@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import EXAMPLES, MODELS
-from scriptutil import generate, load_script
+from scriptutil import generate, load_script, new_model
 
 
 def digits_manual(m, x, skip=(), zero=(), mask=None):
@@ -64,7 +64,7 @@ def digits_study(tmp_path_factory):
 def _models(study, script):
     module = load_script(study / script)
     torch.manual_seed(0)
-    reference = module.new_model().eval()
+    reference = new_model(module).eval()
     ablated = module.ablate(copy.deepcopy(reference)).eval()
     return module, reference, ablated
 

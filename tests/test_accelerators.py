@@ -16,7 +16,7 @@ from torch import nn
 from ablagen import perturb
 from ablagen.generate.context import TrainConfig
 from conftest import EXAMPLES, MODELS, run_cli
-from scriptutil import generate, load_script
+from scriptutil import generate, load_script, new_model
 from test_noise_block import noise_block
 
 
@@ -128,14 +128,14 @@ def test_amp_none_is_the_plain_script_bit_for_bit(make):
 def test_amp_bf16_runs_the_forward_passes_in_bfloat16_on_cpu(make):
     module = make(model=MODELS / "cnn_mixed.py", amp="bf16", epochs=2)
     dtypes = set()
-    build = module.new_model
+    build = module.ablate  # gets the fresh model, returns the one that trains
 
-    def hooked():
-        model = build()
+    def hooked(model):
+        model = build(model)
         model.fc.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype))
         return model
 
-    module.new_model = hooked
+    module.ablate = hooked
     mixed = run(module)
     assert dtypes == {torch.bfloat16}  # training and evaluation
     full = run(module, "--amp", "none")
@@ -292,10 +292,10 @@ def test_library_under_a_grad_scaler_at_zero_sigma_is_torch_optim():
 def test_channels_last_trains_nhwc_with_the_same_metrics(make):
     module = make(model=MODELS / "cnn_mixed.py", channels_last=True, epochs=2)
     formats = []
-    build = module.new_model
+    build = module.ablate  # gets the fresh model, returns the one that trains
 
-    def hooked():
-        model = build()
+    def hooked(model):
+        model = build(model)
         model.conv.register_forward_pre_hook(
             lambda mod, inp: formats.append(
                 inp[0].is_contiguous(memory_format=torch.channels_last)
@@ -304,7 +304,7 @@ def test_channels_last_trains_nhwc_with_the_same_metrics(make):
         )
         return model
 
-    module.new_model = hooked
+    module.ablate = hooked
     nhwc = run(module)
     assert formats and all(formats)
     plain = run(make(model=MODELS / "cnn_mixed.py", epochs=2))
@@ -332,9 +332,9 @@ def test_the_ablation_survives_torch_compile(make, variant):
     compiled_script = make(compile=True, **kwargs)
     eager_script = make(**kwargs)
     torch.manual_seed(0)
-    ablated = compiled_script.ablate(compiled_script.new_model()).eval()
+    ablated = compiled_script.ablate(new_model(compiled_script)).eval()
     torch.manual_seed(0)
-    intact = compiled_script.new_model().eval()
+    intact = new_model(compiled_script).eval()
     x = torch.rand(16, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(torch.compile(ablated)(x), ablated(x), atol=1e-5)

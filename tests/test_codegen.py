@@ -16,7 +16,7 @@ from ablagen.generate.render import BLACK_MODE
 from ablagen.core.studydir import load_manifest
 from ablagen.generate.context import TrainConfig
 from conftest import EXAMPLES, MODELS, ROOT, run_cli
-from scriptutil import generate, load_script
+from scriptutil import generate, load_script, new_model
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ABLAGEN_UPDATE_GOLDEN") == "1"
@@ -203,10 +203,10 @@ def _cli(args):
 def test_user_template_overrides_one_include(tmp_path):
     tpl = tmp_path / "tpl"
     tpl.mkdir()
-    builtin = (ROOT / "templates" / "data.py.j2").read_text()
-    (tpl / "data.py.j2").write_text(builtin.replace("# data:", "# data (my override):"))
+    builtin = (ROOT / "templates" / "loss.py.j2").read_text()
+    (tpl / "loss.py.j2").write_text(builtin.replace("# %% loss", "# %% (my override) loss"))
     study = generate(EXAMPLES / "digits_cnn.py", tmp_path / "s", templates=tpl)
-    assert "# data (my override):" in (study / "baseline.py").read_text()
+    assert "\n# %% (my override) loss and accuracy" in (study / "baseline.py").read_text()
     assert load_manifest(study).config["custom_templates"] is True
 
 
@@ -355,4 +355,4 @@ def test_scripts_import_each_module_once_and_build_the_model(tmp_path, mode, ref
         ]
         assert len(imports) == len(set(imports)), script.name
         assert "import copy" in imports, script.name
-        assert isinstance(load_script(script).new_model(), torch.nn.Module)
+        assert isinstance(new_model(load_script(script)), torch.nn.Module)

@@ -8,13 +8,15 @@ variant, knockout.py and screen.py run for one epoch."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_cli
-from scriptutil import load_script
+from scriptutil import load_script, new_model
 
 SUITE = Path(__file__).parent / "conformance"
 
@@ -123,6 +125,11 @@ def test_aliased_imports_give_the_same_metrics_as_from_imports(tmp_path, capsys)
             ("--input-shape", "10,8"),
             "mixes the samples of a batch",
         ),
+        (  # causal: the first position never sees the rest, so both ways are tried
+            "causal_seq_first_lm.py:CausalLM",
+            ("--input-shape", "12"),
+            "mixes the samples of a batch",
+        ),
     ],
 )
 def test_what_the_built_in_loop_cannot_feed_is_refused_in_one_line(
@@ -170,3 +177,41 @@ def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(
     assert code == 2 and err.count("\n") == 1
     assert "needs one score vector per sample" in err and "returns (2, 1, 3)" in err
     assert not out.exists()
+
+
+def test_input_shape_gives_token_ids_to_a_model_that_embeds_them(tmp_path, capsys):
+    """--input-shape T on a token model is a block of T ids, not random floats."""
+    spec = f"{SUITE / 'causal_seq_first_lm.py'}:BatchFirstLM"
+    code, out, err = run_cli(["analyze", spec, "--input-shape", "12", "--json"], capsys)
+    assert code == 0, err
+    inventory = json.loads(out)
+    assert inventory["input_shapes"] == [[2, 12]]  # floats would fail in the embedding
+    shapes = {c["id"]: c["output_shape"] for c in inventory["components"]}
+    assert shapes["lm.tok"] == [12, 2, 16]  # ids embedded (time-first inside)
+
+
+def test_skipping_a_layer_its_container_reads_keeps_it_in_place(tmp_path, capsys):
+    """nn.TransformerEncoder reads layers[0].self_attn and passes its layers keyword
+    arguments: nn.Identity in their place breaks it, so the variant replaces the
+    layer's output by its input with a hook, and computes what the model without it
+    computes."""
+    spec = f"{SUITE / 'causal_seq_first_lm.py'}:BatchFirstLM"
+    out = tmp_path / "s"
+    args = ["generate", spec, "--input-shape", "12", "--out", out, "--dataset", "synthetic"]
+    args += ["--task", "lm", "--components", "lm.blocks.layers.0:identity,lm.out:zero"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    script = out / "lm_blocks_layers_0__identity.py"
+    assert "register_forward_hook(" in script.read_text()
+    module = load_script(script)
+    model = new_model(module).eval()
+    idx = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(0))
+    lm = model.lm
+    mask = torch.triu(torch.full((12, 12), float("-inf")), diagonal=1)
+    with torch.no_grad():
+        h = lm.tok(idx.t()) * math.sqrt(lm.d_model)
+        expected = lm.out(lm.blocks.layers[1](h, src_mask=mask)).transpose(0, 1)
+        got = module.ablate(model)(idx)
+    torch.testing.assert_close(got, expected)
+    result = _run(script)
+    assert result["status"] == "ok" and len(result["history"]) == 1

@@ -23,7 +23,7 @@ from PIL import Image
 from ablagen.generate.context import DataSpec, TrainConfig
 from ablagen.core.errors import AblagenError
 from ablagen.rank.ranking import higher_is_better
-from scriptutil import generate, load_script
+from scriptutil import generate, load_script, load_tensors, seed_as_main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -380,16 +380,16 @@ def test_tokens_ignore_index_replaces_the_custom_loss(tmp_path):
 
 def _trained(study: Path) -> tuple[dict, torch.nn.Module, tuple]:
     """baseline.py's train() in-process, seeded as main() does: its result, the model
-    it trained (new_model's) and its data."""
+    it trained (what ablate() returned) and its data."""
     module = load_script(study / "baseline.py")
     models = []
-    build = module.new_model
-    module.new_model = lambda: models.append(build()) or models[-1]
+    build = module.ablate
+    module.ablate = lambda model: models.append(build(model)) or models[-1]
     args = module.parse_args(["--device", "cpu"])
-    module.seed_everything(args.seed)
+    seed_as_main(module, args.seed)
     result = module.train(args)
     (model,) = models
-    return result, model.eval(), module.load_data()
+    return result, model.eval(), load_tensors(module)
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])

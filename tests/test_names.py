@@ -174,7 +174,6 @@ def test_a_model_file_defining_every_name_of_the_scripts_runs_as_the_plain_one(
     common = {"train", "main", "evaluate", "model", "args", "device", "loss_fn"}
     common |= {"prediction", "parser", "optim", "math", "json", "test", "EPOCHS", "SEED"}
     taken = {"torch", "nn", "Net", "INPUT_SHAPE", "F"}  # the model's own imports
-    taken.add("new_model")  # next to the model's source: refused (tested below)
     names = sorted((_script_names(tmp_path / "a") | common) - taken)
     defs = "\n".join(f"{name} = {name!r}" for name in names)
     defs += f"\nSCRIPT_NAMES = ({', '.join(names)},)\n"
@@ -216,12 +215,19 @@ def test_a_model_file_redefining_a_builtin_the_script_uses_is_refused(
     assert not out.exists()
 
 
-def test_a_model_file_defining_new_model_is_refused_in_one_line(tmp_path, capsys):
-    """new_model() sits next to the model's source: neither can give way."""
+def test_a_name_a_template_defines_next_to_the_models_source_is_refused(tmp_path, capsys):
+    """A user's model.py.j2 that defines a helper beside the model's source: a model
+    file binding the same name cannot give way, nor can the helper."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "model.py.j2").write_text(
+        "# %% model\n{{ ctx.model.source }}\n\n\ndef fresh():\n    return {{ ctx.model.expression }}\n"
+    )
     model = tmp_path / "model.py"
-    model.write_text(PLAIN.format(defs="def new_model():\n    return 1\n", use=" * new_model()"))
+    model.write_text(PLAIN.format(defs="def fresh():\n    return 1\n", use=" * fresh()"))
     out = tmp_path / "study"
-    code, _, err = run_cli(["generate", model, "--out", out, "--dataset", "synthetic"], capsys)
+    argv = ["generate", model, "--out", out, "--dataset", "synthetic", "--templates", templates]
+    code, _, err = run_cli(argv, capsys)
     assert code == 2 and err.count("\n") == 1
-    assert f"{model} defines new_model, which baseline.py defines next to" in err
+    assert f"{model} defines fresh, which baseline.py defines next to" in err
     assert not out.exists()

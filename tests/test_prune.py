@@ -24,6 +24,7 @@ from ablagen.prune.plan import PruneError, make_plan  # noqa: E402
 from ablagen.prune.surgery import apply_plan  # noqa: E402
 
 from conftest import EXAMPLES, run_cli  # noqa: E402
+from scriptutil import new_model  # noqa: E402
 
 RESIDUAL = ("stem.0", "layer1.0.conv2", "layer1.1.conv2")  # tied by the additions
 
@@ -497,9 +498,9 @@ def test_prune_bert_heads_end_to_end(tmp_path, capsys):
     result = json.loads((study / "prune" / "results" / "pruned_0.5_seed0.json").read_text())  # fmt: skip
     assert result["status"] == "ok"
     pruned = _module(script, "pruned_bert")
-    model = apply_plan(pruned.new_model().eval(), pruned.PLAN)
+    model = apply_plan(new_model(pruned).eval(), pruned.PLAN)
     assert result["pruned"]["params"] == sum(p.numel() for p in model.parameters())
-    assert result["before"]["params"] == sum(p.numel() for p in pruned.new_model().parameters())  # fmt: skip
+    assert result["before"]["params"] == sum(p.numel() for p in new_model(pruned).parameters())  # fmt: skip
     for layer in model.bert.encoder.layer:  # two of four heads, the MLP unranked: whole
         assert layer.attention.self.num_attention_heads == 2
         assert layer.attention.self.query.weight.shape == (16, 32)

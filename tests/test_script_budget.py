@@ -18,21 +18,20 @@ from conftest import EXAMPLES, ROOT
 from scriptutil import generate
 
 PLAIN_BUDGET, NOISY_BUDGET, NOISE_BLOCK_BUDGET = 400, 650, 250
-#: the committed example's baseline.py (issue #29 aims at 300; lower this as it shrinks)
-COMMITTED_BASELINE_BUDGET = 341
-#: the mid-run checkpoint section: the lock, save, refuse or restore (issue #29 aims at 25)
-CHECKPOINT_SECTION_BUDGET = 41
-RULE = "# " + "-" * 77
+#: the committed example's baseline.py, the script a newcomer reads first
+COMMITTED_BASELINE_BUDGET = 300
+#: the mid-run checkpoint section: save, refuse or restore (the lock is a helper below)
+CHECKPOINT_SECTION_BUDGET = 25
+BANNER = "# %% "
 
 
 def sections(script: str) -> dict[str, list[str]]:
-    """The script's sections by their title (the comment line under each rule)."""
+    """The script's sections by their title (each ``# %% title`` cell marker)."""
     found: dict[str, list[str]] = {"header": []}
     title = "header"
-    lines = script.splitlines()
-    for index, line in enumerate(lines):
-        if line == RULE and index + 1 < len(lines):
-            title = re.split(r"[:(]", lines[index + 1].lstrip("# "))[0].strip()
+    for line in script.splitlines():
+        if line.startswith(BANNER):
+            title = re.split(r"[:(]", line.removeprefix(BANNER))[0].strip()
             found[title] = []
         found[title].append(line)
     return found
@@ -128,7 +127,8 @@ def test_the_committed_baseline_does_not_grow():
 def test_the_checkpoint_section_does_not_grow(plain_study):
     """Resume stays one short section: the lock, save_run_state, load_run_state."""
     for script in sorted(plain_study.glob("*.py")):
-        section = sections(script.read_text())["mid-run checkpoints"]
+        section = "\n".join(sections(script.read_text())["mid-run checkpoints"])
+        section = section.rstrip().splitlines()  # the blank lines before the next banner
         assert len(section) <= CHECKPOINT_SECTION_BUDGET, (script.name, len(section))
         assert "gc.freeze" not in script.read_text() and "json.loads" not in "".join(
             section

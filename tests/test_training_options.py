@@ -14,7 +14,7 @@ import torch
 
 from ablagen.generate.context import TrainConfig
 from conftest import EXAMPLES, MODELS
-from scriptutil import generate, load_script
+from scriptutil import generate, load_script, new_model
 
 S = torch.optim.lr_scheduler
 
@@ -146,7 +146,7 @@ def test_divergence_is_an_exploding_or_non_finite_loss(make):
 
 def test_l1_penalty_by_hand(make):
     module = make(l1=0.01)
-    model = module.new_model()
+    model = new_model(module)
     by_hand = 0.01 * sum(p.abs().sum().item() for p in model.parameters())
     assert module.l1_penalty(model).item() == pytest.approx(by_hand, rel=1e-6)
     assert not hasattr(make(), "l1_penalty")  # no L1: no code for it
@@ -154,7 +154,7 @@ def test_l1_penalty_by_hand(make):
 
 def test_weight_decay_is_l2_in_the_update(make):
     module = make(optimizer="sgd", weight_decay=0.1)
-    model = module.new_model()
+    model = new_model(module)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = module.make_optimizer(model, 0.5)
     for p in model.parameters():
@@ -168,7 +168,7 @@ def test_gradient_clipping_bounds_the_update(make, tmp_path):
     """One full-batch SGD step at lr 1 moves the weights by exactly GRAD_CLIP."""
     module = make(optimizer="sgd", grad_clip=0.01)
     torch.manual_seed(0)
-    before = torch.cat([p.detach().flatten() for p in module.new_model().parameters()])
+    before = torch.cat([p.detach().flatten() for p in new_model(module).parameters()])
     checkpoint = tmp_path / "w.pt"
     run(
         module,
@@ -227,7 +227,7 @@ def test_result_metrics_present(make):
         "epochs_to_target",
     ):
         assert key in result
-    model = module.new_model()
+    model = new_model(module)
     assert result["params_total"] == sum(p.numel() for p in model.parameters())
     assert result["model_bytes"] == sum(
         t.numel() * t.element_size() for t in model.state_dict().values()
@@ -240,7 +240,7 @@ def test_dropout_override_reaches_the_model(tmp_path):
         EXAMPLES / "digits_cnn.py", tmp_path / "d", components=("conv1",), dropout=0.3
     )
     module = load_script(study / "baseline.py")
-    assert module.DROPOUT == 0.3 and module.new_model().drop.p == 0.3
+    assert module.DROPOUT == 0.3 and new_model(module).drop.p == 0.3
 
 
 def test_dropout_needs_a_dropout_constant(tmp_path):

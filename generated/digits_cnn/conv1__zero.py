@@ -6,8 +6,7 @@ Model:  ../../examples/digits_cnn.py (class DigitsCNN, sha256 1fb05a23d8aa4276)
 Run:    python conv1__zero.py --epochs 8 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../../examples/digits_cnn.py --out . --dataset build_data --epochs 8 --scheduler cosine --patience 3
-Standalone (Python, torch; never ablagen): writes the JSON result
-(metrics per epoch, parameter counts, wall time) to --out; exit codes: EXIT_CODES.
+Needs Python, torch; never ablagen. --out: the JSON result; exit codes: EXIT_CODES.
 """
 
 import argparse
@@ -24,14 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# -----------------------------------------------------------------------------
-# config: every value is read below; the flags named in brackets override them
+# %% config: every value is read below; the flags named in brackets override them
 EPOCHS = 8  # passes over the training data [--epochs]
 BATCH_SIZE = 64  # [--batch-size]
 LR = 0.003  # learning rate [--lr]
 WEIGHT_DECAY = 0.0  # L2 penalty
 TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
-STOP_AT_TARGET = False  # stop training once the target is reached
 CHECKPOINT_EVERY = 1  # epochs between --resume-from checkpoints [--checkpoint-every]
 PATIENCE = 3  # early stopping: epochs without val-loss gain (None: off)
 DIVERGENCE_FACTOR = 10.0  # diverged: train loss above this times its best
@@ -39,8 +36,7 @@ SEED = 0  # model init, data order, dropout [--seed]
 DEVICE = "cpu"  # cpu | cuda [--device]
 
 
-# -----------------------------------------------------------------------------
-# model: embedded from ../../examples/digits_cnn.py; edit that file and regenerate
+# %% model: embedded from ../../examples/digits_cnn.py; edit that file and regenerate
 DROPOUT = 0.1  # read by the model; ablagen's --dropout overrides it in the scripts
 
 
@@ -77,13 +73,7 @@ def build_data():
     return x[train], y[train], x[val], y[val]
 
 
-def new_model():
-    """A freshly initialised model (the same weights for every variant at one seed)."""
-    return DigitsCNN()
-
-
-# -----------------------------------------------------------------------------
-# ablation: conv1 (Conv2d layer) -- zero: its output is replaced by zeros
+# %% ablation: conv1 (Conv2d layer) -- zero: its output is replaced by zeros
 VARIANT = "conv1:zero"
 ABLATED_PARAMS = 160  # parameters that no longer affect the output
 
@@ -96,22 +86,7 @@ def ablate(model):
     return model
 
 
-# -----------------------------------------------------------------------------
-# data: the model file's build_data()
-def load_data():
-    """The model file's build_data() as tensors: (x_train, y_train, x_val, y_val)."""
-    return tuple(torch.as_tensor(t) for t in build_data())
-
-
-# -----------------------------------------------------------------------------
-# optimizer
-def make_optimizer(model, lr):
-    """Adam over all parameters."""
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-
-
-# -----------------------------------------------------------------------------
-# loss and accuracy
+# %% loss and accuracy, optimizer
 loss_fn = F.cross_entropy  # the mean over a batch
 
 
@@ -120,12 +95,12 @@ def count_correct(output, target):
     return (output.argmax(dim=1) == target).sum()
 
 
-# -----------------------------------------------------------------------------
-# mid-run checkpoints: a killed run resumes after its last saved epoch
-class ResumeRefused(Exception):
-    """--resume-from names another run's checkpoint, or one a live run holds (exit 2)."""
+def make_optimizer(model, lr):
+    """Adam over all parameters."""
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
 
 
+# %% mid-run checkpoints: a killed run resumes after its last saved epoch
 def save_run_state(args, parts, generators, run):
     """Save the parts, the RNGs and ``run`` atomically, with a note for ablagen status."""
     state = {name: part.state_dict() for name, part in parts.items()}
@@ -135,19 +110,8 @@ def save_run_state(args, parts, generators, run):
     save_atomic(f"{args.resume_from}.json", lambda tmp: Path(tmp).write_text(note))
 
 
-def load_run_state(args, parts, generators, run):
-    """Own the --resume-from file, then restore what it saved (unless --restart)."""
-    path, lock = args.resume_from, os.path.realpath(f"{args.resume_from}.lock")
-    if os.name != "nt" and os.environ.get("ABLAGEN_CHECKPOINT_LOCK") != lock:
-        import fcntl  # no fcntl on Windows; under `ablagen run` the worker holds it
-
-        fd = os.open(lock, os.O_CREAT | os.O_WRONLY)
-        try:  # this process's lock, until it ends (its DataLoader workers lack it)
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another holds it
-            raise ResumeRefused(f"{path} is in use by another run; let it end first")
-    if args.restart or not os.path.exists(path):  # --restart: the next save replaces it
-        return
+def load_run_state(path, parts, generators, run):
+    """Restore what save_run_state saved at ``path``; refuse another run's checkpoint."""
     try:
         state = torch.load(path, weights_only=True)[VARIANT]  # another run's: KeyError
         for name, part in parts.items():  # another model shape raises here
@@ -161,16 +125,14 @@ def load_run_state(args, parts, generators, run):
     print(f"resumed {VARIANT} after epoch {run['epoch']} from {path}", flush=True)
 
 
-# -----------------------------------------------------------------------------
-# training loop
+# %% training loop
 @torch.no_grad()
 def evaluate(model, x, y, batch_size):
     """(mean loss, accuracy) on held-out data, in eval mode."""
     model.eval()
     total_loss, right = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        output = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
+    for inputs, target in zip(x.split(batch_size), y.split(batch_size)):
+        output = model(inputs)
         total_loss += loss_fn(output, target) * len(target)
         right += count_correct(output, target)
     return float(total_loss) / len(x), int(right) / y.numel()  # per label
@@ -179,29 +141,31 @@ def evaluate(model, x, y, batch_size):
 def train(args):
     """Train the (ablated) model; returns the metrics of the result JSON."""
     device = torch.device(args.device)
-    x_train, y_train, x_val, y_val = (t.to(device) for t in load_data())
-    model = new_model()
+    x_train, y_train, x_val, y_val = (
+        torch.as_tensor(t, device=device) for t in build_data()
+    )
+    model = DigitsCNN()  # fresh: the same weights for every variant at one seed
     params_total = sum(p.numel() for p in model.parameters())
     model = ablate(model).to(device)
     optimizer = make_optimizer(model, args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
     status = "ok"
-    # the state one epoch hands the next (a checkpoint saves it with the parts)
     run = dict(epoch=0, history=[], epochs_to_target=None, train_time=0.0)
     run.update(best_train_loss=math.inf, best_val_loss=math.inf, stale_epochs=0)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     generators = [torch.default_generator, order]  # dropout; the data order
     if args.resume_from:
-        load_run_state(args, parts, generators, run)
+        hold_checkpoint(args.resume_from)  # one run per checkpoint file
+        if os.path.exists(args.resume_from) and not args.restart:  # else from epoch 1
+            load_run_state(args.resume_from, parts, generators, run)
     for epoch in range(run["epoch"] + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         model.train()
         total_loss, right = 0.0, 0  # summed on the device, read once per epoch
         permutation = torch.randperm(len(x_train), generator=order).to(device)
-        for begin in range(0, len(x_train), args.batch_size):
-            batch = permutation[begin : begin + args.batch_size]
+        for batch in permutation.split(args.batch_size):
             output = model(x_train[batch])
             loss = loss_fn(output, y_train[batch])
             total_loss += loss.detach() * len(batch)
@@ -228,8 +192,6 @@ def train(args):
         run["best_train_loss"] = min(run["best_train_loss"], train_loss)
         if val_acc >= TARGET_ACC and run["epochs_to_target"] is None:
             run["epochs_to_target"] = epoch
-            if STOP_AT_TARGET:
-                break
         improved = val_loss < run["best_val_loss"]
         run["stale_epochs"] = 0 if improved else run["stale_epochs"] + 1
         run["best_val_loss"] = min(run["best_val_loss"], val_loss)
@@ -239,13 +201,11 @@ def train(args):
         if args.resume_from and epoch % (args.checkpoint_every or math.inf) == 0:
             run.update(epoch=epoch)
             save_run_state(args, parts, generators, run)
-    if args.resume_from and not args.keep_checkpoint:  # finished: nothing to resume
-        for name in (args.resume_from, f"{args.resume_from}.json"):
-            Path(name).unlink(missing_ok=True)
     if args.checkpoint:
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
     history = run["history"]
     samples = len(x_train) * len(history)
+    gpu_memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     return {
         "status": status,
         "history": history,
@@ -256,13 +216,29 @@ def train(args):
         "params_effective": params_total - ABLATED_PARAMS,
         "model_bytes": sum(t.nbytes for t in model.state_dict().values()),
         "samples_per_s": samples / run["train_time"] if run["train_time"] else None,
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": gpu_memory,  # on CPU, `ablagen run` measures it
     }
 
 
-# -----------------------------------------------------------------------------
-# command line, determinism, result JSON
+# %% command line, determinism, result JSON
 EXIT_CODES = {"ok": 0, "failed": 1, "refused": 2, "diverged": 3}
+
+
+class ResumeRefused(Exception):
+    """--resume-from names another run's checkpoint, or one a live run holds (exit 2)."""
+
+
+def hold_checkpoint(path):
+    """Own ``path`` while this process lives, or refuse it: another process has it."""
+    if os.name == "nt":  # no POSIX locks on Windows
+        return
+    import fcntl
+
+    fd = os.open(f"{path}.lock", os.O_CREAT | os.O_WRONLY)
+    try:  # a lockf: this process's own (not its forks'), taken again by the same process
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (under `ablagen run`: it is)
+    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another holds it
+        raise ResumeRefused(f"{path} is in use by another run; let it end first")
 
 
 def parse_args(argv=None):
@@ -277,28 +253,11 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", default=None, help="save the weights here")
     parser.add_argument("--resume-from", default=None)  # mid-run checkpoint file
     parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY)
-    parser.add_argument("--keep-checkpoint", action="store_true")  # once finished
     parser.add_argument("--restart", action="store_true")  # train from epoch 1
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
         parser.exit(2, "error: --checkpoint-every must be 0 (no checkpoints) or more\n")
     return args
-
-
-def seed_everything(seed):
-    """Seed Python's and torch's random numbers: the same seed, the same run on CPU."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def peak_memory_bytes(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def save_atomic(path, write):
@@ -319,7 +278,8 @@ def json_safe(value):
 
 def main(argv=None):
     args = parse_args(argv)
-    seed_everything(args.seed)
+    random.seed(args.seed)  # the same seed, the same run on CPU
+    torch.manual_seed(args.seed)
     started = time.perf_counter()
     result = dict(schema=1, variant=VARIANT, seed=args.seed, epochs=args.epochs)
     result.update(device=args.device, error=None)

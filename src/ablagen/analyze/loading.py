@@ -431,7 +431,7 @@ def _example_inputs(
     dataset: str | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], str]:
     if input_shape is not None:
-        return (_randn(input_shape),), "--input-shape"
+        return (_from_shape(model, input_shape, dataset),), "--input-shape"
     fn = getattr(module, "example_input", None)
     if callable(fn):
         try:
@@ -474,17 +474,39 @@ def _example_inputs(
     )
 
 
-def _runs(model: nn.Module, shape: tuple[int, ...]) -> bool:
+def _runs(model: nn.Module, shape: tuple[int, ...] | torch.Tensor) -> bool:
+    x = _randn(shape) if isinstance(shape, tuple) else shape
     try:
         with torch.no_grad():
-            model(_randn(shape))
+            model(x)
     except Exception:  # any failure: the model does not take this shape
         return False
     return True
 
 
+def _embeds(model: nn.Module | None) -> bool:
+    return model is not None and any(
+        isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules()
+    )
+
+
+def _from_shape(
+    model: nn.Module | None, shape: tuple[int, ...], dataset: str | None
+) -> torch.Tensor:
+    """--input-shape as one example batch: random floats, or a block of token ids
+    (zeros) for text data, or for a model that embeds tokens and refuses floats."""
+    ids = torch.zeros((EXAMPLE_BATCH, *shape), dtype=torch.long)
+    if dataset is not None and dataset.startswith("text:"):
+        return ids
+    if len(shape) == 1 and _embeds(model) and not _runs(model, shape) and _runs(model, ids):
+        return ids
+    return _randn(shape)
+
+
 def _shape_hint(model: nn.Module | None) -> str:
     """`` 30 (fc1 takes 30 features)``: what the model's first layer takes, if it says."""
+    if _embeds(model):
+        return " T (a block of T token ids: the model embeds tokens)"
     first = next(
         (
             (name, m)
@@ -582,23 +604,27 @@ def _check_batch_first(
     """The scripts feed batches with the batch dimension first: a model that reads it
     elsewhere (sequence-first, as nn.Transformer and nn.LSTM are by default) would
     train on samples mixed across the batch. Seen as an output whose rows are not
-    the batch's, or as row 0 changing when only sample 1 does."""
+    the batch's, or as one sample's row changing when only the other sample does
+    (both ways: a causal sequence-first model keeps its first row)."""
     x = inputs[0]
     if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(x) < 2:
         return
     rows = output.shape[0]
     mixed = rows != len(x)
-    if not mixed:
-        changed = x.clone()
-        changed[1] = x[0]
+
+    def differ(a: Any, b: Any) -> bool:
+        return not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+    with torch.no_grad():
+        same = model(*inputs) if not mixed else output
+    # random in eval mode (an unconditional F.dropout): the test cannot tell
+    for row in (0, 1) if not mixed and not differ(same, output) else ():
+        changed = x.clone()  # the other sample, made different (token ids: 0 <-> 1)
+        other = 1 - row
+        changed[other] = (x[other] == 0).to(x.dtype) if not x.is_floating_point() else x[row]
         with torch.no_grad():
-            same, again = model(*inputs), model(changed, *inputs[1:])
-
-        def differ(a: Any, b: Any) -> bool:
-            return not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
-
-        # random in eval mode (an unconditional F.dropout): the test cannot tell
-        mixed = not differ(same, output) and differ(again[0], output[0])
+            again = model(changed, *inputs[1:])
+        mixed = mixed or differ(again[row], output[row])
     if mixed:
         raise InputShapeError(
             f"the model in {path} mixes the samples of a batch (its output has {rows} "

@@ -20,6 +20,7 @@ from ablagen.generate.knockout_mode import render_knockout
 from ablagen.generate.request import MODES, GenerateOptions, StudyConfig
 from ablagen.generate.variants import (
     ablation_spec,
+    keep_in_place,
     parse_kinds,
     parse_methods,
     plan_variants,
@@ -65,7 +66,10 @@ def generate_study(opts: GenerateOptions) -> GeneratedStudy:
     prepared = prepare(opts)
     opts, loaded, inventory = prepared.opts, prepared.loaded, prepared.inventory
     pairs = plan_variants(inventory, kinds, opts.components, methods)
-    specs = [ablation_spec(comp, method) for comp, method in pairs]
+    specs = [
+        keep_in_place(ablation_spec(comp, method), loaded.model, loaded.example_inputs)
+        for comp, method in pairs
+    ]
     names = script_names([s.variant_id for s in specs])
     files: dict[str, bytes] = {}
     entries: list[VariantEntry] = []

@@ -188,8 +188,16 @@ class DataSpec:
     def requirements(self) -> str:
         """What the scripts need besides torch (the header says it)."""
         if self.needs_sklearn:
-            return " and scikit-learn"
-        return " and Pillow" if self.dataset == "folder" else ""
+            return ", scikit-learn"
+        return ", Pillow" if self.dataset == "folder" else ""
+
+    def tensors(self, device: str) -> str:
+        """The scripts' expression for (x_train, y_train, x_val, y_val) on ``device``:
+        the model file's build_data() is called as it is (it may return arrays),
+        every other source through the script's own load_data()."""
+        if self.dataset == "build_data":
+            return f"(torch.as_tensor(t, device={device}) for t in build_data())"
+        return f"(t.to({device}) for t in load_data())"
 
     @property
     def spec(self) -> str:
@@ -235,6 +243,10 @@ class DataSpec:
         return cls(**fields)
 
 
+#: see ModelInfo.build
+BUILD_MARK = "__ablagen_build_model__()"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     path: str  # the model file, relative to the study directory
@@ -252,6 +264,13 @@ class ModelInfo:
     #: forward's later parameters with their defaults (Python literals), for torch.fx:
     #: ``mask=None`` is traced as None (see ablate.trace)
     trace_defaults: str = ""
+
+    @property
+    def build(self) -> str:
+        """What the templates write where the scripts build the model: a marker the
+        renderer swaps for ``expression`` once the scripts' own names have given way
+        to the model's, so a model class named like one of them keeps its name."""
+        return BUILD_MARK
 
     @property
     def display(self) -> str:
@@ -276,7 +295,7 @@ class AblationSpec:
     kind: str  # layer | block | activation | neuron
     op: str
     method: str  # identity | zero | mean | mask
-    template: str  # replace_identity | zero_hook | hook | fx_node | head | call
+    template: str  # replace_identity | identity_hook | zero_hook | hook | fx_node | head | call
     module: str | None  # qualified name of the hooked / replaced module
     parent: str | None  # replace_identity: the parent's qualified name ("" = the model)
     child: str | None  # replace_identity: the attribute name on the parent

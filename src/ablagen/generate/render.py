@@ -24,7 +24,7 @@ import black
 import jinja2
 import libcst as cst
 
-from ablagen.generate.context import ScriptContext
+from ablagen.generate.context import BUILD_MARK, ScriptContext
 from ablagen.generate.env import TOP_TEMPLATE
 from ablagen.generate.names import (
     BUILTINS,
@@ -41,9 +41,12 @@ from ablagen.core.errors import ModelFileError, TemplateError
 from ablagen.source.imports import Imports, import_block, split_imports
 
 SECTION_MARK = "# ablagen:section"
-#: a section's banner (the rule and its title) sits right above its first statement,
-#: as black allows: the blank lines black would keep there only lengthen the script
-BANNER_GAP = re.compile(r"^(# -{77}\n(?:#[^\n]*\n)+)\n\n(?=\S)", re.MULTILINE)
+#: a marker line; an include that renders nothing leaves two markers back to back
+SECTION_SPLIT = re.compile(rf"^{SECTION_MARK}$\n?", re.MULTILINE)
+#: a section's banner (a ``# %%`` title line, the cell marker of VS Code, Jupytext,
+#: Spyder and PyCharm, plus any comment lines under it) sits right above its first
+#: statement, as black allows: the blank lines black would keep there only lengthen it
+BANNER_GAP = re.compile(r"^(# %% [^\n]*\n(?:#[^\n]*\n)*)\n\n(?=\S)", re.MULTILINE)
 BLACK_MODE = black.Mode(target_versions={black.TargetVersion.PY310}, line_length=88)
 #: variants whose sections differ only in simple literals share one black call
 #: (generate.by_shape); ABLAGEN_FORMAT_BY_SHAPE=0 formats every section itself (the
@@ -68,9 +71,10 @@ class _Section:
 def render_script(env: jinja2.Environment, ctx: ScriptContext) -> str:
     """The script of ``ctx``: rendered, imports hoisted into one block, formatted."""
     raw = render_raw(env, ctx)
-    sections = [s for s in raw.split(f"\n{SECTION_MARK}\n") if s.strip()]
+    sections = [s for s in SECTION_SPLIT.split(raw) if s.strip()]
     try:
         sections = _give_way(ctx, sections)
+        sections = [s.replace(BUILD_MARK, ctx.model.expression) for s in sections]
         gathered = [split_imports(section) for section in sections]
         imports = functools.reduce(operator.or_, (i for i, _ in gathered), Imports())
         formatted = [_format_section(rest) for _, rest in gathered if rest.strip()]

@@ -8,8 +8,12 @@ variant a readable, unique file name of ``[a-z0-9_]`` only.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
+
+import torch
+from torch import nn
 
 from ablagen.analyze import KINDS, METHODS, Component, Inventory
 from ablagen.generate.context import AblationSpec
@@ -219,3 +223,22 @@ def script_names(
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
     return slug or "x"
+
+
+def keep_in_place(spec: AblationSpec, model: nn.Module, inputs: tuple) -> AblationSpec:
+    """``spec``, skipping its module with a forward hook (output = input) where
+    replacing it with ``nn.Identity`` breaks the model: a container that reads its
+    children's attributes (``nn.TransformerEncoder`` reads ``layers[0].self_attn``)."""
+    if spec.template != "replace_identity" or spec.module is None:
+        return spec
+    parent = model.get_submodule(spec.parent) if spec.parent else model
+    original = getattr(parent, spec.child)
+    setattr(parent, spec.child, nn.Identity())
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception:  # any failure: the replacement is what broke it
+        return dataclasses.replace(spec, template="identity_hook", parent=None, child=None)
+    finally:
+        setattr(parent, spec.child, original)
+    return spec

@@ -64,10 +64,14 @@ def higher_is_better(metric: str) -> bool:
 
 
 def metric_value(record: RunRecord, metric: str) -> float | None:
-    """``result["final"][metric]``, else a numeric top-level ``result[metric]``."""
+    """``result["final"][metric]``, else a numeric top-level ``result[metric]``. A
+    script reports ``peak_memory_bytes`` on a GPU only; on CPU it is what the
+    orchestrator measured of the run's process."""
     result = record.result or {}
     final = result.get("final") or {}
     value = final.get(metric) if metric in final else result.get(metric)
+    if metric == "peak_memory_bytes" and value is None:
+        value = record.peak_memory_bytes
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None

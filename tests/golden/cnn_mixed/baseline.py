@@ -6,8 +6,7 @@ Model:  ../models/cnn_mixed.py (class Net, sha256 65fe95eea09206a1)
 Run:    python baseline.py --epochs 1 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../models/cnn_mixed.py --out . --dataset synthetic --components act:identity --epochs 1
-Standalone (Python, torch; never ablagen): writes the JSON result
-(metrics per epoch, parameter counts, wall time) to --out; exit codes: EXIT_CODES.
+Needs Python, torch; never ablagen. --out: the JSON result; exit codes: EXIT_CODES.
 """
 
 import argparse
@@ -24,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# -----------------------------------------------------------------------------
-# config: every value is read below; the flags named in brackets override them
+# %% config: every value is read below; the flags named in brackets override them
 EPOCHS = 1  # passes over the training data [--epochs]
 BATCH_SIZE = 64  # [--batch-size]
 LR = 0.003  # learning rate [--lr]
@@ -35,15 +33,13 @@ NUM_OUTPUTS = 5  # size of the model's last output dimension
 VAL_FRACTION = 0.2  # share of the data held out for validation
 SPLIT_SEED = 0  # fixes the split: every variant sees the same data
 TARGET_ACC = 0.9  # "epochs to target": first epoch at this val accuracy
-STOP_AT_TARGET = False  # stop training once the target is reached
 PATIENCE = None  # early stopping: epochs without val-loss gain (None: off)
 DIVERGENCE_FACTOR = 10.0  # diverged: train loss above this times its best
 SEED = 0  # model init, data order, dropout [--seed]
 DEVICE = "cpu"  # cpu | cuda [--device]
 
 
-# -----------------------------------------------------------------------------
-# model: embedded from ../models/cnn_mixed.py; edit that file and regenerate
+# %% model: embedded from ../models/cnn_mixed.py; edit that file and regenerate
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
@@ -58,24 +54,16 @@ class Net(nn.Module):
         return self.fc(x).relu()
 
 
-def new_model():
-    """A freshly initialised model (the same weights for every variant at one seed)."""
-    return Net()
-
-
-# -----------------------------------------------------------------------------
-# ablation: none, this is the baseline every variant is compared with
+# %% ablation: none, this is the baseline every variant is compared with
 VARIANT = "baseline"
 ABLATED_PARAMS = 0  # parameters that no longer affect the output
 
 
 def ablate(model):
-    """Nothing is ablated."""
-    return model
+    return model  # nothing is ablated
 
 
-# -----------------------------------------------------------------------------
-# data: 512 seeded synthetic samples, 0.2 held out
+# %% data: 512 seeded synthetic samples, 0.2 held out
 SYNTHETIC_SAMPLES = 512  # train + validation samples
 
 
@@ -98,15 +86,7 @@ def split(x, y):
     return x[train], y[train], x[val], y[val]
 
 
-# -----------------------------------------------------------------------------
-# optimizer
-def make_optimizer(model, lr):
-    """Adam over all parameters."""
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-
-
-# -----------------------------------------------------------------------------
-# loss and accuracy
+# %% loss and accuracy, optimizer
 loss_fn = F.cross_entropy  # the mean over a batch
 
 
@@ -115,16 +95,19 @@ def count_correct(output, target):
     return (output.argmax(dim=1) == target).sum()
 
 
-# -----------------------------------------------------------------------------
-# training loop
+def make_optimizer(model, lr):
+    """Adam over all parameters."""
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+
+
+# %% training loop
 @torch.no_grad()
 def evaluate(model, x, y, batch_size):
     """(mean loss, accuracy) on held-out data, in eval mode."""
     model.eval()
     total_loss, right = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        output = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
+    for inputs, target in zip(x.split(batch_size), y.split(batch_size)):
+        output = model(inputs)
         total_loss += loss_fn(output, target) * len(target)
         right += count_correct(output, target)
     return float(total_loss) / len(x), int(right) / y.numel()  # per label
@@ -134,13 +117,12 @@ def train(args):
     """Train the (ablated) model; returns the metrics of the result JSON."""
     device = torch.device(args.device)
     x_train, y_train, x_val, y_val = (t.to(device) for t in load_data())
-    model = new_model()
+    model = Net()  # fresh: the same weights for every variant at one seed
     params_total = sum(p.numel() for p in model.parameters())
     model = ablate(model).to(device)
     optimizer = make_optimizer(model, args.lr)
     order = torch.Generator().manual_seed(args.seed)  # the data order of every epoch
     status = "ok"
-    # the state one epoch hands the next
     run = dict(epoch=0, history=[], epochs_to_target=None, train_time=0.0)
     run.update(best_train_loss=math.inf, best_val_loss=math.inf, stale_epochs=0)
     for epoch in range(run["epoch"] + 1, args.epochs + 1):
@@ -149,8 +131,7 @@ def train(args):
         model.train()
         total_loss, right = 0.0, 0  # summed on the device, read once per epoch
         permutation = torch.randperm(len(x_train), generator=order).to(device)
-        for begin in range(0, len(x_train), args.batch_size):
-            batch = permutation[begin : begin + args.batch_size]
+        for batch in permutation.split(args.batch_size):
             output = model(x_train[batch])
             loss = loss_fn(output, y_train[batch])
             total_loss += loss.detach() * len(batch)
@@ -176,8 +157,6 @@ def train(args):
         run["best_train_loss"] = min(run["best_train_loss"], train_loss)
         if val_acc >= TARGET_ACC and run["epochs_to_target"] is None:
             run["epochs_to_target"] = epoch
-            if STOP_AT_TARGET:
-                break
         improved = val_loss < run["best_val_loss"]
         run["stale_epochs"] = 0 if improved else run["stale_epochs"] + 1
         run["best_val_loss"] = min(run["best_val_loss"], val_loss)
@@ -188,6 +167,7 @@ def train(args):
         save_atomic(args.checkpoint, lambda path: torch.save(model.state_dict(), path))
     history = run["history"]
     samples = len(x_train) * len(history)
+    gpu_memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     return {
         "status": status,
         "history": history,
@@ -198,12 +178,11 @@ def train(args):
         "params_effective": params_total - ABLATED_PARAMS,
         "model_bytes": sum(t.nbytes for t in model.state_dict().values()),
         "samples_per_s": samples / run["train_time"] if run["train_time"] else None,
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": gpu_memory,  # on CPU, `ablagen run` measures it
     }
 
 
-# -----------------------------------------------------------------------------
-# command line, determinism, result JSON
+# %% command line, determinism, result JSON
 EXIT_CODES = {"ok": 0, "failed": 1, "diverged": 3}
 
 
@@ -218,22 +197,6 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--checkpoint", default=None, help="save the weights here")
     return parser.parse_args(argv)
-
-
-def seed_everything(seed):
-    """Seed Python's and torch's random numbers: the same seed, the same run on CPU."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def peak_memory_bytes(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def save_atomic(path, write):
@@ -254,7 +217,8 @@ def json_safe(value):
 
 def main(argv=None):
     args = parse_args(argv)
-    seed_everything(args.seed)
+    random.seed(args.seed)  # the same seed, the same run on CPU
+    torch.manual_seed(args.seed)
     started = time.perf_counter()
     result = dict(schema=1, variant=VARIANT, seed=args.seed, epochs=args.epochs)
     result.update(device=args.device, error=None)
