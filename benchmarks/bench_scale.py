@@ -21,7 +21,8 @@ one, which reports:
 * ``driver_peak_rss_mb``: the driver process's peak resident set size
   (``ru_maxrss``; its children, the workers and runs, are not in it), and
   ``driver_rss_growth_mb``: how much the RSS grew between the 10th and the last
-  100th of the runs (flat in the number of runs: about the same at 1k and 10k).
+  100th of the runs, and ``driver_rss_tenths_mb``: the RSS at each tenth of them
+  (flat in the number of runs: SQLite's page cache, 2 MB, fills, then nothing grows).
 
 Then, on the study the last backend filled, ``ablagen status STUDY --json`` and
 ``ablagen rank STUDY --no-plots`` are timed as commands (Python start and imports
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,23 +158,30 @@ def child(study: Path, backend: str, jobs: int) -> dict:
 
     register_backend("instant", InstantBackend)
 
-    timings: dict[str, list[float]] = {"claim": [], "finish": []}
+    total = len(json.loads((study / MANIFEST).read_text())["variants"]) * len(
+        json.loads((study / MANIFEST).read_text())["config"]["seeds"]
+    )
+    # latencies go into arrays allocated up front, so that the driver's memory
+    # growth measured below is the orchestrator's, not this instrumentation's
+    timings = {name: array("d", bytes(8 * total)) for name in ("claim", "finish")}
+    counts = dict.fromkeys(timings, 0)
     for name in timings:
         original = getattr(ResultStore, name)
 
-        def timed(self, *args, _original=original, _into=timings[name], **kwargs):
+        def timed(self, *args, _original=original, _name=name, **kwargs):
             start = time.perf_counter()
             try:
                 return _original(self, *args, **kwargs)
             finally:
-                _into.append(time.perf_counter() - start)
+                i = counts[_name]
+                if i < total:
+                    timings[_name][i] = time.perf_counter() - start
+                    counts[_name] = i + 1
 
         setattr(ResultStore, name, timed)
 
-    total = len(json.loads((study / MANIFEST).read_text())["variants"]) * len(
-        json.loads((study / MANIFEST).read_text())["config"]["seeds"]
-    )
     rss: dict[str, float] = {}
+    tenths: list[float] = []  # the RSS at each tenth of the runs
 
     def progress(event) -> None:
         if event.event == "finished":
@@ -180,6 +189,8 @@ def child(study: Path, backend: str, jobs: int) -> dict:
                 rss["tenth"] = _rss_mb()
             if event.done == total - max(1, total // 100):
                 rss["last"] = _rss_mb()
+            if event.done % max(1, total // 10) == 0:
+                tenths.append(round(_rss_mb(), 1))
 
     bare = backend.endswith("-bare")  # workers that preload nothing (no torch)
     options = RunOptions(
@@ -189,8 +200,8 @@ def child(study: Path, backend: str, jobs: int) -> dict:
     summary = run_study(study, options, progress=progress)
     wall = time.perf_counter() - start
 
-    def pct(values: list[float], q: float) -> float:
-        values = sorted(values)
+    def pct(name: str, q: float) -> float:
+        values = sorted(timings[name][: counts[name]])
         return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 2)
 
     return {
@@ -200,17 +211,18 @@ def child(study: Path, backend: str, jobs: int) -> dict:
         "wall_s": round(wall, 2),
         "runs_per_s": round(summary.ran / wall, 1),
         "claim_ms": {
-            "p50": pct(timings["claim"], 0.5),
-            "p99": pct(timings["claim"], 0.99),
+            "p50": pct("claim", 0.5),
+            "p99": pct("claim", 0.99),
         },
         "finish_ms": {
-            "p50": pct(timings["finish"], 0.5),
-            "p99": pct(timings["finish"], 0.99),
+            "p50": pct("finish", 0.5),
+            "p99": pct("finish", 0.99),
         },
         "driver_peak_rss_mb": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
         ),
         "driver_rss_growth_mb": round(rss.get("last", 0.0) - rss.get("tenth", 0.0), 1),
+        "driver_rss_tenths_mb": tenths,
     }
 
 
@@ -294,6 +306,7 @@ def _print(runs: int, tree: str, figures: dict) -> None:
             f" finish p50/p99 {f['finish_ms']['p50']}/{f['finish_ms']['p99']} ms;"
             f" driver peak RSS {f['driver_peak_rss_mb']} MB,"
             f" grew {f['driver_rss_growth_mb']} MB from 10 % to 99 % of the runs"
+            f" (at each tenth: {f['driver_rss_tenths_mb']} MB)"
         )
     print(
         f"{runs} runs ({tree}): ablagen status {figures['status_s']} s"
