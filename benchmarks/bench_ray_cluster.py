@@ -2,7 +2,7 @@
 
 Starts the test cluster of ``tests/ray_cluster.py`` (a head and two worker nodes of
 one CPU each that cannot see the study; needs root and ``unshare``), generates a
-folder:-data retrain study (``examples/folder_cnn.py``, 300 images, 4 epochs, two
+folder:-data retrain study (``examples/folder_cnn.py``, 300 images, 30 epochs, two
 scripts x two seeds), runs it once uninterrupted and once while node w1 is
 SIGKILLed (its raylet, then the rest of it) as soon as one of its runs has saved a
 checkpoint, with ``--storage`` a folder outside the study, and reports, side by
@@ -61,7 +61,7 @@ def main() -> None:
             dataset=f"folder:{digits}",
             components=("conv2",),
             num_workers=0,
-            train=TrainConfig(epochs=4),
+            train=TrainConfig(epochs=30),  # seconds a run: killed between saves
         )
         calm = study.with_name("calm")
         shutil.copytree(study, calm)
