@@ -31,7 +31,9 @@ split, in process-seconds per run:
   commits, the request and reply, the planning inside ``run_study``).
 
 ``pool_starts`` counts the worker zygotes the command started (``subprocess.Popen``
-of ``worker.py``): one per command. For scale, the same scripts are also started
+of ``worker.py``): one per command. ``python benchmarks/bench_sweep.py --child
+TIMELINE.json ARGV...`` times any ``ablagen ARGV...`` so (``ablagen study``: one
+``run_study`` call per stage, one pool for all). For scale, the same scripts are also started
 cold, one ``python SCRIPT`` each (the naive loop).
 """
 
