@@ -539,9 +539,24 @@ class RayBackend:
         log_file = self.study_dir / spec.log_path
         with writing(log_file, "the run log"):
             log_file.write_text(reply["log"], encoding="utf-8")
+        if reply.get("exit_code") == 0:
+            self._drop_stored_checkpoint(spec, reply.get("result"))
         return from_reply(
             spec, reply, reply.get("result"), self.name, self.memory_limit
         )
+
+    def _drop_stored_checkpoint(self, spec: RunSpec, result: str | None) -> None:
+        """An ok run's checkpoint (and note) leave ``--storage`` unless
+        ``--keep-checkpoints``: as the orchestrator removes the study's copy (a
+        finished script keeps its file; a node without the study uploaded it)."""
+        if self._store is None or spec.checkpoint is None:
+            return
+        if self.options.keep_checkpoints:
+            return
+        done = finished_result(result)
+        if done is not None and done[1] == 0:
+            self._store.remove(spec.checkpoint)
+            self._store.remove(spec.checkpoint + ".json")
 
     def _kept_result(self, spec: RunSpec) -> RawOutcome | None:
         """The run's complete result in ``--storage``, written by this try's node."""
@@ -552,6 +567,7 @@ class RayBackend:
         if done is None:
             return None
         reply = {"exit_code": done[1], "wall_time_s": done[0].get("wall_time_s")}
+        self._drop_stored_checkpoint(spec, text)
         return from_reply(spec, reply, text, self.name, self.memory_limit)
 
     def _restart(self, slot: int) -> None:

@@ -263,8 +263,9 @@ class CheckpointSync:
 
     Before the run: storage's copy is fetched when the run has none. While it runs: a
     thread uploads each new save (checked every ``SYNC_S``). After it: the last save
-    is uploaded, or storage's copy removed when the script removed its own (a run
-    that finished ok), so storage mirrors what the study would hold.
+    is uploaded, or storage's copy removed when the script removed its own. (A
+    script that keeps its file after an ok run leaves it to the driver, which
+    removes storage's copy as the orchestrator removes the study's.)
     """
 
     def __init__(self, storage: Storage, local: str, rel: str) -> None:
