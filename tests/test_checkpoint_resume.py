@@ -120,14 +120,17 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, streamed, train, workers
     assert [h["val_loss"] for h in again["history"]] == [
         h["val_loss"] for h in full["history"]
     ]
-    assert not ckpt.exists()  # a finished run deletes its checkpoint
+    # a finished run keeps its checkpoint: run again, it resumes after its last epoch
+    rerun = _run(script, "--out", "rerun.json", "--resume-from", ckpt.name, *extra)
+    assert rerun.returncode == 0 and f"after epoch {len(full['history'])}" in rerun.stdout
+    assert json.loads((study / "rerun.json").read_text())["history"] == full["history"]
 
 
 def test_another_runs_checkpoint_is_refused_until_restart(tmp_path):
     study = _study(tmp_path, streamed=False)
     ckpt = study / "run.ckpt"
     variant = sorted(p for p in study.glob("*.py") if p.name != "baseline.py")[0]
-    args = ["--epochs", "1", "--checkpoint-every", "1", "--keep-checkpoint"]
+    args = ["--epochs", "1", "--checkpoint-every", "1"]
     assert _run(variant, "--resume-from", ckpt.name, *args).returncode == 0
     assert ckpt.exists()
     refused = _run(study / "baseline.py", "--resume-from", ckpt.name, "--out", "r.json")

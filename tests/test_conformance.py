@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,3 +217,58 @@ def test_skipping_a_layer_its_container_reads_keeps_it_in_place(tmp_path, capsys
     torch.testing.assert_close(got, expected)
     result = _run(script)
     assert result["status"] == "ok" and len(result["history"]) == 1
+
+
+def test_a_file_that_parses_its_flags_at_import_sees_none_of_ablagens(tmp_path, capsys):
+    """Module-level ``parser.parse_args()`` reads the model file's own defaults, not
+    ablagen's command line; the scripts embed the model, not the program."""
+    spec = f"{SUITE / 'argparse_at_import.py'}:MLP"
+    out = tmp_path / "s"
+    args = ["generate", spec, "--input-shape", "20", "--out", out, "--dataset", "synthetic"]
+    code, _, err = run_cli([*args, "--components", "fc1:zero"], capsys)
+    assert code == 0, err
+    baseline = (out / "baseline.py").read_text()
+    assert "parse_args()\n" not in baseline.split("# %% ablation")[0]  # not embedded
+    assert _run(out / "fc1__zero.py")["status"] == "ok"
+
+
+def test_a_file_that_exits_when_imported_is_refused_in_one_line(tmp_path, capsys):
+    model = tmp_path / "runs.py"
+    model.write_text(
+        "import sys\nfrom torch import nn\n\n\nclass Net(nn.Linear):\n    pass\n\n\n"
+        "sys.exit(3)\n"
+    )
+    code, _, err = run_cli(["analyze", model, "--input-shape", "4"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "(line 9) exited (SystemExit 3): it runs a program when imported" in err
+    assert 'if __name__ == "__main__":' in err
+
+
+def test_build_data_reads_files_beside_the_model_file_through_its_file(tmp_path, capsys):
+    """``Path(__file__).parent / "x.pt"`` in a model file names the model's folder,
+    in the scripts too (there, ``__file__`` is the script's own)."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.randn(64, 6, generator=gen), "y": torch.randint(0, 2, (64,), generator=gen)}, folder / "xy.pt")  # fmt: skip
+    (folder / "model.py").write_text(
+        "from pathlib import Path\n\nimport torch\nfrom torch import nn\n\n\n"
+        "class Net(nn.Sequential):\n    def __init__(self):\n"
+        "        super().__init__(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))\n\n\n"
+        "def build_data():\n    data = torch.load(Path(__file__).parent / 'xy.pt')\n"
+        "    x, y = data['x'], data['y']\n    return x[:48], y[:48], x[48:], y[48:]\n"
+    )
+    out = tmp_path / "studies" / "s"
+    args = ["generate", f"{folder / 'model.py'}:Net", "--out", out, "--components", "0:zero"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    baseline = (out / "baseline.py").read_text()
+    assert 'os.path.join(os.path.dirname(__file__), "../../project/model.py")' in baseline
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(out / "baseline.py"), "--epochs", "1", "--out", "r.json"],
+        cwd=elsewhere, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((elsewhere / "r.json").read_text())["status"] == "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,6 +12,7 @@ from scipy import stats
 from ablagen.core.errors import StudyError
 from ablagen.orchestrate.run_record import RunRecord
 from ablagen.rank.ranking import (
+    metric_value,
     IMPORTANCE_JSON,
     Ranking,
     load_ranking,
@@ -293,3 +295,15 @@ def test_rank_table_prints_tiny_importances_readably(capsys) -> None:
         "conv1:zero": ["+0.0120 ± 0.0050", "[+0.0070, +0.0170]"],
         "fc1:mean": ["+3.00e-05 ± 2.48e-05", "[+5.16e-06, +5.48e-05]"],
     }
+
+
+def test_peak_memory_on_cpu_is_the_orchestrators_measurement():
+    """A script reports peak_memory_bytes on a GPU only (null on CPU): the metric is
+    then what the orchestrator measured of the run's process; a script's figure wins."""
+    on_cpu = dataclasses.replace(record("baseline", 0, acc=0.9), peak_memory_bytes=123)
+    assert metric_value(on_cpu, "peak_memory_bytes") == 123.0
+    on_gpu = dataclasses.replace(
+        on_cpu, result={**on_cpu.result, "peak_memory_bytes": 456}
+    )
+    assert metric_value(on_gpu, "peak_memory_bytes") == 456.0
+    assert metric_value(record("baseline", 0, acc=0.9), "peak_memory_bytes") is None

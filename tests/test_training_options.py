@@ -232,7 +232,8 @@ def test_result_metrics_present(make):
     assert result["model_bytes"] == sum(
         t.numel() * t.element_size() for t in model.state_dict().values()
     )
-    assert result["samples_per_s"] > 0 and result["peak_memory_bytes"] > 0
+    assert result["samples_per_s"] > 0
+    assert result["peak_memory_bytes"] is None  # on CPU: ablagen run measures it
 
 
 def test_dropout_override_reaches_the_model(tmp_path):

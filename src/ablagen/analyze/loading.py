@@ -195,8 +195,18 @@ def _import_file(path: Path, source: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     sys.path.insert(0, directory)
+    argv, sys.argv = sys.argv, [str(path)]  # a module-level parse_args() sees no flags
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # a training script that runs, or exits, when imported
+        sys.modules.pop(mod_name, None)
+        line = _line_in_file(exc, path)
+        raise ModelFileError(
+            f"importing {path}{line} exited (SystemExit {exc.code!r}): it runs a "
+            "program when imported",
+            "put that code under `if __name__ == \"__main__\":`, or the model in a "
+            "file of its own",
+        ) from None
     except Exception as exc:
         sys.modules.pop(mod_name, None)
         line = _line_in_file(exc, path)
@@ -205,6 +215,7 @@ def _import_file(path: Path, source: str) -> ModuleType:
             "fix the model file or install what it imports",
         ) from exc
     finally:
+        sys.argv = argv
         sys.path.remove(directory)
         for name in set(sys.modules) - before - {mod_name}:
             file = getattr(sys.modules[name], "__file__", None) or ""

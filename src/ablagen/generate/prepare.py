@@ -154,7 +154,9 @@ def _model_info(
             )
         wanted.add("DROPOUT")
         constants["DROPOUT"] = repr(float(opts.dropout))
-    embedded = embed_model_source(loaded.path, wanted, constants)
+    embedded = embed_model_source(
+        loaded.path, wanted, constants, located=lambda file: relative_to(file, opts.out)
+    )
     if batch is None:
         with torch.no_grad():
             output = loaded.model(*loaded.example_inputs)

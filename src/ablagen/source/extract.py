@@ -10,6 +10,7 @@ they need) from that file first, recursively.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import libcst as cst
 from ablagen.core.errors import ModelFileError
 from ablagen.source.gather import TopLevel, needed_statements, top_level_statements
 from ablagen.source.transforms import (
+    AtModelFile,
     DropMainGuard,
     KeepStatements,
     SetConstants,
@@ -35,16 +37,22 @@ def embed_model_source(
     path: Path,
     wanted: set[str],
     constants: dict[str, str] | None = None,
+    located: Callable[[Path], str] | None = None,
 ) -> EmbeddedSource:
     """Extract what ``wanted`` needs from ``path`` (see the module docstring).
 
     ``constants`` gives top-level constants new values (Python source). The
     imports stay: the renderer merges every import of a script into one block.
+    ``located`` gives a source file's path relative to the scripts: their
+    ``__file__`` is rewritten to name it (see AtModelFile).
     """
     chunks: list[str] = []
     names: set[str] = set()
     files: list[Path] = []
-    _embed(path.resolve(), wanted, constants or {}, chunks, names, files, stack=())
+    _embed(
+        path.resolve(), wanted, constants or {}, chunks, names, files, stack=(),
+        located=located,
+    )
     return EmbeddedSource(
         "\n\n".join(c.strip("\n") for c in chunks if c.strip()) + "\n",
         frozenset(names),
@@ -70,6 +78,7 @@ def _embed(
     names: set[str],
     files: list[Path],
     stack: tuple[Path, ...],
+    located: Callable[[Path], str] | None = None,
 ) -> None:
     if path in stack:
         raise ModelFileError(
@@ -95,11 +104,18 @@ def _embed(
             )
         # `from blocks import *`: what the kept code uses and this file leaves undefined
         wanted_there = used - here if "*" in st.defines else set(st.defines) & used
-        _embed(sibling, wanted_there, {}, chunks, names, files, stack + (path,))
+        _embed(
+            sibling, wanted_there, {}, chunks, names, files, stack + (path,), located
+        )
     indices = {st.index for st in keep if st not in sibling_imports}
     kept = module.visit(KeepStatements(indices))
     if constants:
         kept = kept.visit(SetConstants(constants))
+    if located is not None:
+        at_file = AtModelFile(located(path))
+        kept = kept.visit(at_file)
+        if at_file.replaced:  # the renderer merges it with the script's own imports
+            chunks.append("import os")
     chunks.append(kept.code)
     names.update(n for st in keep if st not in sibling_imports for n in st.defines)
     files.append(path)

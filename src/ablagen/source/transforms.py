@@ -58,3 +58,22 @@ class SetConstants(cst.CSTTransformer):
                     value=cst.parse_expression(self.values[name])
                 )
         return updated
+
+
+class AtModelFile(cst.CSTTransformer):
+    """``__file__`` -> ``os.path.join(os.path.dirname(__file__), RELATIVE)``: in the
+    script, the embedded code's ``__file__`` still names the file it came from
+    (``Path(__file__).parent / "x.npy"`` reads the data beside the model file)."""
+
+    def __init__(self, relative: str) -> None:
+        super().__init__()
+        self.expression = cst.parse_expression(
+            f"os.path.join(os.path.dirname(__file__), {relative!r})"
+        )
+        self.replaced = False
+
+    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
+        if updated.value != "__file__":
+            return updated
+        self.replaced = True
+        return self.expression
