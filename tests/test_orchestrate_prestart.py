@@ -100,6 +100,7 @@ def pool_starts(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return started
 
 
+@pytest.mark.slow
 def test_one_pool_serves_run_study_calls_one_after_another(
     tmp_path: Path, pool_starts: list[list[str]]
 ) -> None:
