@@ -6,7 +6,7 @@ Model:  ../../examples/digits_cnn.py (class DigitsCNN, sha256 1fb05a23d8aa4276)
 Run:    python conv1__zero.py --epochs 8 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../../examples/digits_cnn.py --out . --dataset build_data --epochs 8 --scheduler cosine --patience 3
-Needs Python, torch; never ablagen. --out: the JSON result; exit codes: EXIT_CODES.
+Needs Python, torch and the model file's imports, never ablagen. Exit codes: EXIT_CODES.
 """
 
 import argparse
@@ -235,8 +235,8 @@ def hold_checkpoint(path):
     import fcntl
 
     fd = os.open(f"{path}.lock", os.O_CREAT | os.O_WRONLY)
-    try:  # a lockf: this process's own (not its forks'), taken again by the same process
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (under `ablagen run`: it is)
+    try:  # the process's own lock (not its forks'); ablagen run's worker took it here
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another holds it
         raise ResumeRefused(f"{path} is in use by another run; let it end first")
 

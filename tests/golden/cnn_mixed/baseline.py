@@ -6,7 +6,7 @@ Model:  ../models/cnn_mixed.py (class Net, sha256 65fe95eea09206a1)
 Run:    python baseline.py --epochs 1 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../models/cnn_mixed.py --out . --dataset synthetic --components act:identity --epochs 1
-Needs Python, torch; never ablagen. --out: the JSON result; exit codes: EXIT_CODES.
+Needs Python, torch and the model file's imports, never ablagen. Exit codes: EXIT_CODES.
 """
 
 import argparse

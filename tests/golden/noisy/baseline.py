@@ -6,7 +6,7 @@ Model:  ../models/reused.py (class Shared, sha256 2104763cb5af7401)
 Run:    python baseline.py --epochs 1 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../models/reused.py --out . --dataset synthetic --components relu@1:zero --epochs 1 --optimizer momentum --l1 0.0001 --grad-clip 1.0 --scheduler cyclic --noise dropnoise --sigma 0.01 --noise-schedule annealed
-Needs Python, torch; never ablagen. --out: the JSON result; exit codes: EXIT_CODES.
+Needs Python, torch and the model file's imports, never ablagen. Exit codes: EXIT_CODES.
 """
 
 import argparse

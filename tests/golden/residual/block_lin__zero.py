@@ -6,7 +6,7 @@ Model:  ../models/residual.py (class ResNet, sha256 1a02e1564647e609)
 Run:    python block_lin__zero.py --epochs 1 --seed 0 --out result.json
 Made by ablagen 0.1.0; to regenerate, run in this directory:
     ablagen generate ../models/residual.py --out . --dataset synthetic --components block:identity --components block.lin:zero --components fn.gelu:mean --components 'block.lin[2]:mask' --components out:zero --epochs 1 --task tokens
-Needs Python, torch; never ablagen. --out: the JSON result; exit codes: EXIT_CODES.
+Needs Python, torch and the model file's imports, never ablagen. Exit codes: EXIT_CODES.
 """
 
 import argparse
