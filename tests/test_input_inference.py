@@ -3,9 +3,11 @@ when the model fails on an input: what the model file says, not a fixed 1,8,8.""
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
+import torch
 
 from ablagen.core.errors import InputShapeError
 from ablagen.analyze.loading import load_model
@@ -77,6 +79,14 @@ def test_input_shape_is_inferred_from_the_data(
 def test_dataset_option_gives_the_shape(tmp_path):
     path = _write(tmp_path, "model.py", MLP, data="")
     assert load_model(str(path), dataset="breast_cancer").input_shapes == [(2, 30)]
+
+
+def test_analyze_takes_the_shape_from_dataset_as_generate_does(tmp_path, capsys):
+    path = _write(tmp_path, "model.py", MLP, data="")
+    code, out, err = run_cli(["analyze", path, "--dataset", "breast_cancer", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["input_shapes"] == [[2, 30]]
+    assert "input shape (30,) inferred from --dataset 'breast_cancer' (30 features)" in err
 
 
 def test_a_given_input_is_not_inferred(tmp_path):
@@ -197,14 +207,17 @@ class TokenModel(nn.Module):
 """
 
 
-def test_an_embedding_fed_input_shape_floats_is_told_to_use_token_ids(tmp_path, capsys):
-    """--input-shape gives random floats; an embedding first takes ids: the fix is
-    text data or an example_input() of token ids, not another shape."""
+def test_input_shape_of_a_token_model_is_a_block_of_ids(tmp_path, capsys):
+    """--input-shape T on a model whose input feeds an embedding is T token ids; a
+    shape it refuses as floats and as ids is told the fix: text data or an
+    example_input() of token ids, not another shape."""
     path = _write(tmp_path, "token_model.py", EMBEDDING_LM, data="")
+    (ids,) = load_model(str(path), "16").example_inputs
+    assert ids.dtype == torch.long and tuple(ids.shape) == (2, 16)
     with pytest.raises(InputShapeError) as info:
-        load_model(str(path), "16")
+        load_model(str(path), "4,16")  # floats, as a 2-D sample is
     message = str(info.value)
     assert "in wte (Embedding)" in message and "integer token ids" in message
     assert "--dataset text:FILE" in message and "example_input()" in message
-    code, _, err = run_cli(["analyze", str(path), "--input-shape", "16"], capsys)
+    code, _, err = run_cli(["analyze", str(path), "--input-shape", "4,16"], capsys)
     assert code == 2 and err.count("\n") == 1 and "token ids" in err

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from ablagen.cli.app import app
-from ablagen.cli.flags import InputShapeOpt, ModelArg, NeuronGroupsOpt
+from ablagen.cli.flags import DatasetOpt, InputShapeOpt, ModelArg, NeuronGroupsOpt
 
 
 @app.command()
 def analyze(
     model: ModelArg,
     input_shape: InputShapeOpt = None,
+    dataset: DatasetOpt = None,
     neuron_groups: NeuronGroupsOpt = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print stable JSON instead of the tree.")
@@ -32,7 +33,7 @@ def analyze(
     from ablagen.analyze import analyze as build
     from ablagen.analyze.loading import load_model
 
-    loaded = load_model(model, input_shape)
+    loaded = load_model(model, input_shape, dataset)  # the data: one sample's shape
     inventory = build(loaded, neuron_groups)
     if loaded.input_note:
         typer.echo(f"note: {loaded.input_note}", err=True)

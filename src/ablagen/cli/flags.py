@@ -24,6 +24,12 @@ InputShapeOpt = Annotated[
         help="One sample's shape without the batch dimension, e.g. 1,8,8.",
     ),
 ]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="digits | wine | breast_cancer | synthetic | build_data (or file) | build_datasets | build_loaders | folder:DIR | csv:FILE | text:FILE. [default: the model file's build_data(), build_datasets() or build_loaders(), else its DATASET, else synthetic]"
+    ),
+]
 NeuronGroupsOpt = Annotated[
     int | None,
     typer.Option(

@@ -15,6 +15,7 @@ from ablagen.cli.flags import (
     ChannelsLastOpt,
     CompileOpt,
     ComponentsOpt,
+    DatasetOpt,
     DropoutOpt,
     GradAccumOpt,
     InputShapeOpt,
@@ -66,12 +67,7 @@ def generate(
             help="retrain: train every variant | knockout: train once, ablate at evaluation | screen: train once, estimate every ablation from gradients."
         ),
     ] = _GEN.mode,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="digits | wine | breast_cancer | synthetic | build_data (or file) | build_datasets | build_loaders | folder:DIR | csv:FILE | text:FILE. [default: the model file's build_data(), build_datasets() or build_loaders(), else its DATASET, else synthetic]"
-        ),
-    ] = _GEN.dataset,
+    dataset: DatasetOpt = _GEN.dataset,
     target: Annotated[
         str | None, typer.Option(help="csv:FILE: the target column.")
     ] = _GEN.target,
