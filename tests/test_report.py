@@ -371,3 +371,12 @@ def test_one_seed_gives_no_interval_and_suggests_seeds(
     assert {r["ci_includes_zero"] for r in rows if r["status"] == "ranked"} == {""}
     data = json.loads((study / IMPORTANCE_JSON).read_text())
     assert {r["ci_includes_zero"] for r in data["rows"]} == {None}
+
+
+def test_tiny_importances_read_as_numbers_in_both_reports():
+    """A val_loss importance of 3e-5 is not printed +0.0000 (as rank's table does)."""
+    from ablagen.report import html, markdown
+
+    assert markdown._fmt(3e-5) == "+3.00e-05" == html._num(3e-5)
+    assert markdown._fmt(0.0123) == "+0.0123" == html._num(0.0123)
+    assert markdown._fmt(None) == "n/a" == html._num(None)

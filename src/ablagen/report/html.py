@@ -27,7 +27,7 @@ from markupsafe import Markup
 from ablagen.core.atomic import atomic_write_text
 from ablagen.arms.noise_scales import NoiseScales
 from ablagen.orchestrate.run_record import RunRecord
-from ablagen.rank.ranking import Ranking
+from ablagen.rank.ranking import Ranking, readable
 from ablagen.core.studydir import Manifest
 
 REPORT_HTML = "report.html"
@@ -130,8 +130,8 @@ def _png_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _num(value: float | None, fmt: str = "+.4f") -> str:
-    return "n/a" if value is None else format(value, fmt)
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else readable(value)
 
 
 def _sort_key(value: float | None) -> str:
@@ -192,7 +192,7 @@ def write_html_report(
         [
             {
                 "component": c,
-                "importance": f"{v['importance']:+.4f}",
+                "importance": readable(v["importance"]),
                 "scale": f"{v['scale']:.4f}",
             }
             for c, v in sorted(

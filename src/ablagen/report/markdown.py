@@ -22,6 +22,7 @@ from ablagen.report.html import REPORT_HTML
 from ablagen.arms.noise_scales import NoiseScales
 from ablagen.orchestrate.run_record import RunRecord
 from ablagen.rank.ranking import (
+    readable,
     NO_INTERVAL,
     ImportanceRow,
     Ranking,
@@ -160,7 +161,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.4f}"
+    return "n/a" if value is None else readable(value)
 
 
 def _interval(r: ImportanceRow) -> str:
@@ -211,7 +212,7 @@ def _noise_markdown(noise: NoiseScales | None) -> str:
         f"default {noise.default} for unranked modules ({len(noise.parameters)} parameters).\n\n"
     )
     rows = [
-        [f"`{c}`", f"{v['importance']:+.4f}", f"{v['scale']:.4f}"]
+        [f"`{c}`", readable(v["importance"]), f"{v['scale']:.4f}"]
         for c, v in sorted(
             noise.components.items(), key=lambda kv: (kv[1]["scale"], kv[0])
         )
