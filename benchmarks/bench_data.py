@@ -52,7 +52,8 @@ def load(path: Path):
 
 def generated_epoch(module, workers: int) -> float:
     args = module.parse_args(["--epochs", "1", "--num-workers", str(workers)])
-    module.seed_everything(args.seed)
+    module.random.seed(args.seed)  # as its main() seeds
+    module.torch.manual_seed(args.seed)
     result = module.train(args)
     return result["samples_per_s"]
 
@@ -65,7 +66,7 @@ def hand_epoch(module, workers: int, batch_size: int, lr: float) -> float:
         train_set, batch_size=batch_size, shuffle=True, num_workers=workers,
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
-    model = module.new_model()
+    model = module.FolderCNN()  # as its train() builds it
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     start, seen = time.perf_counter(), 0

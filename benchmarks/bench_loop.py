@@ -190,7 +190,8 @@ def generated_train(side: Side, loop: Loop, tmp: Path) -> Run:
         + ["--device", loop.device, "--checkpoint", str(weights)]
     )
     module.time = loop.clock  # its train() times each epoch with time.perf_counter()
-    module.seed_everything(args.seed)
+    module.random.seed(args.seed)  # as its main() seeds
+    module.torch.manual_seed(args.seed)
     with contextlib.redirect_stdout(io.StringIO()):  # its per-epoch lines
         result = module.train(args)
     if result["status"] != "ok":

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_prune import script_data  # the scripts' data, as their train() gets it
 import torch
 
 from ablagen.arms.hybrid import arm_scales
@@ -207,7 +208,7 @@ def main() -> None:
         seed: arm_scales(shuffled_noise_scales(manifest, ranking, noise, seed), manifest.model["parameters"])
         for seed in seeds
     }  # fmt: skip
-    x_train, y_train, x_val, y_val = s.load_data()
+    x_train, y_train, x_val, y_val = script_data(s)
     plans: dict[float, dict] = {}
     acc: dict = {}  # (arm, stage, ratio) -> per seed; (arm, "trained", 0) too
     for seed in seeds:

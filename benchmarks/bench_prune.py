@@ -91,6 +91,14 @@ def script_module(path: Path):
     return module
 
 
+def script_data(s) -> tuple:
+    """(x_train, y_train, x_val, y_val) as the script's train() gets them: its
+    load_data(), or the model file's build_data() it calls directly."""
+    if hasattr(s, "load_data"):
+        return s.load_data()
+    return tuple(s.torch.as_tensor(t) for t in s.build_data())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet_small")
@@ -148,10 +156,11 @@ def main() -> None:
         argv = ["--seed", str(seed), "--epochs", str(args.epochs)]
         argv += ["--finetune-epochs", str(args.finetune_epochs)]
         run = s.parse_args(argv + ["--checkpoint", str(checkpoint)])
-        s.seed_everything(seed)
+        s.random.seed(seed)  # as the script's main() seeds
+        s.torch.manual_seed(seed)
         result, model = s.trained_baseline(run)
         model.eval()
-        x_train, y_train, x_val, y_val = s.load_data()
+        x_train, y_train, x_val, y_val = script_data(s)
         baseline = s.evaluate(model, x_val, y_val, run.batch_size)
         figures.setdefault("baseline", []).append(baseline[1])
         figures.setdefault("baseline_loss", []).append(baseline[0])

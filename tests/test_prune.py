@@ -24,7 +24,7 @@ from ablagen.prune.plan import PruneError, make_plan  # noqa: E402
 from ablagen.prune.surgery import apply_plan  # noqa: E402
 
 from conftest import EXAMPLES, run_cli  # noqa: E402
-from scriptutil import new_model  # noqa: E402
+from scriptutil import load_tensors, new_model  # noqa: E402
 
 RESIDUAL = ("stem.0", "layer1.0.conv2", "layer1.1.conv2")  # tied by the additions
 
@@ -212,7 +212,7 @@ def test_pruned_script_equals_plan_applied_in_process(ranked_study, tmp_path, ca
     result = json.loads(result_file.read_text())
     pruned_script = _module(script, "pruned_script")
     model = pruned_script.load_checkpoint(str(checkpoint), "cpu").eval()
-    x = pruned_script.load_data()[2][:16]
+    x = load_tensors(pruned_script)[2][:16]
     mine = pruned_script.apply_plan(copy.deepcopy(model), pruned_script.PLAN).eval()
 
     from ablagen.prune.importance import unit_scores
