@@ -11,7 +11,11 @@ import pytest
 
 import ablagen.rank.ranking
 from ablagen.cli import main
-from ablagen.arms.noise_scales import NOISE_SCALES_JSON, noise_scales, write_noise_scales
+from ablagen.arms.noise_scales import (
+    NOISE_SCALES_JSON,
+    noise_scales,
+    write_noise_scales,
+)
 from ablagen.orchestrate.run_record import RunRecord
 from ablagen.rank.ranking import IMPORTANCE_CSV, IMPORTANCE_JSON, rank, write_importance
 from ablagen.report.markdown import (
@@ -281,7 +285,9 @@ def test_importance_json_and_csv_agree(study: Path) -> None:
 
 @pytest.fixture()
 def fake_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ablagen.rank.ranking, "load_records", lambda study_dir: _records())
+    monkeypatch.setattr(
+        ablagen.rank.ranking, "load_records", lambda study_dir: _records()
+    )
 
 
 def test_cli_rank_prints_table_and_writes_files(
@@ -373,10 +379,11 @@ def test_one_seed_gives_no_interval_and_suggests_seeds(
     assert {r["ci_includes_zero"] for r in data["rows"]} == {None}
 
 
-def test_tiny_importances_read_as_numbers_in_both_reports():
-    """A val_loss importance of 3e-5 is not printed +0.0000 (as rank's table does)."""
-    from ablagen.report import html, markdown
+def test_tiny_importances_read_as_numbers():
+    """A val_loss importance of 3e-5 is not printed +0.0000 (rank's table and both
+    reports print through ranking.readable)."""
+    from ablagen.rank.ranking import readable
 
-    assert markdown._fmt(3e-5) == "+3.00e-05" == html._num(3e-5)
-    assert markdown._fmt(0.0123) == "+0.0123" == html._num(0.0123)
-    assert markdown._fmt(None) == "n/a" == html._num(None)
+    assert readable(3e-5) == "+3.00e-05" and readable(-3e-5, False) == "-3.00e-05"
+    assert readable(0.0123) == "+0.0123" and readable(0.0) == "+0.0000"
+    assert readable(None) == "n/a"

@@ -204,7 +204,7 @@ def _import_file(path: Path, source: str) -> ModuleType:
         raise ModelFileError(
             f"importing {path}{line} exited (SystemExit {exc.code!r}): it runs a "
             "program when imported",
-            "put that code under `if __name__ == \"__main__\":`, or the model in a "
+            'put that code under `if __name__ == "__main__":`, or the model in a '
             "file of its own",
         ) from None
     except Exception as exc:
@@ -485,8 +485,9 @@ def _example_inputs(
     )
 
 
-def _runs(model: nn.Module, shape: tuple[int, ...] | torch.Tensor) -> bool:
-    x = _randn(shape) if isinstance(shape, tuple) else shape
+def _runs(model: nn.Module, given: tuple[int, ...] | torch.Tensor) -> bool:
+    """Whether the model runs on ``given``: a shape (random floats) or a batch."""
+    x = _randn(given) if isinstance(given, tuple) else given
     try:
         with torch.no_grad():
             model(x)
@@ -509,7 +510,12 @@ def _from_shape(
     ids = torch.zeros((EXAMPLE_BATCH, *shape), dtype=torch.long)
     if dataset is not None and dataset.startswith("text:"):
         return ids
-    if len(shape) == 1 and _embeds(model) and not _runs(model, shape) and _runs(model, ids):
+    if (
+        len(shape) == 1
+        and _embeds(model)
+        and not _runs(model, shape)
+        and _runs(model, ids)
+    ):
         return ids
     return _randn(shape)
 
@@ -632,7 +638,9 @@ def _check_batch_first(
     for row in (0, 1) if not mixed and not differ(same, output) else ():
         changed = x.clone()  # the other sample, made different (token ids: 0 <-> 1)
         other = 1 - row
-        changed[other] = (x[other] == 0).to(x.dtype) if not x.is_floating_point() else x[row]
+        changed[other] = (
+            (x[other] == 0).to(x.dtype) if not x.is_floating_point() else x[row]
+        )
         with torch.no_grad():
             again = model(changed, *inputs[1:])
         mixed = mixed or differ(again[row], output[row])

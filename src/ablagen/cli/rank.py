@@ -84,12 +84,6 @@ def rank(
         typer.echo("wrote " + ", ".join(p.name for p in out.files), err=True)
 
 
-def _fmt(value: float | None) -> str:
-    from ablagen.rank.ranking import readable
-
-    return "n/a" if value is None else readable(value)
-
-
 def _print_table(ranking, study: str) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -111,7 +105,7 @@ def _print_table(ranking, study: str) -> None:
         ci = (
             NO_INTERVAL
             if r.ci_low is None
-            else f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+            else f"[{readable(r.ci_low)}, {readable(r.ci_high)}]"
         )
         table.add_row(
             str(r.rank),

@@ -238,7 +238,9 @@ def keep_in_place(spec: AblationSpec, model: nn.Module, inputs: tuple) -> Ablati
         with torch.no_grad():
             model(*inputs)
     except Exception:  # any failure: the replacement is what broke it
-        return dataclasses.replace(spec, template="identity_hook", parent=None, child=None)
+        return dataclasses.replace(
+            spec, template="identity_hook", parent=None, child=None
+        )
     finally:
         setattr(parent, spec.child, original)
     return spec

@@ -356,7 +356,8 @@ def _child(req: dict[str, Any], channel: int) -> None:
         os.environ.update(req.get("env") or {})  # e.g. CUDA_VISIBLE_DEVICES of its GPU
         os.chdir(req["cwd"])
         if req.get("lock"):
-            _hold_lock(req["lock"])  # the script's own lockf of it, in this process, holds
+            # the script's own lockf of it succeeds: a POSIX lock is this process's
+            _hold_lock(req["lock"])
         script = req["script"]
         sys.argv = [script, *req["argv"]]  # runpy sets argv[0] to the script's path
         sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as python does

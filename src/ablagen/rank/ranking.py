@@ -335,11 +335,13 @@ def _num(value: float | None) -> str:
 NO_INTERVAL = "–"
 
 
-def readable(value: float, signed: bool = True) -> str:
+def readable(value: float | None, signed: bool = True) -> str:
     """An importance (or a half-width) as text: four decimals, or three significant
     digits in scientific notation below 1e-3, where four decimals read ``+0.0000``
     (a val_loss importance is often 1e-5): ``+0.0123``, ``+3.21e-05``, ``+0.0000``
-    only for zero itself."""
+    only for zero itself; ``n/a`` for none."""
+    if value is None:
+        return "n/a"
     sign = "+" if signed else ""
     if value == 0 or abs(value) >= 1e-3 or value != value:
         return f"{value:{sign}.4f}"

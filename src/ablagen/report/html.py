@@ -130,10 +130,6 @@ def _png_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else readable(value)
-
-
 def _sort_key(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
@@ -145,11 +141,11 @@ def importance_rows(ranking: Ranking) -> list[dict[str, Any]]:
             "variant": r.variant,
             "kind": r.kind,
             "method": r.method,
-            "mean": _num(r.mean),
+            "mean": readable(r.mean),
             "mean_key": _sort_key(r.mean),
-            "low": _num(r.ci_low),
+            "low": readable(r.ci_low),
             "low_key": _sort_key(r.ci_low),
-            "high": _num(r.ci_high),
+            "high": readable(r.ci_high),
             "high_key": _sort_key(r.ci_high),
             "n": r.n,
             "zero": r.ci_includes_zero,

@@ -160,15 +160,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else readable(value)
-
-
 def _interval(r: ImportanceRow) -> str:
     """``[low, high]``, or "–" for a variant ranked on one seed (no interval)."""
     if r.ci_low is None or r.ci_high is None:
         return NO_INTERVAL
-    return f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+    return f"[{readable(r.ci_low)}, {readable(r.ci_high)}]"
 
 
 def ranking_markdown(ranking: Ranking) -> str:
@@ -179,7 +175,7 @@ def ranking_markdown(ranking: Ranking) -> str:
             f"`{r.variant}`",
             r.kind,
             r.method,
-            _fmt(r.mean),
+            readable(r.mean),
             _interval(r),
             r.n,
             r.mark,

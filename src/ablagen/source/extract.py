@@ -50,7 +50,13 @@ def embed_model_source(
     names: set[str] = set()
     files: list[Path] = []
     _embed(
-        path.resolve(), wanted, constants or {}, chunks, names, files, stack=(),
+        path.resolve(),
+        wanted,
+        constants or {},
+        chunks,
+        names,
+        files,
+        stack=(),
         located=located,
     )
     return EmbeddedSource(
