@@ -3,6 +3,7 @@ adopted when it matches, killed otherwise, never left behind on bad input."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from conftest_orchestrate import make_study, make_torch_study
 
 from ablagen.cli import main
 from ablagen.orchestrate import ResultStore, RunOptions, run_study
-from ablagen.orchestrate.local import WORKER, WarmStart, warm_pool
+from ablagen.orchestrate.local import WORKER, WarmStart, source_files, warm_pool
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -44,8 +45,8 @@ def spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[WarmStart, subprocess.P
     started: list[tuple[WarmStart, subprocess.Popen]] = []
     begin = WarmStart.begin.__func__
 
-    def spy(cls, study_dir, options):
-        warm = begin(cls, study_dir, options)
+    def spy(cls, study_dir, options, sources=()):
+        warm = begin(cls, study_dir, options, sources)
         if warm is not None:
             started.append((warm, warm.proc))
         return warm
@@ -181,6 +182,54 @@ def test_a_pool_started_otherwise_is_killed_and_replaced(tmp_path: Path) -> None
         assert zygote.returncode == -9 and warm.proc is None
     assert summary.all_ok and summary.ran == 2
     assert _worker_children() == []
+
+
+def test_the_scripts_source_is_the_model_file_or_a_studys_baseline(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "net.py"
+    model.write_text("import torch\n")
+    study = make_study(tmp_path / "s", {"baseline": "ok"})
+    assert source_files(model) == source_files(f"{model}:Net") == [model]
+    assert source_files(study) == [study / "baseline.py"]
+    assert source_files(tmp_path / "missing.py") == source_files(tmp_path) == []
+
+
+class _Recording:
+    """A zygote's stdin that keeps what was written to it."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.written = stream, b""
+
+    def write(self, data: bytes) -> int:
+        self.written += data
+        return self.stream.write(data)
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def test_the_model_files_imports_are_imported_before_release(tmp_path: Path) -> None:
+    """The zygote imports what the model file imports (a data function's
+    ``sklearn.datasets`` too) with the base modules; once released it is told only
+    what is left, so it forks its workers at once."""
+    model = tmp_path / "net.py"
+    model.write_text(
+        "import json\nimport torch\n\n\ndef build_data():\n"
+        "    from sklearn.datasets import load_digits\n    return load_digits()\n"
+    )
+    study = make_torch_study(tmp_path / "s")
+    options = RunOptions(jobs=1, seeds=(0,), epochs=1)
+    with warm_pool(study, options, source_files(model)) as warm:
+        assert warm is not None and warm.proc is not None
+        started = [str(arg) for arg in warm.proc.args]
+        assert started[-3:] == ["json", "sklearn.datasets", "-"]
+        assert started[3 : 3 + len(warm.base)] == warm.base  # python worker.py FDS
+        warm.proc.stdin = stdin = _Recording(warm.proc.stdin)
+        summary = run_study(study, options, warm=warm)
+    told = json.loads(stdin.written)
+    assert "sklearn.datasets" not in told and "json" not in told
+    assert summary.all_ok and summary.ran == 1
 
 
 def test_not_started_for_ray_cuda_or_when_switched_off(

@@ -90,7 +90,7 @@ def run(
 ) -> None:
     """Run the study's scripts (resuming: runs already ok are skipped, interrupted
     ones continue from their last mid-run checkpoint). Exit 1 if any run is not ok."""
-    from ablagen.orchestrate.local import warm_pool
+    from ablagen.orchestrate.local import source_files, warm_pool
 
     options = run_options(
         jobs=jobs,
@@ -113,7 +113,9 @@ def run(
         restart=restart,
         checkpoint_every=checkpoint_every,
     )
-    with warm_pool(study_dir, options) as warm:  # torch imports while we plan
+    with warm_pool(
+        study_dir, options, source_files(study_dir)
+    ) as warm:  # torch imports while we plan
         _run(study_dir, options, quiet, track, warm)
 
 

@@ -158,7 +158,7 @@ def sweep(
     from rich.console import Console
 
     from ablagen.orchestrate import parse_seeds
-    from ablagen.orchestrate.local import warm_pool
+    from ablagen.orchestrate.local import source_files, warm_pool
     from ablagen.orchestrate.display import PlainProgress, RichProgress
     from ablagen.sweep import parse_arms, parse_floats, parse_lrs
 
@@ -209,7 +209,8 @@ def sweep(
         else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
     )
     # the pool's workers import torch while this process does (ablagen.sweep.driver)
-    with warm_pool(out or Path.cwd(), replace(opts.run, seeds=opts.seeds)) as warm:
+    run = replace(opts.run, seeds=opts.seeds)
+    with warm_pool(out or Path.cwd(), run, source_files(target)) as warm:
         from ablagen.sweep import run_sweep
 
         try:

@@ -16,7 +16,8 @@ its runs' environment; see :mod:`.placement`): at most ``--runs-per-gpu`` runs s
 a GPU, and ``--jobs`` defaults to GPUs x runs per GPU.
 Commands start the zygote early (:class:`WarmStart`: ``ablagen run`` before the
 manifest is hashed, ``ablagen study`` and ``ablagen sweep`` before generation), so
-torch imports while they plan; it forks its workers only once a backend adopts it.
+torch and the model file's own imports load while they plan; it forks its workers
+only once a backend adopts it.
 One such pool serves every ``run_study`` call made with it, one after another (the
 study's ablation runs, then its arms; both stages of a two-stage study): the
 workers outlive each backend, so the fixed start is paid once per command.
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -86,7 +87,7 @@ def _imported(node: ast.AST) -> list[str]:
 
 
 def preload_modules(
-    scripts: list[Path], base: tuple[str, ...] = BASE_PRELOAD
+    scripts: Sequence[Path], base: tuple[str, ...] = BASE_PRELOAD
 ) -> list[str]:
     """``base`` plus the installed modules the scripts import at top level, plus the
     submodules of ``base``'s packages they import inside functions.
@@ -196,8 +197,10 @@ class WarmStart:
         base: list[str],
         jobs: int,
         threads: int | None,
+        early: Sequence[str] = (),
     ) -> None:
         self.base, self.jobs = base, jobs
+        self.early = [name for name in early if name not in base]
         self.env = _worker_env(threads)
         # once released: the pool's workers and the zygotes that replace lost ones
         self.workers: list[_Worker] | None = None
@@ -216,6 +219,7 @@ class WarmStart:
                         str(WORKER),
                         ",".join(map(str, theirs)),
                         *base,
+                        *self.early,
                         "-",
                     ],
                     pass_fds=theirs,
@@ -234,9 +238,16 @@ class WarmStart:
                 b.close()
 
     @classmethod
-    def begin(cls, study_dir: str | Path, options: RunOptions) -> WarmStart | None:
+    def begin(
+        cls, study_dir: str | Path, options: RunOptions, sources: Sequence[Path] = ()
+    ) -> WarmStart | None:
         """Start one for a local CPU study, where it can be (None: the pool starts
-        as before, when the runs are planned; errors are left to that path)."""
+        as before, when the runs are planned; errors are left to that path).
+
+        ``sources``: files whose imports the scripts will share (the model file a
+        study embeds, a study's existing script): the zygote imports them right
+        after the base modules, so once released it has nothing left to import
+        and forks at once."""
         if (
             options.backend != "local"
             or options.device != "cpu"
@@ -248,9 +259,10 @@ class WarmStart:
         base = preload_modules(
             [], BASE_PRELOAD if options.preload is None else options.preload
         )
+        early = preload_modules(sources, tuple(base))[len(base) :]
         try:
             jobs, threads = _sizing(options, None)
-            return cls(Path(study_dir), options, base, jobs, threads)
+            return cls(Path(study_dir), options, base, jobs, threads, early)
         except (OSError, ValueError):
             return None
 
@@ -291,7 +303,7 @@ class WarmStart:
         its workers. ``zygotes`` owns the process from here on."""
         assert self.proc is not None and self.proc.stdin is not None
         assert self.socks is not None
-        rest = zygotes.preload[len(self.base) :]
+        rest = [m for m in zygotes.preload[len(self.base) :] if m not in self.early]
         proc, socks, self.proc, self.socks = self.proc, self.socks, None, None
         try:
             proc.stdin.write(json.dumps(rest).encode() + b"\n")
@@ -347,10 +359,21 @@ class WarmStart:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def source_files(target: str | Path) -> list[Path]:
+    """What a command's scripts will import, before they exist: the model file
+    itself, or a study's baseline script (none for anything else)."""
+    path = Path(str(target).rsplit(":", 1)[0] if ".py:" in str(target) else target)
+    found = path if path.suffix == ".py" else path / "baseline.py"
+    return [found] if found.is_file() else []
+
+
 @contextlib.contextmanager
-def warm_pool(study_dir: str | Path, options: RunOptions) -> Iterator[WarmStart | None]:
-    """A :class:`WarmStart` for the calls to ``run_study(..., warm=)`` inside."""
-    warm = WarmStart.begin(study_dir, options)
+def warm_pool(
+    study_dir: str | Path, options: RunOptions, sources: Sequence[Path] = ()
+) -> Iterator[WarmStart | None]:
+    """A :class:`WarmStart` for the calls to ``run_study(..., warm=)`` inside
+    (``sources``: see :meth:`WarmStart.begin`)."""
+    warm = WarmStart.begin(study_dir, options, sources)
     try:
         yield warm
     finally:

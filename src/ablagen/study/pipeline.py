@@ -36,7 +36,7 @@ from ablagen.arms.hybrid import (
     write_arms_json,
 )
 from ablagen.orchestrate import RunSummary, run_study
-from ablagen.orchestrate.local import WarmStart, warm_pool
+from ablagen.orchestrate.local import WarmStart, source_files, warm_pool
 from ablagen.orchestrate.placement import check_devices
 from ablagen.rank.ranking import ImportanceRow, load_records
 from ablagen.report.html import REPORT_HTML
@@ -101,7 +101,8 @@ def run_full_study(
     check_devices(opts.run, opts.generate.train.amp)
     with contextlib.ExitStack() as stack:
         if warm is None:  # its workers import torch while the scripts are generated
-            warm = stack.enter_context(warm_pool(opts.generate.out, opts.run))
+            sources = source_files(opts.generate.model)
+            warm = stack.enter_context(warm_pool(opts.generate.out, opts.run, sources))
         if opts.generate.mode == "two-stage":
             return _two_stage(opts, step, progress, warm)
         if opts.generate.mode == "screen":  # a screen has no accuracy to rank on

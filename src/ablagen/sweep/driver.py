@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ablagen.arms.noise_scales import NoiseScales
 from ablagen.orchestrate import RunSummary, run_study
-from ablagen.orchestrate.local import WarmStart, warm_pool
+from ablagen.orchestrate.local import WarmStart, source_files, warm_pool
 from ablagen.rank.ranking import load_records
 from ablagen.sweep.analysis import SweepResult, analyze_sweep
 from ablagen.sweep.scripts import (
@@ -54,7 +54,8 @@ def run_sweep(
     run = replace(opts.run, seeds=opts.seeds)
     with contextlib.ExitStack() as stack:
         if warm is None:
-            warm = stack.enter_context(warm_pool(sweep_dir(opts, target), run))
+            pool = warm_pool(sweep_dir(opts, target), run, source_files(opts.target))
+            warm = stack.enter_context(pool)
         generated = generate_sweep(opts, noise)
         out = generated.out
         if warm is not None:  # its workers fork while run_study plans
