@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ablagen.core.errors import InputShapeError, ModelFileError, ModelNotFoundError
-from ablagen.analyze.loading import load_model, parse_shape, split_model_spec
+from ablagen.analyze.loading import load_model, parse_shape
+from ablagen.core.spec import split_model_spec
 from conftest import EXAMPLES, MODELS, run_cli
 
 

@@ -287,3 +287,29 @@ def test_bad_input_from_a_shell_leaves_no_process(tmp_path: Path) -> None:
         except OSError:
             continue
     assert strays == []
+
+
+@pytest.mark.parametrize("command", ["study", "sweep"])
+def test_the_pool_starts_before_the_command_imports_torch(
+    tmp_path: Path, command: str
+) -> None:
+    """``ablagen study`` and ``ablagen sweep`` start the pool first: its zygote
+    imports torch while the command itself does."""
+    model = Path(__file__).resolve().parents[1] / "examples" / "digits_cnn.py"
+    spy = (
+        "import os, sys\n"
+        "from ablagen.orchestrate import local\n"
+        "def begin(cls, *args, **kwargs):\n"
+        "    print('torch imported:', 'torch' in sys.modules, flush=True)\n"
+        "    os._exit(0)\n"
+        "local.WarmStart.begin = classmethod(begin)\n"
+        "from ablagen.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", spy, command, str(model), "--out", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout == "torch imported: False\n", done.stderr

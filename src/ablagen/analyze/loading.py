@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ablagen.core.errors import InputShapeError, ModelFileError, ModelNotFoundError
+from ablagen.core.spec import split_model_spec
 
 EXAMPLE_BATCH = 2  # batch size of a synthesized example input
 _load_counter = itertools.count()
@@ -98,14 +99,6 @@ class LoadedModel:
 
 #: where an example input the user gave comes from (anything else was inferred)
 _GIVEN = ("example_input()", "INPUT_SHAPE", "--input-shape")
-
-
-def split_model_spec(spec: str) -> tuple[Path, str | None]:
-    """``"models/net.py:Net"`` -> ``(Path("models/net.py"), "Net")``."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail.isidentifier() and head:
-        return Path(head), tail
-    return Path(spec), None
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

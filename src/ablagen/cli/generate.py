@@ -187,7 +187,7 @@ def generate(
 ) -> None:
     """Write a study directory: baseline.py, one script per variant, manifest.json."""
     from ablagen.generate.build import generate_study
-    from ablagen.analyze.loading import split_model_spec
+    from ablagen.core.spec import split_model_spec
 
     train = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,

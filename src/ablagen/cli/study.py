@@ -242,13 +242,10 @@ def study(
     """The main job: generate, run, rank, noise scales, the five arms, report."""
     from rich.console import Console
 
-    from ablagen.analyze.loading import split_model_spec
+    from ablagen.core.spec import split_model_spec
     from ablagen.orchestrate import parse_seeds
     from ablagen.orchestrate.display import PlainProgress, RichProgress
-    from ablagen.study.pipeline import check_screen_metric, run_full_study, stage_dirs
-
-    given = getattr(ctx.get_parameter_source("metric"), "name", "DEFAULT")
-    check_screen_metric(mode, screen, None if given == "DEFAULT" else metric)
+    from ablagen.orchestrate.local import source_files, warm_pool
 
     train = replace(
         STUDY_TRAIN,
@@ -323,18 +320,29 @@ def study(
         if quiet
         else RichProgress(console) if console.is_terminal else PlainProgress(sys.stdout)
     )
-    out_dir = generate.out
-    studies = list(stage_dirs(opts)) if mode == "two-stage" else [out_dir]
-    callback = tracked(progress, track, studies, console)
-    try:
-        outcome = run_full_study(
-            opts,
-            step=lambda line: console.print(f"[bold]ablagen study[/]: {line}"),
-            progress=callback,
+    # the pool's workers import torch (and the model file's imports) while this
+    # process does (ablagen.study.pipeline)
+    with warm_pool(generate.out, opts.run, source_files(model)) as warm:
+        from ablagen.study.pipeline import (
+            check_screen_metric,
+            run_full_study,
+            stage_dirs,
         )
-    finally:
-        if progress is not None:
-            progress.close()
+
+        given = getattr(ctx.get_parameter_source("metric"), "name", "DEFAULT")
+        check_screen_metric(mode, screen, None if given == "DEFAULT" else metric)
+        studies = list(stage_dirs(opts)) if mode == "two-stage" else [generate.out]
+        callback = tracked(progress, track, studies, console)
+        try:
+            outcome = run_full_study(
+                opts,
+                step=lambda line: console.print(f"[bold]ablagen study[/]: {line}"),
+                progress=callback,
+                warm=warm,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
     _print_outcome(outcome, console)
     failures = outcome.ablation_runs.failures + (
         outcome.arm_runs.failures if outcome.arm_runs else ()

@@ -14,7 +14,7 @@ from typing import Any
 
 from ablagen.generate.context import TrainConfig
 from ablagen.generate.request import GenerateOptions, relative_to
-from ablagen.analyze.loading import split_model_spec
+from ablagen.core.spec import split_model_spec
 
 #: GenerateOptions fields spelled ``--field-name VALUE`` when not at their default
 FLAG_FIELDS = (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ablagen.core.errors import OutputError, StudyError
 from ablagen.core.atomic import atomic_write_bytes, atomic_write_text
-from ablagen.analyze.loading import split_model_spec
+from ablagen.core.spec import split_model_spec
 from ablagen.core.studydir import (
     MANIFEST,
     Manifest,

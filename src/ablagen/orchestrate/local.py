@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ablagen.core.errors import BackendError
+from ablagen.core.spec import split_model_spec
 from ablagen.orchestrate import checkpoints
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import (
@@ -362,7 +363,7 @@ class WarmStart:
 def source_files(target: str | Path) -> list[Path]:
     """What a command's scripts will import, before they exist: the model file
     itself, or a study's baseline script (none for anything else)."""
-    path = Path(str(target).rsplit(":", 1)[0] if ".py:" in str(target) else target)
+    path, _ = split_model_spec(str(target))
     found = path if path.suffix == ".py" else path / "baseline.py"
     return [found] if found.is_file() else []
 

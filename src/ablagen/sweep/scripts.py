@@ -26,7 +26,7 @@ from ablagen.generate.writer import check_out, write_study
 from ablagen.core.errors import StudyError
 from ablagen.core.atomic import sha256_bytes
 from ablagen.arms.hybrid import SHUFFLE_SEED, arm_scales
-from ablagen.analyze.loading import split_model_spec
+from ablagen.core.spec import split_model_spec
 from ablagen.arms.noise_scales import (
     NOISE_SCALES_JSON,
     NoiseScales,
