@@ -244,3 +244,87 @@ def test_a_file_that_cannot_be_put_in_place_fails_the_run_in_one_line(tmp_path):
     )
     reply = ray_warm.unshipped_reply(caught.value)
     assert (reply["exit_code"], reply["log"], reply["result"]) == (2, said + "\n", None)
+
+
+LAZY_DATA = '''"""Items kept as one .npy file each, read only when the loader asks for them."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+INPUT_SHAPE = (8,)
+ITEMS = Path(__file__).parent / "items"
+
+
+class Shards(Dataset):
+    def __init__(self, names):
+        self.names = names
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.load(ITEMS / self.names[i]))
+        return x, int(self.names[i][0])
+
+
+def build_datasets():
+    names = sorted(p.name for p in ITEMS.glob("*.npy"))
+    return Shards(names[:8]), Shards(names[8:])
+
+
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+'''
+
+
+@pytest.mark.slow
+def test_files_a_dataset_reads_item_by_item_are_found(tmp_path):
+    """Nothing is opened when build_datasets() runs: each item's file is opened by
+    ``__getitem__``. The probe reads every item, so every file travels."""
+    import numpy as np
+    from scriptutil import generate
+
+    from ablagen.orchestrate.ray_data import Opened, probe_result, start_probe
+
+    proj = tmp_path / "proj"
+    (proj / "items").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"{i % 3}_{i:02d}.npy" for i in range(12)]
+    for name in names:
+        np.save(proj / "items" / name, rng.normal(size=8).astype("float32"))
+    (proj / "model.py").write_text(LAZY_DATA)
+    study = generate(proj / "model.py", proj / "study", components=("0",))
+    opened = probe_result(start_probe(study))
+    assert opened == Opened(relative=tuple(f"../items/{n}" for n in sorted(names)))
+    bundle = data_bundle(study, opened)
+    with tarfile.open(fileobj=io.BytesIO(bundle.blob)) as tar:
+        shipped = sorted(tar.getnames())
+    assert shipped == sorted(f"items/{n}" for n in names)
+
+
+def test_the_probe_reads_the_datasets_a_data_function_returns():
+    """Loaders stand for their datasets, containers are opened, tensors are not
+    datasets; the reading stops once its time is out."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    from ablagen.orchestrate.ray_data import _datasets, _read_every_item
+
+    class Counting(IterableDataset):
+        def __init__(self):
+            self.read = 0
+
+        def __iter__(self):
+            for i in range(5):
+                self.read += 1
+                yield i
+
+    plain = TensorDataset(torch.zeros(4, 2))
+    streamed = Counting()
+    made = (DataLoader(plain, batch_size=2), {"val": streamed, "x": torch.zeros(3)})
+    assert _datasets(made) == [plain, streamed]
+    assert _read_every_item([streamed], 60.0) and streamed.read == 5
+    assert not _read_every_item([Counting()], -1.0)  # out of time at the first item

@@ -54,7 +54,12 @@ from typing import Any
 from ablagen.core.errors import BackendError
 from ablagen.core.atomic import writing
 from ablagen.orchestrate import ray_warm
-from ablagen.orchestrate.ray_data import data_bundle, probe_result, start_probe
+from ablagen.orchestrate.ray_data import (
+    WALK_S,
+    data_bundle,
+    probe_result,
+    start_probe,
+)
 from ablagen.orchestrate.options import RunOptions, RunSpec, usable_cpus
 from ablagen.orchestrate.outcome import RawOutcome, finished_result, from_reply
 
@@ -327,6 +332,12 @@ class RayBackend:
             sys.stderr.write(
                 "warning: the model file's data function failed while ablagen looked"
                 f" for the files it reads ({opened.error}); none of them is shipped\n"
+            )
+        elif opened is not None and opened.unread:
+            sys.stderr.write(
+                f"warning: reading every item of the model file's datasets took past"
+                f" {WALK_S:.0f} s; the files of the items not read are not shipped (a"
+                " node without them fails the run, naming the file in its log)\n"
             )
         bundle = data_bundle(self.study_dir, opened)
         if bundle is not None:

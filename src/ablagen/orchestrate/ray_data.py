@@ -17,9 +17,12 @@ run's folder by :func:`.ray_warm.prepare`). It holds
 
 A run folder stands for the study: a path with leading ``..`` is reached through
 ``up`` folders (``UP``): the script runs ``up`` levels deep when the furthest path
-climbs that many. Files the function opens later (a ``Dataset``'s ``__getitem__``
-reading its images one by one) are not seen: on a node without them the run fails
-on the missing file, its path in the run's log.
+climbs that many. Files a ``Dataset`` opens only when an item is read (its
+``__getitem__`` loading images one by one) are found too: the probe reads every
+item of the datasets the function returns (a loader's dataset; an
+``IterableDataset`` to its end) once, for at most ``WALK_S`` seconds. Past that
+the files of the items not read are not seen (the driver warns): on a node
+without them the run fails on the missing file, its path in the run's log.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import posixpath
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ UP = "up"  # a run folder's stand-in for a leading ".." (ray_warm.UP)
 ABSOLUTE = ".ablagen-absolute"  # in the bundle: files opened by absolute paths
 USER_DATA = ("build_data", "build_datasets", "build_loaders")
 PROBE_TIMEOUT_S = 600.0
+WALK_S = 120.0  # the probe's time for reading every item of the returned datasets
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Opened:
     relative: tuple[str, ...] = ()
     absolute: tuple[str, ...] = ()
     error: str | None = None  # the function failed (the runs will say so too)
+    unread: bool = False  # WALK_S passed before every item of its datasets was read
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,10 @@ def probe_result(proc: subprocess.Popen[str] | None) -> Opened | None:
         last = (err.strip().splitlines() or ["no output"])[-1]
         return Opened(error=last[:300])
     return Opened(
-        tuple(found["relative"]), tuple(found["absolute"]), found.get("error")
+        tuple(found["relative"]),
+        tuple(found["absolute"]),
+        found.get("error"),
+        bool(found.get("unread")),
     )
 
 
@@ -211,6 +220,42 @@ def _reads(args: tuple[Any, ...]) -> str | None:
         return None
 
 
+def _datasets(made: Any) -> list[Any]:
+    """The torch datasets in what a data function returned: itself, the items of a
+    tuple, list or dict, a loader's ``dataset``."""
+    from torch.utils.data import Dataset, IterableDataset
+
+    found, todo = [], [made]
+    while todo:
+        item = todo.pop(0)
+        if isinstance(item, (tuple, list)):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        else:
+            item = getattr(item, "dataset", item)  # a DataLoader stands for its data
+            if isinstance(item, (Dataset, IterableDataset)):
+                found.append(item)
+    return found
+
+
+def _read_every_item(datasets: list[Any], seconds: float) -> bool:
+    """Read each dataset's items once, in order (iterate an ``IterableDataset``),
+    so what ``__getitem__`` opens is opened now; False when ``seconds`` ran out."""
+    from torch.utils.data import IterableDataset
+
+    deadline = time.monotonic() + seconds
+    for dataset in datasets:
+        if isinstance(dataset, IterableDataset):
+            items: Any = iter(dataset)
+        else:
+            items = (dataset[i] for i in range(len(dataset)))
+        for _ in items:
+            if time.monotonic() > deadline:
+                return False
+    return True
+
+
 def probe(study: Path, script: str, dataset: str) -> dict[str, Any]:
     """Run the script's data function (as its run would: in the study, from its
     folder) and return the files it opened for reading: ``relative`` (to the study)
@@ -222,7 +267,7 @@ def probe(study: Path, script: str, dataset: str) -> dict[str, Any]:
     study = Path(os.path.realpath(study))
     tmp = Path(os.path.realpath(tempfile.mkdtemp(prefix="ablagen-probe-")))
     opened: list[str] = []
-    error = None
+    error, unread = None, False
     try:
         cwd = _mirror(study, tmp, script)
         path = cwd / script
@@ -251,7 +296,7 @@ def probe(study: Path, script: str, dataset: str) -> dict[str, Any]:
         sys.addaudithook(hook)
         try:
             if callable(call):
-                call()
+                unread = not _read_every_item(_datasets(call()), WALK_S)
         except Exception as exc:  # noqa: BLE001 - reported, the runs say it again
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         finally:
@@ -273,7 +318,12 @@ def probe(study: Path, script: str, dataset: str) -> dict[str, Any]:
     finally:
         os.chdir("/")
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"relative": relative, "absolute": absolute, "error": error}
+    return {
+        "relative": relative,
+        "absolute": absolute,
+        "error": error,
+        "unread": unread,
+    }
 
 
 if __name__ == "__main__":
