@@ -256,6 +256,9 @@ class ModelInfo:
     expression: str  # builds a fresh model, e.g. "DigitsCNN()"
     sample_shape: tuple[int, ...]  # one input sample, no batch dimension
     num_outputs: int  # the model output's last dimension
+    #: synthetic regression / multilabel targets of a model whose output per sample
+    #: has more than one dimension (an image, a sequence): one sample's output shape
+    target_shape: tuple[int, ...] = ()
     output: str = (
         ""  # picks the prediction from the model's return value ("": a tensor)
     )

@@ -198,11 +198,31 @@ def _model_info(
         expression=loaded.ref.expression,
         sample_shape=tuple(loaded.example_inputs[0].shape[1:]),
         num_outputs=int(first.shape[-1]) if first.dim() else 1,
+        target_shape=_target_shape(
+            opts.train.task, first, loaded.example_inputs[0], data.dataset
+        ),
         output=access.suffix,
         output_note=access.note,
         typed_path=str(loaded.path),
         trace_defaults=_trace_defaults(loaded.model),
     )
+
+
+def _target_shape(
+    task: str, prediction: torch.Tensor, example: torch.Tensor, dataset: str
+) -> tuple[int, ...]:
+    """One sample's synthetic target shape where it is more than a vector: a model that
+    maps float inputs to an image or a sequence per sample (super-resolution, a
+    segmentation) regresses (or tags) every value of it; () otherwise."""
+    per_sample = tuple(prediction.shape[1:])
+    if (
+        dataset == "synthetic"
+        and task in ("regression", "multilabel")
+        and example.is_floating_point()
+        and len(per_sample) > 1
+    ):
+        return per_sample
+    return ()
 
 
 def _trace_defaults(model: torch.nn.Module) -> str:
