@@ -60,6 +60,7 @@ CASES = [
     Case("init_modules_loop.py"),
     Case("log_softmax_mnist.py:Net", ("--input-shape", "1,8,8")),
     Case("conv1d_signal.py", ("--input-shape", "2,16")),
+    Case("pixel_shuffle_upscale.py", ("--input-shape", "1,6,6", "--task", "regression")),
     Case("lstm_classifier.py", ("--input-shape", "12,6")),
     Case("rnn_lm_hidden.py", ("--task", "lm")),
     Case("causal_attention.py:build", ("--task", "lm"), traceable=False),  # B, T, C = x.size()
@@ -160,6 +161,24 @@ def test_study_takes_the_input_shape_in_one_command(tmp_path, capsys):
     assert "\nBATCH_SIZE = 32  #" in baseline and "\nVAL_FRACTION = 0.25  #" in baseline
     assert "\nSPLIT_SEED = 3  #" in baseline
     assert (out / "report.md").is_file()
+
+
+def test_synthetic_regression_targets_are_shaped_like_an_image_output(tmp_path, capsys):
+    """An image-to-image model (super-resolution) regresses every output pixel: the
+    synthetic targets take the output's shape, a fixed projection of the input."""
+    case = Case("pixel_shuffle_upscale.py", ("--input-shape", "1,6,6", "--task", "regression"))
+    study = _generate(case, tmp_path / "s", capsys)
+    baseline = (study / "baseline.py").read_text()
+    assert "\nTARGET_SHAPE = (1, 12, 12)  #" in baseline and "NUM_OUTPUTS" not in baseline
+    module = load_script(study / "baseline.py")
+    x_train, y_train, _, _ = module.load_data()
+    assert y_train.shape == (len(x_train), 1, 12, 12)
+    gen = torch.Generator().manual_seed(module.SPLIT_SEED)
+    x = torch.randn((module.SYNTHETIC_SAMPLES, 1, 6, 6), generator=gen)
+    projection = torch.randn(36, 144, generator=gen)
+    expected = (x.reshape(len(x), -1) @ projection).reshape(len(x), 1, 12, 12)
+    for got, want in zip(module.load_data(), module.split(x, expected)):
+        torch.testing.assert_close(got, want)
 
 
 def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(
