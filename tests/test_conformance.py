@@ -181,6 +181,14 @@ def test_synthetic_regression_targets_are_shaped_like_an_image_output(tmp_path, 
         torch.testing.assert_close(got, want)
 
 
+def test_a_recurrent_models_shape_hint_names_its_features_a_step(capsys):
+    """No input shape: the hint for an LSTM-first model is T,FEATURES (its input size),
+    not the features of the Linear head after it."""
+    code, _, err = run_cli(["analyze", SUITE / "lstm_classifier.py"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--input-shape T,6 (lstm takes 6 features a step)" in err
+
+
 def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(
     tmp_path, capsys
 ):

@@ -521,7 +521,7 @@ def _shape_hint(model: nn.Module | None) -> str:
         (
             (name, m)
             for name, m in (model.named_modules() if model is not None else ())
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase))
         ),
         None,
     )
@@ -530,6 +530,9 @@ def _shape_hint(model: nn.Module | None) -> str:
     name, layer = first
     if isinstance(layer, nn.Linear):
         return f" {layer.in_features} ({name} takes {layer.in_features} features)"
+    if isinstance(layer, nn.RNNBase):  # a sequence of T steps, batch-first or not
+        size = layer.input_size
+        return f" T,{size} ({name} takes {size} features a step)"
     dims = (
         "L"
         if isinstance(layer, nn.Conv1d)
