@@ -511,3 +511,74 @@ def test_prune_bert_heads_end_to_end(tmp_path, capsys):
     assert report.index("## Pruning") < report.index("## Reproduce")
     html = (study / "report.html").read_text()
     assert "Pruning" in html and "val_acc fine-tuned" in html
+
+
+BESIDE_ITS_DATA = '''"""A small CNN whose data sits beside it, found through __file__."""
+
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+INPUT_SHAPE = (1, 8, 8)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(self.act(self.conv(x)).flatten(1))
+
+
+def build_data():
+    data = np.load(Path(__file__).parent / "digits.npz")
+    x, y = data["x"].reshape(-1, 1, 8, 8), data["y"]
+    return x[:300], y[:300], x[300:], y[300:]
+'''
+
+
+@pytest.mark.slow
+def test_a_pruned_script_finds_what_the_model_file_reads_beside_it(tmp_path, capsys):
+    """The pruned scripts sit one folder below the study: the embedded code's
+    ``__file__`` still names the model file from there."""
+    from sklearn.datasets import load_digits
+
+    import numpy as np
+
+    digits = load_digits()
+    np.savez(
+        tmp_path / "digits.npz",
+        x=digits.data[:400].astype("float32") / 16,
+        y=digits.target[:400],
+    )
+    (tmp_path / "net.py").write_text(BESIDE_ITS_DATA)
+    study = tmp_path / "study"
+    base = [sys.executable, "-m", "ablagen"]
+    gen = [
+        "generate",
+        str(tmp_path / "net.py"),
+        "--out",
+        str(study),
+        "--mode",
+        "knockout",
+    ]
+    gen += ["--kinds", "neurons", "--neuron-groups", "4", "--epochs", "1"]
+    for argv in (
+        gen,
+        ["run", str(study), "--seeds", "0", "-j", "1", "-q"],
+        ["rank", str(study), "--no-plots"],
+    ):
+        subprocess.run(base + argv, check=True, capture_output=True)  # fmt: skip
+    code, _, err = run_cli(["prune", study, "--ratios", "0.5", "--no-run"], capsys)
+    assert code == 0, err
+    result = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "pruned_0.5.py", "--epochs", "1", "--finetune-epochs", "0", "--out", str(result)],
+        cwd=study / "prune", capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(result.read_text())["status"] == "ok"

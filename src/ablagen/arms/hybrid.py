@@ -146,8 +146,11 @@ def write_arms(study_dir: str | Path, arm: ArmOptions = ArmOptions()) -> Manifes
     return add_scripts(study, manifest, scripts, ARM_KIND)
 
 
-def prepare_recorded(study: Path, manifest: Manifest) -> Prepared:
-    """Load the study's model with the options its manifest records (a later command)."""
+def prepare_recorded(
+    study: Path, manifest: Manifest, out: Path | None = None
+) -> Prepared:
+    """Load the study's model with the options its manifest records (a later
+    command); ``out``: where its scripts go, if not in the study itself."""
     try:
         config = StudyConfig.from_manifest(manifest.config)
     except (KeyError, TypeError) as exc:
@@ -158,7 +161,7 @@ def prepare_recorded(study: Path, manifest: Manifest) -> Prepared:
     model = str((study / manifest.model["path"]).resolve())
     if manifest.model.get("name") and ":" not in Path(manifest.model["path"]).name:
         model = f"{model}:{manifest.model['name']}"
-    prepared = prepare(config.options(study, model), command=config.command)
+    prepared = prepare(config.options(study, model, out), command=config.command)
     if prepared.loaded.sha256 != manifest.model["sha256"]:
         raise StudyError(
             f"{manifest.model['path']} changed since {study.name} was generated (stale study)",

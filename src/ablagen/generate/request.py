@@ -106,11 +106,14 @@ class StudyConfig:
             templates_path=config["templates_path"],
         )
 
-    def options(self, study: Path, model: str) -> GenerateOptions:
-        """The generate options that make this study again in ``study``."""
+    def options(
+        self, study: Path, model: str, out: Path | None = None
+    ) -> GenerateOptions:
+        """The generate options that make this study again in ``study`` (``out``:
+        scripts written elsewhere, such as ``STUDY/prune``, whose paths start there)."""
         return GenerateOptions(
             model=model,
-            out=study,
+            out=out or study,
             kinds=",".join(self.kinds),
             components=self.components,
             methods=",".join(self.methods) or None,

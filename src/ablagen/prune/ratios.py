@@ -15,11 +15,10 @@ from __future__ import annotations
 import ast
 import inspect
 import json
-import posixpath
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablagen.generate.context import ScriptContext
@@ -91,7 +90,7 @@ def render_pruned(
             "ablagen prune supports classification studies on in-memory data so far",
             "prune a study whose model file gives build_data() or a built-in DATASET",
         )
-    layers, model = len(plan.layers), prepared.base["model"]
+    layers = len(plan.layers)
     heads = any("set" in kept for kept in plan.layers.values())
     units = "channels and attention heads" if heads else "channels"
     ctx = ScriptContext(
@@ -117,8 +116,7 @@ def render_pruned(
             "surgery_source": surgery_source(),
         },
         **{
-            **prepared.base,  # the script lives in STUDY/prune: paths from there
-            "model": replace(model, path=posixpath.join("..", model.path)),
+            **prepared.base,  # prepared for STUDY/prune: its paths start there
             "regenerate_command": f"ablagen prune .. --ratios {plan.ratio:g} --finetune-epochs {finetune_epochs} --no-run",
         },
     )  # fmt: skip
@@ -152,7 +150,7 @@ def prune_study(
             "generate the study with --kinds neurons or heads (knockout or screen mode), run and rank it",
         )
     heads = attention_heads(manifest)
-    prepared = prepare_recorded(study, manifest)
+    prepared = prepare_recorded(study, manifest, study / PRUNE_DIR)
     model, example = prepared.loaded.model, prepared.loaded.example_inputs[0]
 
     def measured(graph, names):
