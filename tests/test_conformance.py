@@ -62,6 +62,7 @@ CASES = [
     Case("conv1d_signal.py", ("--input-shape", "2,16")),
     Case("pixel_shuffle_upscale.py", ("--input-shape", "1,6,6", "--task", "regression")),
     Case("lstm_classifier.py", ("--input-shape", "12,6")),
+    Case("cell_loop.py:Stepper", ("--input-shape", "5", "--task", "regression"), traceable=False),  # loops over input.split
     Case("rnn_lm_hidden.py", ("--task", "lm")),
     Case("causal_attention.py:build", ("--task", "lm"), traceable=False),  # B, T, C = x.size()
 ]
@@ -187,6 +188,20 @@ def test_a_recurrent_models_shape_hint_names_its_features_a_step(capsys):
     code, _, err = run_cli(["analyze", SUITE / "lstm_classifier.py"], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert "--input-shape T,6 (lstm takes 6 features a step)" in err
+
+
+def test_a_cell_loops_hint_and_a_dtype_clash_are_one_line_each(capsys):
+    """A cell stepped by hand takes one value a step: the hint says T. A state made in
+    float64 for float32 samples is a dtype clash, not a shape: the message says so
+    and does not ask for another --input-shape."""
+    code, _, err = run_cli(["analyze", f"{SUITE / 'cell_loop.py'}:Stepper"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--input-shape T (cell takes 1 feature a step)" in err
+    spec = f"{SUITE / 'cell_loop.py'}:DoubleStepper"
+    code, _, err = run_cli(["analyze", spec, "--input-shape", "5"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "mixes float dtypes in cell (LSTMCell)" in err and "dtype=x.dtype" in err
+    assert "pass one sample's shape" not in err
 
 
 def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(

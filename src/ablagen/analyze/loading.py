@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import inspect
 import itertools
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -521,7 +522,17 @@ def _shape_hint(model: nn.Module | None) -> str:
         (
             (name, m)
             for name, m in (model.named_modules() if model is not None else ())
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase))
+            if isinstance(
+                m,
+                (
+                    nn.Linear,
+                    nn.Conv1d,
+                    nn.Conv2d,
+                    nn.Conv3d,
+                    nn.RNNBase,
+                    nn.RNNCellBase,
+                ),
+            )
         ),
         None,
     )
@@ -530,6 +541,10 @@ def _shape_hint(model: nn.Module | None) -> str:
     name, layer = first
     if isinstance(layer, nn.Linear):
         return f" {layer.in_features} ({name} takes {layer.in_features} features)"
+    if isinstance(layer, nn.RNNCellBase):  # the forward loops over the steps
+        size = layer.input_size
+        shape = "T" if size == 1 else f"T,{size}"
+        return f" {shape} ({name} takes {size} feature{'s' * (size > 1)} a step)"
     if isinstance(layer, nn.RNNBase):  # a sequence of T steps, batch-first or not
         size = layer.input_size
         return f" T,{size} ({name} takes {size} features a step)"
@@ -544,6 +559,13 @@ def _shape_hint(model: nn.Module | None) -> str:
 def _randn(shape: tuple[int, ...]) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     return torch.randn((EXAMPLE_BATCH, *shape), generator=gen)
+
+
+#: torch's messages for tensors of two float dtypes meeting in one op
+_DTYPE_CLASH = re.compile(
+    r"must have the same dtype|expected scalar type \w+ but found|"
+    r"Input type \(\w+\) and (weight|bias) type|expected m1 and m2 to have the same dtype"
+)
 
 
 def _check_forward(
@@ -591,6 +613,13 @@ def _check_forward(
                 "embedding takes integer token ids, and --input-shape gives random floats",
                 "train it on text (--dataset text:FILE), or give the model file an "
                 "example_input() that returns token ids, e.g. torch.randint(0, VOCAB, (2, T))",
+            ) from exc
+        if _DTYPE_CLASH.search(msg):  # not a shape: no other --input-shape helps
+            raise InputShapeError(
+                f"the model in {path} mixes float dtypes{where}: {msg} (the scripts "
+                "feed float32 samples to a float32 model)",
+                "make the forward build its tensors in its input's dtype (dtype=x.dtype, "
+                "not torch.double) and the model without .double()",
             ) from exc
         if input_from == "--input-shape":
             raise InputShapeError(
