@@ -204,6 +204,15 @@ def test_a_cell_loops_hint_and_a_dtype_clash_are_one_line_each(capsys):
     assert "pass one sample's shape" not in err
 
 
+def test_one_input_shape_for_a_two_input_forward_names_the_inputs(tmp_path, capsys):
+    """--input-shape gives one tensor; a siamese-style forward(a, b) is told so, not to
+    pass another shape."""
+    code, _, err = run_cli(["analyze", SUITE / "two_inputs.py", "--input-shape", "3,8,8"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "takes 2 inputs (image, meta) and --input-shape gives one" in err
+    assert "example_input()" in err and "pass one sample's shape" not in err
+
+
 def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(
     tmp_path, capsys
 ):

@@ -561,6 +561,19 @@ def _randn(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn((EXAMPLE_BATCH, *shape), generator=gen)
 
 
+def _required_inputs(model: nn.Module) -> list[str]:
+    """The names of forward's positional parameters that have no default."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    return [p.name for p in params if p.kind in positional and p.default is p.empty]
+
+
 #: torch's messages for tensors of two float dtypes meeting in one op
 _DTYPE_CLASH = re.compile(
     r"must have the same dtype|expected scalar type \w+ but found|"
@@ -613,6 +626,15 @@ def _check_forward(
                 "embedding takes integer token ids, and --input-shape gives random floats",
                 "train it on text (--dataset text:FILE), or give the model file an "
                 "example_input() that returns token ids, e.g. torch.randint(0, VOCAB, (2, T))",
+            ) from exc
+        wanted = _required_inputs(model)
+        if input_from == "--input-shape" and len(wanted) > len(inputs):
+            raise InputShapeError(
+                f"the model in {path} takes {len(wanted)} inputs ({', '.join(wanted)}) "
+                "and --input-shape gives one",
+                "define example_input() in the model file returning a batch of each (a "
+                "tuple) to analyze it; to train it, --templates with your own loop (the "
+                "built-in loop feeds one tensor)",
             ) from exc
         if _DTYPE_CLASH.search(msg):  # not a shape: no other --input-shape helps
             raise InputShapeError(
