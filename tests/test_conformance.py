@@ -50,6 +50,7 @@ CASES = [
     Case("package/main.py:build"),
     Case("package/models/small.py:SmallNet"),
     Case("package/models/tiny.py:tiny_net"),
+    Case("abs_package/make.py:build_model"),
     Case("module_extras.py:Net"),
     Case("module_instance.py:model"),
     Case("efficient_swish.py:EfficientNet"),
@@ -211,6 +212,26 @@ def test_one_input_shape_for_a_two_input_forward_names_the_inputs(tmp_path, caps
     assert code == 2 and err.count("\n") == 1, err
     assert "takes 2 inputs (image, meta) and --input-shape gives one" in err
     assert "example_input()" in err and "pass one sample's shape" not in err
+
+
+def test_a_package_that_imports_itself_by_name_is_embedded_with_its_aliases(
+    tmp_path, capsys
+):
+    """minGPT's model.py says ``from mingpt.utils import CfgNode as CN``: the package
+    is the user's own (above the module's folder), so its class is embedded and the
+    alias bound, and the scripts run where no netpkg can be imported."""
+    study = _generate(Case("abs_package/make.py:build_model"), tmp_path / "s", capsys)
+    baseline = (study / "baseline.py").read_text()
+    assert "netpkg" not in baseline and "\nclass Settings:" in baseline
+    assert "\nS = Settings\n" in baseline
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(study / "baseline.py"), "--epochs", "1", "--out", "r.json"],
+        cwd=elsewhere, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((elsewhere / "r.json").read_text())["status"] == "ok"
 
 
 def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(

@@ -110,9 +110,20 @@ def _embed(
             )
         # `from blocks import *`: what the kept code uses and this file leaves undefined
         wanted_there = used - here if "*" in st.defines else set(st.defines) & used
+        renamed = _renamed(st.node)  # `from mingpt.utils import CfgNode as CN`
         _embed(
-            sibling, wanted_there, {}, chunks, names, files, stack + (path,), located
+            sibling,
+            {renamed.get(n, n) for n in wanted_there},
+            {},
+            chunks,
+            names,
+            files,
+            stack + (path,),
+            located,
         )
+        for alias in sorted(wanted_there & renamed.keys()):
+            chunks.append(f"{alias} = {renamed[alias]}")
+            names.add(alias)
     indices = {st.index for st in keep if st not in sibling_imports}
     kept = module.visit(KeepStatements(indices))
     if constants:
@@ -149,16 +160,43 @@ def _sibling(path: Path, st: TopLevel) -> Path | None:
         parts = [p for p in mod[dots:].split(".") if p]
         if not parts:  # `from . import x`: x is a module of this package
             return path.parent / "__init__.py"
-        for candidate in (base.joinpath(*parts[:-1], f"{parts[-1]}.py"),
-                          base.joinpath(*parts, "__init__.py")):  # fmt: skip
-            if candidate.is_file():
-                return candidate
+        # absolute: beside the file, or above its package (minGPT's model.py says
+        # `from mingpt.utils import CfgNode`, its folder the one the factory is in)
+        for root in [base] if dots else _import_roots(path):
+            for candidate in (root.joinpath(*parts[:-1], f"{parts[-1]}.py"),
+                              root.joinpath(*parts, "__init__.py")):  # fmt: skip
+                if candidate.is_file():
+                    return candidate
         if dots:
             raise ModelFileError(
                 f"{path.name}: the relative import `from {mod} import ...` names no file",
                 "fix the import",
             )
     return None
+
+
+def _renamed(node: cst.CSTNode) -> dict[str, str]:
+    """``{alias: name}`` for each ``name as alias`` of a ``from X import ...``."""
+    found: dict[str, str] = {}
+    for small in getattr(node, "body", ()):
+        if isinstance(small, cst.ImportFrom) and not isinstance(
+            small.names, cst.ImportStar
+        ):
+            for alias in small.names:
+                if alias.asname is not None and isinstance(alias.name, cst.Name):
+                    found[cst.ensure_type(alias.asname.name, cst.Name).value] = (
+                        alias.name.value
+                    )
+    return found
+
+
+def _import_roots(path: Path) -> list[Path]:
+    """Where an absolute import in ``path`` finds the user's own modules: its folder,
+    then, for a module inside a package, the folder that holds the top package."""
+    roots, top = [path.parent], path.parent
+    while (top / "__init__.py").is_file() and top.parent != top:
+        top = top.parent
+    return roots + ([top] if top != path.parent else [])
 
 
 def _imports_modules(path: Path, st: TopLevel) -> bool:
