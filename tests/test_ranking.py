@@ -307,3 +307,32 @@ def test_peak_memory_on_cpu_is_the_orchestrators_measurement():
     )
     assert metric_value(on_gpu, "peak_memory_bytes") == 456.0
     assert metric_value(record("baseline", 0, acc=0.9), "peak_memory_bytes") is None
+
+
+def test_a_task_without_accuracy_ranks_on_val_loss_by_default(tmp_path, capsys) -> None:
+    """A regression (or lm) study has val_acc None in every result: the default metric
+    is its val_loss; an explicit --metric val_acc is refused in one line."""
+    from conftest import run_cli
+
+    from ablagen.report.markdown import study_metric
+
+    config = {"train": {"task": "regression"}}
+    manifest = dataclasses.replace(MANIFEST, config=config)
+    assert study_metric(manifest, "val_acc") == "val_loss"
+    assert study_metric(MANIFEST, "val_acc") == "val_acc"  # classification keeps it
+    recs = [
+        dataclasses.replace(r, result={**r.result, "final": {"val_acc": None, "val_loss": 1 - r.result["final"]["val_acc"]}})  # fmt: skip
+        for r in study_records()
+        if r.ok
+    ]
+    ranking = rank(manifest, recs, study_metric(manifest, "val_acc"))
+    assert ranking.metric == "val_loss" and ranking.rows[0].variant == "conv1:zero"
+    with pytest.raises(StudyError) as err:  # None everywhere: not listed as available
+        rank(manifest, recs, "val_acc")
+    assert "one of the available metrics: epochs_to_target, val_loss" in str(err.value)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest.to_json()))
+    for v in manifest.variants:
+        (tmp_path / v.script).write_text("")
+    code, _, out = run_cli(["rank", tmp_path, "--metric", "val_acc"], capsys)
+    assert code == 2 and out.count("\n") == 1
+    assert "a --task regression study scores no accuracy (val_acc)" in out

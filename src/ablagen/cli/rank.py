@@ -133,14 +133,22 @@ def _print_table(ranking, study: str) -> None:
 
 
 def _screen_has_no_accuracy(study: str, metric: str, given: bool) -> None:
-    """``--metric val_acc`` given on a screen study: one line, exit 2 (the default
-    val_acc stands for the screen's own val_loss; an explicit one is a mistake)."""
+    """``--metric val_acc`` given on a screen study or one whose task has no accuracy:
+    one line, exit 2 (the default val_acc stands for val_loss there; an explicit one
+    is a mistake)."""
     from ablagen.core.errors import StudyError
     from ablagen.core.studydir import load_manifest
 
     if metric != "val_acc" or not given:
         return
-    if load_manifest(study).mode == "screen":
+    manifest = load_manifest(study)
+    task = (manifest.config.get("train") or {}).get("task", "classification")
+    if task in ("regression", "lm"):  # the default val_acc stands for val_loss there
+        raise StudyError(
+            f"a --task {task} study scores no accuracy (val_acc)",
+            "rank it with --metric val_loss (its default)",
+        )
+    if manifest.mode == "screen":
         raise StudyError(
             "a screen study estimates changes of the validation loss, not val_acc",
             "rank it with --metric val_loss (the default for a screen), or verify it "

@@ -364,7 +364,12 @@ def single_seed_note(ranking: Ranking, study: str = "STUDY") -> str | None:
 def _check_metric(metric: str, sel: Selection) -> None:
     recs = [r for runs in sel.runs.values() for r in runs.values() if r.ok]
     if not any(metric_value(r, metric) is not None for r in recs):
-        known = ", ".join(available_metrics(recs)) or "none"
+        known = ", ".join(
+            m
+            for m in available_metrics(recs)
+            if any(metric_value(r, m) is not None for r in recs)
+        )
+        known = known or "none"
         raise StudyError(
             f"no result has metric {metric!r}",
             f"pass --metric with one of the available metrics: {known}",

@@ -471,7 +471,11 @@ class RankOutputs:
 
 def study_metric(manifest: Manifest, metric: str) -> str:
     """The metric to rank on: ``metric``, except that a screen (which estimates the
-    validation loss and no accuracy) ranks on val_loss, the metric it has."""
+    validation loss and no accuracy) ranks on val_loss, the metric it has, and so does
+    a task that scores no accuracy (regression, lm) in place of the default val_acc."""
+    task = (manifest.config.get("train") or {}).get("task", "classification")
+    if metric == "val_acc" and task in ("regression", "lm"):
+        return "val_loss"
     if manifest.mode != "screen" or metric == "val_loss":
         return metric
     if metric == "val_acc":  # the default: take the screen's own
