@@ -320,6 +320,8 @@ def test_a_task_without_accuracy_ranks_on_val_loss_by_default(tmp_path, capsys) 
     manifest = dataclasses.replace(MANIFEST, config=config)
     assert study_metric(manifest, "val_acc") == "val_loss"
     assert study_metric(MANIFEST, "val_acc") == "val_acc"  # classification keeps it
+    lm = dataclasses.replace(MANIFEST, config={"train": {"task": "lm"}})
+    assert study_metric(lm, "val_acc") == "val_ppl"  # as `ablagen study --task lm`
     recs = [
         dataclasses.replace(r, result={**r.result, "final": {"val_acc": None, "val_loss": 1 - r.result["final"]["val_acc"]}})  # fmt: skip
         for r in study_records()

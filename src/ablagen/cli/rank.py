@@ -138,15 +138,16 @@ def _screen_has_no_accuracy(study: str, metric: str, given: bool) -> None:
     is a mistake)."""
     from ablagen.core.errors import StudyError
     from ablagen.core.studydir import load_manifest
+    from ablagen.report.markdown import NO_ACCURACY
 
     if metric != "val_acc" or not given:
         return
     manifest = load_manifest(study)
     task = (manifest.config.get("train") or {}).get("task", "classification")
-    if task in ("regression", "lm"):  # the default val_acc stands for val_loss there
+    if task in NO_ACCURACY:  # the default val_acc stands for its own metric there
         raise StudyError(
             f"a --task {task} study scores no accuracy (val_acc)",
-            "rank it with --metric val_loss (its default)",
+            f"rank it with --metric {NO_ACCURACY[task]} (its default)",
         )
     if manifest.mode == "screen":
         raise StudyError(

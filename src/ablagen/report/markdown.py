@@ -469,13 +469,18 @@ class RankOutputs:
     records: tuple[RunRecord, ...]  # the store's records the ranking was made from
 
 
+#: the default metric of a task that scores no accuracy (``ablagen study`` ranks an
+#: lm study on val_ppl too)
+NO_ACCURACY = {"regression": "val_loss", "lm": "val_ppl"}
+
+
 def study_metric(manifest: Manifest, metric: str) -> str:
     """The metric to rank on: ``metric``, except that a screen (which estimates the
-    validation loss and no accuracy) ranks on val_loss, the metric it has, and so does
-    a task that scores no accuracy (regression, lm) in place of the default val_acc."""
+    validation loss and no accuracy) ranks on val_loss, the metric it has; a task that
+    scores no accuracy ranks on :data:`NO_ACCURACY`'s metric in place of val_acc."""
     task = (manifest.config.get("train") or {}).get("task", "classification")
-    if metric == "val_acc" and task in ("regression", "lm"):
-        return "val_loss"
+    if metric == "val_acc" and task in NO_ACCURACY:
+        return NO_ACCURACY[task]
     if manifest.mode != "screen" or metric == "val_loss":
         return metric
     if metric == "val_acc":  # the default: take the screen's own
