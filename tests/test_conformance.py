@@ -234,6 +234,28 @@ def test_a_package_that_imports_itself_by_name_is_embedded_with_its_aliases(
     assert json.loads((elsewhere / "r.json").read_text())["status"] == "ok"
 
 
+def test_a_layer_stepped_in_a_loop_is_one_component_ablated_at_every_step(
+    tmp_path, capsys
+):
+    """An LSTMCell called once a time step from one line is one component (not one per
+    step); zeroing it zeroes every step's state, so the head sees zeros throughout."""
+    spec = f"{SUITE / 'cell_loop.py'}:Stepper"
+    code, out, err = run_cli(["analyze", spec, "--input-shape", "5", "--json"], capsys)
+    assert code == 0, err
+    comps = {c["id"]: c for c in json.loads(out)["components"]}
+    assert sorted(comps) == ["cell", "out", "out[0]"]
+    assert comps["cell"]["call_site"] is None and comps["cell"]["params"] == 352
+    case = Case("cell_loop.py:Stepper", ("--input-shape", "5", "--task", "regression"))
+    study = _generate(case, tmp_path / "s", capsys, "--components", "cell:zero")
+    module = load_script(study / "cell__zero.py")
+    model = new_model(module).eval()
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.out(torch.zeros(3, 8)).expand(3, 5)
+        got = module.ablate(model)(x)
+    torch.testing.assert_close(got, expected)
+
+
 def test_a_last_position_output_for_one_label_per_sample_is_refused_in_one_line(
     tmp_path, capsys
 ):

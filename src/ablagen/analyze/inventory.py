@@ -267,6 +267,19 @@ _BEFORE_NODE, _AT_NODE, _AFTER_NODE = 0, 1, 2
 _Place = tuple[int, int, int]
 
 
+def looped_layers(model: nn.Module, calls: list[Call]) -> frozenset[str]:
+    """Layers with parameters called more than once from one line of code: a cell
+    stepped over time in a loop, a layer reused across iterations. Their weights act
+    at every step, so they are one component (ablated at every call), not one per
+    step (a 200-step loop would give 200 of them)."""
+    from_line = Counter((c.module, c.line) for c in calls if c.line is not None)
+    return frozenset(
+        name
+        for (name, _), n in from_line.items()
+        if n > 1 and own_params(model.get_submodule(name))
+    )
+
+
 def _from_graph(
     model: nn.Module,
     graph: fx.GraphModule,
@@ -276,14 +289,17 @@ def _from_graph(
     nodes = list(graph.graph.nodes)
     site_total = Counter(str(n.target) for n in nodes if n.op == "call_module")
     site_seen: Counter[str] = Counter()
+    looped = looped_layers(model, calls)
     placed: list[tuple[_Place, Component]] = []
     for index, node in enumerate(nodes):
         if node.op == "call_module":
             target = str(node.target)
             site = site_seen[target]
             site_seen[target] += 1
+            if target in looped and site:
+                continue  # one component for every call (see looped_layers)
             module = model.get_submodule(target)
-            many = site_total[target] > 1
+            many = site_total[target] > 1 and target not in looped
             comp_id = f"{target}@{site}" if many else target
             in_shape, out_shape = _meta_shape(_first_node_arg(node)), _meta_shape(node)
             tensor_out = out_shape is not None
@@ -463,10 +479,13 @@ def _from_calls(
 ) -> Iterator[Component]:
     """Hook-based inventory for models torch.fx cannot trace."""
     totals = Counter(c.module for c in calls)
+    looped = looped_layers(model, calls)
     last_param_layer: str | None = None
     for call in calls:
+        if call.module in looped and call.site:
+            continue  # one component for every call (see looped_layers)
         module = model.get_submodule(call.module)
-        many = totals[call.module] > 1
+        many = totals[call.module] > 1 and call.module not in looped
         leaf = not any(True for _ in module.children())
         common = dict(
             id=f"{call.module}@{call.site}" if many else call.module,

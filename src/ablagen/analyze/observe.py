@@ -8,6 +8,8 @@ Both the fx path (for blocks) and the untraced fallback (for everything) use it.
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,19 @@ class Call:
     input_shape: Shape | None  # None unless the first input is a tensor
     output_shape: Shape | None  # None unless the output is a single tensor
     tensor_out: bool  # the output is a single tensor
+    line: tuple[str, int] | None = None  # the (file, line) of the code that called it
+
+
+#: frames of torch itself (Module.__call__) between a hook and the calling code
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def _caller() -> tuple[str, int] | None:
+    """The first frame above the hook that is not torch's: the line that called it."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_TORCH_DIR):
+        frame = frame.f_back
+    return None if frame is None else (frame.f_code.co_filename, frame.f_lineno)
 
 
 def _shape(value: Any) -> Shape | None:
@@ -33,7 +48,7 @@ def _shape(value: Any) -> Shape | None:
 
 
 def observe_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Call]:
-    open_calls: dict[int, list[tuple[int, str, int, Shape | None]]] = defaultdict(list)
+    open_calls: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     finished: list[Call] = []
     sites: dict[str, int] = defaultdict(int)
     order = itertools.count()
@@ -42,16 +57,18 @@ def observe_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Ca
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             first = args[0] if args else None
             open_calls[id(module)].append(
-                (next(order), name, sites[name], _shape(first))
+                (next(order), name, sites[name], _shape(first), _caller())
             )
             sites[name] += 1
 
         return hook
 
     def post_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        start, name, site, in_shape = open_calls[id(module)].pop()
+        start, name, site, in_shape, line = open_calls[id(module)].pop()
         tensor_out = isinstance(output, torch.Tensor)
-        finished.append(Call(start, name, site, in_shape, _shape(output), tensor_out))
+        finished.append(
+            Call(start, name, site, in_shape, _shape(output), tensor_out, line)
+        )
 
     handles = []
     try:
