@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES
-from conftest_orchestrate import write_manifest
+from conftest_orchestrate import script_name, write_manifest
 from test_orchestrate_prestart import _worker_children, spied  # noqa: F401
 
 from ablagen.orchestrate import ResultStore, RunOptions, run_study, worker
@@ -315,4 +315,39 @@ def test_run_study_starts_its_pool_first_and_leaves_none(tmp_path: Path, spied) 
         run_study(tmp_path / "missing", options)
     assert [z.returncode for _, z in spied] == [0, -9, -9]
     assert all(not warm.dir.exists() for warm, _ in spied)
+    assert _worker_children() == []
+
+
+ENDINGS = {
+    "baseline": "import sys\nsys.exit(3)\n",  # its own code
+    # killed: the signal is recorded
+    "a:zero": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    # a process the script forks returns through the worker's code with its own
+    # code (5): the run's is the run process's own
+    "b:zero": (
+        "import os, sys\npid = os.fork()\nif pid == 0:\n    sys.exit(5)\n"
+        "os.waitpid(pid, 0)\nsys.exit(4)\n"
+    ),
+}
+
+
+def test_a_runs_exit_code_is_the_one_python_gives_however_it_ends(
+    tmp_path: Path,
+) -> None:
+    """Exit codes as ``python script.py`` gives them, however the run ends, and no
+    process left once the pool closes."""
+    study = tmp_path / "study"
+    study.mkdir()
+    for variant, body in ENDINGS.items():
+        (study / script_name(variant)).write_text(body)
+    write_manifest(study, list(ENDINGS))
+    expected = {}
+    for variant in ENDINGS:
+        script = study / script_name(variant)
+        expected[variant] = subprocess.run([sys.executable, script]).returncode
+    assert expected == {"baseline": 3, "a:zero": -9, "b:zero": 4}
+    run_study(study, RunOptions(jobs=1, seeds=(0, 1)))
+    with ResultStore(study, readonly=True) as store:
+        got = {(r.variant_id, r.seed): r.exit_code for r in store.records()}
+    assert got == {(v, s): code for v, code in expected.items() for s in (0, 1)}
     assert _worker_children() == []
