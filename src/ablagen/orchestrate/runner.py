@@ -465,24 +465,30 @@ class _Session:
         pending = deque(todo)
         inflight: dict[tuple[str, int, str, str], RunSpec] = {}
         waiting: dict[tuple[str, int, str, str], RunSpec] = {}
+
+        def fill(free: int = 0) -> None:
+            """Start pending runs while a slot is free (``free``: slots whose run
+            ended but is not stored yet)."""
+            while pending and len(inflight) - free < limit:
+                spec = pending.popleft()
+                with signals.deferred():
+                    started = self._start(spec)
+                    if isinstance(started, RawOutcome):  # ran to its end before
+                        self._store(started, inflight)
+                    elif started:
+                        inflight[spec.key] = spec
+                    elif self._finished_elsewhere(spec):
+                        pass
+                    elif wait:
+                        waiting[spec.key] = spec
+                        self.notify(self.tally.event("waiting", spec=spec))
+                    else:
+                        self.elsewhere.append(spec)
+
         with signals.installed():
             try:
                 while pending or inflight or waiting:
-                    while pending and len(inflight) < limit:
-                        spec = pending.popleft()
-                        with signals.deferred():
-                            started = self._start(spec)
-                            if isinstance(started, RawOutcome):  # ran to its end before
-                                self._store(started, inflight)
-                            elif started:
-                                inflight[spec.key] = spec
-                            elif self._finished_elsewhere(spec):
-                                pass
-                            elif wait:
-                                waiting[spec.key] = spec
-                                self.notify(self.tally.event("waiting", spec=spec))
-                            else:
-                                self.elsewhere.append(spec)
+                    fill()
                     if waiting and len(inflight) < limit:
                         pending.extend(self._look_at(waiting))
                         if pending:
@@ -496,6 +502,9 @@ class _Session:
                     if raw is None:
                         continue
                     with signals.deferred():
+                        # its worker gets the next run first; storing this one
+                        # (two commits, the log's tail, its files) overlaps that run
+                        fill(free=1)
                         self._store(raw, inflight)
             except WriteError as exc:
                 raise self._put_back(exc, inflight) from exc
