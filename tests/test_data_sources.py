@@ -533,3 +533,58 @@ def test_tokens_task_replaces_the_sequence_taggers_custom_loss(tmp_path):
     result = run(builtin / "baseline.py")
     for key, value in reference["final"].items():
         assert result["final"][key] == pytest.approx(value, rel=1e-6), key
+
+
+READS_FROM_CWD = """import numpy as np
+from torch import nn
+
+INPUT_SHAPE = (4,)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def build_data():
+    x, y = np.load("{data}/x.npy"), np.load("{data}/y.npy")
+    return x[:40], y[:40], x[40:], y[40:]
+"""
+
+
+def test_a_file_read_relative_to_the_working_directory_is_refused(
+    tmp_path, monkeypatch
+):
+    """generate runs build_data() where the user is; the scripts run from the study,
+    where data/x.npy is not: one line naming the file and the fix, nothing written.
+    From the study itself (the regenerate command's place) the same read is fine,
+    and so is ablagen's own read of a relative --dataset file."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(project / "data" / "x.npy", rng.normal(size=(60, 4)).astype("float32"))
+    np.save(project / "data" / "y.npy", rng.integers(0, 3, 60))
+    (project / "model.py").write_text(READS_FROM_CWD.format(data="data"))
+    monkeypatch.chdir(project)
+    with pytest.raises(AblagenError) as info:
+        generate(project / "model.py", tmp_path / "study")
+    assert str(info.value) == (
+        f"model.py reads data/x.npy relative to the working directory ({project}), "
+        f"but its scripts run from {tmp_path / 'study'}, where there is no data/x.npy; "
+        "open it relative to the model file (Path(__file__).parent / 'data/x.npy') "
+        "or by an absolute path"
+    )
+    assert not (tmp_path / "study").exists()
+    # run where the scripts run (the regenerate command's place): the same read is fine
+    (project / "here.py").write_text(READS_FROM_CWD.format(data="../project/data"))
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    generate(project / "here.py", tmp_path / "here")
+    assert run(tmp_path / "here" / "baseline.py", "--epochs", "1")["status"] == "ok"
+    monkeypatch.chdir(project)
+    (project / "corpus.txt").write_text("a small corpus of text " * 40)
+    text = project / "lm.py"
+    text.write_text(
+        "from torch import nn\n\n\nclass LM(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.emb = nn.Embedding(64, 8)\n"
+        "        self.out = nn.Linear(8, 64)\n\n    def forward(self, x):\n"
+        "        return self.out(self.emb(x))\n"
+    )
+    generate(text, tmp_path / "lm", dataset="text:corpus.txt", input_shape="8",
+             train=TrainConfig(task="lm", epochs=1))  # fmt: skip

@@ -30,7 +30,9 @@ from ablagen.data.tasks import check_one_label_per_sample
 from ablagen.data.shapes import count_classes
 from ablagen.data.sources import check_fits
 from ablagen.data.synthetic import check_synthetic
+from ablagen.data.workdir import check_reads_from, user_reads
 from ablagen.core.errors import ConfigError
+from ablagen.core.spec import split_model_spec
 from ablagen.analyze.loading import LoadedModel, load_model
 from ablagen.source import embed_model_source
 
@@ -98,11 +100,14 @@ def prepare(opts: GenerateOptions, command: str | None = None) -> Prepared:
             f"unknown mode {opts.mode!r}", f"use one of: {', '.join(MODES)}"
         )
     env = make_environment(opts.templates)
-    loaded = load_model(opts.model, opts.input_shape, opts.dataset)
-    _check_channels_last(opts, loaded)
-    inventory = analyze(loaded, opts.neuron_groups)
-    data, batch = resolve_data(opts, loaded, opts.out)
-    model = _model_info(opts, loaded, data, batch)
+    model_file = split_model_spec(opts.model)[0]
+    with user_reads(model_file) as reads:  # the model file's code runs here
+        loaded = load_model(opts.model, opts.input_shape, opts.dataset)
+        _check_channels_last(opts, loaded)
+        inventory = analyze(loaded, opts.neuron_groups)
+        data, batch = resolve_data(opts, loaded, opts.out)
+        model = _model_info(opts, loaded, data, batch)
+    check_reads_from(reads, model_file, opts.out)
     config = StudyConfig(
         command=command
         or regenerate_command(replace(opts, dataset=data.spec), model.path),
