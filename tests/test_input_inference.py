@@ -83,10 +83,14 @@ def test_dataset_option_gives_the_shape(tmp_path):
 
 def test_analyze_takes_the_shape_from_dataset_as_generate_does(tmp_path, capsys):
     path = _write(tmp_path, "model.py", MLP, data="")
-    code, out, err = run_cli(["analyze", path, "--dataset", "breast_cancer", "--json"], capsys)
+    code, out, err = run_cli(
+        ["analyze", path, "--dataset", "breast_cancer", "--json"], capsys
+    )
     assert code == 0, err
     assert json.loads(out)["input_shapes"] == [[2, 30]]
-    assert "input shape (30,) inferred from --dataset 'breast_cancer' (30 features)" in err
+    assert (
+        "input shape (30,) inferred from --dataset 'breast_cancer' (30 features)" in err
+    )
 
 
 def test_a_given_input_is_not_inferred(tmp_path):
@@ -221,3 +225,48 @@ def test_input_shape_of_a_token_model_is_a_block_of_ids(tmp_path, capsys):
     assert "--dataset text:FILE" in message and "example_input()" in message
     code, _, err = run_cli(["analyze", str(path), "--input-shape", "4,16"], capsys)
     assert code == 2 and err.count("\n") == 1 and "token ids" in err
+
+
+TOKEN_WINDOWS = """
+import torch
+
+
+def build_data():
+    ids = torch.arange(24 * 17).remainder(50).view(24, 17)
+    return ids[:20, :16], ids[:20, 1:], ids[20:, :16], ids[20:, 1:]
+"""
+
+
+@pytest.mark.parametrize("given", ["INPUT_SHAPE = (16,)", TOKEN_WINDOWS])
+def test_a_token_models_own_shape_is_a_block_of_ids(tmp_path, given):
+    """INPUT_SHAPE or one sample of build_data() on a model that embeds tokens: token
+    ids, as --input-shape T gives (random floats fail in the embedding)."""
+    path = _write(tmp_path, "token_model.py", EMBEDDING_LM + given)
+    (ids,) = load_model(str(path)).example_inputs
+    assert ids.dtype == torch.long and tuple(ids.shape) == (2, 16)
+
+
+LAST_POSITION = """
+
+class LastOnly(TokenModel):
+    def forward(self, idx):
+        return super().forward(idx)[:, [-1], :]  # scores for the next token only
+"""
+
+
+def test_an_lm_that_scores_only_the_last_position_is_refused(tmp_path):
+    """build_data() gives a label per position; the model scores one: refused at
+    generate in one line that names the shortcut, not in every run."""
+    from scriptutil import generate
+
+    from ablagen.core.errors import ConfigError
+    from ablagen.generate.context import TrainConfig
+
+    path = _write(tmp_path, "lm.py", EMBEDDING_LM + TOKEN_WINDOWS + LAST_POSITION)
+    with pytest.raises(ConfigError) as info:
+        generate(f"{path}:LastOnly", tmp_path / "s", train=TrainConfig(task="lm"))
+    message = str(info.value)
+    assert "targets of shape (2, 16) do not match" in message and "\n" not in message
+    assert "(2, 1, 50)" in message and "logits[:, [-1], :]" in message
+    assert not (tmp_path / "s").exists()
+    generate(f"{path}:TokenModel", tmp_path / "ok", train=TrainConfig(task="lm"))

@@ -464,14 +464,14 @@ def _example_inputs(
                 f"INPUT_SHAPE in {path} is {shape!r}, not a tuple of positive integers",
                 "set e.g. INPUT_SHAPE = (1, 8, 8) (one sample, no batch dimension)",
             )
-        return (_randn(tuple(shape)),), "INPUT_SHAPE"
+        return (_from_shape(model, tuple(shape), dataset),), "INPUT_SHAPE"
     from ablagen.data.shapes import infer_sample_shape  # the data module reads ours
 
     inferred = infer_sample_shape(
         module, path, dataset, lambda s: model is not None and _runs(model, s)
     )
     if inferred is not None:
-        return (_randn(inferred[0]),), inferred[1]
+        return (_from_shape(model, inferred[0], dataset),), inferred[1]
     raise InputShapeError(
         f"{path} gives no example input and no data to take one sample's shape from",
         f"define INPUT_SHAPE (one sample, no batch dimension) or example_input(), "
@@ -499,8 +499,9 @@ def _embeds(model: nn.Module | None) -> bool:
 def _from_shape(
     model: nn.Module | None, shape: tuple[int, ...], dataset: str | None
 ) -> torch.Tensor:
-    """--input-shape as one example batch: random floats, or a block of token ids
-    (zeros) for text data, or for a model that embeds tokens and refuses floats."""
+    """A sample shape (``--input-shape``, ``INPUT_SHAPE``, one sample of the data) as
+    one example batch: random floats, or a block of token ids (zeros) for text data,
+    or for a model that embeds tokens and refuses floats."""
     ids = torch.zeros((EXAMPLE_BATCH, *shape), dtype=torch.long)
     if dataset is not None and dataset.startswith("text:"):
         return ids

@@ -48,10 +48,19 @@ class Task:
         if target is None:
             return
         if self.name in ("tokens", "lm") and tuple(target.shape) != shape[:2]:
+            last_only = target.dim() == 2 and shape[1:2] == (1,) and target.shape[1] > 1
             raise ConfigError(
                 f"--task {self.name}: targets of shape {tuple(target.shape)} do not match "
                 f"the model's per-token prediction {shape} from {where}",
-                "give one label per token: targets (batch, time)",
+                (
+                    (
+                        "the model scores only the last position (an inference shortcut "
+                        "such as logits[:, [-1], :]): return every position's scores "
+                        "(batch, time, vocab), e.g. from a factory's small wrapper"
+                    )
+                    if last_only
+                    else "give one label per token: targets (batch, time)"
+                ),
             )
         if self.name == "multilabel" and tuple(target.shape) != shape:
             raise ConfigError(
