@@ -21,40 +21,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ablagen.core.audit import opened_for_reading
 from ablagen.core.errors import ConfigError
 
 _ABLAGEN = str(Path(__file__).resolve().parents[1]) + os.sep
 _CODE = (".py", ".pyc", ".so", ".pth")
-_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 #: (the user's folder, the relative paths read) of each user_reads() block, innermost last
 _active: list[tuple[str, list[str]]] = []
 _installed = False
 
 
-def _relative_read(args: tuple[Any, ...]) -> str | None:
-    """The relative path an ``open`` audit event reads (None: absolute, a write, an fd,
-    a module)."""
-    path, mode, flags = (tuple(args) + (None, None, None))[:3]
-    if path is None or isinstance(path, int):
-        return None
-    try:
-        path = os.fsdecode(os.fspath(path))
-    except (TypeError, ValueError):
-        return None
-    if os.path.isabs(path) or path.endswith(_CODE):
-        return None
-    if isinstance(mode, str) and any(c in mode for c in "wax+"):
-        return None
-    if mode is None and isinstance(flags, int) and flags & _WRITES:
-        return None
-    return path
-
-
 def _hook(event: str, args: tuple[Any, ...]) -> None:
     if event != "open" or not _active:
         return
-    path = _relative_read(args)
-    if path is None:
+    path = opened_for_reading(args)
+    if path is None or os.path.isabs(path) or path.endswith(_CODE):
         return
     user, seen = _active[-1]
     frame = sys._getframe(1)

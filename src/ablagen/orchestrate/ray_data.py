@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ablagen.core.errors import BackendError
+from ablagen.core.audit import opened_for_reading
 
 UP = "up"  # a run folder's stand-in for a leading ".." (ray_warm.UP)
 ABSOLUTE = ".ablagen-absolute"  # in the bundle: files opened by absolute paths
@@ -204,22 +205,6 @@ def _mirror(study: Path, tmp: Path, script: str) -> Path:
     return tmp.joinpath(*[UP] * depth)
 
 
-def _reads(args: tuple[Any, ...]) -> str | None:
-    """The path an ``open`` audit event reads (None: a write, an fd, no path)."""
-    path, mode, flags = (tuple(args) + (None, None, None))[:3]
-    if isinstance(path, int) or path is None:
-        return None
-    if isinstance(mode, str) and any(c in mode for c in "wax+"):
-        return None
-    if mode is None and isinstance(flags, int):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            return None
-    try:
-        return os.path.abspath(os.fsdecode(path))
-    except (TypeError, ValueError):
-        return None
-
-
 def _datasets(made: Any) -> list[Any]:
     """The torch datasets in what a data function returned: itself, the items of a
     tuple, list or dict, a loader's ``dataset``."""
@@ -289,9 +274,9 @@ def probe(study: Path, script: str, dataset: str) -> dict[str, Any]:
 
         def hook(event: str, args: tuple[Any, ...]) -> None:
             if event == "open" and recording[0]:
-                read = _reads(args)
+                read = opened_for_reading(args)
                 if read is not None:
-                    opened.append(read)
+                    opened.append(os.path.abspath(read))
 
         sys.addaudithook(hook)
         try:
