@@ -270,3 +270,27 @@ def test_an_lm_that_scores_only_the_last_position_is_refused(tmp_path):
     assert "(2, 1, 50)" in message and "logits[:, [-1], :]" in message
     assert not (tmp_path / "s").exists()
     generate(f"{path}:TokenModel", tmp_path / "ok", train=TrainConfig(task="lm"))
+
+
+COUNTED_DATA = """
+from pathlib import Path
+
+
+def build_data():
+    with open(Path(__file__).parent / "calls.txt", "a") as fh:
+        fh.write("called\\n")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 1, 8, 8, generator=g)
+    y = torch.arange(20) % 10
+    return x[:16], y[:16], x[16:], y[16:]
+"""
+
+
+def test_generate_calls_build_data_once(tmp_path):
+    """The sample's shape, the class count and the labels all come from one call: a
+    data function may load a whole dataset."""
+    from scriptutil import generate
+
+    path = _write(tmp_path, "net.py", CNN, data=COUNTED_DATA, flat=256)
+    generate(path, tmp_path / "s")
+    assert (tmp_path / "calls.txt").read_text() == "called\n"

@@ -12,6 +12,7 @@ the model scores them all.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,17 @@ _SKLEARN_SHAPES = {
     "breast_cancer": ((30,), (1, 30)),
 }
 _USER_FUNCTIONS = ("build_data", "build_datasets", "build_loaders")
+#: what each loaded model file's build_data() returned (see built_data)
+_BUILT: weakref.WeakKeyDictionary[ModuleType, Any] = weakref.WeakKeyDictionary()
+
+
+def built_data(module: ModuleType) -> Any:
+    """``module.build_data()``, called once per loaded model file: generate reads one
+    sample's shape, the class count and the labels from it, and a data function may
+    load a whole dataset. Its errors are raised again on each call."""
+    if module not in _BUILT:
+        _BUILT[module] = module.build_data()
+    return _BUILT[module]
 
 
 def data_source(module: ModuleType, dataset: str | None) -> str | None:
@@ -65,7 +77,10 @@ def infer_sample_shape(
         return None
     fn = getattr(module, source)
     try:
-        value = fn(2, 0) if source == "build_loaders" else fn()
+        if source == "build_data":
+            value = built_data(module)
+        else:
+            value = fn(2, 0) if source == "build_loaders" else fn()
         if source == "build_data":
             x = value[0][0]
         elif source == "build_datasets":
@@ -92,7 +107,7 @@ def count_classes(module: ModuleType, source: str) -> int | None:
     if source != "build_data" or not callable(fn):
         return None
     try:
-        value = fn()
+        value = built_data(module)
         labels = [_tensor(value[1]), _tensor(value[3])]
     except Exception:  # the scripts' own check reports a broken build_data()
         return None

@@ -27,7 +27,7 @@ from ablagen.generate.variants import parse_kinds, parse_methods
 from ablagen.generate.render import render_script
 from ablagen.data import check_task, output_access, resolve_data
 from ablagen.data.tasks import check_one_label_per_sample
-from ablagen.data.shapes import count_classes
+from ablagen.data.shapes import built_data, count_classes
 from ablagen.data.sources import check_fits
 from ablagen.data.synthetic import check_synthetic
 from ablagen.data.workdir import check_reads_from, user_reads
@@ -222,7 +222,7 @@ def _own_labels(loaded: LoadedModel, data: DataSpec) -> torch.Tensor | None:
     ):
         return None
     try:
-        labels = torch.as_tensor(loaded.module.build_data()[1])
+        labels = torch.as_tensor(built_data(loaded.module)[1])
     except Exception:  # noqa: BLE001 - the scripts report a broken build_data()
         return None
     return labels[: len(loaded.example_inputs[0])]
